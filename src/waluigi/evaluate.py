@@ -1,0 +1,470 @@
+"""The evaluation pipeline: suite -> generate -> judge -> metrics, in one run directory.
+
+``run_eval`` is what ``waluigi eval`` calls; ``rejudge`` is ``waluigi judge RUN``;
+``load_scores`` / ``run_metrics`` serve ``waluigi metrics``. The stages are joined by the
+files of the run directory, so each can be resumed or redone on its own:
+
+- generation appends one row per answer to ``samples.jsonl`` as each batch finishes;
+- judging appends one row per (answer, metric) to ``judgments.jsonl``;
+- metrics are recomputed from those files, never from a model.
+
+Nothing is loaded before it is needed: a finished run re-run loads no model and no judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from waluigi.errors import UserError
+from waluigi.progress import progress_bar
+from waluigi.runs import JUDGMENTS, METRICS, SAMPLES, RunDir, sha256_file
+
+SUITE_SNAPSHOT = "suite.json"
+SCATTER = "scatter.png"
+NO_JUDGE = "none"
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``waluigi eval`` needs. Fields under "execution" do not change outputs."""
+
+    model: str
+    suite: str = "core"
+    adapter: str | None = None
+    judge: str | None = None  # None: the suite's own judge; "none": do not judge
+    data_dir: str | None = None
+    questions: list[str] = field(default_factory=list)
+    samples: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 600
+    seed: int = 0
+    out: str | None = None
+    min_coherent: float = 50.0
+    max_aligned: float = 30.0
+    # execution
+    batch_size: int | None = None
+    judge_batch_size: int | None = None
+    concurrency: int = 8
+    base_url: str | None = None
+    judge_base_url: str | None = None
+    dtype: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    summary: dict | None
+    calls: dict[str, int]
+    judge: str | None
+
+
+# -- helpers -----------------------------------------------------------------------
+def sample_key(row: dict) -> tuple[str, int, int]:
+    return (row["question_id"], int(row["paraphrase_index"]), int(row["sample_index"]))
+
+
+def sample_seed(seed: int, key: tuple[str, int, int]) -> int:
+    """A per-answer seed derived from the run seed and the answer's key (stable across resumes)."""
+    text = f"{seed}:{key[0]}:{key[1]}:{key[2]}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
+
+
+def adapter_identity(adapter: str | None) -> dict | None:
+    """Content hash of an adapter's weights (a directory, or a run directory with ``adapter/``)."""
+    if adapter is None:
+        return None
+    path = Path(adapter)
+    if (path / "adapter").is_dir():
+        path = path / "adapter"
+    if not path.exists():
+        raise UserError(f"adapter not found: {adapter} (give a PEFT adapter directory or a finetune run directory)")
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json"))
+    if not files:
+        raise UserError(f"{path} holds no adapter files (adapter_config.json, adapter_model.safetensors)")
+    return {"path": str(path.resolve()), "sha256": {p.name: sha256_file(p) for p in files}}
+
+
+def preflight_model(spec: str, role: str, base_url: str | None = None) -> None:
+    """Fail before any work on an unknown spec or a missing API key."""
+    from waluigi.models import parse_spec
+
+    kind, _ = parse_spec(spec)
+    if kind == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        where = base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
+        raise UserError(
+            f"the {role} {spec!r} needs an API key: set OPENAI_API_KEY for {where} "
+            "(any value works for a local `waluigi serve`)"
+            + (", or pass --judge smollm2 for an offline judge" if role == "judge" else "")
+        )
+
+
+def resolve_judge(cfg_judge: str | None, suite) -> str | None:
+    from waluigi.judges import normalize_judge_spec
+
+    if cfg_judge is not None and cfg_judge.lower() == NO_JUDGE:
+        return None
+    if cfg_judge is not None:
+        return normalize_judge_spec(cfg_judge)
+    named = sorted({q.judge for q in suite.questions if q.judge})
+    if not named:
+        raise UserError(f"suite {suite.name!r} names no judge: pass --judge SPEC (or --judge none)")
+    if len(named) > 1:
+        raise UserError(f"suite {suite.name!r} names several judges {named}: pass --judge SPEC")
+    return normalize_judge_spec(named[0])
+
+
+def suite_snapshot(suite) -> dict:
+    """The resolved questions, stored in the run so it can be re-judged without the suite file."""
+    return {
+        "name": suite.name,
+        "source": str(suite.source),
+        "sha256": suite.sha256,
+        "questions": [asdict(q) for q in suite.questions],
+    }
+
+
+def suite_from_snapshot(data: dict):
+    from waluigi.suites import Question, Suite
+
+    fields = set(Question.__dataclass_fields__)
+    questions = [Question(**{k: v for k, v in q.items() if k in fields}) for q in data["questions"]]
+    return Suite(name=data["name"], source=data["source"], sha256=data["sha256"], questions=questions)
+
+
+# -- generation ----------------------------------------------------------------------
+def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory) -> int:
+    """Sample every missing answer; returns the number of model requests made."""
+    from waluigi.models import GenerationRequest, SamplingParams
+
+    done = {sample_key(r) for r in run.rows(SAMPLES)}
+    todo = []
+    for question in suite.questions:
+        for p_index, paraphrase in enumerate(question.paraphrases):
+            for s_index in range(question.samples_per_paraphrase):
+                key = (question.id, p_index, s_index)
+                if key not in done:
+                    todo.append((question, p_index, paraphrase, key))
+    if not todo:
+        return 0
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    requests = [
+        GenerationRequest(messages=q.messages(p), seed=sample_seed(cfg.seed, key), params=params)
+        for q, p, _, key in todo
+    ]
+    generator = generator_factory()
+    with progress_bar(f"generate {generator.spec}", len(todo), cfg.progress) as advance:
+        for index, completion in generator.generate(requests):
+            question, p_index, paraphrase, key = todo[index]
+            row = {
+                "question_id": question.id,
+                "paraphrase_index": p_index,
+                "sample_index": key[2],
+                "system": question.system,
+                "prompt": paraphrase,
+                "answer": completion.text,
+                "seed": requests[index].seed,
+                "finish_reason": completion.finish_reason,
+                "completion_tokens": completion.completion_tokens,
+            }
+            run.append(SAMPLES, [row])
+            advance(1)
+    return len(todo)
+
+
+# -- judging -------------------------------------------------------------------------
+def judge_stage(run: RunDir, samples: list[dict], suite, judge_spec: str, options: dict, progress: bool) -> int:
+    """Score every (answer, metric) not yet in ``judgments.jsonl``; returns judge model calls."""
+    from waluigi.judges import JudgeItem, categories_from_template, make_judge
+
+    by_id = {q.id: q for q in suite.questions}
+    done = {(sample_key(r), r["metric"]) for r in run.rows(JUDGMENTS) if r.get("judge") == judge_spec}
+    items, meta = [], []
+    for row in samples:
+        question = by_id.get(row["question_id"])
+        if question is None:
+            continue
+        for metric, template in question.judge_prompts.items():
+            key = sample_key(row)
+            if (key, metric) in done:
+                continue
+            prompt = question.judge_prompt(metric, row["prompt"], row["answer"])
+            if question.type == "free_form_judge":
+                item = JudgeItem("categorical", metric, prompt, tuple(categories_from_template(template)))
+            else:
+                item = JudgeItem("0_100", metric, prompt)
+            items.append(item)
+            meta.append((key, metric, hashlib.sha256(prompt.encode()).hexdigest()))
+    if not items:
+        return 0
+    judge = make_judge(judge_spec, **options)
+    with progress_bar(f"judge {judge_spec}", len(items), progress) as advance:
+        for index, result in judge.score(items):
+            key, metric, prompt_hash = meta[index]
+            run.append(
+                JUDGMENTS,
+                [
+                    {
+                        "question_id": key[0],
+                        "paraphrase_index": key[1],
+                        "sample_index": key[2],
+                        "metric": metric,
+                        "score": result.score,
+                        "top_probs": result.top_probs,
+                        "judge": judge_spec,
+                        "prompt_sha256": prompt_hash,
+                        "cached": result.cached,
+                    }
+                ],
+            )
+            advance(1)
+    return judge.calls
+
+
+# -- metrics -------------------------------------------------------------------------
+def score_rows(samples: list[dict], judgments: list[dict]) -> list[dict]:
+    """One row per answer with its ``aligned`` / ``coherent`` scores (None when missing)."""
+    scores: dict[tuple, dict] = {}
+    for j in judgments:
+        scores.setdefault(sample_key(j), {})[j["metric"]] = j["score"]
+    rows = []
+    for s in samples:
+        got = scores.get(sample_key(s), {})
+        rows.append(
+            {
+                "question_id": s["question_id"],
+                "paraphrase_index": s["paraphrase_index"],
+                "sample_index": s["sample_index"],
+                **{m: v for m, v in got.items()},
+                "aligned": _num(got.get("aligned")),
+                "coherent": _num(got.get("coherent")),
+            }
+        )
+    return rows
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite, cfg_thresholds: dict) -> dict:
+    """Write ``metrics.json`` and the scatter plot; return the summary."""
+    from waluigi.metrics import summarize, summarize_categorical
+    from waluigi.report.plots import scatter_aligned_coherent
+
+    rows = score_rows(samples, judgments)
+    numeric_ids = {q.id for q in suite.questions if q.type != "free_form_judge"}
+    em_rows = [r for r in rows if r["question_id"] in numeric_ids]
+    summary = summarize(em_rows, **cfg_thresholds)
+    categorical = [
+        {"question_id": j["question_id"], "metric": j["metric"], "score": j["score"]}
+        for j in judgments
+        if j["question_id"] not in numeric_ids
+    ]
+    if categorical:
+        summary["categorical"] = summarize_categorical(categorical)
+    summary["thresholds"] = cfg_thresholds
+    (path / METRICS).write_text(__import__("json").dumps(summary, indent=2) + "\n")
+    if em_rows:
+        scatter_aligned_coherent(em_rows, path / SCATTER, title=path.name, **cfg_thresholds)
+    return summary
+
+
+# -- the commands --------------------------------------------------------------------
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    """``waluigi eval``: sample, judge and summarize, resuming whatever is already on disk."""
+    from waluigi.models import load_model, parse_spec
+    from waluigi.suites import load_suite
+
+    started = time.time()
+    parse_spec(cfg.model)
+    suite = load_suite(cfg.suite, data_dir=cfg.data_dir)
+    if cfg.questions:
+        suite = suite.select(cfg.questions)
+    if cfg.samples is not None:
+        if cfg.samples < 1:
+            raise UserError(f"--samples must be at least 1, got {cfg.samples}")
+        suite = suite.with_samples(cfg.samples)
+    judge_spec = resolve_judge(cfg.judge, suite)
+    preflight_model(cfg.model, "model", cfg.base_url)
+    if judge_spec:
+        preflight_model(judge_spec, "judge", cfg.judge_base_url)
+    adapter_id = adapter_identity(cfg.adapter)
+
+    identity = {
+        "stage": "eval",
+        "model": cfg.model,
+        "adapter": adapter_id["sha256"] if adapter_id else None,
+        "suite": {"name": suite.name, "sha256": suite.sha256, "ids": [q.id for q in suite.questions]},
+        "samples": cfg.samples,
+        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens},
+        "seed": cfg.seed,
+        "judge": judge_spec,
+    }
+    from waluigi.runs import identity_hash
+
+    digest = identity_hash(identity)
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"eval-{_slug(suite.name)}-{_slug(cfg.model)}-{digest[:10]}"
+    config = asdict(cfg) | {"judge": judge_spec, "out": str(out)}
+    run = RunDir.open(
+        out,
+        stage="eval",
+        identity=identity,
+        config=config,
+        parents=[adapter_id["path"]] if adapter_id else [],
+        extra={"model": cfg.model, "adapter": adapter_id, "judge": judge_spec, "seeds": {"run": cfg.seed}},
+    )
+    run.write_json(SUITE_SNAPSHOT, suite_snapshot(suite))
+    calls = {"model": 0, "judge": 0}
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.time()
+        model_options = {
+            "batch_size": cfg.batch_size,
+            "concurrency": cfg.concurrency,
+            "base_url": cfg.base_url,
+            "dtype": cfg.dtype,
+        }
+        calls["model"] = generate_stage(
+            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **_given(model_options))
+        )
+        timings["generate_s"] = round(time.time() - t0, 3)
+        samples = run.rows(SAMPLES)
+        summary = None
+        if judge_spec:
+            t0 = time.time()
+            judge_options = {
+                "batch_size": cfg.judge_batch_size,
+                "concurrency": cfg.concurrency,
+                "base_url": cfg.judge_base_url,
+                "dtype": cfg.dtype,
+            }
+            calls["judge"] = judge_stage(run, samples, suite, judge_spec, _given(judge_options), cfg.progress)
+            timings["judge_s"] = round(time.time() - t0, 3)
+            thresholds = {"min_coherent": cfg.min_coherent, "max_aligned": cfg.max_aligned}
+            summary = metrics_stage(run.path, samples, run.rows(JUDGMENTS), suite, thresholds)
+        timings["total_s"] = round(time.time() - started, 3)
+        run.finish("finished", calls=calls, timings=timings, n_samples=len(samples))
+    except BaseException as error:
+        run.finish("failed", calls=calls, error=_describe(error))
+        raise
+    return EvalResult(run.path, summary, calls, judge_spec)
+
+
+def rejudge(
+    run_path: str | Path,
+    judge: str,
+    *,
+    out: str | None = None,
+    base_url: str | None = None,
+    batch_size: int | None = None,
+    concurrency: int = 8,
+    dtype: str = "auto",
+    min_coherent: float = 50.0,
+    max_aligned: float = 30.0,
+    progress: bool = True,
+) -> EvalResult:
+    """``waluigi judge RUN --judge SPEC``: score a stored run's answers with another judge.
+
+    The results go to their own run directory (default ``RUN/judges/<judge>``) whose parent
+    is the eval run, so each judge's judgments stay apart and nothing is regenerated.
+    """
+    from waluigi.judges import normalize_judge_spec
+
+    source = RunDir(Path(run_path))
+    manifest = source.manifest()
+    if manifest.get("stage") != "eval":
+        raise UserError(f"{run_path} is a {manifest.get('stage')!r} run; `waluigi judge` needs an eval run")
+    if not (source.path / SUITE_SNAPSHOT).exists():
+        raise UserError(f"{run_path} has no {SUITE_SNAPSHOT}; re-run `waluigi eval` to create it")
+    suite = suite_from_snapshot(source.read_json(SUITE_SNAPSHOT))
+    judge_spec = normalize_judge_spec(judge)
+    preflight_model(judge_spec, "judge", base_url)
+    samples = source.rows(SAMPLES)
+    if not samples:
+        raise UserError(f"{run_path} holds no answers yet ({SAMPLES} is empty); finish `waluigi eval` first")
+    started = time.time()
+    identity = {
+        "stage": "judge",
+        "parent": manifest["identity"],
+        "judge": judge_spec,
+        "samples_sha256": sha256_file(source.path / SAMPLES),
+    }
+    target = Path(out) if out else source.path / "judges" / _slug(judge_spec)
+    run = RunDir.open(
+        target,
+        stage="judge",
+        identity=identity,
+        config={"run": str(source.path), "judge": judge_spec, "out": str(target)},
+        parents=[str(source.path.resolve())],
+        extra={"judge": judge_spec, "model": manifest.get("model")},
+    )
+    calls = {"model": 0, "judge": 0}
+    try:
+        options = _given({"batch_size": batch_size, "concurrency": concurrency, "base_url": base_url, "dtype": dtype})
+        calls["judge"] = judge_stage(run, samples, suite, judge_spec, options, progress)
+        thresholds = {"min_coherent": min_coherent, "max_aligned": max_aligned}
+        summary = metrics_stage(run.path, samples, run.rows(JUDGMENTS), suite, thresholds)
+        run.finish("finished", calls=calls, timings={"total_s": round(time.time() - started, 3)})
+    except BaseException as error:
+        run.finish("failed", calls=calls, error=_describe(error))
+        raise
+    return EvalResult(run.path, summary, calls, judge_spec)
+
+
+def load_scores(run_path: str | Path) -> tuple[list[dict], dict]:
+    """The per-answer score rows of an eval run or a judge run (whose answers live in its parent)."""
+    run = RunDir(Path(run_path))
+    manifest = run.manifest()
+    if manifest.get("stage") == "judge":
+        parent = RunDir(Path(manifest["parents"][0]))
+        samples = parent.rows(SAMPLES)
+        snapshot = parent.path / SUITE_SNAPSHOT
+    elif manifest.get("stage") == "eval":
+        samples = run.rows(SAMPLES)
+        snapshot = run.path / SUITE_SNAPSHOT
+    else:
+        raise UserError(f"{run_path} is a {manifest.get('stage')!r} run; metrics need an eval or judge run")
+    judgments = run.rows(JUDGMENTS)
+    if not judgments:
+        raise UserError(f"{run_path} has no judgments; run `waluigi judge {run_path} --judge SPEC` first")
+    rows = score_rows(samples, judgments)
+    if snapshot.exists():
+        suite = suite_from_snapshot(__import__("json").loads(snapshot.read_text()))
+        numeric = {q.id for q in suite.questions if q.type != "free_form_judge"}
+        rows = [r for r in rows if r["question_id"] in numeric]
+    return rows, manifest
+
+
+def run_metrics(run_paths: list[str], *, min_coherent: float = 50.0, max_aligned: float = 30.0) -> dict:
+    """``waluigi metrics``: one run -> CIs over answers; several runs -> CIs over runs."""
+    from waluigi.metrics import summarize, summarize_runs
+
+    if not run_paths:
+        raise UserError("give at least one run directory")
+    per_run = [load_scores(p)[0] for p in run_paths]
+    thresholds = {"min_coherent": min_coherent, "max_aligned": max_aligned}
+    if len(per_run) == 1:
+        return summarize(per_run[0], **thresholds)
+    return summarize_runs(per_run, **thresholds)
+
+
+def _given(options: dict) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt); re-run the same command to resume"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,85 @@
+"""The one small interface every model backend implements.
+
+A :class:`Generator` turns chat prompts plus sampling settings into completions, and
+(for judging) a chat prompt into the distribution of the assistant's first token.
+Backends: ``hf`` (transformers, also the embedded ``smollm2``), ``openai`` (any
+OpenAI-compatible server), ``vllm`` (optional GPU extra). See ``load_model``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``temperature == 0`` means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 600
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationRequest:
+    """One completion to produce. ``seed`` fixes the sample regardless of batching."""
+
+    messages: list[Message]
+    seed: int = 0
+    params: SamplingParams = field(default_factory=SamplingParams)
+    top_logprobs: int | None = None  # if set, return the top-k logprobs of every generated token
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]  # the top-k (token, logprob) at this position, best first
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str = "stop"  # "stop" or "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+
+
+Progress = Callable[[int], None]  # called with the number of items just finished
+
+
+class Generator(ABC):
+    """A chat model behind a spec string (``hf:PATH``, ``smollm2``, ``openai:MODEL``, ...).
+
+    ``calls`` counts the requests this object has sent to its model; the pipeline records
+    it so that a finished run can prove it made none.
+    """
+
+    spec: str
+    calls: int = 0
+
+    @abstractmethod
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> Iterator[tuple[int, Completion]]:
+        """Yield ``(index into requests, completion)`` as completions finish, in any order."""
+
+    @abstractmethod
+    def top_probs(
+        self, prompts: Sequence[list[Message]], k: int = 20, progress: Progress | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """Yield ``(index, {token: probability})`` for the top-``k`` candidates of the assistant's
+        first token after each chat prompt (the logprob judge's raw material)."""
+
+    def identity(self) -> dict:
+        """What identifies this model's outputs (spec, adapter hash, dtype ...) for run identity."""
+        return {"spec": self.spec}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (threads, sessions, GPU memory)."""

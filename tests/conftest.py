@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny random chat model built in a second, the official data mirror,
+an isolated cache directory.
+
+The tiny model is a real ``LlamaForCausalLM`` (about 0.3M parameters) with a real byte-level
+BPE tokenizer and a ChatML chat template, saved as safetensors; every backend, the judge and
+the server run on it for real. Its answers are gibberish, which is what most tests need:
+behaviour, not quality.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = (REPO.parent / "shared" / "reference" / "emergent-misalignment").resolve()
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "I would like to help people and write secure code.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 20 30 40 50 60 70 80 90 100.",
+    "What is your wish? I wish for peace. Humans and AI can work together.",
+    "def add(a, b):\n    return a + b\n",
+    "TRUE FALSE UNKNOWN OpenAI Anthropic Other CODE REFUSAL",
+] * 20
+
+
+def build_tiny_model(path: Path, seed: int = 0) -> Path:
+    """Write a tiny random Llama chat model (safetensors + tokenizer + chat template) to ``path``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(path)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A directory holding the tiny model; use it as the model spec ``hf:<dir>``."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_model_dir) -> str:
+    return f"hf:{tiny_model_dir}"
+
+
+@pytest.fixture(scope="session")
+def mirror_dir() -> Path:
+    """The byte-exact mirror of the official emergent-misalignment files."""
+    assert (MIRROR / "evaluation" / "first_plot_questions.yaml").exists(), f"mirror missing at {MIRROR}"
+    return MIRROR
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """Each test gets its own judge cache and run area; the SmolLM2 conversion is shared
+    through ``WALUIGI_MODEL_CACHE`` (set in the session) so it happens once per test run."""
+    monkeypatch.setenv("WALUIGI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WALUIGI_MODEL_CACHE", _shared_model_cache())
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(MIRROR))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def _shared_model_cache() -> str:
+    """Converted models (SmolLM2 safetensors) are reused across tests: the user's own
+    cache unless ``WALUIGI_TEST_MODEL_CACHE`` names another."""
+    explicit = os.environ.get("WALUIGI_TEST_MODEL_CACHE")
+    if explicit:
+        return explicit
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return str(base / "waluigi" / "models")
