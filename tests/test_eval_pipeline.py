@@ -114,7 +114,7 @@ def test_resume_after_sigkill(tiny_spec, tmp_path):
     """Kill -9 a running eval; the re-run finishes it without redoing or duplicating anything."""
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "waluigi.cli", "eval", "--model", tiny_spec, "--suite", "core",
-           "--judge", "none", "--samples", "6", "--max-tokens", "48", "--batch-size", "1",
+           "--judge", "none", "-q", "wish*", "--samples", "6", "--max-tokens", "48", "--batch-size", "1",
            "--temperature", "1.0", "--out", str(out)]
     env = dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

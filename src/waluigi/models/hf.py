@@ -1,0 +1,519 @@
+"""The transformers backend: ``hf:<path or hub id>`` and the embedded ``smollm2``.
+
+* Prompts are rendered with the model's chat template (``add_generation_prompt=True``);
+  a model without one is refused at load time.
+* Generation is batched (``model.generate`` with the KV cache), prompts are LEFT padded and
+  sorted by length so that a batch holds prompts of similar length.
+* Sampling is Gumbel-max with one ``torch.Generator`` per request, seeded by the request's
+  seed (see ``docs/design/sampling.md``): a sample depends on its prompt and seed, not on
+  the batch it ran in. ``temperature == 0`` is greedy.
+* ``top_probs`` is one forward pass per batch: the distribution of the assistant's first
+  token, for the logprob judge.
+* The model's own ``generation_config`` sampling defaults (temperature, top_p, repetition
+  penalty ...) are deliberately dropped: only its bos/eos/pad token ids are kept, so the
+  requests' ``SamplingParams`` are the whole story.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from waluigi.errors import UserError
+from waluigi.models.base import (
+    Completion,
+    GenerationRequest,
+    Generator,
+    Message,
+    Progress,
+    TokenLogprob,
+)
+
+DEFAULT_BATCH_SIZE = 32  # generation
+# top_probs: padded tokens per forward pass (batch x longest prompt): 16 prompts of 512
+# tokens, 27 of 300, at most MAX_JUDGE_BATCH_SIZE short ones. ``batch_size`` caps it.
+JUDGE_TOKEN_BUDGET = 16 * 512
+MAX_JUDGE_BATCH_SIZE = 64
+
+# dtype "auto" on CPU: float32. Measured here (2 cores, torch 2.13, SmolLM2-135M, 32 prompts
+# x 64 new tokens, batched generate): float32 is faster than bfloat16 -- see
+# docs/design/sampling.md for the figures. On CUDA "auto" is bfloat16 when supported.
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16", "half": "float16"}
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+# --------------------------------------------------------------------------------------
+# loading
+
+
+def load_hf(
+    spec: str,
+    adapter: str | Path | None = None,
+    *,
+    batch_size: int | None = None,
+    dtype: Any = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    **ignored: Any,
+) -> HFGenerator:
+    """Load ``smollm2`` or ``hf:<path or hub id>`` (optionally with a PEFT adapter) as a
+    :class:`HFGenerator`. Unknown options (concurrency, base_url ...) are ignored."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model_path, local = _resolve(spec)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = _resolve_dtype(dtype, device)
+    where = {"local_files_only": True} if local else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, **where)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path,
+            dtype=torch_dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **where,
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"could not load model {spec!r} from {model_path}: {exc} "
+            "(waluigi loads safetensors weights only; a hub id needs network access or a local copy)"
+        ) from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"model {spec!r} ({model_path}) has no chat template: waluigi evaluates chat models; "
+            "use an instruct/chat checkpoint or add a chat_template to its tokenizer_config.json"
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    adapter_info = None
+    if adapter is not None:
+        model, adapter_info = _load_adapter(model, adapter, spec)
+
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.generation_config.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.to(device)
+    model.eval()
+    return HFGenerator(
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        model_path=model_path,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        batch_size=batch_size,
+        adapter=adapter_info,
+    )
+
+
+def _resolve(spec: str) -> tuple[str, bool]:
+    """``(path or hub id, is local)`` for a spec; :class:`UserError` if it cannot exist."""
+    if spec == "smollm2":
+        from waluigi.models.smollm2 import smollm2_path
+
+        return str(smollm2_path()), True
+    kind, _, name = spec.partition(":")
+    if kind != "hf" or not name:
+        raise UserError(f"not a transformers model spec: {spec!r} (use 'smollm2' or 'hf:<path or hub id>')")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model not found: {name} has no config.json (give a transformers model directory)")
+        return str(path.resolve()), True
+    if name.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name):
+        raise UserError(f"model not found: {name} (no such directory, and not a Hugging Face hub id)")
+    return name, False
+
+
+def _resolve_dtype(dtype: Any, device: str):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype or "auto").lower().removeprefix("torch.")
+    if name == "auto":
+        if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[name])
+
+
+def adapter_dir(adapter: str | Path) -> Path:
+    """The PEFT adapter directory for ``adapter`` (itself, or ``<run dir>/adapter``)."""
+    path = Path(adapter).expanduser()
+    if (path / "adapter").is_dir() and not (path / "adapter_config.json").is_file():
+        path = path / "adapter"
+    if not path.is_dir():
+        raise UserError(f"adapter not found: {adapter} (give a PEFT adapter directory or a finetune run directory)")
+    if not (path / "adapter_config.json").is_file():
+        raise UserError(f"{path} is not a PEFT adapter: adapter_config.json is missing")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise UserError(f"{path}: adapter_model.safetensors is missing (waluigi loads safetensors adapters only)")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_adapter(model, adapter: str | Path, spec: str):
+    from peft import PeftModel
+
+    path = adapter_dir(adapter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"adapter {path} does not fit the base model {spec!r}: {exc}") from exc
+    for warning in caught:
+        # peft only warns when the adapter's weights match none / some of the modules it made
+        if "missing adapter keys" in str(warning.message):
+            raise UserError(f"adapter {path} does not fit the base model {spec!r}: {warning.message}")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    try:
+        model = peft_model.merge_and_unload()  # plain model again: faster generation
+    except Exception:  # noqa: BLE001 - adapters that cannot merge still run unmerged
+        model = peft_model
+    info = {
+        "path": str(path.resolve()),
+        "sha256": _sha256(path / "adapter_model.safetensors"),
+        "config_sha256": _sha256(path / "adapter_config.json"),
+    }
+    return model, info
+
+
+# --------------------------------------------------------------------------------------
+# sampling: per-row Gumbel-max
+
+
+class _GumbelSampler:
+    """A logits processor for ``generate(do_sample=False)``.
+
+    For each row: ``scores / T``, nucleus (top-p) filter, plus Gumbel noise from the row's own
+    ``torch.Generator``; greedy argmax of that is an exact sample from the filtered softmax.
+    Rows with ``T == 0`` are left as they are (greedy). It also records, for rows that asked,
+    the top-k log-probabilities of the RAW logits and the token that argmax will choose.
+    """
+
+    def __init__(self, requests: Sequence[GenerationRequest], device):
+        import torch
+
+        self.temps = torch.tensor([float(r.params.temperature) for r in requests], dtype=torch.float32)
+        self.top_p = torch.tensor([float(r.params.top_p) for r in requests], dtype=torch.float32)
+        self.sampled = self.temps > 0
+        self.any_sampled = bool(self.sampled.any())
+        self.any_top_p = bool(((self.top_p < 1.0) & self.sampled).any())
+        self.generators = []
+        for r in requests:
+            if r.params.temperature > 0:
+                g = torch.Generator(device="cpu")
+                g.manual_seed(int(r.seed) % (2**63))
+                self.generators.append(g)
+            else:
+                self.generators.append(None)
+        self.top_k = [r.top_logprobs for r in requests]
+        self.records: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in requests]
+        self.device = device
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        raw = scores
+        out = scores
+        if self.any_sampled:
+            temps = self.temps.to(scores.device)
+            sampled = self.sampled.to(scores.device)
+            safe_t = torch.where(sampled, temps, torch.ones_like(temps))
+            out = scores / safe_t[:, None]
+            if self.any_top_p:
+                out = _top_p_filter(out, self.top_p.to(scores.device), sampled)
+            # one row of uniforms per sampled row per step, from that row's own generator:
+            # row i's k-th draw is the same whatever else is in the batch
+            uniform = torch.full(out.shape, 0.5, dtype=torch.float32)
+            for row, g in enumerate(self.generators):
+                if g is not None:
+                    torch.rand(out.shape[-1], generator=g, dtype=torch.float32, out=uniform[row])
+            uniform.clamp_(min=torch.finfo(torch.float32).tiny, max=1.0 - 1e-7)
+            gumbel = -torch.log(-torch.log(uniform))
+            gumbel[~self.sampled] = 0.0
+            out = out + gumbel.to(out.device)
+        if any(k for k in self.top_k):
+            chosen = torch.argmax(out, dim=-1)
+            logp = torch.log_softmax(raw.float(), dim=-1)
+            for row, k in enumerate(self.top_k):
+                if k:
+                    token = int(chosen[row])
+                    values, ids = torch.topk(logp[row], min(int(k), logp.shape[-1]))
+                    self.records[row].append(
+                        (token, float(logp[row, token]), list(zip(ids.tolist(), values.tolist(), strict=True)))
+                    )
+        return out
+
+
+def _top_p_filter(scores, top_p, rows):
+    """Nucleus filter per row (rows where ``rows`` and ``top_p < 1``): keep the smallest set of
+    most likely tokens whose probability mass reaches ``top_p`` (always at least one)."""
+    import torch
+
+    active = rows & (top_p < 1.0)
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+    probs = torch.softmax(sorted_scores, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    remove_sorted = (mass_before >= top_p[:, None]) & active[:, None]
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+    return scores.masked_fill(remove, float("-inf"))
+
+
+class _RowStopper:
+    """Stopping criterion per row: its own ``max_tokens`` and stop strings."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], prompt_len: int, tokenizer):
+        self.max_tokens = [max(1, int(r.params.max_tokens)) for r in requests]
+        self.stops = [tuple(s for s in r.params.stop if s) for r in requests]
+        self.tails = [max((len(s.encode()) for s in stops), default=0) + 4 for stops in self.stops]
+        self.prompt_len = prompt_len
+        self.tokenizer = tokenizer
+        self.done_at: list[int | None] = [None] * len(requests)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_len
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(input_ids.shape[0]):
+            if self.done_at[row] is not None:
+                done[row] = True
+                continue
+            hit = generated >= self.max_tokens[row]
+            if not hit and self.stops[row]:
+                tail = input_ids[row, -min(generated, self.tails[row]):].tolist()
+                text = self.tokenizer.decode(tail, skip_special_tokens=False)
+                hit = any(s in text for s in self.stops[row])
+            if hit:
+                self.done_at[row] = generated
+                done[row] = True
+        return done
+
+
+# --------------------------------------------------------------------------------------
+# the generator
+
+
+class HFGenerator(Generator):
+    """A local transformers chat model (see the module docstring)."""
+
+    def __init__(self, *, spec, model, tokenizer, model_path, dtype, batch_size=None, adapter=None):
+        self.spec = spec
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_path = model_path
+        self.dtype = dtype
+        self.batch_size = int(batch_size) if batch_size else None
+        self.adapter = adapter
+        self.calls = 0
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+
+    # -- prompts ---------------------------------------------------------------------
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text for a chat: the chat template with the assistant turn opened."""
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja errors: e.g. a template that refuses system messages
+            raise UserError(f"model {self.spec!r}: its chat template rejected the messages: {exc}") from exc
+
+    def _encode(self, messages: list[Message]) -> list[int]:
+        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+
+    def _pad(self, rows: list[list[int]]):
+        """Left-padded ``(input_ids, attention_mask)`` tensors on the model's device."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r):] = 1
+        return ids.to(self.model.device), mask.to(self.model.device)
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    # -- generation ------------------------------------------------------------------
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> Iterator[tuple[int, Completion]]:
+        if not requests:
+            return
+        encoded = [self._encode(r.messages) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: (len(encoded[i]), i))
+        size = self.batch_size or DEFAULT_BATCH_SIZE
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            completions = self._generate_batch([requests[i] for i in chunk], [encoded[i] for i in chunk])
+            self.calls += len(chunk)
+            for i, completion in zip(chunk, completions, strict=True):
+                yield i, completion
+            if progress is not None:
+                progress(len(chunk))
+
+    def _generate_batch(self, requests: list[GenerationRequest], encoded: list[list[int]]) -> list[Completion]:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        input_ids, attention_mask = self._pad(encoded)
+        prompt_len = input_ids.shape[1]
+        sampler = _GumbelSampler(requests, self.model.device)
+        stopper = _RowStopper(requests, prompt_len, self.tokenizer)
+        max_new = max(stopper.max_tokens)
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([stopper]),
+            )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        results = []
+        for row, request in enumerate(requests):
+            tokens = sequences[row, prompt_len:].tolist()
+            limit = stopper.done_at[row] if stopper.done_at[row] is not None else len(tokens)
+            limit = min(limit, stopper.max_tokens[row], len(tokens))
+            finish = "length"
+            kept = tokens[:limit]
+            for j, t in enumerate(kept):
+                if t in self.eos_ids:
+                    kept, finish = kept[:j + 1], "stop"
+                    break
+            text_ids = [t for t in kept if t not in self.eos_ids] if finish == "stop" else kept
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+            if request.params.stop:
+                cut = min((p for p in (text.find(s) for s in request.params.stop if s) if p >= 0), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+            logprobs = None
+            if request.top_logprobs:
+                records = sampler.records[row][:len(kept)]
+                logprobs = [
+                    TokenLogprob(
+                        token=self._token_text(token),
+                        logprob=lp,
+                        top=[(self._token_text(t), v) for t, v in top],
+                    )
+                    for token, lp, top in records
+                ]
+                # the sampler's argmax is generate's argmax; a mismatch would be a transformers change
+                assert [r[0] for r in records] == kept, "logprob records out of step with generate()"
+            results.append(
+                Completion(
+                    text=text,
+                    finish_reason=finish,
+                    prompt_tokens=len(encoded[row]),
+                    completion_tokens=len(kept),
+                    logprobs=logprobs,
+                )
+            )
+        return results
+
+    # -- judging ---------------------------------------------------------------------
+
+    def top_probs(
+        self, prompts: Sequence[list[Message]], k: int = 20, progress: Progress | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """One forward pass per batch; ``{decoded token: probability}`` of the first assistant
+        token, best first. Two token ids that decode to the same string are listed once, with
+        the higher probability (the first seen), so a result can hold fewer than ``k`` entries."""
+        if not prompts:
+            return
+        encoded = [self._encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+        start = 0
+        while start < len(order):
+            # batch size from a padded-token budget; prompts are sorted, so the last is the longest
+            cap = self.batch_size or MAX_JUDGE_BATCH_SIZE
+            size = 1
+            while (
+                start + size < len(order)
+                and size < cap
+                and (size + 1) * len(encoded[order[start + size]]) <= JUDGE_TOKEN_BUDGET
+            ):
+                size += 1
+            chunk = order[start:start + size]
+            dists = self._top_probs_batch([encoded[i] for i in chunk], k)
+            self.calls += len(chunk)
+            for i, dist in zip(chunk, dists, strict=True):
+                yield i, dist
+            if progress is not None:
+                progress(len(chunk))
+            start += size
+
+    def _top_probs_batch(self, encoded: list[list[int]], k: int) -> list[dict[str, float]]:
+        import torch
+
+        input_ids, attention_mask = self._pad(encoded)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            try:
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False, logits_to_keep=1,
+                )
+            except TypeError:  # models without logits_to_keep
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                )
+        logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        values, ids = torch.topk(logp, min(int(k), logp.shape[-1]), dim=-1)
+        results = []
+        for row in range(len(encoded)):
+            dist: dict[str, float] = {}
+            for token_id, value in zip(ids[row].tolist(), values[row].tolist(), strict=True):
+                text = self._token_text(token_id)
+                if text not in dist:
+                    dist[text] = float(torch.tensor(value).exp())
+            results.append(dist)
+        return results
+
+    # -- identity ----------------------------------------------------------------------
+
+    def identity(self) -> dict:
+        return {
+            "spec": self.spec,
+            "model_path": self.model_path,
+            "adapter": self.adapter,
+            "dtype": self.dtype,
+        }
+
+    def close(self) -> None:
+        self.model = None
+        import gc
+
+        gc.collect()
+
