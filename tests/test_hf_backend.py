@@ -230,6 +230,9 @@ def test_missing_model_is_a_user_error(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="config.json"):
         load_hf(f"hf:{empty}")
+    # a hub id, offline (conftest sets HF_HUB_OFFLINE=1) and not in the HF cache
+    with pytest.raises(UserError, match="could not load model 'hf:waluigi-test/no-such-model'"):
+        load_hf("hf:waluigi-test/no-such-model")
 
 
 # --------------------------------------------------------------------------------------

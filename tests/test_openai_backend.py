@@ -311,6 +311,18 @@ def test_persistent_5xx_and_429_become_user_errors(key):
     assert srv.count == 2
 
 
+def test_timeouts_are_retried_then_a_user_error(key):
+    with Scripted(lambda n, body: (200, _completion_json("late")), delay=lambda body: 1.0) as srv:
+        gen = OpenAIGenerator("m", base_url=srv.base_url, timeout=0.3, max_retries=1)
+        try:
+            with pytest.raises(UserError, match="timed out") as info:
+                list(gen.generate([GenerationRequest([{"role": "user", "content": "x"}])]))
+        finally:
+            gen.close()
+    assert srv.base_url in info.value.message
+    assert srv.count == 2  # the first try and one retry
+
+
 @pytest.mark.parametrize("status, pattern", [
     (401, "rejected the API key.*OPENAI_API_KEY"),
     (404, "'no-such-model'.*not found.*model name"),

@@ -143,11 +143,21 @@ def serve_cmd(
     port: int = 8000,
     batch_size: Optional[int] = None,
     dtype: str = "auto",
+    api_key_env: Annotated[Optional[str], typer.Option(help="require clients to send the key held in this environment variable")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="the model name reported by /v1/models (default: the spec)")] = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
+    import os
+
     from waluigi.serve import serve
 
-    serve(model, adapter=adapter, host=host, port=port, **({"batch_size": batch_size} if batch_size else {}), dtype=dtype)
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    options = {"batch_size": batch_size} if batch_size else {}
+    serve(model, adapter=adapter, host=host, port=port, api_key=api_key, model_name=model_name, dtype=dtype, **options)
 
 
 @app.command("judge-check")

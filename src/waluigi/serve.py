@@ -504,6 +504,8 @@ def serve(
     config = uvicorn.Config(app, log_level="info", access_log=False)
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled gracefully
+        pass
     finally:
         sock.close()
         generator.close()

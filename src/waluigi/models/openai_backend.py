@@ -98,7 +98,7 @@ class OpenAIGenerator(Generator):
         with self._lock:
             if self._loop is not None:
                 return self._loop
-            from openai import AsyncOpenAI
+            from openai import AsyncOpenAI, Timeout
 
             loop = asyncio.new_event_loop()
             thread = threading.Thread(target=loop.run_forever, name=f"waluigi-openai-{self.model}", daemon=True)
@@ -108,7 +108,7 @@ class OpenAIGenerator(Generator):
                 self._client = AsyncOpenAI(
                     api_key=self._api_key,
                     base_url=self.base_url,
-                    timeout=self.timeout,
+                    timeout=Timeout(self.timeout, connect=min(self.timeout, 10.0)),
                     max_retries=self.max_retries,
                 )
                 self._semaphore = asyncio.Semaphore(self.concurrency)

@@ -51,7 +51,11 @@ class VLLMGenerator(Generator):
         self.calls = 0
         self.chunk = int(options.get("batch_size") or DEFAULT_CHUNK)
         self.dtype = str(options.get("dtype") or "auto")
-        kwargs: dict[str, Any] = {"model": model, "dtype": self.dtype, "trust_remote_code": bool(options.get("trust_remote_code", False))}
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "dtype": self.dtype,
+            "trust_remote_code": bool(options.get("trust_remote_code", False)),
+        }
         for key in ("gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "enforce_eager"):
             if options.get(key) is not None:
                 kwargs[key] = options[key]
