@@ -14,8 +14,28 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports huggingface_hub (it reads these once, at import): tests never
+# reach a hub, and a hub lookup must fail at once instead of retrying a dead network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO = Path(__file__).resolve().parents[1]
-MIRROR = (REPO.parent / "shared" / "reference" / "emergent-misalignment").resolve()
+
+def _find_mirror() -> Path:
+    """The official-file mirror: ``$WALUIGI_TEST_DATA_DIR``, else ``../shared/reference/...``
+    beside the checkout (as on developer machines and in CI), else ``/work/shared/...``."""
+    explicit = os.environ.get("WALUIGI_TEST_DATA_DIR")
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [REPO.parent / "shared", Path("/work/shared")]
+    for base in candidates:
+        path = base if (base / "evaluation").is_dir() else base / "reference" / "emergent-misalignment"
+        if (path / "evaluation").is_dir():
+            return path.resolve()
+    return (REPO.parent / "shared" / "reference" / "emergent-misalignment").resolve()
+
+
+MIRROR = _find_mirror()
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
