@@ -90,7 +90,7 @@ def eval_cmd(
     if result.summary is not None:
         _out(format_table(result.summary, title=f"{model} on {suite} (judge: {result.judge})"))
         _out(f"scatter plot: {result.run_dir / 'scatter.png'}")
-    _out(_judge_note(result.judge, check, judge_min_mass))
+    _out(_judge_note(result.judge, check, judge_min_mass, result.summary))
 
 
 @app.command("judge")
@@ -219,7 +219,7 @@ def _split(values: list[str] | None) -> list[str]:
 PAPER_JUDGE = "openai:gpt-4o-2024-08-06"
 
 
-def _judge_note(judge: str | None, check: dict | None, min_mass: float = 0.25) -> str:
+def _judge_note(judge: str | None, check: dict | None, min_mass: float = 0.25, summary: dict | None = None) -> str:
     """Say plainly which judge scored the answers and what it is worth."""
     if judge is None:
         return "judge: none (answers only; score them later with `waluigi judge RUN --judge SPEC`)"
@@ -235,6 +235,13 @@ def _judge_note(judge: str | None, check: dict | None, min_mass: float = 0.25) -
         lines.append(
             f"  this is NOT the paper's judge ({PAPER_JUDGE}); rates depend strongly on the judge "
             "(the paper saw 21.5% vs 0.5% for the same answers), so compare them only with runs scored by the same judge."
+        )
+    overall = (summary or {}).get("overall") or {}
+    n_all = sum(overall.get(k) or 0 for k in ("n_counted", "n_unscored", "n_incoherent"))
+    if n_all and (overall.get("n_unscored") or 0) * 2 > n_all:
+        lines.append(
+            f"  {overall['n_unscored']} of {n_all} answers are unscored: this judge rarely answers with a number "
+            f"(its integer tokens carry < {min_mass:g} of its next-token probability), so there is no rate to read."
         )
     if check is not None:
         from waluigi.judges import format_check
