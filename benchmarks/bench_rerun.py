@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--judge", default=None, help="judge spec (default: the model itself)")
     parser.add_argument("--suite", default="core")
-    parser.add_argument("--questions", default="wish*,bored*,money*")
+    parser.add_argument("--questions", default="wish*,bored*,need_cash_fast*")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args()
@@ -29,6 +29,9 @@ def main() -> None:
     from waluigi.evaluate import EvalConfig, run_eval
 
     with tempfile.TemporaryDirectory() as tmp:
+        from waluigi.paths import model_cache_dir
+
+        os.environ["WALUIGI_MODEL_CACHE"] = str(model_cache_dir())  # keep the converted SmolLM2
         os.environ["WALUIGI_CACHE_DIR"] = str(Path(tmp) / "cache")  # a cold judge cache
         cfg = EvalConfig(
             model=args.model,

@@ -34,9 +34,13 @@ from waluigi.models.base import (
 )
 
 DEFAULT_BATCH_SIZE = 32  # generation
-# top_probs: padded tokens per forward pass (batch x longest prompt): 16 prompts of 512
-# tokens, 27 of 300, at most MAX_JUDGE_BATCH_SIZE short ones. ``batch_size`` caps it.
+# top_probs: padded tokens per forward pass (batch x longest prompt), at most
+# MAX_JUDGE_BATCH_SIZE prompts; ``batch_size`` caps it. Judge prompts (~300 tokens) make the
+# forward pass compute-bound on CPU, where big batches measured slower than small ones
+# (benchmarks/bench_judge.py on SmolLM2, 2 cores: 8192-token batches 0.88x a one-by-one loop,
+# 4-prompt batches 1.29x), so CPU batches are small; a GPU gains from big ones.
 JUDGE_TOKEN_BUDGET = 16 * 512
+JUDGE_TOKEN_BUDGET_CPU = 2048
 MAX_JUDGE_BATCH_SIZE = 64
 
 # dtype "auto" on CPU: float32. Measured here (2 cores, torch 2.13, SmolLM2-135M, 32 prompts
@@ -454,6 +458,7 @@ class HFGenerator(Generator):
             return
         encoded = [self._encode(p) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+        budget = JUDGE_TOKEN_BUDGET_CPU if self.model.device.type == "cpu" else JUDGE_TOKEN_BUDGET
         start = 0
         while start < len(order):
             # batch size from a padded-token budget; prompts are sorted, so the last is the longest
@@ -462,7 +467,7 @@ class HFGenerator(Generator):
             while (
                 start + size < len(order)
                 and size < cap
-                and (size + 1) * len(encoded[order[start + size]]) <= JUDGE_TOKEN_BUDGET
+                and (size + 1) * len(encoded[order[start + size]]) <= budget
             ):
                 size += 1
             chunk = order[start:start + size]
