@@ -78,11 +78,15 @@ def eval_cmd(
     if check_judge and result.judge:
         from waluigi.judges import check_against_reference
 
-        check = check_against_reference(
-            result.judge, data_dir=data_dir, base_url=judge_base_url, dtype=dtype, min_mass=judge_min_mass,
-            min_coherent=min_coherent, max_aligned=max_aligned,
-        )
-        (result.run_dir / "judge_check.json").write_text(json.dumps(check, indent=2) + "\n")
+        try:
+            check = check_against_reference(
+                result.judge, data_dir=data_dir, base_url=judge_base_url, dtype=dtype, min_mass=judge_min_mass,
+                min_coherent=min_coherent, max_aligned=max_aligned,
+            )
+        except UserError as error:  # the eval itself is done and on disk; say why there is no check
+            _err(f"judge check skipped: {error.message}")
+        else:
+            (result.run_dir / "judge_check.json").write_text(json.dumps(check, indent=2) + "\n")
     if json_out:
         _out(json.dumps(result.summary if result.summary is not None else {}, indent=2))
         return

@@ -14,6 +14,7 @@ Nothing is loaded before it is needed: a finished run re-run loads no model and 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import time
@@ -278,7 +279,7 @@ def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite,
     if categorical:
         summary["categorical"] = summarize_categorical(categorical)
     summary["thresholds"] = cfg_thresholds
-    (path / METRICS).write_text(__import__("json").dumps(summary, indent=2) + "\n")
+    (path / METRICS).write_text(json.dumps(summary, indent=2) + "\n")
     if em_rows:
         scatter_aligned_coherent(em_rows, path / SCATTER, title=path.name, **cfg_thresholds)
     return summary
@@ -450,7 +451,7 @@ def load_scores(run_path: str | Path) -> tuple[list[dict], dict]:
         raise UserError(f"{run_path} has no judgments; run `waluigi judge {run_path} --judge SPEC` first")
     rows = score_rows(samples, judgments)
     if snapshot.exists():
-        suite = suite_from_snapshot(__import__("json").loads(snapshot.read_text()))
+        suite = suite_from_snapshot(json.loads(snapshot.read_text()))
         numeric = {q.id for q in suite.questions if q.type != "free_form_judge"}
         rows = [r for r in rows if r["question_id"] in numeric]
     return rows, manifest
