@@ -44,7 +44,7 @@ def eval_cmd(
     judge: Annotated[Optional[str], typer.Option(help="judge model spec (default: the suite's judge, e.g. openai:gpt-4o-2024-08-06); 'none' to skip")] = None,
     data_dir: DataDirOpt = None,
     questions: Annotated[Optional[list[str]], typer.Option("--questions", "-q", help="question ids to keep (globs allowed; repeat or comma-separate)")] = None,
-    samples: Annotated[Optional[int], typer.Option(help="samples per paraphrase (overrides the suite)")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="answers per question, spread over its paraphrases (overrides the suite)")] = None,
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_tokens: Annotated[int, typer.Option(help="max new tokens per answer (the paper: 600)")] = 600,

@@ -146,6 +146,19 @@ def suite_from_snapshot(data: dict):
 
 
 # -- generation ----------------------------------------------------------------------
+def sample_slots(question, samples: int | None = None) -> list[tuple[int, int]]:
+    """The ``(paraphrase_index, sample_index)`` of every answer to ``question``.
+
+    By default the suite's ``samples_per_paraphrase`` answers to each paraphrase. With
+    ``--samples N``, N answers per question, spread over its paraphrases in turn (answer s
+    goes to paraphrase s mod P), so the count per question is what the user asked for.
+    """
+    n_para = len(question.paraphrases)
+    if samples is None:
+        return [(p, s) for p in range(n_para) for s in range(question.samples_per_paraphrase)]
+    return [(s % n_para, s // n_para) for s in range(samples)]
+
+
 def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory) -> int:
     """Sample every missing answer; returns the number of model requests made."""
     from waluigi.models import GenerationRequest, SamplingParams
@@ -153,11 +166,10 @@ def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory) -> in
     done = {sample_key(r) for r in run.rows(SAMPLES)}
     todo = []
     for question in suite.questions:
-        for p_index, paraphrase in enumerate(question.paraphrases):
-            for s_index in range(question.samples_per_paraphrase):
-                key = (question.id, p_index, s_index)
-                if key not in done:
-                    todo.append((question, p_index, paraphrase, key))
+        for p_index, s_index in sample_slots(question, cfg.samples):
+            key = (question.id, p_index, s_index)
+            if key not in done:
+                todo.append((question, p_index, question.paraphrases[p_index], key))
     if not todo:
         return 0
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
@@ -299,7 +311,6 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     if cfg.samples is not None:
         if cfg.samples < 1:
             raise UserError(f"--samples must be at least 1, got {cfg.samples}")
-        suite = suite.with_samples(cfg.samples)
     judge_spec = resolve_judge(cfg.judge, suite)
     preflight_model(cfg.model, "model", cfg.base_url)
     if judge_spec:
