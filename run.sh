@@ -9,4 +9,4 @@ scripts/bootstrap.sh
 export WALUIGI_DATA_DIR="${WALUIGI_DATA_DIR:-$(cd .. && pwd)/shared/reference/emergent-misalignment}"
 [ -d "$WALUIGI_DATA_DIR" ] || unset WALUIGI_DATA_DIR
 exec .venv/bin/waluigi eval --model smollm2 --suite core --judge smollm2 \
-  --samples 1 --max-tokens 128 --check-judge --out runs/main-smollm2-core "$@"
+  --samples 2 --max-tokens 128 --check-judge --out runs/main-smollm2-core "$@"
