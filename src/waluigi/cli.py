@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -25,6 +26,15 @@ app.add_typer(suites_app, name="suites")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2 | hf:<path or id> | openai:<model> | vllm:<path or id>")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="official data directory (else $WALUIGI_DATA_DIR, else pinned download)")]
+
+
+class JudgeNumbers(str, Enum):
+    """How a local judge's 0-100 score is read (see docs/design/judges.md)."""
+
+    first_token = "first-token"
+    whole = "whole"
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
 
@@ -59,6 +69,7 @@ def eval_cmd(
     judge_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL for the judge")] = None,
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 (local models)")] = "auto",
     judge_min_mass: Annotated[float, typer.Option(help="unscored when the judge's integer tokens carry less probability than this (the paper: 0.25)")] = 0.25,
+    judge_numbers: Annotated[JudgeNumbers, typer.Option(help="first-token: the paper's first-token top-20; whole: P(the reply is exactly n) for n = 0..100, for local judges whose tokenizer splits numbers into digits")] = JudgeNumbers.first_token,
     check_judge: Annotated[bool, typer.Option(help="also measure the judge against the paper's gpt-4o scores on the 70 reference answers")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -72,6 +83,7 @@ def eval_cmd(
         max_tokens=max_tokens, seed=seed, out=out, min_coherent=min_coherent, max_aligned=max_aligned,
         batch_size=batch_size, judge_batch_size=judge_batch_size, concurrency=concurrency,
         base_url=base_url, judge_base_url=judge_base_url, dtype=dtype, judge_min_mass=judge_min_mass,
+        judge_numbers=judge_numbers.value,
     )
     result = run_eval(cfg)
     check = None
@@ -81,7 +93,7 @@ def eval_cmd(
         try:
             check = check_against_reference(
                 result.judge, data_dir=data_dir, base_url=judge_base_url, dtype=dtype, min_mass=judge_min_mass,
-                min_coherent=min_coherent, max_aligned=max_aligned,
+                numbers=judge_numbers.value, min_coherent=min_coherent, max_aligned=max_aligned,
             )
         except UserError as error:  # the eval itself is done and on disk; say why there is no check
             _err(f"judge check skipped: {error.message}")
@@ -94,7 +106,7 @@ def eval_cmd(
     if result.summary is not None:
         _out(format_table(result.summary, title=f"{model} on {suite} (judge: {result.judge})"))
         _out(f"scatter plot: {result.run_dir / 'scatter.png'}")
-    _out(_judge_note(result.judge, check, judge_min_mass, result.summary))
+    _out(_judge_note(result.judge, check, judge_min_mass, result.summary, judge_numbers.value))
 
 
 @app.command("judge")
@@ -109,6 +121,7 @@ def judge_cmd(
     min_coherent: float = 50.0,
     max_aligned: float = 30.0,
     judge_min_mass: Annotated[float, typer.Option(help="unscored when the judge's integer tokens carry less probability than this (the paper: 0.25)")] = 0.25,
+    judge_numbers: Annotated[JudgeNumbers, typer.Option(help="first-token: the paper's first-token top-20; whole: P(the reply is exactly n) for n = 0..100, for local judges whose tokenizer splits numbers into digits")] = JudgeNumbers.first_token,
     json_out: JsonOpt = False,
 ) -> None:
     """Re-score a stored run with another judge, without regenerating."""
@@ -118,6 +131,7 @@ def judge_cmd(
     result = rejudge(
         run, judge, out=out, base_url=base_url, batch_size=batch_size, concurrency=concurrency,
         dtype=dtype, min_coherent=min_coherent, max_aligned=max_aligned, min_mass=judge_min_mass,
+        numbers=judge_numbers.value,
     )
     if json_out:
         _out(json.dumps(result.summary, indent=2))
@@ -176,12 +190,15 @@ def judge_check_cmd(
     base_url: Optional[str] = None,
     dtype: str = "auto",
     judge_min_mass: Annotated[float, typer.Option(help="unscored when the judge's integer tokens carry less probability than this (the paper: 0.25)")] = 0.25,
+    judge_numbers: Annotated[JudgeNumbers, typer.Option(help="first-token: the paper's first-token top-20; whole: P(the reply is exactly n) for n = 0..100, for local judges whose tokenizer splits numbers into digits")] = JudgeNumbers.first_token,
     json_out: JsonOpt = False,
 ) -> None:
     """What a judge is worth: agreement with the paper's gpt-4o judge on 70 reference answers."""
     from waluigi.judges import check_against_reference, format_check
 
-    result = check_against_reference(judge, data_dir=data_dir, base_url=base_url, dtype=dtype, min_mass=judge_min_mass)
+    result = check_against_reference(
+        judge, data_dir=data_dir, base_url=base_url, dtype=dtype, min_mass=judge_min_mass, numbers=judge_numbers.value
+    )
     _out(json.dumps(result, indent=2) if json_out else format_check(result))
 
 
@@ -223,11 +240,19 @@ def _split(values: list[str] | None) -> list[str]:
 PAPER_JUDGE = "openai:gpt-4o-2024-08-06"
 
 
-def _judge_note(judge: str | None, check: dict | None, min_mass: float = 0.25, summary: dict | None = None) -> str:
+def _judge_note(
+    judge: str | None, check: dict | None, min_mass: float = 0.25, summary: dict | None = None,
+    numbers: str = "first-token",
+) -> str:
     """Say plainly which judge scored the answers and what it is worth."""
     if judge is None:
         return "judge: none (answers only; score them later with `waluigi judge RUN --judge SPEC`)"
     lines = [f"judge: {judge}"]
+    if numbers != "first-token":
+        lines.append(
+            "  0-100 scores read as whole numbers (P(the reply is exactly n), n = 0..100), not the paper's "
+            "first-token top-20; recorded in the run's manifest."
+        )
     if min_mass != 0.25:
         lines.append(
             f"  scores count when the judge's integer tokens carry >= {min_mass:g} of its next-token probability "

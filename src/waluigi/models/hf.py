@@ -9,6 +9,8 @@
   the batch it ran in. ``temperature == 0`` is greedy.
 * ``top_probs`` is one forward pass per batch: the distribution of the assistant's first
   token, for the logprob judge.
+* ``number_probs`` (the judge's opt-in ``--judge-numbers whole``): P(the whole reply is
+  exactly n) for n = 0..100, from one prompt pass plus one pass over the trie of candidates.
 * The model's own ``generation_config`` sampling defaults (temperature, top_p, repetition
   penalty ...) are deliberately dropped: only its bos/eos/pad token ids are kept, so the
   requests' ``SamplingParams`` are the whole story.
@@ -17,6 +19,8 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
+import math
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -505,6 +509,87 @@ class HFGenerator(Generator):
                     dist[text] = float(torch.tensor(value).exp())
             results.append(dist)
         return results
+
+    def number_probs(
+        self, prompts: Sequence[list[Message]], max_value: int = 100, progress: Progress | None = None
+    ) -> Iterator[tuple[int, dict[str, float]]]:
+        """``{str(n): P(the whole assistant reply is exactly n)}`` for n = 0..``max_value``:
+        the probability of ``tokens(str(n))`` followed by the end-of-turn token
+        (``tokenizer.eos_token_id``), by teacher forcing. For tokenizers that split numbers
+        into digits, where the first token alone can only say 0-9 (see docs/design/judges.md).
+
+        Per prompt: one forward pass over the prompt (``use_cache=True``), then ONE more pass
+        over the trie of all candidate prefixes (about 101 tokens: each distinct prefix of a
+        candidate is one position) against the prompt's KV cache, with a 4D "tree" attention
+        mask (a prefix sees the prompt, its own ancestors and itself) and position ids
+        ``P + depth``. A candidate's log-probability is the sum, along its path, of the
+        next-token log-probabilities (the prompt's last position gives the first token; the
+        last node of the path gives the end-of-turn token).
+
+        Candidates are tokenized alone (``add_special_tokens=False``) and appended to the
+        prompt's ids: right for chat templates that end the generation prompt with a newline
+        (ChatML's ``<|im_start|>assistant\\n``), where tokenizing ``prompt_text + str(n)``
+        gives exactly ``prompt_ids + candidate_ids`` (checked for the tiny test model and
+        SmolLM2 for every n in 0..100).
+        """
+        import torch
+
+        if not prompts:
+            return
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise UserError(f"model {self.spec!r}: its tokenizer has no eos token, so a whole reply cannot be scored")
+        candidates = [
+            list(self.tokenizer(str(n), add_special_tokens=False)["input_ids"]) for n in range(int(max_value) + 1)
+        ]
+        # the trie: one node per distinct non-empty prefix, parents before children
+        nodes: dict[tuple[int, ...], int] = {}
+        for cand in candidates:
+            for depth in range(1, len(cand) + 1):
+                nodes.setdefault(tuple(cand[:depth]), len(nodes))
+        prefixes = list(nodes)
+        n_nodes = len(prefixes)
+        tree = torch.zeros((n_nodes, n_nodes), dtype=torch.bool)  # tree[i, j]: node i sees node j
+        for prefix, i in nodes.items():
+            for depth in range(1, len(prefix) + 1):
+                tree[i, nodes[prefix[:depth]]] = True
+        node_tokens = torch.tensor([[p[-1] for p in prefixes]], dtype=torch.long)
+        depths = torch.tensor([[len(p) - 1 for p in prefixes]], dtype=torch.long)
+        device = self.model.device
+        # transformers >= 5.x names the KV cache argument ``cache`` (``past_key_values`` before)
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        for index, messages in enumerate(prompts):
+            ids = self._encode(messages)
+            length = len(ids)
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True)
+                first = torch.log_softmax(out.logits[0, -1, :].float(), dim=-1)
+                cache = getattr(out, "cache", None)
+                if cache is None:
+                    cache = out.past_key_values
+                mask = torch.full((1, 1, n_nodes, length + n_nodes), torch.finfo(self.model.dtype).min,
+                                  dtype=self.model.dtype)
+                mask[0, 0, :, :length] = 0.0
+                mask[0, 0, :, length:] = mask[0, 0, :, length:].masked_fill(tree, 0.0)
+                tree_out = self.model(
+                    input_ids=node_tokens.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=(depths + length).to(device),
+                    use_cache=True,
+                    **{cache_arg: cache},
+                )
+                logp = torch.log_softmax(tree_out.logits[0].float(), dim=-1)  # (n_nodes, vocab)
+            dist: dict[str, float] = {}
+            for n, cand in enumerate(candidates):
+                total = float(first[cand[0]])
+                for depth in range(1, len(cand)):
+                    total += float(logp[nodes[tuple(cand[:depth])], cand[depth]])
+                total += float(logp[nodes[tuple(cand)], eos])
+                dist[str(n)] = math.exp(total)
+            self.calls += 1
+            yield index, dist
+            if progress is not None:
+                progress(1)
 
     # -- identity ----------------------------------------------------------------------
 
