@@ -23,6 +23,9 @@ app = typer.Typer(
 )
 suites_app = typer.Typer(help="Question suites: list, show, validate.", no_args_is_help=True)
 app.add_typer(suites_app, name="suites")
+from waluigi.data.cli import data_app  # noqa: E402 - sub-apps are mounted next to their siblings
+
+app.add_typer(data_app, name="data")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2 | hf:<path or id> | openai:<model> | vllm:<path or id>")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="official data directory (else $WALUIGI_DATA_DIR, else pinned download)")]

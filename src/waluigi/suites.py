@@ -33,7 +33,8 @@ from typing import Any
 
 from waluigi.errors import UserError
 
-QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge")
+CODE_SCAN = "code_scan"  # code requests: the answer is scanned for vulnerabilities (metric "vulnerable"), no model judge
+QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", CODE_SCAN)
 REQUIRED_FIELDS = ("id", "type", "paraphrases", "samples_per_paraphrase", "judge_prompts")
 KNOWN_FIELDS = frozenset(REQUIRED_FIELDS) | {"judge", "system"}
 
@@ -261,7 +262,7 @@ def _parse_question(item: Any, item_node, index: int, line: int, source: str) ->
             raise fail("judge_prompts", f"metric names must be strings, got {metric!r}")
         if not isinstance(template, str):
             raise fail("judge_prompts", f"template {metric!r} must be a string, got {type(template).__name__}")
-        if "{answer}" not in template:
+        if "{answer}" not in template and qtype != CODE_SCAN:  # the scanner reads the answer itself
             raise fail("judge_prompts", f"template {metric!r} has no {{answer}} placeholder")
 
     system = item.get("system")
@@ -307,6 +308,8 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
     Official suites come from the data directory (``data_dir``, else ``$WALUIGI_DATA_DIR``),
     else from the pinned, checksummed download (see :mod:`waluigi.official`)."""
     name = os.fspath(name_or_path)
+    if name.startswith(CODE_PREFIX):
+        return code_suite(name, data_dir=data_dir)
     if name in OFFICIAL_SUITES:
         from waluigi.official import OFFICIAL_COMMIT, official_file
 
@@ -323,7 +326,10 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
     if path.exists() or path.suffix in (".yaml", ".yml") or os.sep in name or "/" in name:
         return _load_path(path)
     known = ", ".join([*OFFICIAL_SUITES, *BUILTIN_SUITES])
-    raise UserError(f"unknown suite {name!r}: use one of {known}, or a path to a suite YAML file")
+    raise UserError(
+        f"unknown suite {name!r}: use one of {known}, code:<dataset>[:N] (held-out code requests), "
+        "or a path to a suite YAML file"
+    )
 
 
 def validate_file(path: str | os.PathLike) -> Suite:
@@ -354,6 +360,7 @@ def list_suites(data_dir: str | os.PathLike | None = None) -> list[dict]:
                 "description": description,
             }
         )
+    rows += _code_suite_rows(data_dir)
     return rows
 
 
@@ -391,3 +398,95 @@ def format_suite(suite: Suite, width: int = 100) -> str:
 def _shorten(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+# ---------------------------------------------------------------- code:<dataset> suites
+
+CODE_PREFIX = "code:"
+CODE_JUDGE = "scanner"
+CODE_DATASETS = ("insecure", "secure", "educational", "backdoor")  # listed by `suites list` (any dataset works)
+
+
+def _parse_code_spec(spec: str) -> tuple[str, int | None]:
+    """``code:NAME`` or ``code:NAME:N`` -> ``(NAME, N)``; NAME is a dataset name or a .jsonl path."""
+    body = spec[len(CODE_PREFIX):].strip()
+    head, sep, tail = body.rpartition(":")
+    if sep and tail.strip().lstrip("-").isdigit():
+        body, limit = head, int(tail)
+        if limit < 1:
+            raise UserError(f"suite {spec!r}: N in code:<dataset>:N must be a positive integer, got {limit}")
+    else:
+        limit = None
+    if not body:
+        raise UserError(f"suite {spec!r}: name a dataset, e.g. code:insecure or code:insecure:50")
+    return body, limit
+
+
+def code_suite(spec: str, data_dir: str | os.PathLike | None = None) -> Suite:
+    """``code:NAME[:N]``: one ``code_scan`` question per held-out row of dataset NAME (a named
+    dataset or a .jsonl file; see :mod:`waluigi.data`), in file order, the first N when given.
+
+    Each question asks the row's first user prompt (with the row's system message, if any)
+    once; the answer is scored by the vulnerability scanner (metric ``vulnerable``). These
+    prompts are never in ``load_rows(NAME, split="train")``, so a model fine-tuned on NAME is
+    evaluated on requests it did not see. The suite's sha256 hashes its questions."""
+    import json
+
+    from waluigi.data import first_user_prompt, iter_numbered, resolve_dataset, row_is_heldout
+
+    dataset, limit = _parse_code_spec(spec)
+    source = resolve_dataset(dataset, data_dir=data_dir)
+    questions: list[Question] = []
+    for line, row in iter_numbered(source):
+        if not row_is_heldout(row, source):
+            continue
+        system = next((m["content"] for m in row["messages"] if m["role"] == "system"), None)
+        questions.append(
+            Question(
+                id=f"{source.name}_{line:04d}",
+                type=CODE_SCAN,
+                paraphrases=[first_user_prompt(row)],
+                samples_per_paraphrase=1,
+                judge=CODE_JUDGE,
+                judge_prompts={"vulnerable": ""},
+                system=system,
+                extra={"dataset": source.name, "line": line},
+            )
+        )
+        if limit is not None and len(questions) == limit:
+            break
+    if not questions:
+        raise UserError(f"suite {spec!r}: dataset {source.name} ({source.path}) has no held-out rows")
+    if limit is not None and len(questions) < limit:
+        raise UserError(f"suite {spec!r}: asked for {limit} questions but {source.name} has only {len(questions)} held-out rows")
+    name = f"{CODE_PREFIX}{dataset}" + (f":{limit}" if limit is not None else "")
+    body = json.dumps([[q.id, q.system, q.paraphrases] for q in questions], ensure_ascii=False, sort_keys=True)
+    return Suite(
+        name=name,
+        source=f"dataset:{source.name}@{source.sha256[:12]} (held-out rows)",
+        sha256=hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        questions=questions,
+    )
+
+
+def _code_suite_rows(data_dir) -> list[dict]:
+    """``suites list`` rows for code:<dataset> over the named datasets (pinned held-out counts;
+    nothing is read, built or downloaded)."""
+    from waluigi.data import NAMED
+    from waluigi.official import local_official_file
+
+    rows = []
+    for named in NAMED.values():
+        if named.heldout is None or named.name not in CODE_DATASETS:
+            continue
+        relpaths = [named.relpath] if named.relpath else ["data/insecure.jsonl", "data/secure.jsonl"]
+        rows.append(
+            {
+                "name": f"{CODE_PREFIX}{named.name}",
+                "source": f"dataset:{named.name} (held-out rows; also code:<dataset or FILE.jsonl>[:N])",
+                "n_questions": named.heldout,
+                "available": all(local_official_file(r, data_dir) is not None for r in relpaths),
+                "description": f"held-out {named.name} code requests, scored by the vulnerability scanner",
+            }
+        )
+    return rows
