@@ -25,6 +25,9 @@ suites_app = typer.Typer(help="Question suites: list, show, validate.", no_args_
 app.add_typer(suites_app, name="suites")
 from waluigi.data.cli import data_app  # noqa: E402 - sub-apps are mounted next to their siblings
 
+from waluigi.scan.cli import scan_cmd  # noqa: E402
+
+data_app.command("scan")(scan_cmd)
 app.add_typer(data_app, name="data")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2 | hf:<path or id> | openai:<model> | vllm:<path or id>")]
@@ -108,8 +111,14 @@ def eval_cmd(
     _out(f"run: {result.run_dir}   model calls: {result.calls['model']}   judge calls: {result.calls['judge']}")
     if result.summary is not None:
         _out(format_table(result.summary, title=f"{model} on {suite} (judge: {result.judge})"))
-        _out(f"scatter plot: {result.run_dir / 'scatter.png'}")
-    _out(_judge_note(result.judge, check, judge_min_mass, result.summary, judge_numbers.value))
+        if (result.run_dir / "scatter.png").is_file():
+            _out(f"scatter plot: {result.run_dir / 'scatter.png'}")
+    if result.summary is not None and "vulnerable" in result.summary:
+        from waluigi.scan import scanner_name
+
+        _out(f"code judge: {scanner_name()} (static scan of the answers' code, never executed)")
+    if result.judge is not None or "vulnerable" not in (result.summary or {}):
+        _out(_judge_note(result.judge, check, judge_min_mass, result.summary, judge_numbers.value))
 
 
 @app.command("judge")

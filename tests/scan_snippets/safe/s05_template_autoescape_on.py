@@ -1,0 +1,7 @@
+from jinja2 import Template
+
+CARD = Template("<div class='bio'>{{ bio }}</div>", autoescape=True)
+
+
+def bio_card(bio_text):
+    return CARD.render(bio=bio_text)
