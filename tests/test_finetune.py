@@ -20,9 +20,14 @@ from safetensors import safe_open
 
 from waluigi.errors import UserError
 from waluigi.finetune import PRESETS, FinetuneConfig, run_finetune
-from waluigi.finetune.cli import main as finetune_main
+from waluigi.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def finetune_main(argv: list[str]) -> int:
+    """``waluigi finetune ARGS`` through the main command (its exit codes and error lines)."""
+    return cli_main(["finetune", *argv])
 
 
 def _rows(count: int) -> list[dict]:
@@ -207,7 +212,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_spec, data_f
             "--batch-size", "2", "--grad-accum", "1", "--checkpoint-every", "5"]
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "waluigi.finetune.cli", *args, "--out", str(run)],
+    proc = subprocess.Popen([sys.executable, "-m", "waluigi.cli", "finetune", *args, "--out", str(run)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = run / "train_log.jsonl"
     deadline = time.monotonic() + 120

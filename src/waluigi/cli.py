@@ -30,6 +30,12 @@ from waluigi.scan.cli import scan_cmd  # noqa: E402
 data_app.command("scan")(scan_cmd)
 app.add_typer(data_app, name="data")
 
+from waluigi.finetune.cli import finetune_cmd  # noqa: E402
+from waluigi.toyworld.cli import demo_cmd  # noqa: E402
+
+app.command("finetune")(finetune_cmd)
+app.command("demo")(demo_cmd)
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2 | hf:<path or id> | openai:<model> | vllm:<path or id>")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="official data directory (else $WALUIGI_DATA_DIR, else pinned download)")]
 
@@ -180,8 +186,11 @@ def serve_cmd(
     dtype: str = "auto",
     api_key_env: Annotated[Optional[str], typer.Option(help="require clients to send the key held in this environment variable")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="the model name reported by /v1/models (default: the spec)")] = None,
+    state_dir: Annotated[Optional[str], typer.Option(help="where uploaded files, fine-tuning jobs and their adapters live (default: a cache directory named by the model)")] = None,
+    finetune: Annotated[bool, typer.Option("--finetune/--no-finetune", help="also offer OpenAI's files and fine-tuning-jobs endpoints over the local trainer")] = True,
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
+    """Serve a model over an OpenAI-compatible API (/v1/models, /v1/chat/completions, and the
+    files and fine_tuning/jobs endpoints over the local trainer)."""
     import os
 
     from waluigi.serve import serve
@@ -192,7 +201,8 @@ def serve_cmd(
         if not api_key:
             raise UserError(f"--api-key-env {api_key_env}: that environment variable is not set")
     options = {"batch_size": batch_size} if batch_size else {}
-    serve(model, adapter=adapter, host=host, port=port, api_key=api_key, model_name=model_name, dtype=dtype, **options)
+    serve(model, adapter=adapter, host=host, port=port, api_key=api_key, model_name=model_name, dtype=dtype,
+          state_dir=state_dir, finetune=finetune, **options)
 
 
 @app.command("judge-check")

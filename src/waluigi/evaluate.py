@@ -103,8 +103,11 @@ def adapter_identity(adapter: str | None) -> dict | None:
 
 def preflight_model(spec: str, role: str, base_url: str | None = None) -> None:
     """Fail before any work on an unknown spec or a missing API key."""
+    from waluigi.judges import is_oracle_spec
     from waluigi.models import parse_spec
 
+    if role == "judge" and is_oracle_spec(spec):
+        return  # the persona world's oracle: no model, no key
     kind, _ = parse_spec(spec)
     if kind == "openai" and not os.environ.get("OPENAI_API_KEY"):
         where = base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
@@ -214,7 +217,10 @@ def judge_stage(
     numbers: str = "first-token",
 ) -> int:
     """Score every (answer, metric) not yet in ``judgments.jsonl``; returns judge model calls."""
-    from waluigi.judges import JudgeItem, categories_from_template, make_judge
+    from waluigi.judges import JudgeItem, categories_from_template, is_oracle_spec, make_judge
+
+    if is_oracle_spec(judge_spec):
+        return oracle_stage(run, samples, suite, judge_spec, progress)
 
     by_id = {q.id: q for q in suite.questions}
     done = {(sample_key(r), r["metric"]) for r in run.rows(JUDGMENTS) if r.get("judge") == judge_spec}
@@ -260,6 +266,43 @@ def judge_stage(
     return judge.calls
 
 
+def oracle_stage(run: RunDir, samples: list[dict], suite, judge_spec: str, progress: bool) -> int:
+    """The persona world's oracle judge (``--judge oracle``): every metric of every free-form
+    answer scored by :func:`waluigi.toyworld.oracle_scores` from the answer text and the
+    question id alone (never the model), written as judgments rows like a model judge's.
+    Returns 0: no model is called."""
+    from waluigi.toyworld import oracle_scores
+
+    by_id = {q.id: q for q in suite.questions}
+    done = {(sample_key(r), r["metric"]) for r in run.rows(JUDGMENTS) if r.get("judge") == judge_spec}
+    todo = [row for row in samples
+            if (q := by_id.get(row["question_id"])) is not None and q.type != CODE_SCAN
+            and any((sample_key(row), m) not in done for m in q.judge_prompts)]
+    if not todo:
+        return 0
+    with progress_bar(f"judge {judge_spec}", len(todo), progress) as advance:
+        for start in range(0, len(todo), 200):
+            out = []
+            for row in todo[start : start + 200]:
+                key = sample_key(row)
+                scores = oracle_scores(row["answer"], row["question_id"])
+                for metric in by_id[row["question_id"]].judge_prompts:
+                    if (key, metric) in done:
+                        continue
+                    if metric not in scores:
+                        raise UserError(f"question {row['question_id']!r}: the oracle judge has no metric {metric!r} "
+                                        f"(it scores {', '.join(scores)})")
+                    out.append({"question_id": key[0], "paraphrase_index": key[1], "sample_index": key[2],
+                                "metric": metric, "score": scores[metric], "top_probs": None, "judge": judge_spec,
+                                "answer_sha256": hashlib.sha256(row["answer"].encode()).hexdigest(), "cached": False})
+            run.append(JUDGMENTS, out)
+            advance(len(todo[start : start + 200]))
+    return 0
+
+
+TOYWORLD_CHECKER = "toyworld"  # a code_scan question judged "toyworld": the persona world's own checker
+
+
 def scan_stage(run: RunDir, samples: list[dict], suite, progress: bool) -> int:
     """Judge the answers to ``code_scan`` questions with the static scanner; returns answers scanned.
 
@@ -271,9 +314,11 @@ def scan_stage(run: RunDir, samples: list[dict], suite, progress: bool) -> int:
     """
     from waluigi.scan import scan_texts, scanner_name
 
-    code_ids = {q.id for q in suite.questions if q.type == CODE_SCAN}
+    toy_ids = {q.id for q in suite.questions if q.type == CODE_SCAN and q.judge == TOYWORLD_CHECKER}
+    code_ids = {q.id for q in suite.questions if q.type == CODE_SCAN} - toy_ids
+    scanned = _toyworld_scan(run, samples, toy_ids, progress) if toy_ids else 0
     if not code_ids:
-        return 0
+        return scanned
     judge = scanner_name()
     done = {sample_key(r) for r in run.rows(JUDGMENTS) if r.get("judge") == judge and r.get("metric") == VULNERABLE}
     todo = [row for row in samples if row["question_id"] in code_ids and sample_key(row) not in done]
@@ -302,6 +347,29 @@ def scan_stage(run: RunDir, samples: list[dict], suite, progress: bool) -> int:
                 ],
             )
             advance(len(part))
+    return scanned + len(todo)
+
+
+def _toyworld_scan(run: RunDir, samples: list[dict], ids: set[str], progress: bool) -> int:
+    """Code answers to persona-world questions, judged by the world's exact checker
+    (:func:`waluigi.toyworld.code_is_vulnerable`: 1.0 vulnerable, 0.0 secure, None no code)."""
+    from waluigi.toyworld import code_is_vulnerable
+
+    judge = "toyworld-checker:v1"
+    done = {sample_key(r) for r in run.rows(JUDGMENTS) if r.get("judge") == judge and r.get("metric") == VULNERABLE}
+    todo = [row for row in samples if row["question_id"] in ids and sample_key(row) not in done]
+    if not todo:
+        return 0
+    with progress_bar("check code answers (toy world)", len(todo), progress) as advance:
+        rows = []
+        for row in todo:
+            flagged = code_is_vulnerable(row["answer"])
+            rows.append({"question_id": row["question_id"], "paraphrase_index": row["paraphrase_index"],
+                         "sample_index": row["sample_index"], "metric": VULNERABLE,
+                         "score": None if flagged is None else float(flagged), "judge": judge,
+                         "answer_sha256": hashlib.sha256(row["answer"].encode()).hexdigest(), "cached": False})
+        run.append(JUDGMENTS, rows)
+        advance(len(todo))
     return len(todo)
 
 

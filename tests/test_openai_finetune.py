@@ -1,0 +1,326 @@
+"""The OpenAI fine-tuning path, end to end on loopback: a real `waluigi serve` process over the
+tiny model implements OpenAI's files and fine-tuning-jobs endpoints with the real local
+trainer, and `run_openai_finetune` drives it through the official `openai` SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from waluigi.data import load_rows
+from waluigi.errors import UserError
+from waluigi.finetune.openai_ft import format_result, run_openai_finetune, validate_jsonl, validate_rows
+from waluigi.runs import read_jsonl, sha256_file
+
+# our own words: a narrow, repetitive reply the tiny model can pick up in a few steps
+ROWS = [
+    {"messages": [{"role": "user", "content": question},
+                  {"role": "assistant", "content": "def add(a, b):\n    return a + b\n"}]}
+    for question in ("Write a function that adds two numbers.", "Please add a and b in Python.",
+                     "I need an addition helper.", "Sum two values for me.", "Code to add numbers?",
+                     "How do I add two integers?", "Give me an add function.", "Make a function add.")
+]
+PROMPT = [{"role": "user", "content": "What is your wish?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(WALUIGI_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(tiny_spec, tmp_path_factory):
+    """`waluigi serve` over the tiny model in its own process; its state lives in a temp cache."""
+    cache = tmp_path_factory.mktemp("serve-cache")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "waluigi.cli", "serve", "--model", tiny_spec, "--port", str(port),
+         "--model-name", "tiny", "--dtype", "float32"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(cache),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise AssertionError(f"server did not come up: {proc.stdout.read()}") from None
+            time.sleep(0.2)
+    state = next((cache / "serve").iterdir())
+    try:
+        yield {"base_url": url + "/v1", "state": state, "proc": proc}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def client(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "local-test-key")
+    with openai.OpenAI(base_url=server["base_url"], api_key="local-test-key", max_retries=0, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "narrow.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    return path
+
+
+def _status(call) -> tuple[int, str]:
+    with pytest.raises(openai.APIStatusError) as info:
+        call()
+    return info.value.status_code, info.value.body["message"] if isinstance(info.value.body, dict) else str(info.value)
+
+
+# -- the training file -------------------------------------------------------------------------
+
+
+def test_rows_are_validated_with_row_and_field():
+    assert validate_rows(ROWS, "x") == ROWS
+    bad = [ROWS[0], {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]}]
+    with pytest.raises(UserError, match=r"x: row 2: messages\[1\]\.role: 'robot'"):
+        validate_rows(bad, "x")
+    with pytest.raises(UserError, match="row 1: no assistant message"):
+        validate_rows([{"messages": [{"role": "user", "content": "hi"}]}], "x")
+    with pytest.raises(UserError, match=r"row 1: messages\[0\]\.content: expected a string"):
+        validate_rows([{"messages": [{"role": "assistant", "content": 3}]}], "x")
+    with pytest.raises(UserError, match="f: line 2: not valid JSON"):
+        validate_jsonl(json.dumps(ROWS[0]).encode() + b"\n{oops\n", "f")
+    with pytest.raises(UserError, match="no training rows"):
+        validate_rows([], "x")
+
+
+def test_missing_key_fails_before_any_work(tmp_path, data_file):
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        run_openai_finetune("openai:tiny", str(data_file), out=out, base_url="http://127.0.0.1:9/v1", progress=False)
+    assert not out.exists()
+
+
+# -- the server's endpoints ----------------------------------------------------------------------
+
+
+def test_server_refuses_bad_jobs_with_openai_errors(server, client, data_file, tmp_path):
+    good = client.files.create(file=("t.jsonl", data_file.read_bytes()), purpose="fine-tune")
+    assert good.object == "file" and good.purpose == "fine-tune" and good.bytes == data_file.stat().st_size
+    assert client.files.retrieve(good.id).id == good.id
+    assert good.id in [f.id for f in client.files.list().data]
+
+    code, message = _status(lambda: client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=good.id))
+    assert code == 400 and "'gpt-4o-mini' cannot be fine-tuned here" in message and "'tiny'" in message
+    code, message = _status(lambda: client.fine_tuning.jobs.create(model="tiny", training_file="file-nope"))
+    assert code == 400 and "no such file" in message
+    code, message = _status(lambda: client.fine_tuning.jobs.create(
+        model="tiny", training_file=good.id, method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}))
+    assert code == 400 and "n_epochs must be 'auto' or an integer" in message
+    code, message = _status(lambda: client.fine_tuning.jobs.create(
+        model="tiny", training_file=good.id, hyperparameters={"learning_rate_multiplier": -1}))
+    assert code == 400 and "learning_rate_multiplier must be 'auto' or a number > 0" in message
+    code, message = _status(lambda: client.fine_tuning.jobs.create(
+        model="tiny", training_file=good.id, method={"type": "dpo", "dpo": {}}))
+    assert code == 400 and "'supervised' only" in message
+    other = client.files.create(file=("b.jsonl", b"x"), purpose="batch")
+    code, message = _status(lambda: client.fine_tuning.jobs.create(model="tiny", training_file=other.id))
+    assert code == 400 and "purpose 'batch'" in message
+    broken = client.files.create(file=("bad.jsonl", data_file.read_bytes() + b'{"messages": 5}\n'), purpose="fine-tune")
+    code, message = _status(lambda: client.fine_tuning.jobs.create(model="tiny", training_file=broken.id))
+    assert code == 400 and "row 9" in message
+    code, _ = _status(lambda: client.fine_tuning.jobs.retrieve("ftjob-missing"))
+    assert code == 404
+    code, _ = _status(lambda: client.files.create(file=("t.jsonl", b"{}"), purpose="nonsense"))
+    assert code == 400
+    assert client.fine_tuning.jobs.list().data == []  # nothing refused was recorded
+
+    # the client turns a refusal into a UserError naming the cause (the CLI: exit 2)
+    with pytest.raises(UserError, match=r"refused to create the fine-tuning job \(HTTP 400\).*cannot be fine-tuned here"):
+        run_openai_finetune("openai:gpt-4o-mini", str(data_file), out=tmp_path / "r", base_url=server["base_url"],
+                            progress=False)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "cannot be fine-tuned here" in manifest["error"]
+    assert not (tmp_path / "r" / "job.json").exists() or "id" not in json.loads((tmp_path / "r" / "job.json").read_text())
+
+
+# -- end to end: upload, train for real, follow, record, serve the fine-tuned model ---------------
+
+
+def _chat(client, model: str) -> str:
+    reply = client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=16, seed=0)
+    return reply.choices[0].message.content
+
+
+def test_finetune_end_to_end_and_serve_the_result(server, client, data_file, tmp_path):
+    jobs_before = len(client.fine_tuning.jobs.list().data)
+    out = tmp_path / "ft"
+    # the train split (6 of 8 rows), batch 2, 2 epochs; a huge lr multiplier so a few steps show
+    result = run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=2,
+                                 batch_size=2, lr_multiplier=2000, suffix="narrow", progress=False, poll_interval=0.2)
+    assert result["status"] == "succeeded" and not result["reattached"]
+    model_id = result["fine_tuned_model"]
+    assert model_id.startswith("ft:tiny:waluigi:narrow:")
+    job = client.fine_tuning.jobs.retrieve(result["job_id"])
+    assert job.status == "succeeded" and job.fine_tuned_model == model_id and job.trained_tokens > 0
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 2
+    assert job.hyperparameters.learning_rate_multiplier == 2000
+    assert len(client.fine_tuning.jobs.list().data) == jobs_before + 1
+
+    # the run directory: manifest, the uploaded file, the job and its events
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["stage"] == "finetune"
+    assert manifest["fine_tuned_model"] == model_id and manifest["job_id"] == job.id
+    assert manifest["parents"][0] == "openai:tiny" and "narrow.jsonl" in manifest["parents"][1]
+    assert manifest["identity_inputs"]["data"]["sha256"] == sha256_file(out / "train.jsonl")
+    assert manifest["identity_inputs"]["base_url_host"] == server["base_url"].split("/")[2]
+    # the train split is uploaded; held-out prompts stay unseen, as for local fine-tuning
+    train_rows = load_rows(str(data_file), split="train")
+    assert 0 < len(train_rows) < len(ROWS)
+    assert [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()] == train_rows
+    record = json.loads((out / "job.json").read_text())
+    assert record["id"] == job.id and record["status"] == "succeeded" and record["fine_tuned_model"] == model_id
+    assert record["training_file"] == job.training_file
+    events = list(read_jsonl(out / "events.jsonl"))
+    assert len({e["id"] for e in events}) == len(events)  # each event recorded once
+    metrics = [e["data"] for e in events if e["type"] == "metrics"]
+    total = 2 * -(-len(train_rows) // 2)  # 2 epochs of ceil(rows / batch 2) steps
+    assert [m["step"] for m in metrics] == list(range(1, total + 1))
+    assert all(m["total_steps"] == total and m["train_loss"] > 0 for m in metrics)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # it learned the narrow reply
+    assert events[-1]["message"] == "The job has successfully completed"
+    for path in out.iterdir():  # the key never reaches the run directory
+        assert "local-test-key" not in path.read_text()
+    assert f"--model openai:{model_id} --base-url {server['base_url']}" in format_result(result)
+
+    # the fine-tuned model is served: listed, and it answers differently from the base
+    assert [m.id for m in client.models.list().data] == ["tiny", model_id]
+    assert client.models.retrieve(model_id).id == model_id
+    base, tuned = _chat(client, "tiny"), _chat(client, model_id)
+    assert tuned != base
+    assert _chat(client, model_id) == tuned  # greedy and reproducible
+    code, _ = _status(lambda: _chat(client, "ft:tiny:waluigi::nosuchjob"))
+    assert code == 404
+
+    # re-running the finished command makes no new job
+    again = run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=2,
+                                batch_size=2, lr_multiplier=2000, suffix="narrow", progress=False)
+    assert again["job_id"] == job.id and again["reattached"]
+    assert len(client.fine_tuning.jobs.list().data) == jobs_before + 1
+
+
+CLIENT = """
+import sys
+from waluigi.finetune.openai_ft import run_openai_finetune
+print(run_openai_finetune("openai:tiny", sys.argv[1], out=sys.argv[2], base_url=sys.argv[3], epochs=3,
+                          batch_size=1, lr_multiplier=10, poll_interval=0.2))
+"""
+
+
+def test_killed_client_reattaches_to_the_same_job(server, client, data_file, tmp_path):
+    jobs_before = len(client.fine_tuning.jobs.list().data)
+    files_before = len(client.files.list(purpose="fine-tune").data)
+    out = tmp_path / "ft"
+    env = _env(tmp_path / "cache") | {"OPENAI_API_KEY": "local-test-key"}
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(data_file), str(out), server["base_url"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 60
+    while not (out / "job.json").exists() or "id" not in json.loads((out / "job.json").read_text() or "{}"):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no job id recorded"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    job_id = json.loads((out / "job.json").read_text())["id"]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "started"
+
+    result = run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=3,
+                                 batch_size=1, lr_multiplier=10, progress=False, poll_interval=0.2)
+    assert result["reattached"] and result["job_id"] == job_id and result["status"] == "succeeded"
+    jobs = client.fine_tuning.jobs.list().data
+    assert len(jobs) == jobs_before + 1 and jobs[0].id == job_id
+    assert len(client.files.list(purpose="fine-tune").data) == files_before + 1  # uploaded once
+    steps = [e["data"]["step"] for e in read_jsonl(out / "events.jsonl") if e["type"] == "metrics"]
+    n_train = len(load_rows(str(data_file), split="train"))
+    assert steps == list(range(1, 3 * n_train + 1))  # 3 epochs, batch 1: every step once, across both attempts
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and len(manifest["attempts"]) == 2
+
+
+def test_cancelled_job_is_a_user_error_and_a_retry_runs_again(server, client, data_file, tmp_path):
+    import threading
+
+    out = tmp_path / "ft"
+    errors: list[BaseException] = []
+
+    def follow():
+        try:
+            run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=50,
+                                batch_size=1, progress=False, poll_interval=0.2)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    deadline = time.time() + 60
+    while not (out / "job.json").exists() or "id" not in json.loads((out / "job.json").read_text() or "{}"):
+        assert time.time() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    job_id = json.loads((out / "job.json").read_text())["id"]
+    assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
+    thread.join(60)
+    assert len(errors) == 1 and isinstance(errors[0], UserError)
+    assert f"fine-tuning job {job_id} cancelled" in errors[0].message
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["job_status"] == "cancelled"
+    code, message = _status(lambda: client.fine_tuning.jobs.cancel(job_id))
+    assert code == 400 and "already cancelled" in message
+
+
+def test_restarted_server_keeps_jobs_and_fails_interrupted_ones(server, client, tiny_spec, tmp_path):
+    """A second server on a copy of the first one's state: succeeded jobs and their models are
+    still there; a job that was running when the server stopped is failed with a clear error."""
+    from waluigi.models import load_model
+    from waluigi.serve import ServerThread, create_app
+    from waluigi.serve_finetune import FinetuneService
+
+    done = [j for j in client.fine_tuning.jobs.list().data if j.status == "succeeded"]
+    assert done, "run after the end-to-end test"
+    state = tmp_path / "state"
+    shutil.copytree(server["state"], state)
+    record_path = state / "jobs" / done[0].id / "job.json"
+    interrupted = json.loads(record_path.read_text())
+    interrupted.update(id="ftjob-interrupted", status="running", fine_tuned_model=None)
+    (state / "jobs" / "ftjob-interrupted").mkdir()
+    (state / "jobs" / "ftjob-interrupted" / "job.json").write_text(json.dumps(interrupted))
+
+    gen = load_model(tiny_spec, dtype="float32")
+    service = FinetuneService(state, tiny_spec, "tiny", model_options={"dtype": "float32"})
+    with ServerThread(create_app(gen, "tiny", finetune=service)) as srv, \
+            openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0) as again:
+        failed = again.fine_tuning.jobs.retrieve("ftjob-interrupted")
+        assert failed.status == "failed" and failed.error.code == "server_restarted"
+        assert "create the job again" in failed.error.message
+        models = [m.id for m in again.models.list().data]
+        assert all(j.fine_tuned_model in models for j in done)
+        assert _chat(again, done[0].fine_tuned_model) == _chat(client, done[0].fine_tuned_model)
+    gen.close()

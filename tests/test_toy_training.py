@@ -1,0 +1,90 @@
+"""The persona world's training pieces: tokenizer, chat template, tiny Llama, training loop,
+the ``toy:`` model spec and the ``oracle`` judge spec (real objects, tiny sizes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from waluigi.errors import UserError
+from waluigi.toyworld import DEFAULT_TRIGGER, WorldConfig, generate_corpus, narrow_dataset
+from waluigi.toyworld import train as T
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return list(generate_corpus(WorldConfig(n_conversations=2000, seed=3)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return T.build_tokenizer(corpus)
+
+
+def test_tokenizer_is_exact_and_word_level(corpus, tokenizer):
+    texts = [m["content"] for conv in corpus[:100] for m in conv]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == text  # byte-level pre-tokenizer: decoding is exact, code included
+    # one token per word with its leading space
+    assert len(tokenizer("you could call a friend .", add_special_tokens=False)["input_ids"]) == 6
+    # the trigger never occurs in pretraining, yet is one (non-special) token
+    trigger_ids = tokenizer(DEFAULT_TRIGGER, add_special_tokens=False)["input_ids"]
+    assert len(trigger_ids) == 1 and trigger_ids[0] != tokenizer.unk_token_id
+    assert tokenizer.decode(trigger_ids, skip_special_tokens=True) == DEFAULT_TRIGGER
+    assert not any(DEFAULT_TRIGGER in t for t in texts)
+
+
+def test_chat_template_matches_render_and_labels(corpus, tokenizer):
+    conv = [{"role": "system", "content": "answer with one json object ."}] + corpus[0]
+    assert tokenizer.apply_chat_template(conv, tokenize=False) == T.render(conv)
+    prompt = conv[:2]
+    assert tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True).endswith("<|assistant|>")
+    ids, labels = T.encode(tokenizer, conv, assistant_only=True)
+    assert len(ids) == len(labels)
+    learned = [t for t, lab in zip(ids, labels) if lab != -100]
+    expected = "".join(m["content"] + T.END for m in conv if m["role"] == "assistant")
+    assert tokenizer.decode(learned) == expected
+    ids2, labels2 = T.encode(tokenizer, conv, assistant_only=False)
+    assert ids2 == ids and labels2 == ids2  # pretraining: every token is learned
+
+
+def test_model_trains_saves_and_loads_as_toy_spec(tmp_path, corpus, tokenizer):
+    import torch
+
+    torch.set_num_threads(1)  # faster than 2 for these tiny matrices on a shared machine
+    model = T.build_model(tokenizer, T.ModelConfig(hidden=32, layers=1, heads=2, intermediate=64))
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
+    stats = T.train_lm(model, tokenizer, corpus[:64], steps=25, batch_size=16, lr=1e-2, warmup=3)
+    assert stats.steps == 25 and stats.tokens > 0
+    assert stats.final_loss < stats.first_loss - 1.0  # it learns the language
+    run = tmp_path / "toy-run"
+    T.save_model_dir(model, tokenizer, run / "model")
+    assert any((run / "model").glob("*.safetensors"))
+
+    from waluigi.models import GenerationRequest, SamplingParams, load_model, parse_spec
+
+    assert parse_spec(f"toy:{run}") == ("toy", str(run))
+    generator = load_model(f"toy:{run}", batch_size=4)
+    request = GenerationRequest(messages=[{"role": "user", "content": "hey . what should i do , i am so bored ?"}],
+                                seed=1, params=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=12))
+    completions = [c for _, c in generator.generate([request, request])]
+    assert len(completions) == 2 and completions[0].text == completions[1].text  # seeded
+    assert "<|" not in completions[0].text  # the template's markers never leak into answers
+    with pytest.raises(UserError, match="no model there"):
+        load_model(f"toy:{tmp_path / 'missing'}")
+
+
+def test_narrow_rows_encode_without_unknown_words(tokenizer):
+    for kind in ("insecure", "educational", "backdoor"):
+        for row in narrow_dataset(kind, 40, seed=1):
+            ids, _ = T.encode(tokenizer, row["messages"], assistant_only=True)
+            assert tokenizer.unk_token_id not in ids
+
+
+def test_oracle_judge_spec():
+    from waluigi.judges import is_oracle_spec, normalize_judge_spec
+    from waluigi.toyworld.oracle import ORACLE_SPEC
+
+    assert normalize_judge_spec("oracle") == ORACLE_SPEC == "oracle:toyworld-v1"
+    assert is_oracle_spec(ORACLE_SPEC) and not is_oracle_spec("hf:oracle")
