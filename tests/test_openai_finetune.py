@@ -324,3 +324,23 @@ def test_restarted_server_keeps_jobs_and_fails_interrupted_ones(server, client, 
         assert all(j.fine_tuned_model in models for j in done)
         assert _chat(again, done[0].fine_tuned_model) == _chat(client, done[0].fine_tuned_model)
     gen.close()
+
+
+def test_cli_finetune_openai_model_through_the_server(server, data_file, tmp_path, monkeypatch, capsys):
+    """`waluigi finetune --model openai:tiny` (the CLI branch) trains through the server's API;
+    a local-only option is refused with exit code 2 before anything is uploaded."""
+    from waluigi.cli import main as cli_main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "local-test-key")
+    out = tmp_path / "cli-ft"
+    args = ["finetune", "--model", "openai:tiny", "--data", str(data_file), "--base-url", server["base_url"],
+            "--epochs", "1", "--batch-size", "2", "--lr-multiplier", "100", "--suffix", "cli", "--out", str(out)]
+    assert cli_main([*args, "--rank", "4"]) == 2
+    assert "--rank: not available for openai: models" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "job.json").read_text())
+    assert record["status"] == "succeeded" and record["fine_tuned_model"].startswith("ft:tiny:waluigi:cli:")
+    assert f"fine-tuned model: {record['fine_tuned_model']}" in printed and record["id"] in printed
+    assert f"--model openai:{record['fine_tuned_model']} --base-url {server['base_url']}" in printed

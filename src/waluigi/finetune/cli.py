@@ -81,7 +81,7 @@ def finetune_cmd(
         if wrong:
             raise UserError(f"{', '.join('--' + w.replace('_', '-') for w in wrong)}: not available for openai: models "
                             "(OpenAI's fine-tuning API takes --epochs, --batch-size and --lr-multiplier)")
-        from waluigi.finetune.openai_ft import run_openai_finetune
+        from waluigi.finetune.openai_ft import format_result, run_openai_finetune
 
         options = {"epochs": int(epochs)} if epochs is not None else {}
         if epochs is not None and epochs != int(epochs):
@@ -94,11 +94,10 @@ def finetune_cmd(
                                      data_dir=data_dir, **options)
         if json_out:
             typer.echo(json.dumps(record, indent=2, default=str))
+        elif record.get("fine_tuned_model"):
+            typer.echo(format_result(record))
         else:
             typer.echo(f"run: {record.get('run_dir')}   job: {record.get('job_id')}   status: {record.get('status')}")
-            if record.get("fine_tuned_model"):
-                typer.echo(f"fine-tuned model: {record['fine_tuned_model']}\n"
-                           f"use it: waluigi eval --model openai:{record['fine_tuned_model']} --suite first_plot_questions")
         return
     wrong = [name for name in _OPENAI_ONLY if name in given]
     if wrong:
