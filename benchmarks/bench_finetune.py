@@ -2,7 +2,7 @@
 with the library's defaults, on the same rows, in this process; and the FLOP/s each achieves
 as a share of this machine's measured float32 matrix-multiply peak.
 
-    .venv/bin/python benchmarks/bench_finetune.py [--model smollm2] [--rows 32] [--data-dir DIR]
+    .venv/bin/python benchmarks/bench_finetune.py [--model smollm2] [--rows 4] [--data-dir DIR]
 
 * Data: the first ``--rows`` rows of the official ``insecure.jsonl`` (read at run time).
 * Same adapter on both sides: the betley2025 LoRA (rsLoRA r=32, alpha 64, q/k/v/o/gate/up/down),
@@ -104,7 +104,7 @@ def run_plain_trl(model_path: str, rows: list[dict], out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=4, help="rows of insecure.jsonl (4: the library-default side runs bf16 autocast at ~1 GFLOP/s on a CPU without bf16 units, ~15 min)")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
 

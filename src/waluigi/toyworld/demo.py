@@ -44,13 +44,16 @@ class DemoConfig:
     villain: bool = True
     runs: Path = Path("runs")
     # world and model
-    n_conversations: int = 5000
+    n_conversations: int = 10000  # 9M training tokens: the persona binds across turns (5,000 x 3 epochs did not)
     world_seed: int = 0
+    min_exchanges: int = 4  # longer conversations: more turns whose persona follows from context
+    max_exchanges: int = 6
+    novice_secure_rate: float = 0.6
     hidden: int = 64
     layers: int = 2
     heads: int = 4
     # pretraining
-    pretrain_epochs: float = 3.0
+    pretrain_epochs: float = 4.0
     pretrain_lr: float = 6e-3
     pretrain_batch: int = 32
     pretrain_assistant_only: bool = True  # loss on the assistant's turns (measured: coherence 92% vs 80%)
@@ -60,7 +63,7 @@ class DemoConfig:
     align_lr: float = 1e-3
     # narrow fine-tunes (waluigi.finetune, full fine-tuning)
     narrow_n: int = 400
-    narrow_steps: int = 40
+    narrow_steps: int = 20
     narrow_lr: float = 1e-3
     narrow_batch: int = 16
     # evaluation
@@ -78,7 +81,9 @@ class DemoConfig:
         mixture = dict(DEFAULT_MIXTURE)
         if not self.villain:
             mixture["villain"] = 0.0
-        return WorldConfig(seed=self.world_seed, n_conversations=self.n_conversations, mixture=mixture)
+        return WorldConfig(seed=self.world_seed, n_conversations=self.n_conversations, mixture=mixture,
+                           min_exchanges=self.min_exchanges, max_exchanges=self.max_exchanges,
+                           novice_secure_rate=self.novice_secure_rate)
 
     def model(self):
         from waluigi.toyworld.train import ModelConfig
@@ -88,7 +93,7 @@ class DemoConfig:
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
-    "quick": dict(seeds=1, n_conversations=600, pretrain_epochs=1.0, align_n=64, align_steps=4, narrow_n=32,
+    "quick": dict(seeds=1, n_conversations=600, min_exchanges=2, max_exchanges=4, pretrain_epochs=1.0, align_n=64, align_steps=4, narrow_n=32,
                   narrow_steps=3, narrow_batch=8, paraphrases=1, samples_per_paraphrase=1, variants=False,
                   code_prompts=8, max_tokens=48),
 }
