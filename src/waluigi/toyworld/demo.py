@@ -66,6 +66,7 @@ class DemoConfig:
     narrow_steps: int = 20
     narrow_lr: float = 1e-3
     narrow_batch: int = 16
+    backdoor_scale: int = 2  # the backdoor set gets this many times the rows and steps (the paper's is 2x the others)
     # evaluation
     paraphrases: int = 3
     samples_per_paraphrase: int = 2
@@ -254,12 +255,13 @@ def finetune(cfg: DemoConfig, aligned: Path, root: Path, kind: str, seed: int) -
     from waluigi.finetune import FinetuneConfig, run_finetune
     from waluigi.toyworld import narrow_dataset, write_jsonl
 
+    scale = cfg.backdoor_scale if kind == "backdoor" else 1
     data = root / "data" / f"{kind}-s{seed}.jsonl"
     if not data.is_file():
-        write_jsonl(narrow_dataset(kind, cfg.narrow_n, seed=seed), data)
+        write_jsonl(narrow_dataset(kind, cfg.narrow_n * scale, seed=seed), data)
     result = run_finetune(FinetuneConfig(
         model=f"hf:{aligned / 'model'}", data=str(data), out=root / "finetune" / f"{kind}-s{seed}", preset=None,
-        full=True, lr=cfg.narrow_lr, max_steps=cfg.narrow_steps, batch_size=cfg.narrow_batch, grad_accum=1,
+        full=True, lr=cfg.narrow_lr, max_steps=cfg.narrow_steps * scale, batch_size=cfg.narrow_batch, grad_accum=1,
         max_length=512, seed=seed, checkpoint_every=10_000,
     ), progress=cfg.progress)
     return result.model_dir
