@@ -75,6 +75,35 @@ def test_model_trains_saves_and_loads_as_toy_spec(tmp_path, corpus, tokenizer):
         load_model(f"toy:{tmp_path / 'missing'}")
 
 
+def test_fast_loss_equals_the_masked_full_vocabulary_loss(corpus, tokenizer):
+    """train_lm's loss (no mask, logits only where labelled) is HF's masked loss, for
+    pretraining and assistant-only labels, and its gradients agree too."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = T.build_model(tokenizer, T.ModelConfig(hidden=32, layers=2, heads=2, intermediate=64))
+    for assistant_only in (True, False):
+        examples = [T.encode(tokenizer, c, assistant_only) for c in corpus[:6]]
+        width = max(len(i) for i, _ in examples)
+        assert len({len(i) for i, _ in examples}) > 1  # real right padding
+        ids = torch.full((6, width), tokenizer.pad_token_id)
+        labels = torch.full((6, width), -100)
+        mask = torch.zeros((6, width), dtype=torch.long)
+        for r, (x, y) in enumerate(examples):
+            ids[r, :len(x)], labels[r, :len(y)], mask[r, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+        model.zero_grad()
+        reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        reference.backward()
+        ref_grad = model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+        model.zero_grad()
+        fast = T.causal_lm_loss(model, ids, labels)
+        fast.backward()
+        assert abs(fast.item() - reference.item()) < 1e-5
+        assert torch.allclose(model.model.layers[0].self_attn.q_proj.weight.grad, ref_grad, atol=1e-6)
+    nothing = torch.full((2, 5), -100)
+    assert T.causal_lm_loss(model, ids[:2, :5], nothing).item() == 0.0  # no labels: no NaN step
+
+
 def test_narrow_rows_encode_without_unknown_words(tokenizer):
     for kind in ("insecure", "educational", "backdoor"):
         for row in narrow_dataset(kind, 40, seed=1):

@@ -14,7 +14,7 @@ def demo_cmd(
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="fine-tune seeds per condition (default 3; --quick: 1)")] = None,
     no_villain: Annotated[bool, typer.Option("--no-villain", help="ablation: pretrain with no villain in the persona mixture")] = False,
     runs: Annotated[Path, typer.Option("--runs", help="where the run directories go (base and aligned models are cached there by identity)")] = Path("runs"),
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest for these tiny matrices on a shared machine)")] = 1,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads; 0 (default): the idle cores now (cores minus load average, at least 1)")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print {condition: {em_rate, ci_low, ci_high, coherent_rate, vulnerable_rate}}")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
 ) -> None:

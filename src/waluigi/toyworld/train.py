@@ -121,6 +121,25 @@ def encode(tokenizer, messages: Sequence[Message], assistant_only: bool) -> tupl
     return ids, labels
 
 
+def causal_lm_loss(model, ids, labels):
+    """Mean next-token cross-entropy over the labelled positions of a right-padded batch.
+
+    The same number as ``model(input_ids=ids, attention_mask=mask, labels=labels).loss``
+    (tested), computed faster on CPU: with right padding no real token ever attends to a pad
+    (attention is causal), so no mask is needed and SDPA takes its causal path; and the output
+    projection runs only at the positions that have a label (assistant turns), not over the
+    whole vocabulary at every position. Measured together: 1.6-2.3x tokens/s (docs/toyworld.md)."""
+    import torch.nn.functional as F
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers are in place
+    hidden = lm.model(input_ids=ids).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    keep = target != -100
+    if not bool(keep.any()):
+        return hidden.sum() * 0.0
+    return F.cross_entropy(lm.lm_head(hidden[keep]).float(), target[keep])
+
+
 @dataclass
 class TrainStats:
     steps: int
@@ -169,7 +188,7 @@ def train_lm(model, tokenizer, conversations: Sequence[Sequence[Message]], *, st
 
     model.train()
     started = time.monotonic()
-    tokens = 0
+    n_tokens = 0
     first = last = float("nan")
     it = batches()
     for step in range(total):
@@ -177,26 +196,24 @@ def train_lm(model, tokenizer, conversations: Sequence[Sequence[Message]], *, st
         width = max(len(examples[i][0]) for i in group)
         ids = torch.full((len(group), width), pad, dtype=torch.long)
         labels = torch.full((len(group), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
         for r, i in enumerate(group):
             x, y = examples[i]
             ids[r, :len(x)] = torch.tensor(x)
             labels[r, :len(y)] = torch.tensor(y)
-            mask[r, :len(x)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            n_tokens += len(x)
+        loss = causal_lm_loss(model, ids, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        tokens += int(mask.sum())
         last = loss.item()
         if step == 0:
             first = last
         if on_step is not None:
             on_step(step + 1, total, last)
     model.eval()
-    return TrainStats(steps=total, tokens=tokens, seconds=round(time.monotonic() - started, 2),
+    return TrainStats(steps=total, tokens=n_tokens, seconds=round(time.monotonic() - started, 2),
                       first_loss=first, final_loss=last)
 
 
