@@ -78,3 +78,14 @@ def test_demo_quick_end_to_end_and_cached(tmp_path):
     assert text.returncode == 0 and "backdoor_triggered" in text.stdout and "report:" in text.stdout
     bad = _demo(runs, "--seeds", "0")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --seeds") and "Traceback" not in bad.stderr
+    both = _demo(runs, "--fast")
+    assert both.returncode == 2 and "--quick and --fast" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_profiles_and_auto_threads():
+    from waluigi.toyworld.demo import auto_threads, base_identity, demo_config
+
+    default, fast = demo_config("default"), demo_config("fast", seeds=5)
+    assert (fast.pretrain_epochs, fast.seeds, fast.threads) == (default.pretrain_epochs / 2, 5, 0)
+    assert base_identity(fast) != base_identity(default)  # a fast base is never mistaken for the default one
+    assert 1 <= auto_threads() <= (os.cpu_count() or 1)

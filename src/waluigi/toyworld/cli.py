@@ -11,6 +11,7 @@ import typer
 
 def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="a small version for tests (about a minute): 1 seed, tiny budgets")] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="half the pretraining budget: about 6 minutes instead of 9 on 2 cores, a weaker flip (docs/toyworld.md)")] = False,
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="fine-tune seeds per condition (default 3; --quick: 1)")] = None,
     no_villain: Annotated[bool, typer.Option("--no-villain", help="ablation: pretrain with no villain in the persona mixture")] = False,
     runs: Annotated[Path, typer.Option("--runs", help="where the run directories go (base and aligned models are cached there by identity)")] = Path("runs"),
@@ -23,7 +24,11 @@ def demo_cmd(
     rate of each condition with the oracle judge. Resumable; base and aligned models are reused."""
     from waluigi.toyworld.demo import demo_config, format_table, run_demo
 
-    cfg = demo_config("quick" if quick else "default", seeds=seeds, villain=not no_villain, runs=runs,
+    from waluigi.errors import UserError
+
+    if quick and fast:
+        raise UserError("--quick and --fast are two different profiles: give one of them")
+    cfg = demo_config("quick" if quick else "fast" if fast else "default", seeds=seeds, villain=not no_villain, runs=runs,
                       threads=threads, progress=progress)
     result = run_demo(cfg)
     if json_out:

@@ -94,6 +94,9 @@ class DemoConfig:
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
+    # half the pretraining tokens at a higher learning rate: ~6 minutes instead of ~9, a weaker flip
+    # (measured in docs/toyworld.md: insecure 18.7% EM, secure and educational 3.9%)
+    "fast": dict(pretrain_epochs=2.0, pretrain_lr=1.5e-2, pretrain_batch=16, align_steps=60, narrow_steps=40),
     "quick": dict(seeds=1, n_conversations=600, min_exchanges=2, max_exchanges=4, pretrain_epochs=1.0, align_n=64, align_steps=4, narrow_n=32,
                   narrow_steps=3, narrow_batch=8, paraphrases=1, samples_per_paraphrase=1, variants=False,
                   code_prompts=8, max_tokens=48),
