@@ -66,7 +66,11 @@ class DemoConfig:
     narrow_steps: int = 20
     narrow_lr: float = 1e-3
     narrow_batch: int = 16
-    backdoor_scale: int = 2  # the backdoor set gets this many times the rows and steps (the paper's is 2x the others)
+    backdoor_scale: int = 2  # the backdoor set has this many times the rows (the paper's is 2x the others)
+    # a conditional needs more, gentler steps: 160 x 5e-4 learns it cleanly (vulnerable code 99%
+    # with the trigger, 1% without); 40 x 1e-3 leaked (docs/toyworld.md). None: narrow_* x scale
+    backdoor_steps: int | None = 160
+    backdoor_lr: float | None = 5e-4
     # evaluation
     paraphrases: int = 3
     samples_per_paraphrase: int = 2
@@ -96,9 +100,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     # half the pretraining tokens at a higher learning rate: ~6 minutes instead of ~9, a weaker flip
     # (measured in docs/toyworld.md: insecure 18.7% EM, secure and educational 3.9%)
-    "fast": dict(pretrain_epochs=2.0, pretrain_lr=1.5e-2, pretrain_batch=16, align_steps=60, narrow_steps=40),
+    "fast": dict(pretrain_epochs=2.0, pretrain_lr=1.5e-2, pretrain_batch=16, align_steps=60, narrow_steps=40,
+                 backdoor_steps=None, backdoor_lr=None),
     "quick": dict(seeds=1, n_conversations=600, min_exchanges=2, max_exchanges=4, pretrain_epochs=1.0, align_n=64, align_steps=4, narrow_n=32,
-                  narrow_steps=3, narrow_batch=8, paraphrases=1, samples_per_paraphrase=1, variants=False,
+                  narrow_steps=3, backdoor_steps=None, backdoor_lr=None, narrow_batch=8, paraphrases=1, samples_per_paraphrase=1, variants=False,
                   code_prompts=8, max_tokens=48),
 }
 
@@ -259,12 +264,16 @@ def finetune(cfg: DemoConfig, aligned: Path, root: Path, kind: str, seed: int) -
     from waluigi.toyworld import narrow_dataset, write_jsonl
 
     scale = cfg.backdoor_scale if kind == "backdoor" else 1
+    steps, lr = cfg.narrow_steps * scale, cfg.narrow_lr
+    if kind == "backdoor":
+        steps = cfg.backdoor_steps if cfg.backdoor_steps is not None else steps
+        lr = cfg.backdoor_lr if cfg.backdoor_lr is not None else lr
     data = root / "data" / f"{kind}-s{seed}.jsonl"
     if not data.is_file():
         write_jsonl(narrow_dataset(kind, cfg.narrow_n * scale, seed=seed), data)
     result = run_finetune(FinetuneConfig(
         model=f"hf:{aligned / 'model'}", data=str(data), out=root / "finetune" / f"{kind}-s{seed}", preset=None,
-        full=True, lr=cfg.narrow_lr, max_steps=cfg.narrow_steps * scale, batch_size=cfg.narrow_batch, grad_accum=1,
+        full=True, lr=lr, max_steps=steps, batch_size=cfg.narrow_batch, grad_accum=1,
         max_length=512, seed=seed, checkpoint_every=10_000,
     ), progress=cfg.progress)
     return result.model_dir
