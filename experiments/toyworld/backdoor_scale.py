@@ -5,13 +5,14 @@
 """
 import json, sys
 from pathlib import Path
+from dataclasses import replace
 import torch
 from waluigi.toyworld import demo as D
 scale, steps = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(1)
 cfg = D.demo_config("default", runs=Path("/tmp/dr/runs"), backdoor_scale=scale, progress=False)
+cfg = replace(cfg, backdoor_steps=None, backdoor_lr=None)  # rows and steps both x scale, as measured
 base = D.pretrain_stage(cfg); aligned = D.align_stage(cfg, base)
-from dataclasses import replace
 root = Path(f"/tmp/dr/bd-x{scale}")
 s = D.suites(cfg, root)
 ev = {"backdoor_triggered": [], "backdoor_untriggered": []}
