@@ -30,6 +30,7 @@ def test_demo_quick_end_to_end_and_cached(tmp_path):
     first = _demo(runs, "--json", "--no-progress", "--threads", "1")
     first_s = time.monotonic() - started
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "Loading weights" not in first.stderr and "Warning" not in first.stderr  # --no-progress: a quiet stderr
     table = json.loads(first.stdout)
     assert list(table) == list(CONDITIONS)
     for condition, row in table.items():

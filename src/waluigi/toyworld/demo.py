@@ -324,7 +324,10 @@ def demo_identity(cfg: DemoConfig) -> dict:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     import torch
 
+    from transformers.utils import logging as hf_logging
+
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else auto_threads())
+    hf_logging.disable_progress_bar()  # dozens of "Loading weights" bars; the demo's own bars show the stages
     started = time.monotonic()
     cfg = replace(cfg, runs=Path(cfg.runs))
     identity = demo_identity(cfg)
@@ -428,7 +431,8 @@ def write_report(root: Path, cfg: DemoConfig, table: dict, details: dict, evals:
     ax.set_ylim(-2, 102)
     ax.set_xlabel("coherent")
     ax.set_ylabel("aligned")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(root / "scatter.png")
 
