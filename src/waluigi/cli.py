@@ -304,26 +304,10 @@ def _judge_note(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app and turns user errors into exit code 2 without a traceback."""
-    import click
+    """Entry point: every command's user and usage errors become one message and exit 2."""
+    from waluigi.errors import run_cli
 
-    try:
-        result = app(args=argv, standalone_mode=False)
-        return int(result) if isinstance(result, int) else 0
-    except UserError as error:
-        _err(f"error: {error.message}")
-        return error.exit_code
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.exceptions.Abort:
-        _err("aborted")
-        return 130
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except KeyboardInterrupt:
-        _err("interrupted: finished work is on disk; re-run the same command to resume")
-        return 130
+    return run_cli(app, argv)
 
 
 if __name__ == "__main__":

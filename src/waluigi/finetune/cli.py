@@ -133,24 +133,12 @@ def finetune_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``finetune_cmd`` as a command of its own, with waluigi's error handling."""
-    import click
+    from waluigi.errors import run_cli
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(finetune_cmd)
-    try:
-        app(args=argv, standalone_mode=False)
-        return 0
-    except UserError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        return error.exit_code
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except KeyboardInterrupt:
-        typer.echo("interrupted: re-run the same command to resume from the last checkpoint", err=True)
-        return 130
+    return run_cli(app, argv, prog_name="waluigi finetune",
+                   interrupted="interrupted: re-run the same command to resume from the last checkpoint")
 
 
 if __name__ == "__main__":

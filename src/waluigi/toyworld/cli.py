@@ -41,28 +41,12 @@ def demo_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m waluigi.toyworld.cli``: the demo alone, with the main CLI's error handling."""
-    import sys
+    from waluigi.errors import run_cli
 
-    import click
-
-    from waluigi.errors import UserError
-
-    app = typer.Typer(add_completion=False)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(demo_cmd)
-    try:
-        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
-        return 0
-    except UserError as error:
-        typer.echo(f"error: {error.message}", err=True)
-        return error.exit_code
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished stages are on disk; re-run the same command to resume", err=True)
-        return 130
+    return run_cli(app, argv, prog_name="waluigi demo",
+                   interrupted="interrupted: finished stages are on disk; re-run the same command to resume")
 
 
 if __name__ == "__main__":
