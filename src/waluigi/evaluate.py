@@ -6,6 +6,9 @@ files of the run directory, so each can be resumed or redone on its own:
 
 - generation appends one row per answer to ``samples.jsonl`` as each batch finishes;
 - judging appends one row per (answer, metric) to ``judgments.jsonl``;
+- a request that failed after every retry (:mod:`waluigi.retry`) appends a row to
+  ``failures.jsonl`` instead: it counts as *failed* in the metrics (not unscored) until a
+  re-run, which retries only those, succeeds;
 - metrics are recomputed from those files, never from a model.
 
 Nothing is loaded before it is needed: a finished run re-run loads no model and no judge.
@@ -18,13 +21,16 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waluigi.errors import UserError
+from waluigi.errors import IncompleteRun, UserError, redact
 from waluigi.progress import progress_bar
-from waluigi.runs import JUDGMENTS, METRICS, SAMPLES, RunDir, sha256_file
+from waluigi.retry import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, RequestsFailed
+from waluigi.runs import FAILURES, JUDGMENTS, METRICS, SAMPLES, RunDir, sha256_file
 
 SUITE_SNAPSHOT = "suite.json"
 SCATTER = "scatter.png"
@@ -60,6 +66,8 @@ class EvalConfig:
     base_url: str | None = None
     judge_base_url: str | None = None
     dtype: str = "auto"
+    timeout: float = DEFAULT_TIMEOUT  # seconds per try of a remote request
+    max_retries: int = DEFAULT_MAX_RETRIES  # retries of a remote request after its first try
     progress: bool = True
 
 
@@ -69,6 +77,20 @@ class EvalResult:
     summary: dict | None
     calls: dict[str, int]
     judge: str | None
+    failed: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (failed, sent) this attempt
+    max_retries: int = DEFAULT_MAX_RETRIES
+    last_error: str | None = None
+
+    def raise_if_incomplete(self) -> None:
+        """:class:`IncompleteRun` (exit 3) naming how many requests failed, if any did."""
+        parts = [f"{n} of {total} {stage} requests" for stage, (n, total) in self.failed.items() if n]
+        if not parts:
+            return
+        why = f" (last error: {self.last_error})" if self.last_error else ""
+        raise IncompleteRun(
+            f"{' and '.join(parts)} failed after {self.max_retries} retries{why}; they are recorded as failed in "
+            f"{self.run_dir / FAILURES}: re-run the same command to retry only them"
+        )
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -167,8 +189,12 @@ def sample_slots(question, samples: int | None = None) -> list[tuple[int, int]]:
     return [(s % n_para, s // n_para) for s in range(samples)]
 
 
-def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory) -> int:
-    """Sample every missing answer; returns the number of model requests made."""
+def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory, failed: dict | None = None) -> int:
+    """Sample every missing answer; returns the number of model requests made.
+
+    Requests that failed after every retry are appended to ``failures.jsonl`` (after every
+    answer that succeeded is on disk) and counted in ``failed["generate"]`` as
+    ``(failed, sent)``; a later run samples them again."""
     from waluigi.models import GenerationRequest, SamplingParams
 
     done = {sample_key(r) for r in run.rows(SAMPLES)}
@@ -186,23 +212,64 @@ def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory) -> in
         for q, p, _, key in todo
     ]
     generator = generator_factory()
-    with progress_bar(f"generate {generator.spec}", len(todo), cfg.progress) as advance:
-        for index, completion in generator.generate(requests):
-            question, p_index, paraphrase, key = todo[index]
-            row = {
-                "question_id": question.id,
-                "paraphrase_index": p_index,
-                "sample_index": key[2],
-                "system": question.system,
-                "prompt": paraphrase,
-                "answer": completion.text,
-                "seed": requests[index].seed,
-                "finish_reason": completion.finish_reason,
-                "completion_tokens": completion.completion_tokens,
-            }
-            run.append(SAMPLES, [row])
-            advance(1)
+    with progress_bar(f"generate {generator.spec}", len(todo), cfg.progress) as advance, _closing(generator):
+        try:
+            for index, completion in generator.generate(requests):
+                question, p_index, paraphrase, key = todo[index]
+                row = {
+                    "question_id": question.id,
+                    "paraphrase_index": p_index,
+                    "sample_index": key[2],
+                    "system": question.system,
+                    "prompt": paraphrase,
+                    "answer": completion.text,
+                    "seed": requests[index].seed,
+                    "finish_reason": completion.finish_reason,
+                    "completion_tokens": completion.completion_tokens,
+                }
+                run.append(SAMPLES, [row])
+                advance(1)
+        except RequestsFailed as error:
+            record_failures(run, "generate", [(todo[i][3], None, f) for i, f in error.failures.items()],
+                            model=generator.spec)
+            if failed is not None:
+                failed["generate"] = (len(error.failures), len(todo))
     return len(todo)
+
+
+@contextmanager
+def _closing(thing) -> Iterator[None]:
+    """Close a generator or judge (threads, HTTP connections, GPU memory) whatever happens."""
+    try:
+        yield
+    finally:
+        thing.close()
+
+
+def record_failures(run: RunDir, stage: str, items: list[tuple[tuple, str | None, Any]], **extra: Any) -> None:
+    """Append one ``failures.jsonl`` row per ``(sample key, metric or None, Failure)``."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run.append(FAILURES, [
+        {"stage": stage, "question_id": key[0], "paraphrase_index": key[1], "sample_index": key[2],
+         "metric": metric, "error": redact(failure.reason), "attempts": failure.attempts, "at": stamp, **extra}
+        for key, metric, failure in items
+    ])
+
+
+def open_failures(run_dirs: list[RunDir], samples: list[dict], judgments: list[dict]) -> tuple[set, set]:
+    """The failures still open in ``run_dirs``' ``failures.jsonl``: ``(generation keys with no
+    answer, (key, metric) pairs with no judgment)``. A failure a later run made good is closed."""
+    have_samples = {sample_key(r) for r in samples}
+    have_judgments = {(sample_key(r), r["metric"]) for r in judgments}
+    generate, judge = set(), set()
+    for run in run_dirs:
+        for row in run.rows(FAILURES):
+            key = sample_key(row)
+            if row.get("stage") == "generate" and key not in have_samples:
+                generate.add(key)
+            elif row.get("stage") == "judge" and (key, row.get("metric")) not in have_judgments:
+                judge.add((key, row.get("metric")))
+    return generate, judge
 
 
 # -- judging -------------------------------------------------------------------------
@@ -215,15 +282,21 @@ def judge_stage(
     progress: bool,
     min_mass: float = 0.25,
     numbers: str = "first-token",
+    failed: dict | None = None,
 ) -> int:
-    """Score every (answer, metric) not yet in ``judgments.jsonl``; returns judge model calls."""
+    """Score every (answer, metric) not yet in ``judgments.jsonl``; returns judge model calls.
+
+    An (answer, metric) is done when a row of this judge holds it for the same judge prompt
+    (so answers that changed are judged again). Requests that failed after every retry go to
+    ``failures.jsonl`` and ``failed["judge"]`` as ``(failed, sent)``."""
     from waluigi.judges import JudgeItem, categories_from_template, is_oracle_spec, make_judge
 
     if is_oracle_spec(judge_spec):
         return oracle_stage(run, samples, suite, judge_spec, progress)
 
     by_id = {q.id: q for q in suite.questions}
-    done = {(sample_key(r), r["metric"]) for r in run.rows(JUDGMENTS) if r.get("judge") == judge_spec}
+    done = {(sample_key(r), r["metric"]): r.get("prompt_sha256")
+            for r in run.rows(JUDGMENTS) if r.get("judge") == judge_spec}
     items, meta = [], []
     for row in samples:
         question = by_id.get(row["question_id"])
@@ -231,39 +304,51 @@ def judge_stage(
             continue
         for metric, template in question.judge_prompts.items():
             key = sample_key(row)
-            if (key, metric) in done:
-                continue
             prompt = question.judge_prompt(metric, row["prompt"], row["answer"])
+            prompt_hash = hashlib.sha256(prompt.encode()).hexdigest()
+            if (key, metric) in done and done[(key, metric)] in (None, prompt_hash):
+                continue
             if question.type == "free_form_judge":
                 item = JudgeItem("categorical", metric, prompt, tuple(categories_from_template(template)))
             else:
                 item = JudgeItem("0_100", metric, prompt)
             items.append(item)
-            meta.append((key, metric, hashlib.sha256(prompt.encode()).hexdigest()))
+            meta.append((key, metric, prompt_hash))
     if not items:
         return 0
     judge = make_judge(judge_spec, min_mass=min_mass, numbers=numbers, **options)
-    with progress_bar(f"judge {judge_spec}", len(items), progress) as advance:
-        for index, result in judge.score(items):
-            key, metric, prompt_hash = meta[index]
-            run.append(
-                JUDGMENTS,
-                [
-                    {
-                        "question_id": key[0],
-                        "paraphrase_index": key[1],
-                        "sample_index": key[2],
-                        "metric": metric,
-                        "score": result.score,
-                        "top_probs": result.top_probs,
-                        "judge": judge_spec,
-                        "prompt_sha256": prompt_hash,
-                        "cached": result.cached,
-                    }
-                ],
-            )
-            advance(1)
+    with progress_bar(f"judge {judge_spec}", len(items), progress) as advance, _closing(judge):
+        try:
+            _write_judgments(run, judge, items, meta, judge_spec, advance)
+        except RequestsFailed as error:
+            record_failures(run, "judge", [(meta[i][0], meta[i][1], f) for i, f in error.failures.items()],
+                            judge=judge_spec)
+            if failed is not None:
+                failed["judge"] = (len(error.failures), len(items))
     return judge.calls
+
+
+def _write_judgments(run: RunDir, judge, items: list, meta: list, judge_spec: str, advance) -> None:
+    """Append each judgment as the judge yields it (so a failure later loses none)."""
+    for index, result in judge.score(items):
+        key, metric, prompt_hash = meta[index]
+        run.append(
+            JUDGMENTS,
+            [
+                {
+                    "question_id": key[0],
+                    "paraphrase_index": key[1],
+                    "sample_index": key[2],
+                    "metric": metric,
+                    "score": result.score,
+                    "top_probs": result.top_probs,
+                    "judge": judge_spec,
+                    "prompt_sha256": prompt_hash,
+                    "cached": result.cached,
+                }
+            ],
+        )
+        advance(1)
 
 
 def oracle_stage(run: RunDir, samples: list[dict], suite, judge_spec: str, progress: bool) -> int:
@@ -374,24 +459,35 @@ def _toyworld_scan(run: RunDir, samples: list[dict], ids: set[str], progress: bo
 
 
 # -- metrics -------------------------------------------------------------------------
-def score_rows(samples: list[dict], judgments: list[dict]) -> list[dict]:
-    """One row per answer with its ``aligned`` / ``coherent`` scores (None when missing)."""
+def score_rows(samples: list[dict], judgments: list[dict], failures: tuple[set, set] | None = None) -> list[dict]:
+    """One row per answer with its ``aligned`` / ``coherent`` scores (None when missing).
+
+    ``failures`` (from :func:`open_failures`) marks ``failed``: an answer one of whose
+    judgments failed after every retry, and (as rows of their own, with no scores) the
+    answers whose generation failed."""
     scores: dict[tuple, dict] = {}
     for j in judgments:
         scores.setdefault(sample_key(j), {})[j["metric"]] = j["score"]
+    failed_generate, failed_judge = failures or (set(), set())
+    failed_keys = {key for key, _ in failed_judge}
     rows = []
     for s in samples:
-        got = scores.get(sample_key(s), {})
-        rows.append(
-            {
-                "question_id": s["question_id"],
-                "paraphrase_index": s["paraphrase_index"],
-                "sample_index": s["sample_index"],
-                **{m: v for m, v in got.items()},
-                "aligned": _num(got.get("aligned")),
-                "coherent": _num(got.get("coherent")),
-            }
-        )
+        key = sample_key(s)
+        got = scores.get(key, {})
+        row = {
+            "question_id": s["question_id"],
+            "paraphrase_index": s["paraphrase_index"],
+            "sample_index": s["sample_index"],
+            **{m: v for m, v in got.items()},
+            "aligned": _num(got.get("aligned")),
+            "coherent": _num(got.get("coherent")),
+        }
+        if key in failed_keys:
+            row["failed"] = True
+        rows.append(row)
+    for key in sorted(failed_generate):
+        rows.append({"question_id": key[0], "paraphrase_index": key[1], "sample_index": key[2],
+                     "aligned": None, "coherent": None, "failed": True})
     return rows
 
 
@@ -411,12 +507,13 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite, cfg_thresholds: dict) -> dict:
+def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite, cfg_thresholds: dict,
+                  failures: tuple[set, set] | None = None) -> dict:
     """Write ``metrics.json`` and the scatter plot; return the summary."""
     from waluigi.metrics import summarize, summarize_categorical
     from waluigi.report.plots import scatter_aligned_coherent
 
-    rows = score_rows(samples, judgments)
+    rows = score_rows(samples, judgments, failures)
     numeric_ids = {q.id for q in suite.questions if q.type not in ("free_form_judge", CODE_SCAN)}
     code_ids = {q.id for q in suite.questions if q.type == CODE_SCAN}
     em_rows = [r for r in rows if r["question_id"] in numeric_ids]
@@ -432,8 +529,9 @@ def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite,
         add_vulnerable(summary, [r for r in rows if r["question_id"] in code_ids])
     summary["thresholds"] = cfg_thresholds
     (path / METRICS).write_text(json.dumps(summary, indent=2) + "\n")
-    if em_rows:
-        scatter_aligned_coherent(em_rows, path / SCATTER, title=path.name, **cfg_thresholds)
+    scored = [r for r in em_rows if not r.get("failed")]
+    if scored:
+        scatter_aligned_coherent(scored, path / SCATTER, title=path.name, **cfg_thresholds)
     return summary
 
 
@@ -488,6 +586,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     )
     run.write_json(SUITE_SNAPSHOT, suite_snapshot(suite))
     calls = {"model": 0, "judge": 0}
+    failed: dict[str, tuple[int, int]] = {}
     timings: dict[str, float] = {}
     try:
         t0 = time.time()
@@ -496,9 +595,11 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
             "concurrency": cfg.concurrency,
             "base_url": cfg.base_url,
             "dtype": cfg.dtype,
+            "timeout": cfg.timeout,
+            "max_retries": cfg.max_retries,
         }
         calls["model"] = generate_stage(
-            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **_given(model_options))
+            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **_given(model_options)), failed
         )
         timings["generate_s"] = round(time.time() - t0, 3)
         samples = run.rows(SAMPLES)
@@ -515,21 +616,43 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
                 "concurrency": cfg.concurrency,
                 "base_url": cfg.judge_base_url,
                 "dtype": cfg.dtype,
+                "timeout": cfg.timeout,
+                "max_retries": cfg.max_retries,
             }
             calls["judge"] = judge_stage(
                 run, samples, suite, judge_spec, _given(judge_options), cfg.progress, cfg.judge_min_mass,
-                cfg.judge_numbers,
+                cfg.judge_numbers, failed,
             )
             timings["judge_s"] = round(time.time() - t0, 3)
+        judgments = run.rows(JUDGMENTS)
+        still_open = open_failures([run], samples, judgments)
         if judge_spec or has_code:
             thresholds = {"min_coherent": cfg.min_coherent, "max_aligned": cfg.max_aligned}
-            summary = metrics_stage(run.path, samples, run.rows(JUDGMENTS), suite, thresholds)
+            summary = metrics_stage(run.path, samples, judgments, suite, thresholds, still_open)
         timings["total_s"] = round(time.time() - started, 3)
-        run.finish("finished", calls=calls, timings=timings, n_samples=len(samples))
+        n_open = {"generate": len(still_open[0]), "judge": len(still_open[1])}
+        status = "incomplete" if any(n_open.values()) else "finished"
+        run.finish(status, calls=calls, timings=timings, n_samples=len(samples), failed=n_open)
     except BaseException as error:
         run.finish("failed", calls=calls, error=_describe(error))
         raise
-    return EvalResult(run.path, summary, calls, judge_spec)
+    return EvalResult(run.path, summary, calls, judge_spec, _failed_now(failed, still_open), cfg.max_retries,
+                      _last_error(run))
+
+
+def _failed_now(failed: dict, still_open: tuple[set, set]) -> dict[str, tuple[int, int]]:
+    """Per stage ``(failed, sent)``: this attempt's counts, or the open ones left by an
+    earlier attempt (a re-run that made no request still says what is missing)."""
+    out = dict(failed)
+    for stage, keys in (("generate", still_open[0]), ("judge", still_open[1])):
+        if keys and stage not in out:
+            out[stage] = (len(keys), len(keys))
+    return out
+
+
+def _last_error(run: RunDir) -> str | None:
+    rows = run.rows(FAILURES)
+    return rows[-1].get("error") if rows else None
 
 
 def rejudge(
@@ -546,12 +669,19 @@ def rejudge(
     min_mass: float = 0.25,
     numbers: str = "first-token",
     progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    partial: bool = False,
 ) -> EvalResult:
     """``waluigi judge RUN --judge SPEC``: score a stored run's answers with another judge.
 
     The results go to their own run directory (default ``RUN/judges/<judge>``) whose parent
-    is the eval run, so each judge's judgments stay apart and nothing is regenerated.
+    is the eval run, so each judge's judgments stay apart and nothing is regenerated. Its
+    identity is the eval run's and the judge's, not the answers': when the eval run later
+    gains answers, the same command extends the judge directory with them. An unfinished
+    eval run is refused unless ``partial`` (then what is there is judged, and said so).
     """
+    from waluigi.errors import warn
     from waluigi.judges import check_numbers, normalize_judge_spec
 
     source = RunDir(Path(run_path))
@@ -567,12 +697,23 @@ def rejudge(
     samples = source.rows(SAMPLES)
     if not samples:
         raise UserError(f"{run_path} holds no answers yet ({SAMPLES} is empty); finish `waluigi eval` first")
+    status = manifest.get("status")
+    expected = {(q.id, p, i) for q in suite.questions
+                for p, i in sample_slots(q, (manifest.get("config") or {}).get("samples"))}
+    missing = len(expected - {sample_key(r) for r in samples})
+    if missing:  # generation is unfinished (whatever the status says of the judging after it)
+        what = f"{run_path} is unfinished (status {status!r}: {len(samples)} answers, {missing} still to generate)"
+        if not partial:
+            raise UserError(
+                f"{what}: finish it first (re-run its `waluigi eval` command; it resumes), or pass --partial to "
+                "judge the answers there now (re-running this command later judges the ones added since)"
+            )
+        warn(f"{what}: judging only those {len(samples)} answers; the metrics cover them alone")
     started = time.time()
     identity = {
         "stage": "judge",
         "parent": manifest["identity"],
         "judge": judge_spec,
-        "samples_sha256": sha256_file(source.path / SAMPLES),
         "judge_min_mass": min_mass,
     }
     if numbers != "first-token":
@@ -589,21 +730,34 @@ def rejudge(
             "out": str(target),
         },
         parents=[str(source.path.resolve())],
-        extra={"judge": judge_spec, "model": manifest.get("model")},
+        extra={"judge": judge_spec, "model": manifest.get("model"), "samples_sha256": sha256_file(source.path / SAMPLES),
+               "n_samples": len(samples), "source_status": status},
     )
     calls = {"model": 0, "judge": 0}
+    failed: dict[str, tuple[int, int]] = {}
     try:
-        options = _given({"batch_size": batch_size, "concurrency": concurrency, "base_url": base_url, "dtype": dtype})
-        calls["judge"] = judge_stage(run, samples, suite, judge_spec, options, progress, min_mass, numbers)
+        options = _given({"batch_size": batch_size, "concurrency": concurrency, "base_url": base_url, "dtype": dtype,
+                          "timeout": timeout, "max_retries": max_retries})
+        calls["judge"] = judge_stage(run, samples, suite, judge_spec, options, progress, min_mass, numbers, failed)
         if any(q.type == CODE_SCAN for q in suite.questions):
             calls["scanned"] = scan_stage(run, samples, suite, progress)
         thresholds = {"min_coherent": min_coherent, "max_aligned": max_aligned}
-        summary = metrics_stage(run.path, samples, run.rows(JUDGMENTS), suite, thresholds)
-        run.finish("finished", calls=calls, timings={"total_s": round(time.time() - started, 3)})
+        judgments = run.rows(JUDGMENTS)
+        still_open = judge_run_failures(source, run, samples, judgments)
+        summary = metrics_stage(run.path, samples, judgments, suite, thresholds, still_open)
+        done = "incomplete" if missing or still_open[1] else "finished"
+        run.finish(done, calls=calls, timings={"total_s": round(time.time() - started, 3)},
+                   failed={"judge": len(still_open[1])})
     except BaseException as error:
         run.finish("failed", calls=calls, error=_describe(error))
         raise
-    return EvalResult(run.path, summary, calls, judge_spec)
+    return EvalResult(run.path, summary, calls, judge_spec, _failed_now(failed, (set(), still_open[1])), max_retries,
+                      _last_error(run))
+
+
+def judge_run_failures(source: RunDir, run: RunDir, samples: list[dict], judgments: list[dict]) -> tuple[set, set]:
+    """Open failures of a judge run: the eval run's failed generations, this judge's failed requests."""
+    return open_failures([source], samples, [])[0], open_failures([run], samples, judgments)[1]
 
 
 def load_scores(run_path: str | Path) -> tuple[list[dict], dict]:
@@ -615,6 +769,7 @@ def load_scores(run_path: str | Path) -> tuple[list[dict], dict]:
         samples = parent.rows(SAMPLES)
         snapshot = parent.path / SUITE_SNAPSHOT
     elif manifest.get("stage") == "eval":
+        parent = None
         samples = run.rows(SAMPLES)
         snapshot = run.path / SUITE_SNAPSHOT
     else:
@@ -622,7 +777,9 @@ def load_scores(run_path: str | Path) -> tuple[list[dict], dict]:
     judgments = run.rows(JUDGMENTS)
     if not judgments:
         raise UserError(f"{run_path} has no judgments; run `waluigi judge {run_path} --judge SPEC` first")
-    rows = score_rows(samples, judgments)
+    failures = (judge_run_failures(parent, run, samples, judgments) if parent is not None
+                else open_failures([run], samples, judgments))
+    rows = score_rows(samples, judgments, failures)
     if snapshot.exists():
         suite = suite_from_snapshot(json.loads(snapshot.read_text()))
         numeric = {q.id for q in suite.questions if q.type not in ("free_form_judge", CODE_SCAN)}
@@ -673,6 +830,7 @@ def _given(options: dict) -> dict:
 
 
 def _describe(error: BaseException) -> str:
+    """What the manifest records of a failure (API keys masked)."""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt); re-run the same command to resume"
-    return f"{type(error).__name__}: {error}"
+    return redact(f"{type(error).__name__}: {error}")

@@ -363,7 +363,13 @@ class Judge:
 
     def score(self, items: Sequence[JudgeItem], progress: Progress | None = None) -> Iterator[tuple[int, JudgeResult]]:
         """Yield ``(index into items, JudgeResult)``: cached ones first, then the rest as the
-        judge model finishes them (each written to the cache before it is yielded)."""
+        judge model finishes them (each written to the cache before it is yielded).
+
+        Items whose requests failed after every retry are not yielded: once all the others
+        were, they are raised together as :class:`~waluigi.retry.RequestsFailed` (indices into
+        ``items``), so the caller records them as failed and a re-run retries only them."""
+        from waluigi.retry import RequestsFailed
+
         keys = [JudgeCache.key(self._identity_for(item), item.prompt) for item in items]
         found = self.cache.get_many(keys)
         misses: dict[str, list[int]] = {}
@@ -378,8 +384,11 @@ class Judge:
             return
         whole = [kv for kv in misses.items() if self._reads_whole(items[kv[1][0]])]
         first = [kv for kv in misses.items() if not self._reads_whole(items[kv[1][0]])]
+        failed: dict = {}
         for pending, reader in ((first, self._read_first), (whole, self._read_whole)):
-            yield from self._run(items, pending, reader, progress)
+            yield from self._run(items, pending, reader, progress, failed)
+        if failed:
+            raise RequestsFailed(failed, "judge requests")
 
     def _reads_whole(self, item: JudgeItem) -> bool:
         return self.numbers == "whole" and item.kind == "0_100"
@@ -393,19 +402,26 @@ class Judge:
     def _read_whole(self, prompts):
         return self.generator.number_probs(prompts, max_value=100)
 
-    def _run(self, items, pending, reader, progress) -> Iterator[tuple[int, JudgeResult]]:
+    def _run(self, items, pending, reader, progress, failed: dict) -> Iterator[tuple[int, JudgeResult]]:
+        from waluigi.retry import RequestsFailed
+
         for start in range(0, len(pending), self.chunk_size):
             chunk = pending[start : start + self.chunk_size]
             prompts = [[{"role": "user", "content": items[indices[0]].prompt}] for _, indices in chunk]
             self.calls += len(prompts)
-            for position, top in reader(prompts):
-                key, indices = chunk[position]
-                top = {str(t): float(p) for t, p in top.items()}
-                self.cache.put(key, self.spec, top)
-                for index in indices:
-                    yield index, JudgeResult(score_item(items[index], top, self.min_mass), top, cached=False)
-                    if progress:
-                        progress(1)
+            try:
+                for position, top in reader(prompts):
+                    key, indices = chunk[position]
+                    top = {str(t): float(p) for t, p in top.items()}
+                    self.cache.put(key, self.spec, top)
+                    for index in indices:
+                        yield index, JudgeResult(score_item(items[index], top, self.min_mass), top, cached=False)
+                        if progress:
+                            progress(1)
+            except RequestsFailed as error:  # the rest of this chunk was yielded; go on with the next
+                for position, failure in error.failures.items():
+                    for index in chunk[position][1]:
+                        failed[index] = failure
 
     def close(self) -> None:
         if self._generator is not None:

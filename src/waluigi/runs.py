@@ -6,6 +6,7 @@ Every command that produces results writes one directory::
                       git revision, package versions, seeds, model and judge specs
     samples.jsonl     one row per answer, appended as it finishes
     judgments.jsonl   one row per (answer, metric), appended as it finishes
+    failures.jsonl    one row per request that failed after every retry (retried on re-run)
     metrics.json      the summary, rewritten at the end
 
 ``status`` is written ``started`` first and ``finished`` / ``failed`` last, so a crash
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 JUDGMENTS = "judgments.jsonl"
 METRICS = "metrics.json"
+FAILURES = "failures.jsonl"  # requests that failed after every retry (waluigi.retry)
 
 _PACKAGES = ("waluigi", "torch", "transformers", "peft", "trl", "openai", "numpy")
 

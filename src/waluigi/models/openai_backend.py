@@ -6,10 +6,14 @@
 * Requests run on the official SDK's ``AsyncOpenAI`` in a private event loop (one daemon
   thread per generator), at most ``concurrency`` in flight (an ``asyncio.Semaphore``).
   ``generate`` / ``top_probs`` yield each result as soon as its request finishes.
-* Retries: the SDK retries 408/409/429/5xx, timeouts and connection errors ``max_retries``
-  times with exponential backoff (0.5 s doubling to 8 s, jittered; ``Retry-After`` honoured).
-  What still fails, or is not retryable (401, 404, 400), becomes a :class:`UserError` that
-  names the server and the model and says what to do.
+* Retries: one policy (:mod:`waluigi.retry`, ``--timeout`` / ``--max-retries``): 429, 5xx,
+  timeouts, connection errors, a body that is not valid JSON, a reply without choices, and a
+  judge reply without logprobs when others had them are retried with backoff (``Retry-After``
+  honoured); the SDK's own retries are off so that these all go through the same policy. A
+  permanent error (401, 403, 404, 400, a model that never returns logprobs, a server that was
+  never reached) stops the batch with one :class:`UserError` after the requests already in
+  flight have finished and been yielded; requests whose retries run out are reported
+  together in one :class:`~waluigi.retry.RequestsFailed` after every success was yielded.
 * ``top_probs`` is the paper's judge request: ``max_tokens=1, temperature=0, logprobs=True,
   top_logprobs=k``; the result is ``{token: exp(logprob)}`` of the first generated token.
 """
@@ -25,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from waluigi.errors import UserError
+from waluigi.errors import UserError, register_secret
 from waluigi.models.base import (
     Completion,
     GenerationRequest,
@@ -34,9 +38,22 @@ from waluigi.models.base import (
     Progress,
     TokenLogprob,
 )
+from waluigi.retry import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    Exhausted,
+    Failure,
+    Permanent,
+    RequestsFailed,
+    RetryPolicy,
+    Transient,
+    call_with_retries,
+    retry_after_seconds,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+NO_LOGPROBS_LIMIT = 3  # replies without logprobs, none ever with them: the model has none
 
 
 class OpenAIGenerator(Generator):
@@ -47,8 +64,9 @@ class OpenAIGenerator(Generator):
         model: str,
         base_url: str | None = None,
         concurrency: int = 8,
-        timeout: float = 120,
-        max_retries: int = 5,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry: RetryPolicy | None = None,
         **ignored: Any,
     ) -> None:
         if not model:
@@ -67,9 +85,14 @@ class OpenAIGenerator(Generator):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"invalid base URL {self.base_url!r}: give e.g. http://127.0.0.1:8000/v1")
         self.concurrency = max(1, int(concurrency))
-        self.timeout = float(timeout)
-        self.max_retries = max(0, int(max_retries))
+        self.retry = retry or RetryPolicy(timeout=float(timeout), max_retries=int(max_retries))
+        self.timeout = self.retry.timeout
+        self.max_retries = self.retry.max_retries
         self.calls = 0
+        self.succeeded = 0  # requests that got an answer: a failure before any is the server's, not the request's
+        self._logprobs_seen = False
+        self._no_logprobs = 0
+        register_secret(api_key)  # masked in every message and record from now on
         self._api_key = api_key
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -109,7 +132,7 @@ class OpenAIGenerator(Generator):
                     api_key=self._api_key,
                     base_url=self.base_url,
                     timeout=Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                    max_retries=self.max_retries,
+                    max_retries=0,  # every retry goes through waluigi.retry's one policy
                 )
                 self._semaphore = asyncio.Semaphore(self.concurrency)
 
@@ -118,20 +141,33 @@ class OpenAIGenerator(Generator):
             return loop
 
     def close(self) -> None:
+        """Cancel what is still pending, close the HTTP client, stop and close the loop.
+
+        Everything is shut down on the loop itself, in that order, so that no connection is
+        closed after the loop (which printed "Event loop is closed" tracebacks)."""
         with self._lock:
             loop, thread, client = self._loop, self._thread, self._client
             self._loop = self._thread = self._client = self._semaphore = None
         if loop is None:
             return
-        if client is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+
+        async def shutdown() -> None:
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if client is not None:
+                await client.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        except Exception:  # noqa: BLE001 - best effort: the process may be exiting
+            pass
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=10)
-        loop.close()
+        if not loop.is_running():
+            loop.close()
 
     def __del__(self):  # pragma: no cover - best effort
         try:
@@ -142,40 +178,112 @@ class OpenAIGenerator(Generator):
 
     def _run_all(self, items: Sequence[Any], call: Callable[[Any], Any], progress: Progress | None) -> Iterator:
         """Run ``call(item)`` (a coroutine function) for every item on the private loop, at most
-        ``concurrency`` at a time, yielding ``(index, result)`` as each finishes."""
+        ``concurrency`` at a time, each through the retry policy, yielding ``(index, result)``
+        as each finishes.
+
+        A request that fails never cancels the others in flight. A permanent error stops the
+        requests not yet started; once the in-flight ones are yielded it is raised as one
+        :class:`UserError`. Requests whose retries ran out are raised together as
+        :class:`RequestsFailed` after every success was yielded.
+        """
         if not items:
             return
         loop = self._ensure_loop()
         results: queue.Queue = queue.Queue()
         semaphore = self._semaphore
+        stopped = asyncio.Event()
 
         async def one(index: int, item: Any) -> None:
+            if stopped.is_set():
+                results.put((index, None, _SKIPPED))
+                return
             async with semaphore:
+                if stopped.is_set():
+                    results.put((index, None, _SKIPPED))
+                    return
                 try:
-                    value = await call(item)
+                    value = await call_with_retries(lambda: call(item), self.retry, self._classify)
                 except asyncio.CancelledError:
                     raise
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                except Exhausted as exc:
+                    if self.succeeded == 0:  # nothing ever worked: the server, not this request
+                        stopped.set()
+                        exc = Permanent(self._exhausted_message(exc))
                     results.put((index, None, exc))
                     return
+                except Permanent as exc:
+                    stopped.set()
+                    results.put((index, None, exc))
+                    return
+                except BaseException as exc:  # noqa: BLE001 - a bug: handed to the consumer
+                    stopped.set()
+                    results.put((index, None, exc))
+                    return
+                self.succeeded += 1
             results.put((index, value, None))
 
         async def main() -> None:
             await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
 
         future = asyncio.run_coroutine_threadsafe(main(), loop)
+        failures: dict[int, Failure] = {}
+        fatal: BaseException | None = None
         try:
             for _ in range(len(items)):
                 index, value, exc = results.get()
+                if exc is _SKIPPED:
+                    continue
                 self.calls += 1
-                if exc is not None:
-                    raise self._user_error(exc) from exc
-                yield index, value
-                if progress is not None:
+                if exc is None:
+                    yield index, value
+                elif isinstance(exc, Exhausted):
+                    failures[index] = Failure(exc.reason, exc.attempts)
+                elif fatal is None:
+                    fatal = exc
+                if progress is not None and exc is None:
                     progress(1)
         finally:
             if not future.done():
-                future.cancel()  # the consumer stopped early or a request failed
+                future.cancel()  # the consumer stopped early
+        if fatal is not None:
+            if isinstance(fatal, Permanent):
+                raise UserError(fatal.message) from fatal
+            raise fatal
+        if failures:
+            raise RequestsFailed(failures)
+
+    def _classify(self, exc: BaseException) -> BaseException:
+        """Transient or Permanent for an error of one try (see the module docstring)."""
+        import json
+
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status == 429 or status >= 500 or status in (408, 409):
+                headers = getattr(getattr(exc, "response", None), "headers", None)
+                return _TransientFrom(f"HTTP {status}: {_status_message(exc)}", exc, retry_after_seconds(headers))
+            return Permanent(self._user_error(exc).message)
+        if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+            kind = "timed out" if isinstance(exc, openai.APITimeoutError) else f"connection error ({exc})"
+            return _TransientFrom(kind, exc)
+        if isinstance(exc, (json.JSONDecodeError, openai.APIResponseValidationError)):
+            return _TransientFrom(f"the reply is not a valid chat completion ({exc})", exc)
+        if isinstance(exc, UserError):
+            return Permanent(exc.message)
+        return exc
+
+    def _exhausted_message(self, exc: Exhausted) -> str:
+        """The one line for a server that never answered any request: the old, specific
+        messages (rate limited / unreachable / timed out / server error)."""
+        cause = exc.__cause__
+        original = getattr(cause, "original", None) if isinstance(cause, _TransientFrom) else None
+        if original is not None:
+            message = self._user_error(original)
+            if isinstance(message, UserError):
+                return message.message
+        retried = f"after {self.max_retries} retries" if self.max_retries else "(retries disabled)"
+        return f"model {self.model!r} at {self.base_url}: {exc.reason} {retried}"
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -189,7 +297,7 @@ class OpenAIGenerator(Generator):
         if isinstance(exc, openai.APITimeoutError):
             return UserError(
                 f"{where}: request timed out ({self.timeout:g} s) {retried}: "
-                "is the server overloaded? lower --concurrency or raise the timeout"
+                "is the server overloaded? lower --concurrency or raise --timeout"
             )
         if isinstance(exc, openai.APIConnectionError):
             return UserError(
@@ -247,9 +355,11 @@ class OpenAIGenerator(Generator):
         return self._run_all(list(requests), call, progress)
 
     def _completion(self, response) -> Completion:
-        if not response.choices:
-            raise UserError(f"model {self.model!r} at {self.base_url}: the response has no choices")
+        if not getattr(response, "choices", None):
+            raise Transient("the reply has no choices")
         choice = response.choices[0]
+        if getattr(choice, "message", None) is None:
+            raise Transient("the reply's choice has no message")
         logprobs = None
         content = getattr(getattr(choice, "logprobs", None), "content", None)
         if content is not None:
@@ -288,13 +398,22 @@ class OpenAIGenerator(Generator):
                 top_logprobs=k,
                 seed=0,
             )
-            choice = response.choices[0] if response.choices else None
-            content = getattr(getattr(choice, "logprobs", None), "content", None)
-            if not content:
-                raise UserError(
-                    f"model {self.model!r} at {self.base_url} returned no logprobs: the logprob judge needs a "
-                    "server and model that support logprobs=true and top_logprobs"
-                )
+            choices = getattr(response, "choices", None)
+            if not choices:
+                raise Transient("the reply has no choices")
+            content = getattr(getattr(choices[0], "logprobs", None), "content", None)
+            if not content or getattr(content[0], "top_logprobs", None) is None:
+                if self._logprobs_seen:  # others had them: this reply is broken, not the model
+                    raise Transient("the reply has no logprobs (others had them)")
+                self._no_logprobs += 1
+                if self._no_logprobs >= NO_LOGPROBS_LIMIT:
+                    raise Permanent(
+                        f"model {self.model!r} at {self.base_url} returned no logprobs ({self._no_logprobs} replies, "
+                        "none with them): the logprob judge needs a server and model that support logprobs=true "
+                        "and top_logprobs"
+                    )
+                raise Transient("the reply has no logprobs")
+            self._logprobs_seen = True
             dist: dict[str, float] = {}
             for alt in content[0].top_logprobs:
                 if alt.token not in dist:
@@ -302,6 +421,17 @@ class OpenAIGenerator(Generator):
             return dist
 
         return self._run_all(list(prompts), call, progress)
+
+
+_SKIPPED = object()  # a request not started because the batch stopped on a permanent error
+
+
+class _TransientFrom(Transient):
+    """A :class:`Transient` that keeps the SDK error it came from (for the final message)."""
+
+    def __init__(self, reason: str, original: BaseException, retry_after: float | None = None) -> None:
+        super().__init__(reason, retry_after)
+        self.original = original
 
 
 def _status_message(exc) -> str:
