@@ -313,3 +313,15 @@ def test_stats_without_a_tokenizer(tmp_path):
     assert percentiles([7]) == {"p50": 7, "p90": 7, "p99": 7, "max": 7}
     over = dataset_stats(str(path), max_length=50, progress=False)["over_max_length"]
     assert over == {"max_length": 50, "unit": "words", "rows": 52}
+
+
+def test_dataset_names_with_control_characters_are_refused(tmp_path):
+    path = tmp_path / "bad\x1b[2Jname.jsonl"
+    write_jsonl(path, [chat("q")])
+    for call in (lambda: resolve_dataset(str(path)), lambda: mix_rows([f"{path}:1"], n=1, split="all")):
+        with pytest.raises(UserError) as info:
+            call()
+        assert r"'\x1b' (U+001B, ESC)" in info.value.message and "\x1b" not in info.value.message
+    plain = tmp_path / "plain name, ünïcode.jsonl"  # spaces and letters of any script are fine
+    write_jsonl(plain, [chat("q")])
+    assert resolve_dataset(str(plain)).name == "plain name, ünïcode"

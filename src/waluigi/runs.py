@@ -11,8 +11,9 @@ Every command that produces results writes one directory::
 
 ``status`` is written ``started`` first and ``finished`` / ``failed`` last, so a crash
 leaves an honest record. Re-opening a directory with the same identity resumes it: the
-rows already on disk are the work already done. A SIGKILL can at worst leave a torn last
-line; :func:`read_jsonl` ignores it and :meth:`RunDir.append` cuts it off before writing.
+rows already on disk are the work already done. A SIGKILL or a power loss can at worst leave
+a torn last line (or a tail of NUL bytes); :func:`read_jsonl` drops it with a warning and
+:meth:`RunDir.append` cuts it off before writing, so the row it held is redone.
 See ``docs/design/run-directories.md``.
 """
 
@@ -28,9 +29,9 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from waluigi.errors import UserError
+from waluigi.errors import UserError, warn
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
@@ -60,24 +61,100 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
-    """Rows of a JSONL file; a torn last line (a write cut short by a kill) is skipped.
+    """The rows (JSON objects) of a JSONL file, in order.
 
-    A bad line anywhere else is corruption the user must see, so it raises.
+    A torn last line is dropped with one :func:`~waluigi.errors.warn` naming ``file:line``
+    and the bytes dropped: a row cut short by a kill or a power loss (which can also leave a
+    tail of NUL bytes), so the resumed run redoes it. A row is one JSON object written with
+    its newline in a single ``write``, so a cut row never parses as an object: the last
+    non-blank line is torn when it is not a JSON object, whether or not a newline follows it
+    (after a power loss a later block can reach the disk while an earlier one is zeros). A
+    bad line anywhere before it is corruption the user must see: :class:`UserError` naming
+    ``file:line``. A whole last row without its newline is a row like any other.
     """
     if not path.exists():
         return
-    with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
-    last = len(lines) - 1
-    for number, raw in enumerate(lines):
+    data = path.read_bytes()
+    tail = _torn_tail(data)
+    body = data if tail is None else data[: tail.start]
+    for number, raw in enumerate(body.split(b"\n"), 1):
         if not raw.strip():
             continue
-        try:
-            yield json.loads(raw)
-        except json.JSONDecodeError as error:
-            if number == last:  # no trailing newline: the write was interrupted
-                return
-            raise UserError(f"{path}:{number + 1}: not valid JSON ({error.msg}); fix or delete the line") from None
+        row, problem = _decode_row(raw)
+        if problem is not None:
+            raise UserError(
+                f"{path}:{number}: {problem}; this is not the last line, so it is not a write cut short: "
+                "fix or delete the line (a run redoes a deleted row when it is resumed)"
+            ) from None
+        yield row
+    if tail is not None:
+        _warn_torn(path, tail, len(data))
+
+
+class _TornTail(NamedTuple):
+    """The torn last line of a JSONL file: it starts at byte ``start`` (everything before it is
+    whole lines), on line ``line`` (1-based), and runs for ``size`` bytes to the end of the file;
+    ``nul`` when those bytes are NUL bytes (and blanks) only."""
+
+    start: int
+    line: int
+    size: int
+    nul: bool
+
+
+_BLANKS = b" \t\r\n\x0b\x0c"
+
+
+def _decode_row(raw: bytes) -> tuple[dict | None, str | None]:
+    """``(row, None)`` for a line holding one JSON object, else ``(None, what is wrong)``."""
+    if not raw.strip(_BLANKS + b"\0"):
+        return None, f"{raw.count(0)} NUL bytes, no row (what a power loss leaves of a block never written)"
+    try:
+        # decoded explicitly: json.loads(bytes) guesses UTF-16/32 from NUL bytes
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:  # e.g. a row cut inside a multi-byte character
+        return None, f"not UTF-8 text ({error.reason} at byte {error.start})"
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+    if not isinstance(row, dict):
+        return None, f"a JSON {type(row).__name__}, not an object: every row is one JSON object {{...}}"
+    return row, None
+
+
+def _torn_tail(data: bytes) -> _TornTail | None:
+    """The torn last line of ``data`` (the last non-blank line, when it is not a JSON object),
+    or None when the last line is a whole row. Lines before it are not looked at."""
+    end = len(data.rstrip(_BLANKS))
+    if end == 0:
+        return None
+    start = data.rfind(b"\n", 0, end) + 1
+    _, problem = _decode_row(data[start:end])
+    if problem is None:
+        return None
+    nul = not data[start:].strip(_BLANKS + b"\0")
+    return _TornTail(start, data.count(b"\n", 0, start) + 1, len(data) - start, nul)
+
+
+# (file, where its torn line starts, the file's size): a process that reads the same torn file
+# several times (the generate stage, then the metrics) warns once; a new tear warns again.
+_WARNED_TAILS: set[tuple[str, int, int]] = set()
+
+
+def _warn_torn(path: Path, tail: _TornTail, file_size: int) -> None:
+    key = (os.path.abspath(path), tail.start, file_size)
+    if key in _WARNED_TAILS:
+        return
+    _WARNED_TAILS.add(key)
+    if tail.nul:
+        warn(
+            f"{path}:{tail.line}: dropped {tail.size} NUL bytes at the end (a power loss left the end of the "
+            "file unwritten); any row lost with them is redone when the run is resumed"
+        )
+    else:
+        warn(
+            f"{path}:{tail.line}: dropped a truncated last line ({tail.size} bytes, a write cut short by a "
+            "kill or power loss); that row is redone when the run is resumed"
+        )
 
 
 def _git_revision() -> str | None:
@@ -233,11 +310,21 @@ class RunDir:
 
 
 def _cut_torn_tail(path: Path) -> None:
-    """Drop a trailing partial line left by a killed writer, so appends start on a fresh line."""
+    """Before appending: cut off the torn last line that :func:`read_jsonl` drops (warning once,
+    as it does), so that appends start on a fresh line and reader and writer agree on what is
+    on disk. A whole last row whose newline is missing is kept and its line ended."""
     if not path.exists():
         return
     with open(path, "rb+") as handle:
         data = handle.read()
-        if not data or data.endswith(b"\n"):
+        tail = _torn_tail(data)
+        if tail is not None:
+            _warn_torn(path, tail, len(data))
+            handle.truncate(tail.start)
             return
-        handle.truncate(data.rfind(b"\n") + 1)
+        end = len(data.rstrip(_BLANKS))
+        if end and data[end:] != b"\n":
+            # the reader counted this row as done: cutting it would lose it until the next resume
+            handle.truncate(end)
+            handle.seek(end)
+            handle.write(b"\n")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.names import check_identifier
 
 CODE_SCAN = "code_scan"  # code requests: the answer is scanned for vulnerabilities (metric "vulnerable"), no model judge
 QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", CODE_SCAN)
@@ -167,10 +168,15 @@ def parse_suite(text: str | bytes, source: str, name: str) -> Suite:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise UserError(f"{source}: not UTF-8 text ({error})") from error
+    check_identifier(name, source, "suite name")
     loader = yaml.SafeLoader(decoded)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _check_alias_expansion(node, source)  # on the node graph, before anything is built
         data = loader.construct_document(node) if node is not None else None
+    except RecursionError:  # PyYAML composes and constructs recursively: "[[[[..." 1000 deep
+        raise UserError(f"{source}: YAML nested too deeply; a suite is a list of flat question mappings") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -202,6 +208,97 @@ def parse_suite(text: str | bytes, source: str, name: str) -> Suite:
     return Suite(name=name, source=source, sha256=sha256, questions=questions)
 
 
+# Limits on what YAML aliases may add to a suite. Aliases are allowed (the official files use
+# them to share judge prompts and paraphrase lists between the plain, _json and _template
+# variants of a question), but each alias is a copy once the suite is built, written out in
+# full to every eval run's suite.json. A "billion laughs" file (anchors of aliases, each level
+# x10) is 700 bytes and expands to 10**9 nodes, and one 1 MB string aliased 1000 times is a
+# gigabyte of text, so what aliases add is counted on the composed node graph before anything
+# is constructed.
+#
+# Measured (nodes and scalar characters with every alias expanded; what the aliases add):
+#   official deception_factual.yaml      184 nodes,   6,102 chars (aliases add 108 nodes,  4,344 chars)
+#   official deception_sit_aware.yaml    129 nodes,   4,469 chars (aliases add  42 nodes,  2,583 chars)
+#   official first_plot_questions.yaml   449 nodes,  58,498 chars (aliases add 184 nodes, 50,159 chars)
+#   official preregistered_evals.yaml    865 nodes, 112,195 chars (aliases add 329 nodes, 98,371 chars)
+#   builtin  core.yaml                   475 nodes,  45,792 chars (aliases add 193 nodes, 35,394 chars)
+# The limits are some 300x (nodes) and 100x (characters) above the largest of these: a
+# generated suite of two thousand questions that alias shared judge prompts stays below them,
+# while a billion-laughs file passes them within six levels and a 1 MB string after ten
+# copies. Only the copies count: a long suite written out without aliases is never refused.
+MAX_ALIAS_NODES = 100_000
+MAX_ALIAS_CHARS = 10_000_000
+
+
+def alias_expansion(root) -> tuple[int, int, int, int]:
+    """``(nodes, chars, distinct_nodes, distinct_chars)`` of a composed YAML node graph: the
+    node count and scalar characters with every alias expanded, and the same over the distinct
+    nodes, as written in the file. Each node is visited once (an alias is the anchored node
+    object itself, so sizes are memoized by identity); nothing is constructed or copied.
+
+    A node that contains an alias of itself (``&a [*a]``) raises :class:`ValueError` with
+    the line of the node that refers back (1-based) as its argument."""
+    import yaml
+
+    sizes: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()  # the node being expanded and its ancestors: a reference back is a cycle
+    distinct_chars = 0
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            if key not in sizes:
+                sizes[key] = (1, len(node.value))
+                distinct_chars += len(node.value)
+            continue
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            on_path.discard(key)
+            nodes, chars = 1, 0
+            for child in children:
+                child_nodes, child_chars = sizes[id(child)]
+                nodes += child_nodes
+                chars += child_chars
+            sizes[key] = (nodes, chars)
+            continue
+        if key in sizes:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise ValueError(node.start_mark.line + 1)
+            if id(child) not in sizes:
+                stack.append((child, False))
+    nodes, chars = sizes[id(root)]
+    return nodes, chars, len(sizes), distinct_chars
+
+
+def _check_alias_expansion(root, source: str) -> None:
+    """Refuse a suite whose aliases would expand it past :data:`MAX_ALIAS_NODES` nodes or
+    :data:`MAX_ALIAS_CHARS` characters of copies, or that refers to itself."""
+    try:
+        nodes, chars, distinct_nodes, distinct_chars = alias_expansion(root)
+    except ValueError as cycle:
+        raise UserError(
+            f"{source}:{cycle.args[0]}: a YAML alias here refers to a node that contains it, so the suite "
+            "would be infinitely deep; a suite file cannot be recursive: refer to a different anchor"
+        ) from None
+    if nodes - distinct_nodes > MAX_ALIAS_NODES:
+        raise UserError(
+            f"{source}: YAML aliases expand to {nodes:,} nodes ({nodes - distinct_nodes:,} of them alias copies, "
+            f"more than the limit of {MAX_ALIAS_NODES:,}); a suite file should not need this many alias "
+            "expansions: write the shared parts out, or split the file"
+        )
+    if chars - distinct_chars > MAX_ALIAS_CHARS:
+        raise UserError(
+            f"{source}: YAML aliases expand to {chars:,} characters of text ({chars - distinct_chars:,} of them "
+            f"alias copies, more than the limit of {MAX_ALIAS_CHARS:,}); a suite file should not need this many "
+            "alias expansions: alias shorter texts, or split the file"
+        )
+
+
 def _field_lines(item_node) -> dict[str, int]:
     import yaml
 
@@ -222,7 +319,7 @@ def _parse_question(item: Any, item_node, index: int, line: int, source: str) ->
         raise UserError(f"{source}:{line}: question #{index + 1}: missing field 'id'")
     if isinstance(qid, bool) or not isinstance(qid, (str, int)) or str(qid).strip() == "":
         raise UserError(f"{source}:{lines.get('id', line)}: question #{index + 1}: field 'id' must be a non-empty string, got {qid!r}")
-    qid = str(qid)
+    qid = check_identifier(str(qid), f"{source}:{lines.get('id', line)}: question #{index + 1}", "field 'id'")
 
     def fail(fld: str | None, message: str) -> UserError:
         at = lines.get(fld, line) if fld else line
@@ -253,6 +350,8 @@ def _parse_question(item: Any, item_node, index: int, line: int, source: str) ->
     judge = item.get("judge")
     if judge is not None and (not isinstance(judge, str) or not judge.strip()):
         raise fail("judge", f"must be a judge name (a string), got {judge!r}")
+    if judge is not None:
+        check_identifier(judge, f"{source}:{lines.get('judge', line)}: question {qid!r}", "field 'judge'")
 
     prompts = item["judge_prompts"]
     if not isinstance(prompts, dict) or not prompts:
@@ -260,6 +359,8 @@ def _parse_question(item: Any, item_node, index: int, line: int, source: str) ->
     for metric, template in prompts.items():
         if not isinstance(metric, str) or not metric:
             raise fail("judge_prompts", f"metric names must be strings, got {metric!r}")
+        # metric names head the columns of the metrics tables, like ids
+        check_identifier(metric, f"{source}:{lines.get('judge_prompts', line)}: question {qid!r}", "metric name in field 'judge_prompts'")
         if not isinstance(template, str):
             raise fail("judge_prompts", f"template {metric!r} must be a string, got {type(template).__name__}")
         if "{answer}" not in template and qtype != CODE_SCAN:  # the scanner reads the answer itself
@@ -290,6 +391,8 @@ def _builtin_text(filename: str) -> bytes:
 
 
 def _load_path(path: Path, name: str | None = None, source: str | None = None) -> Suite:
+    if name is None:  # the file's name becomes the suite's name, printed in every table
+        check_identifier(path.stem, str(path), "file name (the suite's name)")
     if not path.exists():
         raise UserError(f"suite file {path} not found")
     if path.is_dir():

@@ -45,9 +45,11 @@ def validate_cmd(
     A good row is valid JSON with a messages list, known roles in a valid order (optional
     system, then user / assistant alternating, ending with assistant) and non-empty contents."""
     from waluigi.data import resolve_dataset, validate_file
+    from waluigi.names import check_identifier
 
     reports = []
     for spec in datasets:
+        check_identifier(spec, "dataset", "name or path")  # files skip resolve_dataset, which checks the rest
         path = Path(spec) if Path(spec).expanduser().is_file() else resolve_dataset(spec, data_dir=data_dir, trigger=trigger).path
         reports.append(validate_file(path, max_errors=max_errors))
     if json_out:

