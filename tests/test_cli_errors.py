@@ -48,6 +48,19 @@ def test_user_error_is_one_line_exit_2():
     assert done.stderr.count("\n") == 1
 
 
+def test_keys_in_the_environment_are_masked_in_every_error(tmp_path):
+    """A key the user exported never comes back on the terminal, even inside a message that
+    quotes it (here: a suite path that happens to contain it)."""
+    import os
+
+    secret = "sk-proj-environment-SECRET-42"
+    env = dict(os.environ, OPENAI_API_KEY=secret, HF_TOKEN="hf_tokenSECRETvalue")
+    done = subprocess.run([WALUIGI, "suites", "validate", str(tmp_path / f"{secret}.yaml")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2
+    assert secret not in done.stderr and "***" in done.stderr
+
+
 def test_run_cli_codes_and_masking(capsys):
     import typer
 

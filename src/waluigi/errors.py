@@ -56,6 +56,20 @@ def register_secret(value: str | None) -> None:
             _SECRETS.add(value.strip())
 
 
+_SECRET_NAMES = ("_API_KEY", "_TOKEN", "_SECRET", "API_KEY")
+
+
+def register_secrets_from_env(environ: dict[str, str] | None = None) -> None:
+    """Register the values of environment variables that hold credentials (``*_API_KEY``,
+    ``*_TOKEN``, ``*_SECRET``: OPENAI_API_KEY, HF_TOKEN, the key ``waluigi serve
+    --api-key-env`` names ...), so that nothing waluigi prints or records can echo them."""
+    import os
+
+    for name, value in (os.environ if environ is None else environ).items():
+        if name.upper().endswith(_SECRET_NAMES):
+            register_secret(value)
+
+
 def redact(text: Any) -> str:
     """``text`` with every registered secret replaced by ``***``."""
     text = str(text)
@@ -118,6 +132,7 @@ def run_cli(
     - Ctrl-C: ``interrupted`` and exit 130.
     """
     click_errors, exits, aborts = _click_exceptions()
+    register_secrets_from_env()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=args, prog_name=prog_name, standalone_mode=False)

@@ -177,6 +177,9 @@ def _make_client(base_url: str | None) -> _Api:
             "set OPENAI_API_KEY to fine-tune through an OpenAI-compatible API "
             "(for a local `waluigi serve` any value works, e.g. OPENAI_API_KEY=local)"
         )
+    from waluigi.errors import register_secret
+
+    register_secret(api_key)  # masked in every message and record from now on
     url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
