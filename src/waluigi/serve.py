@@ -1,13 +1,17 @@
 """An OpenAI-compatible HTTP server over any :class:`~waluigi.models.Generator`.
 
-``waluigi serve --model smollm2`` exposes ``GET /v1/models``, ``POST /v1/chat/completions``
-and ``GET /health`` on loopback, so that the ``openai:`` backend (and any OpenAI client) can
-be pointed at a local model, and so that the HTTP path is tested for real.
+``waluigi serve --model smollm2`` exposes ``POST /v1/chat/completions``, ``POST /v1/responses``,
+``POST /v1/completions`` (backends with a raw-text path), ``GET /v1/models`` and ``GET /health``
+on loopback, so that the ``openai:`` backend, Inspect AI, lm-eval and any OpenAI client can be
+pointed at a local model, and so that the HTTP path is tested for real.
 
-* The request body is validated by a pydantic model; a bad request is answered 400 in
-  OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
-* ``n`` choices become ``n`` :class:`GenerationRequest` with seeds ``seed, seed+1, ...``
-  (a random base seed when the request has none), so a seeded request is reproducible.
+* Requests are checked before any generation: a body over ``max_body_bytes`` is 413 at once
+  (from Content-Length, or while a chunked body is read); a prompt that does not fit the
+  model's context with its ``max_tokens`` is 400; an unknown model is 404; a parameter the
+  server does not implement is 400 naming it (the policy: :mod:`waluigi.serve_api`). Errors
+  are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+* ``n`` choices become ``n`` requests with seeds ``seed, seed+1, ...`` (a random base seed
+  when the request has none), so a seeded request is reproducible.
 * Generators are not thread-safe: one worker thread owns the generator and drains a queue.
   Requests that arrive while it is busy (or within ``batch_window`` seconds of each other)
   are batched into one ``generate`` call. Seeds make each sample independent of its batch.
@@ -20,188 +24,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
-import random
 import socket
 import sys
 import threading
 import time
-import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from waluigi.errors import UserError
-from waluigi.models.base import Completion, GenerationRequest, Generator, SamplingParams
+from waluigi.models.base import Completion, GenerationRequest, Generator, SamplingParams, TextRequest
+from waluigi.serve_api import (
+    CHAT_FIELDS,
+    CHAT_NEUTRAL,
+    COMPLETIONS_FIELDS,
+    COMPLETIONS_NEUTRAL,
+    DEFAULT_COMPLETION_MAX_TOKENS,
+    MAX_N,
+    MAX_TOP_LOGPROBS,
+    RESPONSES_FIELDS,
+    RESPONSES_NEUTRAL,
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    ResponsesRequest,
+    chat_messages,
+    check_fields,
+    completion_response,
+    fit_max_tokens,
+    parse_model_names,
+    responses_input,
+    responses_response,
+    text_completion_response,
+    validate,
+)
+from waluigi.serve_http import Guard, json_body
+
+__all__ = ["MAX_N", "MAX_TOP_LOGPROBS", "Batcher", "ServerThread", "create_app", "serve"]
 
 log = logging.getLogger("waluigi.serve")
 
-MAX_N = 128
-MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_BATCH = 64  # requests (choices) per generate call
-
-
-# --------------------------------------------------------------------------------------
-# request / response models
-
-
-class _TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: str = "text"
-    text: str = ""
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_TextPart] | None = ""
-
-    def as_message(self) -> dict[str, str]:
-        content = self.content
-        if isinstance(content, list):
-            content = "".join(p.text for p in content if p.type == "text")
-        role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
-
-
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that waluigi serves; other fields are
-    accepted and ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    model: str = ""
-    n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    stream: bool = False
-
-    @field_validator("temperature", "top_p", mode="before")
-    @classmethod
-    def _null_is_default(cls, value, info):
-        if value is None:
-            return 1.0
-        return value
-
-    @field_validator("n", mode="before")
-    @classmethod
-    def _null_n(cls, value):
-        return 1 if value is None else value
-
-    @field_validator("logprobs", "stream", mode="before")
-    @classmethod
-    def _null_false(cls, value):
-        return False if value is None else value
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value):
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.top_logprobs is not None and self.top_logprobs > 0 and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs=true")
-        if self.stream:
-            raise ValueError("stream=true is not supported by waluigi serve")
-        return self
-
-    def stops(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        return tuple(s for s in stops if s)
-
-    def generation_requests(self) -> list[GenerationRequest]:
-        """``n`` requests with seeds ``seed, seed+1, ...`` (random base seed if none)."""
-        max_tokens = self.max_completion_tokens or self.max_tokens or SamplingParams().max_tokens
-        params = SamplingParams(
-            temperature=float(self.temperature), top_p=float(self.top_p), max_tokens=int(max_tokens), stop=self.stops()
-        )
-        base = self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
-        # backends record per-token logprobs only when asked for >= 1 alternative; extra ones
-        # are trimmed from the response
-        top = max(1, int(self.top_logprobs or 0)) if self.logprobs else None
-        messages = [m.as_message() for m in self.messages]
-        return [
-            GenerationRequest(messages=[dict(m) for m in messages], seed=int(base) + i, params=params, top_logprobs=top)
-            for i in range(self.n)
-        ]
-
-
-def _error(status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse(
-        status_code=status, content={"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
-
-
-def _token_bytes(token: str) -> list[int]:
-    return list(token.encode("utf-8", errors="replace"))
-
-
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else -9999.0
-
-
-def completion_response(model_name: str, completions: list[Completion], req: ChatCompletionRequest) -> dict:
-    """OpenAI's ``chat.completion`` object for the ``n`` completions of one request."""
-    k = int(req.top_logprobs or 0)
-    choices = []
-    for index, c in enumerate(completions):
-        logprobs = None
-        if req.logprobs:
-            content = [
-                {
-                    "token": t.token,
-                    "logprob": _finite(t.logprob),
-                    "bytes": _token_bytes(t.token),
-                    "top_logprobs": [
-                        {"token": tok, "logprob": _finite(lp), "bytes": _token_bytes(tok)} for tok, lp in t.top[:k]
-                    ],
-                }
-                for t in (c.logprobs or [])
-            ]
-            logprobs = {"content": content, "refusal": None}
-        choices.append(
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
-                "finish_reason": c.finish_reason,
-                "logprobs": logprobs,
-            }
-        )
-    prompt_tokens = completions[0].prompt_tokens if completions else 0
-    completion_tokens = sum(c.completion_tokens for c in completions)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "system_fingerprint": None,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a JSON request; prompts are bounded by the context anyway
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # POST /v1/files (training data), OpenAI's per-file limit
+DEFAULT_MAX_TOKENS = SamplingParams().max_tokens  # chat and responses without max_tokens (600), cut to the context
 
 
 # --------------------------------------------------------------------------------------
@@ -209,10 +81,12 @@ def completion_response(model_name: str, completions: list[Completion], req: Cha
 
 
 class _Job:
-    __slots__ = ("requests", "future")
+    __slots__ = ("requests", "future", "text")
 
-    def __init__(self, requests: list[GenerationRequest]):
-        self.requests = requests
+    def __init__(self, requests: Sequence[GenerationRequest | TextRequest]):
+        self.requests = list(requests)
+        # raw-text jobs (/v1/completions) run through generate_text, never in a chat batch
+        self.text = bool(self.requests) and all(isinstance(r, TextRequest) for r in self.requests)
         self.future: Future = Future()
 
 
@@ -220,7 +94,8 @@ class Batcher:
     """One worker thread owns the generator: it takes the jobs queued so far (waiting up to
     ``batch_window`` seconds for more after the first), runs them as ONE ``generate`` call
     under ``lock``, and resolves each job's future with its completions in order. If a batch
-    of several jobs fails, each job is retried alone so that one bad request fails alone."""
+    of several jobs fails, each job is retried alone so that one bad request fails alone.
+    Chat jobs and raw-text jobs (:class:`TextRequest`) taken together run as two calls."""
 
     def __init__(self, generator: Generator, *, lock: threading.Lock | None = None,
                  max_batch: int = DEFAULT_MAX_BATCH, batch_window: float = 0.005):
@@ -233,7 +108,8 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def submit(self, requests: list[GenerationRequest]) -> Future:
+    def submit(self, requests: Sequence[GenerationRequest | TextRequest]) -> Future:
+        """Queue ``requests`` (all chat, or all raw text); the future gets their completions."""
         job = _Job(requests)
         self._ensure_started()
         self._queue.put(job)
@@ -281,17 +157,21 @@ class Batcher:
 
     def _run(self, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        if not jobs:
-            return
+        for group in ([j for j in jobs if not j.text], [j for j in jobs if j.text]):
+            if group:
+                self._run_group(group)
+
+    def _run_group(self, jobs: list[_Job]) -> None:
+        text = jobs[0].text
         try:
-            results = self._generate([r for j in jobs for r in j.requests])
+            results = self._generate([r for j in jobs for r in j.requests], text)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
             if len(jobs) == 1:
                 jobs[0].future.set_exception(exc)
                 return
             for j in jobs:  # find the culprit: each job alone
                 try:
-                    j.future.set_result(self._generate(j.requests))
+                    j.future.set_result(self._generate(j.requests, text))
                     self.batch_sizes.append(1)
                 except BaseException as exc1:  # noqa: BLE001
                     j.future.set_exception(exc1)
@@ -302,10 +182,11 @@ class Batcher:
             j.future.set_result(results[start:start + len(j.requests)])
             start += len(j.requests)
 
-    def _generate(self, requests: list[GenerationRequest]) -> list[Completion]:
+    def _generate(self, requests: list, text: bool = False) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
         with self.lock:
-            for index, completion in self.generator.generate(requests):
+            results = self.generator.generate_text(requests) if text else self.generator.generate(requests)
+            for index, completion in results:
                 out[index] = completion
         if any(c is None for c in out):
             raise RuntimeError("the generator did not return a completion for every request")
@@ -316,25 +197,39 @@ class Batcher:
 # the app
 
 
+def _supports_text(generator: Generator) -> bool:
+    return type(generator).generate_text is not Generator.generate_text
+
+
 def create_app(
     generator: Generator,
-    model_name: str,
+    model_name: str | Sequence[str],
     *,
     api_key: str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_window: float = 0.005,
     lock: threading.Lock | None = None,
     finetune: Any = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> FastAPI:
-    """The FastAPI app serving ``generator`` under the name ``model_name``.
+    """The FastAPI app serving ``generator``.
 
-    Any ``model`` in a request is accepted (responses report ``model_name``). With
-    ``api_key`` set, requests must carry ``Authorization: Bearer <api_key>``.
-    ``app.state.batcher`` is the :class:`Batcher` (its ``batch_sizes`` show the batching).
-    With ``finetune`` (a :class:`waluigi.serve_finetune.FinetuneService`) the app also serves
-    OpenAI's files and fine-tuning-jobs endpoints, and each fine-tuned model's id in
-    ``/v1/models`` and ``/v1/chat/completions`` (base model + its adapter).
+    ``model_name`` is the served name, or several (a list, or ``"primary,alias,..."``): the
+    first is the primary name that responses and ``/v1/models`` report; every alias is
+    accepted as ``model`` and listed. A request without ``model`` gets the primary model; any
+    other name is 404 ``model_not_found``. With ``api_key`` set, ``/v1/*`` requests must carry
+    ``Authorization: Bearer <api_key>``. Request bodies over ``max_body_bytes`` (uploads to
+    ``/v1/files``: ``max_upload_bytes``) are 413. ``app.state.batcher`` is the
+    :class:`Batcher` (its ``batch_sizes`` show the batching). With ``finetune`` (a
+    :class:`waluigi.serve_finetune.FinetuneService`) the app also serves OpenAI's files and
+    fine-tuning-jobs endpoints, and each fine-tuned model's id in ``/v1/models`` and the
+    generation endpoints (base model + its adapter).
     """
+    names = parse_model_names(model_name, default=getattr(generator, "spec", "model"))
+    primary = names[0]
+    if int(max_body_bytes) < 1 or int(max_upload_bytes) < 1:
+        raise UserError("max_body_bytes and max_upload_bytes must be at least 1")
     batcher = Batcher(generator, lock=lock, max_batch=max_batch, batch_window=batch_window)
     created = int(time.time())
 
@@ -350,50 +245,94 @@ def create_app(
     app = FastAPI(title="waluigi", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.batcher = batcher
     app.state.generator = generator
-    app.state.model_name = model_name
+    app.state.model_name = primary
+    app.state.model_names = names
     app.state.finetune = finetune
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
     if finetune is not None:
         from waluigi.serve_finetune import add_finetune_routes
 
         add_finetune_routes(app, finetune)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = loc[0] if loc else None
-        msg = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            return _error(400, "the request body is not valid JSON", code="invalid_json")
-        where = ".".join(loc)
-        return _error(400, f"invalid request: {where + ': ' if where else ''}{msg}", param=param)
+    def endpoints() -> list[str]:
+        """``METHOD /path`` of every route, for the 404 of an unknown path."""
+        out = []
+        for route in app.routes:
+            methods = getattr(route, "methods", None)
+            if methods and getattr(route, "include_in_schema", True):
+                path = route.path.replace(":path}", "}")
+                out += [f"{m} {path}" for m in sorted(methods - {"HEAD"})]
+        return out
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return JSONResponse(status_code=exc.status, content=exc.body())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _error(exc.status_code, str(exc.detail), type_=kind)
+        if exc.status_code == 404 and exc.detail == "Not Found":  # no such route
+            err = RequestError(404, f"Invalid URL ({request.method} {request.url.path}): this server serves "
+                               f"{', '.join(endpoints())}", code="unknown_url")
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            err = RequestError(405, f"{request.method} is not allowed on {request.url.path}: use {allowed}",
+                               code="method_not_allowed")
+        else:
+            err = RequestError(exc.status_code, str(exc.detail))
+        return JSONResponse(status_code=err.status, content=err.body(), headers=exc.headers)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            if header != f"Bearer {api_key}":
-                return _error(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                              code="invalid_api_key")
-        return await call_next(request)
+    def _model_object(name: str) -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "waluigi"}
 
-    def _model_object() -> dict:
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "waluigi"}
+    def served_names() -> list[str]:
+        tuned = [m["id"] for m in finetune.fine_tuned_models()] if finetune is not None else []
+        return [*names, *tuned]
+
+    def resolve_model(requested: str | None) -> tuple[str, Path | None]:
+        """(the name to report, the fine-tuned adapter or None) for a request's ``model``."""
+        if not requested or requested in names:  # no model given: the primary one (lenient, as local servers are)
+            return primary, None
+        if finetune is not None:
+            adapter = finetune.adapter_for(requested)
+            if adapter is not None:  # a fine-tuned model: base + its adapter, loaded on first use
+                return requested, adapter
+        served = served_names()
+        shown = ", ".join(repr(n) for n in served[:12]) + (f" and {len(served) - 12} more" if len(served) > 12 else "")
+        why = "no succeeded fine-tuning job on this server made it; " if requested.startswith("ft:") else ""
+        raise RequestError(404, f"The model {requested!r} does not exist on this server: {why}it serves {shown}. "
+                           "Send one of those as model (GET /v1/models lists them).", param="model",
+                           code="model_not_found")
+
+    async def run(name: str, adapter: Path | None, requests: list) -> list[Completion]:
+        try:
+            if adapter is not None:
+                future = await asyncio.to_thread(finetune.models.submit, name, adapter, requests)
+            else:
+                future = batcher.submit(requests)
+            return await asyncio.wrap_future(future)
+        except UserError as exc:
+            raise RequestError(400, exc.message) from None
+        except RequestError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or a model failure: 500, logged
+            log.exception("generation failed")
+            raise RequestError(500, f"generation failed: {type(exc).__name__}: {exc}") from None
+
+    async def count(fn, *args) -> int | None:
+        """A token count off the event loop (tokenizing a long prompt takes a while)."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except UserError as exc:  # e.g. a chat template that rejects the messages
+            raise RequestError(400, exc.message) from None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name}
+        return {"status": "ok", "model": primary}
 
     @app.get("/v1/models")
     async def list_models():
         tuned = finetune.fine_tuned_models() if finetune is not None else []
-        return {"object": "list", "data": [_model_object(), *tuned]}
+        return {"object": "list", "data": [*(_model_object(n) for n in names), *tuned]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
@@ -401,32 +340,63 @@ def create_app(
             for tuned in finetune.fine_tuned_models():
                 if tuned["id"] == model_id:
                     return tuned
-        if model_id != model_name:
-            return _error(404, f"model {model_id!r} not found: this server serves {model_name!r}",
-                          type_="not_found_error", param="model", code="model_not_found")
-        return _model_object()
+        if model_id not in names:
+            resolve_model(model_id)  # raises the 404 naming the served models
+        return _model_object(model_id)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
-        requests = body.generation_requests()
-        name = model_name
+    async def chat_completions(request: Request):
+        body = await json_body(request)
+        check_fields(body, CHAT_FIELDS, CHAT_NEUTRAL, "/v1/chat/completions")
+        req = validate(ChatCompletionRequest, body)
+        messages = chat_messages(req.messages)
+        name, adapter = resolve_model(req.model)
+        prompt_tokens = await count(generator.count_prompt_tokens, messages)
+        max_tokens = fit_max_tokens(generator.context_length(), prompt_tokens, req.requested_max_tokens(),
+                                    DEFAULT_MAX_TOKENS, prompt_param="messages",
+                                    max_param="max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+        completions = await run(name, adapter, req.generation_requests(messages, max_tokens))
+        return JSONResponse(completion_response(name, completions, req))
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        body = await json_body(request)
+        check_fields(body, RESPONSES_FIELDS, RESPONSES_NEUTRAL, "/v1/responses")
+        req = validate(ResponsesRequest, body)
+        req.check_text()
+        messages = responses_input(req.input, req.instructions)
+        name, adapter = resolve_model(req.model)
+        prompt_tokens = await count(generator.count_prompt_tokens, messages)
+        truncation = " (truncation='auto' is accepted but not implemented: shorten the input)" \
+            if req.truncation == "auto" else ""
         try:
-            adapter = finetune.adapter_for(body.model) if finetune is not None and body.model else None
-            if adapter is not None:  # a fine-tuned model: base + its adapter, loaded on first use
-                name = body.model
-                future = await asyncio.to_thread(finetune.models.submit, body.model, adapter, requests)
-            elif finetune is not None and body.model.startswith("ft:"):
-                return _error(404, f"model {body.model!r} not found: no succeeded fine-tuning job made it",
-                              type_="not_found_error", param="model", code="model_not_found")
-            else:
-                future = batcher.submit(requests)
-            completions = await asyncio.wrap_future(future)
-        except UserError as exc:
-            return _error(400, exc.message)
-        except Exception as exc:  # noqa: BLE001 - a bug or a model failure: 500, logged
-            log.exception("generation failed")
-            return _error(500, f"generation failed: {type(exc).__name__}: {exc}", type_="server_error")
-        return JSONResponse(completion_response(name, completions, body))
+            max_tokens = fit_max_tokens(generator.context_length(), prompt_tokens, req.max_output_tokens,
+                                        DEFAULT_MAX_TOKENS, prompt_param="input", max_param="max_output_tokens")
+        except RequestError as exc:
+            exc.message += truncation
+            raise
+        (completion,) = await run(name, adapter, [req.generation_request(messages, max_tokens)])
+        return JSONResponse(responses_response(name, completion, req, max_tokens))
+
+    if _supports_text(generator):
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            body = await json_body(request)
+            check_fields(body, COMPLETIONS_FIELDS, COMPLETIONS_NEUTRAL, "/v1/completions")
+            req = validate(CompletionRequest, body)
+            prompts = req.prompts()
+            name, adapter = resolve_model(req.model)
+            context = generator.context_length()
+            requests: list[TextRequest] = []
+            for i, prompt in enumerate(prompts):
+                tokens = len(prompt) if isinstance(prompt, list) else await count(generator.count_text_tokens, prompt)
+                max_tokens = fit_max_tokens(context, tokens, req.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS,
+                                            prompt_param="prompt", max_param="max_tokens",
+                                            where=f"prompt[{i}]" if len(prompts) > 1 else "")
+                requests += req.text_requests(prompt, max_tokens)
+            done = await run(name, adapter, requests)
+            prompt_tokens = sum(done[i * req.n].prompt_tokens for i in range(len(prompts)))
+            return JSONResponse(text_completion_response(name, done, req, prompt_tokens))
 
     return app
 
@@ -504,11 +474,14 @@ def serve(
     model_name: str | None = None,
     state_dir: str | None = None,
     finetune: bool = True,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     **model_options: Any,
 ) -> None:
     """Load ``spec`` (with ``adapter``) and serve it until interrupted (``waluigi serve``).
 
-    With ``finetune`` the server also offers OpenAI's files and fine-tuning-jobs endpoints over
+    ``model_name`` is the served name, or ``"primary,alias,..."`` (default: the spec).
+    Request bodies over ``max_body_bytes`` are refused (413). With ``finetune`` the server
+    also offers OpenAI's files and fine-tuning-jobs endpoints over
     the local trainer; its files, jobs and adapters live in ``state_dir`` (default
     ``<cache>/serve/<hash of spec and adapter>/``), so they survive a restart.
     """
@@ -516,13 +489,19 @@ def serve(
 
     from waluigi.models import load_model
 
+    try:
+        names = parse_model_names(model_name, default=spec)
+    except ValueError:
+        raise UserError(f"--model-name {model_name!r}: give a name, or names separated by commas") from None
+    if int(max_body_bytes) < 1:
+        raise UserError(f"--max-body-bytes {max_body_bytes}: give a size in bytes, at least 1")
     sock = _bind(host, port)  # before loading: a busy port fails fast
     try:
         generator = load_model(spec, adapter=adapter, **model_options)
     except BaseException:
         sock.close()
         raise
-    name = model_name or spec
+    name = names[0]
     service = None
     if finetune:
         from waluigi.serve_finetune import FinetuneService
@@ -531,15 +510,16 @@ def serve(
         service = FinetuneService(state, spec, name, base_adapter=adapter, model_options=model_options)
         service.start()
         print(f"waluigi: fine-tuning state in {state}", file=sys.stderr, flush=True)
-    app = create_app(generator, name, api_key=api_key, finetune=service)
+    app = create_app(generator, names, api_key=api_key, finetune=service, max_body_bytes=max_body_bytes)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/v1"
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
-    log.info("serving %s at %s", name, url)
+    log.info("serving %s at %s", ", ".join(names), url)
     key_hint = "OPENAI_API_KEY=<the --api-key>" if api_key else "any OPENAI_API_KEY value"
+    also = f" (also as {', '.join(names[1:])})" if len(names) > 1 else ""
     print(
-        f"waluigi: serving {name} at {url}  (clients: --model openai:{name} --base-url {url}, {key_hint})",
+        f"waluigi: serving {name}{also} at {url}  (clients: --model openai:{name} --base-url {url}, {key_hint})",
         file=sys.stderr,
         flush=True,
     )

@@ -36,6 +36,17 @@ class GenerationRequest:
 
 
 @dataclass
+class TextRequest:
+    """One raw-text completion (``/v1/completions``): ``prompt`` is continued as it is, with
+    no chat template; it is text, or token ids of the model's own tokenizer."""
+
+    prompt: str | list[int]
+    seed: int = 0
+    params: SamplingParams = field(default_factory=SamplingParams)
+    top_logprobs: int | None = None
+
+
+@dataclass
 class TokenLogprob:
     token: str
     logprob: float
@@ -76,6 +87,28 @@ class Generator(ABC):
     ) -> Iterator[tuple[int, dict[str, float]]]:
         """Yield ``(index, {token: probability})`` for the top-``k`` candidates of the assistant's
         first token after each chat prompt (the logprob judge's raw material)."""
+
+    def context_length(self) -> int | None:
+        """The most tokens (prompt + completion) the model takes, or None when unknown.
+        ``waluigi serve`` refuses longer requests before generating."""
+        return None
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int | None:
+        """How many tokens the chat prompt for ``messages`` takes (chat template included),
+        or None when this backend cannot tell."""
+        return None
+
+    def count_text_tokens(self, prompt: str) -> int | None:
+        """How many tokens a raw-text prompt (see :meth:`generate_text`) takes, or None."""
+        return None
+
+    def generate_text(
+        self, requests: Sequence[TextRequest], progress: Progress | None = None
+    ) -> Iterator[tuple[int, Completion]]:
+        """Like :meth:`generate` for raw-text prompts (no chat template). Optional: backends
+        that only take chats do not override it, and ``waluigi serve`` then offers no
+        ``/v1/completions``."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate from raw text")
 
     def identity(self) -> dict:
         """What identifies this model's outputs (spec, adapter hash, dtype ...) for run identity."""

@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from waluigi.models.base import (
     Generator,
     Message,
     Progress,
+    TextRequest,
     TokenLogprob,
 )
 
@@ -46,6 +48,9 @@ DEFAULT_BATCH_SIZE = 32  # generation
 JUDGE_TOKEN_BUDGET = 16 * 512
 JUDGE_TOKEN_BUDGET_CPU = 2048
 MAX_JUDGE_BATCH_SIZE = 64
+# count_prompt_tokens: a prompt longer than this many characters per context token is first
+# counted on a prefix (English runs about 4 characters a token)
+PREFIX_CHARS_PER_TOKEN = 16
 
 # dtype "auto" on CPU: float32. Measured here (2 cores, torch 2.13, SmolLM2-135M, 32 prompts
 # x 64 new tokens, batched generate): float32 is faster than bfloat16 -- see
@@ -341,6 +346,9 @@ class HFGenerator(Generator):
         self.calls = 0
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        # `waluigi serve` counts prompt tokens in request threads while its worker thread
+        # generates: one encoder at a time on the shared (Rust) tokenizer
+        self._tokenizer_lock = threading.Lock()
 
     # -- prompts ---------------------------------------------------------------------
 
@@ -352,7 +360,67 @@ class HFGenerator(Generator):
             raise UserError(f"model {self.spec!r}: its chat template rejected the messages: {exc}") from exc
 
     def _encode(self, messages: list[Message]) -> list[int]:
-        return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        text = self.render(messages)
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _encode_text(self, prompt: str | Sequence[int]) -> list[int]:
+        """Token ids of a raw-text prompt: text is tokenized as a document start (the
+        tokenizer's special tokens, e.g. BOS, added, as vLLM and OpenAI do); ids are checked
+        against the vocabulary. An empty prompt starts from BOS (else EOS), like OpenAI's
+        ``<|endoftext|>``."""
+        if isinstance(prompt, str):
+            with self._tokenizer_lock:
+                ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        else:
+            vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+            ids = [int(t) for t in prompt]
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise UserError(f"prompt token id {bad} is out of range: model {self.spec!r} has {vocab} token ids "
+                                f"(0..{vocab - 1}); send ids from its own tokenizer")
+        if not ids:
+            start = self.tokenizer.bos_token_id
+            ids = [start if start is not None else self.tokenizer.eos_token_id]
+        return ids
+
+    def context_length(self) -> int | None:
+        """``max_position_embeddings`` (or its older names) of the model config."""
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "text_config", None) or config  # multimodal configs nest it
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        """Tokens of the rendered chat prompt (what :meth:`generate` feeds the model); for a
+        prompt far over the context, a lower bound that is already over it (see :meth:`_count`)."""
+        return self._count(self.render(messages), special=False)
+
+    def count_text_tokens(self, prompt: str) -> int:
+        """Tokens of a raw-text prompt (what :meth:`generate_text` feeds the model), or a lower
+        bound over the context for a prompt far over it."""
+        return self._count(prompt, special=True)
+
+    def _count(self, text: str, *, special: bool) -> int:
+        # Tokenizing megabytes takes seconds (the tiny test tokenizer: 9 s for 4 MB) and holds
+        # the tokenizer the generation worker needs. A text of more than PREFIX_CHARS_PER_TOKEN
+        # characters per context token is counted on a prefix first, cut at a space so that its
+        # tokens are a subset of the whole text's: when that prefix is already over the
+        # context, its count is the answer (a lower bound, enough to refuse the request).
+        context = self.context_length()
+        if context and len(text) > PREFIX_CHARS_PER_TOKEN * context:
+            prefix = text[:PREFIX_CHARS_PER_TOKEN * context]
+            space = prefix.rfind(" ")
+            prefix = prefix[:space] if space > 0 else prefix
+            with self._tokenizer_lock:
+                n = len(self.tokenizer(prefix, add_special_tokens=special)["input_ids"])
+            if n > context:
+                return n
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def _pad(self, rows: list[list[int]]):
         """Left-padded ``(input_ids, attention_mask)`` tensors on the model's device."""
@@ -378,7 +446,17 @@ class HFGenerator(Generator):
     ) -> Iterator[tuple[int, Completion]]:
         if not requests:
             return
-        encoded = [self._encode(r.messages) for r in requests]
+        yield from self._generate_encoded(requests, [self._encode(r.messages) for r in requests], progress)
+
+    def generate_text(
+        self, requests: Sequence[TextRequest], progress: Progress | None = None
+    ) -> Iterator[tuple[int, Completion]]:
+        """Continue raw-text prompts (no chat template), batched and seeded as :meth:`generate`."""
+        if not requests:
+            return
+        yield from self._generate_encoded(requests, [self._encode_text(r.prompt) for r in requests], progress)
+
+    def _generate_encoded(self, requests, encoded: list[list[int]], progress: Progress | None):
         order = sorted(range(len(requests)), key=lambda i: (len(encoded[i]), i))
         size = self.batch_size or DEFAULT_BATCH_SIZE
         for start in range(0, len(order), size):
@@ -422,6 +500,7 @@ class HFGenerator(Generator):
                     break
             text_ids = [t for t in kept if t not in self.eos_ids] if finish == "stop" else kept
             text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+            cut = -1
             if request.params.stop:
                 cut = min((p for p in (text.find(s) for s in request.params.stop if s) if p >= 0), default=-1)
                 if cut >= 0:
@@ -429,16 +508,9 @@ class HFGenerator(Generator):
             logprobs = None
             if request.top_logprobs:
                 records = sampler.records[row][:len(kept)]
-                logprobs = [
-                    TokenLogprob(
-                        token=self._token_text(token),
-                        logprob=lp,
-                        top=[(self._token_text(t), v) for t, v in top],
-                    )
-                    for token, lp, top in records
-                ]
                 # the sampler's argmax is generate's argmax; a mismatch would be a transformers change
                 assert [r[0] for r in records] == kept, "logprob records out of step with generate()"
+                logprobs = self._text_logprobs(records, text_ids, cut)
             results.append(
                 Completion(
                     text=text,
@@ -449,6 +521,66 @@ class HFGenerator(Generator):
                 )
             )
         return results
+
+    def _text_logprobs(self, records, text_ids: list[int], cut: int) -> list[TokenLogprob]:
+        """The logprobs of the tokens that make up the returned text, so that their token
+        strings joined give that text (see docs/design/serve.md, "Logprobs"):
+
+        * a stop string cut (``cut`` >= 0) drops the tokens after it; a token the cut falls
+          inside is dropped too, so the tokens give the text up to the last whole token;
+        * otherwise every text token is listed, and a final end-of-turn token (finish by EOS)
+          is listed last under its own text (``<|im_end|>``): its alternatives are what a
+          logprob judge reads when a model stops at once.
+        """
+        pieces = self._token_pieces(text_ids)
+        if cut >= 0:
+            keep, length = 0, 0
+            for piece in pieces:
+                if length + len(piece) > cut:
+                    break
+                length += len(piece)
+                keep += 1
+            shown = list(zip(records[:keep], pieces[:keep], strict=True))
+        else:
+            shown = list(zip(records[:len(text_ids)], pieces, strict=True))
+            if len(records) > len(text_ids):  # the end-of-turn token
+                shown.append((records[len(text_ids)], self._token_text(records[len(text_ids)][0])))
+        return [
+            TokenLogprob(token=piece, logprob=lp, top=[(self._token_text(t), v) for t, v in top])
+            for (_, lp, top), piece in shown
+        ]
+
+    def _token_pieces(self, ids: list[int]) -> list[str]:
+        """Each token's share of ``decode(ids)``, so that the pieces join to exactly that text.
+
+        Most tokens decode alone to their share. When they do not (a byte-level token holding
+        part of a multi-byte character decodes alone to U+FFFD; a SentencePiece word token
+        loses its leading space; a special token is skipped in the text), the pieces come from
+        incremental decoding as in vLLM: a token that ends inside a character gets "" and the
+        token that completes it gets the whole character.
+        """
+        full = self.tokenizer.decode(ids, skip_special_tokens=True)
+        pieces = [self._token_text(t) for t in ids]
+        if "".join(pieces) == full:
+            return pieces
+
+        def decode(part: list[int]) -> str:
+            return self.tokenizer.decode(part, skip_special_tokens=True)
+
+        pieces, prefix, read = [], 0, 0
+        for i in range(len(ids)):
+            new_text = decode(ids[prefix:i + 1])
+            prefix_text = decode(ids[prefix:read])
+            if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+                pieces.append(new_text[len(prefix_text):])
+                prefix, read = read, i + 1
+            else:
+                pieces.append("")
+        if ids:  # what is still held back (the text ends inside a character) goes to the last token
+            pieces[-1] += decode(ids[prefix:])[len(decode(ids[prefix:read])):]
+        if "".join(pieces) != full:  # a tokenizer whose decoding is not prefix-stable: best effort
+            return [self._token_text(t) for t in ids]
+        return pieces
 
     # -- judging ---------------------------------------------------------------------
 

@@ -1,0 +1,662 @@
+"""The request and response shapes of ``waluigi serve`` (see :mod:`waluigi.serve`).
+
+Three OpenAI endpoints share one parameter policy (docs/design/serve.md, "Parameter policy"):
+
+* a field the server implements is validated (pydantic) and honoured;
+* a field the server knows but does not implement (``tools``, ``logit_bias``, a non-zero
+  ``presence_penalty``, ``stream: true`` ...) is accepted only at its neutral value, else
+  400 naming it (``param``): never silently ignored;
+* a few metadata fields (``user``, ``store``, ``metadata`` ...) are accepted and ignored;
+* anything else is 400 ``Unrecognized request argument supplied: X``, as OpenAI answers.
+
+Errors are :class:`RequestError`, answered in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from waluigi.models.base import Completion, GenerationRequest, Message, SamplingParams, TextRequest, TokenLogprob
+
+MAX_N = 128  # choices per request (chat n; completions: prompts x n)
+MAX_TOP_LOGPROBS = 20
+MAX_STOP = 4  # OpenAI's limit on chat stop sequences
+MAX_COMPLETION_STOP = 16  # lm-eval's local-completions sends its task's whole list (humaneval: 5)
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class RequestError(Exception):
+    """A request the server refuses: answered ``status`` in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type_: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type_ or {401: "authentication_error", 404: "not_found_error"}.get(
+            status, "server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        """The JSON answer: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# --------------------------------------------------------------------------------------
+# the parameter policy
+
+
+def _is_zero(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0)
+
+
+def _none_or_empty(value: Any) -> bool:
+    return value is None or value == [] or value == {}
+
+
+_NO_TOOLS = "the served model has no tool calling"
+# field -> (is its value neutral?, why another value cannot be honoured)
+CHAT_NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stream": (lambda v: v in (None, False),
+               "waluigi serve answers whole responses; send stream=false or leave it out"),
+    "stream_options": (lambda v: v is None or isinstance(v, dict), "it applies to streaming only"),
+    "response_format": (lambda v: v is None or v == {"type": "text"},
+                        "structured output (JSON mode, JSON schema) is not implemented; only {'type': 'text'}"),
+    "tools": (_none_or_empty, _NO_TOOLS),
+    "functions": (_none_or_empty, _NO_TOOLS),
+    "tool_choice": (lambda v: v in (None, "none", "auto"), _NO_TOOLS),
+    "function_call": (lambda v: v in (None, "none", "auto"), _NO_TOOLS),
+    "parallel_tool_calls": (lambda v: v is None or isinstance(v, bool), _NO_TOOLS),
+    "logit_bias": (_none_or_empty, "logit biases are not implemented"),
+    "presence_penalty": (_is_zero, "penalties are not implemented (sampling is temperature and top_p only); send 0"),
+    "frequency_penalty": (_is_zero, "penalties are not implemented (sampling is temperature and top_p only); send 0"),
+    "modalities": (lambda v: v is None or v == ["text"], "the served model is text only"),
+    "audio": (lambda v: v is None, "the served model is text only"),
+    "prediction": (lambda v: v is None, "predicted outputs are not implemented"),
+    "web_search_options": (lambda v: v is None, "the server has no web search"),
+    "reasoning_effort": (lambda v: v in (None, "none"), "the served model is not a reasoning model"),
+    "verbosity": (lambda v: v in (None, "medium"), "verbosity control is not implemented"),
+}
+# accepted and ignored: they change nothing in what a model generates
+METADATA_FIELDS = frozenset({"user", "store", "metadata", "service_tier", "prompt_cache_key",
+                             "prompt_cache_retention", "safety_identifier"})
+
+RESPONSES_NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stream": CHAT_NEUTRAL["stream"],
+    "stream_options": CHAT_NEUTRAL["stream_options"],
+    "tools": (_none_or_empty, _NO_TOOLS),
+    "tool_choice": (lambda v: v in (None, "none", "auto"), _NO_TOOLS),
+    "parallel_tool_calls": (lambda v: v is None or isinstance(v, bool), _NO_TOOLS),
+    "max_tool_calls": (lambda v: v is None or isinstance(v, int), _NO_TOOLS),
+    "reasoning": (lambda v: v is None or (isinstance(v, dict) and v.get("effort") in (None, "none")
+                                          and v.get("summary") in (None, "none")
+                                          and set(v) <= {"effort", "summary", "generate_summary"}
+                                          and v.get("generate_summary") in (None, "none")),
+                  "the served model is not a reasoning model"),
+    "previous_response_id": (lambda v: v is None,
+                             "responses are not stored; send the whole conversation as input instead"),
+    "conversation": (lambda v: v is None, "conversations are not stored; send the whole conversation as input"),
+    "prompt": (lambda v: v is None, "stored prompt templates are not implemented; send the text as input"),
+    "background": (lambda v: v in (None, False), "background responses are not implemented"),
+    "context_management": (lambda v: v is None, "context management (compaction) is not implemented"),
+}
+# include values: logprobs are honoured; the others ask for output items (reasoning, tool calls,
+# images) this server never produces, so there is nothing to add
+INCLUDE_LOGPROBS = "message.output_text.logprobs"
+RESPONSES_INCLUDES = frozenset({
+    INCLUDE_LOGPROBS, "reasoning.encrypted_content", "web_search_call.results", "web_search_call.action.sources",
+    "file_search_call.results", "code_interpreter_call.outputs", "computer_call_output.output.image_url",
+    "message.input_image.image_url",
+})
+
+COMPLETIONS_NEUTRAL: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "stream": CHAT_NEUTRAL["stream"],
+    "stream_options": CHAT_NEUTRAL["stream_options"],
+    "echo": (lambda v: v in (None, False),
+             "echoing the prompt (and scoring its tokens: lm-eval's loglikelihood tasks) is not implemented; "
+             "use generation tasks, or an lm-eval backend that runs the model locally"),
+    "suffix": (lambda v: v is None, "insertion (suffix) is not implemented"),
+    "logit_bias": CHAT_NEUTRAL["logit_bias"],
+    "presence_penalty": CHAT_NEUTRAL["presence_penalty"],
+    "frequency_penalty": CHAT_NEUTRAL["frequency_penalty"],
+}
+
+
+def check_fields(body: dict, implemented: Sequence[str], neutral: dict[str, tuple[Callable[[Any], bool], str]],
+                 what: str) -> None:
+    """Apply the parameter policy to ``body``'s top-level fields (see the module docstring)."""
+    for key, value in body.items():
+        if key in implemented or key in METADATA_FIELDS:
+            continue
+        rule = neutral.get(key)
+        if rule is None:
+            raise RequestError(400, f"Unrecognized request argument supplied: {key} ({what} takes "
+                               f"{', '.join(implemented)}; see docs/design/serve.md)", param=key,
+                               code="unknown_parameter")
+        is_neutral, why = rule
+        if not is_neutral(value):
+            raise RequestError(400, f"Unsupported parameter: {key}={_short(value)} is not supported by waluigi "
+                               f"serve: {why}. Remove it.", param=key, code="unsupported_parameter")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def validate(model: type[BaseModel], body: dict) -> Any:
+    """``model.model_validate(body)``; a validation error becomes a 400 naming the field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raw_loc = first.get("loc", ())
+        loc = [p for p in raw_loc if not _is_type_tag(p)]
+        where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+        message = first.get("msg", "invalid value")
+        message = message.removeprefix("Value error, ")
+        if loc and loc[0] in _SHAPES and any(_is_type_tag(p) for p in raw_loc):
+            # a union: pydantic reports its first member only ("Input should be a valid string")
+            message = f"must be {_SHAPES[loc[0]]}"
+            where = str(loc[0])
+        raise RequestError(400, f"invalid request: {where + ': ' if where else ''}{message}",
+                           param=str(loc[0]) if loc else None, code="invalid_value") from None
+
+
+_SHAPES = {
+    "stop": "a string or a list of strings",
+    "prompt": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+}
+
+
+def _is_type_tag(part: Any) -> bool:
+    # pydantic names the member of a union it tried (``str``, ``list[str]``, ``function-after[...]``)
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
+
+
+def _stops(value: str | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else list(value)
+    return tuple(s for s in stops if s)
+
+
+def _seeds(seed: int | None, count: int) -> list[int]:
+    """``seed, seed+1, ...`` (a random base when the request has none): reproducible choices."""
+    base = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    return [int(base) + i for i in range(count)]
+
+
+# --------------------------------------------------------------------------------------
+# messages
+
+
+def _text_of(content: Any, where: str, param: str, kinds: tuple[str, ...]) -> str:
+    """The text of a message's ``content``: a string, null, or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise RequestError(400, f"{where}: content must be a string or a list of text parts, got "
+                           f"{type(content).__name__}", param=param, code="invalid_value")
+    texts = []
+    for j, part in enumerate(content):
+        if isinstance(part, str):  # some clients send bare strings in the list
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        elif kind in kinds:
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RequestError(400, f"{where}.content[{j}]: a {kind} part needs a string 'text'",
+                                   param=param, code="invalid_value")
+            texts.append(text)
+        else:
+            raise RequestError(400, f"{where}.content[{j}]: content part type {kind!r} is not supported: the served "
+                               f"model is text only (send parts of type {' / '.join(kinds)})", param=param,
+                               code="unsupported_content")
+    return "".join(texts)
+
+
+def _message(role: Any, content: Any, where: str, param: str, kinds: tuple[str, ...]) -> Message:
+    if role in ("tool", "function"):
+        raise RequestError(400, f"{where}: role {role!r} is not supported: {_NO_TOOLS}", param=param,
+                           code="unsupported_parameter")
+    if role not in ROLES:
+        raise RequestError(400, f"{where}.role: {role!r} is not one of {', '.join(ROLES)}", param=param,
+                           code="invalid_value")
+    # the chat templates served here know system, user and assistant; developer is OpenAI's
+    # newer name for system
+    return {"role": "system" if role == "developer" else role, "content": _text_of(content, where, param, kinds)}
+
+
+def chat_messages(raw: Any) -> list[Message]:
+    """``messages`` of a chat completion request as ``[{role, content}]`` (text only)."""
+    if not isinstance(raw, list) or not raw:
+        raise RequestError(400, "messages must be a non-empty list of {role, content} objects", param="messages",
+                           code="invalid_value")
+    out = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise RequestError(400, f"{where} must be an object with role and content", param="messages",
+                               code="invalid_value")
+        for key in ("tool_calls", "function_call", "audio"):
+            if m.get(key):
+                raise RequestError(400, f"{where}.{key} is not supported: {_NO_TOOLS}", param="messages",
+                                   code="unsupported_parameter")
+        # other keys (name, lm-eval's type) are ignored: the chat template has no place for them
+        out.append(_message(m.get("role"), m.get("content"), where, "messages", ("text", "input_text", "output_text")))
+    return out
+
+
+def responses_input(raw: Any, instructions: str | None) -> list[Message]:
+    """The Responses API's ``input`` (a string, or a list of message items) and
+    ``instructions`` (a system message first) as chat messages."""
+    messages: list[Message] = [{"role": "system", "content": instructions}] if instructions else []
+    if isinstance(raw, str):
+        return [*messages, {"role": "user", "content": raw}]
+    if not isinstance(raw, list) or not raw:
+        raise RequestError(400, "input must be a string or a non-empty list of message items "
+                           "({role, content})", param="input", code="invalid_value")
+    for i, item in enumerate(raw):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise RequestError(400, f"{where} must be a message item {{role, content}}, got {type(item).__name__}",
+                               param="input", code="invalid_value")
+        kind = item.get("type", "message")
+        if kind != "message":
+            raise RequestError(400, f"{where}: input items of type {kind!r} are not supported: this server takes "
+                               "message items only (no tool calls, reasoning or item references)", param="input",
+                               code="unsupported_parameter")
+        # id, status, phase (an earlier output item sent back) are ignored
+        messages.append(_message(item.get("role"), item.get("content"), where, "input",
+                                 ("input_text", "output_text", "text")))
+    return messages
+
+
+# --------------------------------------------------------------------------------------
+# chat completions
+
+
+CHAT_FIELDS = ("messages", "model", "n", "temperature", "top_p", "max_tokens", "max_completion_tokens", "seed",
+               "stop", "logprobs", "top_logprobs")
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+    @field_validator("temperature", "top_p", mode="before")
+    @classmethod
+    def _null_sampling(cls, value):
+        return 1.0 if value is None else value
+
+    @field_validator("n", "logprobs", mode="before", check_fields=False)
+    @classmethod
+    def _null_defaults(cls, value, info):
+        if value is None:
+            return {"n": 1, "logprobs": False}[info.field_name]
+        return value
+
+    @field_validator("stop", check_fields=False)
+    @classmethod
+    def _stop_count(cls, value):
+        limit = cls._max_stop
+        if isinstance(value, list) and len(value) > limit:
+            raise ValueError(f"at most {limit} stop sequences, got {len(value)}")
+        return value
+
+
+class ChatCompletionRequest(_Sampling):
+    """The chat completion fields waluigi serves (the policy for the others: :func:`check_fields`)."""
+
+    _max_stop: ClassVar[int] = MAX_STOP
+
+    messages: list[Any] = Field(min_length=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value, info):
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs=true")
+        return value
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def generation_requests(self, messages: list[Message], max_tokens: int) -> list[GenerationRequest]:
+        """``n`` requests with seeds ``seed, seed+1, ...`` (random base seed if none)."""
+        params = SamplingParams(temperature=float(self.temperature), top_p=float(self.top_p),
+                                max_tokens=int(max_tokens), stop=_stops(self.stop))
+        # backends record per-token logprobs only when asked for >= 1 alternative; extra ones
+        # are trimmed from the response
+        top = max(1, int(self.top_logprobs or 0)) if self.logprobs else None
+        return [GenerationRequest(messages=[dict(m) for m in messages], seed=seed, params=params, top_logprobs=top)
+                for seed in _seeds(self.seed, self.n)]
+
+
+def _token_bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -9999.0
+
+
+def _chat_logprob(t: TokenLogprob, k: int) -> dict:
+    return {
+        "token": t.token, "logprob": _finite(t.logprob), "bytes": _token_bytes(t.token),
+        "top_logprobs": [{"token": tok, "logprob": _finite(lp), "bytes": _token_bytes(tok)} for tok, lp in t.top[:k]],
+    }
+
+
+def completion_response(model_name: str, completions: list[Completion], req: ChatCompletionRequest) -> dict:
+    """OpenAI's ``chat.completion`` object for the ``n`` completions of one request."""
+    k = int(req.top_logprobs or 0)
+    choices = []
+    for index, c in enumerate(completions):
+        logprobs = None
+        if req.logprobs:
+            logprobs = {"content": [_chat_logprob(t, k) for t in (c.logprobs or [])], "refusal": None}
+        choices.append({
+            "index": index,
+            "message": {"role": "assistant", "content": c.text, "refusal": None},
+            "finish_reason": c.finish_reason,
+            "logprobs": logprobs,
+        })
+    prompt_tokens = completions[0].prompt_tokens if completions else 0
+    completion_tokens = sum(c.completion_tokens for c in completions)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+# --------------------------------------------------------------------------------------
+# responses
+
+
+RESPONSES_FIELDS = ("input", "model", "instructions", "temperature", "top_p", "max_output_tokens", "top_logprobs",
+                    "include", "text", "truncation", "seed")
+
+
+class ResponsesRequest(_Sampling):
+    """The Responses API fields waluigi serves (text in, text out, one output message).
+    ``seed`` is a waluigi extension (OpenAI's Responses API has none)."""
+
+    input: Any = None
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    include: list[str] | None = None
+    text: dict | None = None
+    truncation: str | None = None
+
+    @field_validator("include")
+    @classmethod
+    def _includes(cls, value):
+        for item in value or []:
+            if item not in RESPONSES_INCLUDES:
+                raise ValueError(f"{item!r} is not an include value this server knows "
+                                 f"({', '.join(sorted(RESPONSES_INCLUDES))})")
+        return value
+
+    @field_validator("truncation")
+    @classmethod
+    def _truncation(cls, value):
+        if value not in (None, "disabled", "auto"):
+            raise ValueError("truncation must be 'disabled' or 'auto'")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text_config(cls, value):
+        for key in value or {}:
+            if key not in ("format", "verbosity"):
+                raise ValueError(f"text.{key} is not a text option (format, verbosity)")
+        return value
+
+    def check_text(self) -> None:
+        """``text.format`` other than plain text, or a verbosity, cannot be honoured: 400."""
+        fmt = (self.text or {}).get("format")
+        if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+            kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+            raise RequestError(400, f"Unsupported parameter: text.format type {kind!r} is not supported by waluigi "
+                               "serve: structured output (JSON mode, JSON schema) is not implemented; only "
+                               "{'type': 'text'}", param="text.format", code="unsupported_parameter")
+        if (self.text or {}).get("verbosity") not in (None, "medium"):
+            raise RequestError(400, "Unsupported parameter: text.verbosity is not supported by waluigi serve: "
+                               "verbosity control is not implemented; send 'medium' or leave it out",
+                               param="text.verbosity", code="unsupported_parameter")
+        if self.top_logprobs and INCLUDE_LOGPROBS not in (self.include or []):
+            # OpenAI returns nothing then; asking for alternatives without the logprobs is a mistake
+            raise RequestError(400, f"top_logprobs needs include=['{INCLUDE_LOGPROBS}']", param="top_logprobs",
+                               code="invalid_value")
+
+    def wants_logprobs(self) -> bool:
+        return INCLUDE_LOGPROBS in (self.include or [])
+
+    def generation_request(self, messages: list[Message], max_tokens: int) -> GenerationRequest:
+        params = SamplingParams(temperature=float(self.temperature), top_p=float(self.top_p),
+                                max_tokens=int(max_tokens))
+        top = max(1, int(self.top_logprobs or 0)) if self.wants_logprobs() else None
+        return GenerationRequest(messages=messages, seed=_seeds(self.seed, 1)[0], params=params, top_logprobs=top)
+
+
+def responses_response(model_name: str, completion: Completion, req: ResponsesRequest, max_tokens: int) -> dict:
+    """OpenAI's ``response`` object: one assistant message item with one output_text part;
+    ``status`` ``incomplete`` (reason ``max_output_tokens``) when the length limit cut it."""
+    now = int(time.time())
+    cut = completion.finish_reason == "length"
+    part: dict[str, Any] = {"type": "output_text", "text": completion.text, "annotations": []}
+    if req.wants_logprobs():
+        k = int(req.top_logprobs or 0)
+        part["logprobs"] = [_chat_logprob(t, k) for t in (completion.logprobs or [])]
+    else:
+        part["logprobs"] = []
+    text_config = {"format": {"type": "text"}, "verbosity": "medium"}
+    return {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": now,
+        "completed_at": None if cut else now,
+        "status": "incomplete" if cut else "completed",
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens if req.max_output_tokens is not None else max_tokens,
+        "model": model_name,
+        "output": [{
+            "type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "incomplete" if cut else "completed",
+            "role": "assistant", "content": [part],
+        }],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,  # nothing is stored: GET /v1/responses/{id} and previous_response_id are not served
+        "temperature": float(req.temperature),
+        "top_p": float(req.top_p),
+        "top_logprobs": int(req.top_logprobs or 0),
+        "text": text_config,
+        "tool_choice": "auto",
+        "tools": [],
+        "truncation": req.truncation or "disabled",
+        "background": False,
+        "service_tier": "default",
+        "metadata": {},
+        "user": None,
+        "usage": {
+            "input_tokens": completion.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# legacy completions
+
+
+COMPLETIONS_FIELDS = ("prompt", "model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "logprobs",
+                      "best_of")
+
+
+class CompletionRequest(_Sampling):
+    """The legacy text completion fields waluigi serves: ``prompt`` is a string, a list of
+    strings, a list of token ids, or a list of token-id lists (lm-eval's tokenized requests)."""
+
+    _max_stop: ClassVar[int] = MAX_COMPLETION_STOP
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            prompts: list[str | list[int]] = [p]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [list(p)]  # type: ignore[arg-type]
+        else:
+            prompts = list(p)  # type: ignore[arg-type]
+        if not prompts:
+            raise RequestError(400, "prompt must not be an empty list", param="prompt", code="invalid_value")
+        if len(prompts) * self.n > MAX_N:
+            raise RequestError(400, f"{len(prompts)} prompts x n={self.n} is {len(prompts) * self.n} choices, over "
+                               f"this server's limit of {MAX_N} per request: send fewer prompts per request",
+                               param="prompt", code="invalid_value")
+        if self.best_of is not None and self.best_of != self.n:
+            raise RequestError(400, f"Unsupported parameter: best_of={self.best_of} (other than n) is not supported "
+                               "by waluigi serve: every sample is returned; leave best_of out", param="best_of",
+                               code="unsupported_parameter")
+        return prompts
+
+    def text_requests(self, prompt: str | list[int], max_tokens: int) -> list[TextRequest]:
+        """``n`` requests for one prompt, seeds ``seed, seed+1, ...``: a prompt's samples do
+        not depend on the other prompts of the request."""
+        params = SamplingParams(temperature=float(self.temperature), top_p=float(self.top_p),
+                                max_tokens=int(max_tokens), stop=_stops(self.stop))
+        top = max(1, int(self.logprobs)) if self.logprobs is not None else None
+        return [TextRequest(prompt=prompt, seed=seed, params=params, top_logprobs=top)
+                for seed in _seeds(self.seed, self.n)]
+
+
+def _first_wins(top: list[tuple[str, float]]) -> dict[str, float]:
+    """``{token: logprob}`` best first; of two ids that decode alike, the better is kept."""
+    out: dict[str, float] = {}
+    for tok, lp in top:
+        out.setdefault(tok, _finite(lp))
+    return out
+
+
+def text_completion_response(model_name: str, completions: list[Completion], req: CompletionRequest,
+                             prompt_tokens: int) -> dict:
+    """OpenAI's ``text_completion`` object; choices are prompt-major (prompt i, sample j has
+    index ``i * n + j``). ``logprobs.text_offset`` counts from the start of the returned text."""
+    choices = []
+    for index, c in enumerate(completions):
+        logprobs = None
+        if req.logprobs is not None:
+            k = int(req.logprobs)
+            tokens = c.logprobs or []
+            offsets, at = [], 0
+            for t in tokens:
+                offsets.append(at)
+                at += len(t.token)
+            logprobs = {
+                "tokens": [t.token for t in tokens],
+                "token_logprobs": [_finite(t.logprob) for t in tokens],
+                "top_logprobs": [_first_wins(t.top[:k]) for t in tokens],
+                "text_offset": offsets,
+            }
+        choices.append({"text": c.text, "index": index, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    completion_tokens = sum(c.completion_tokens for c in completions)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+# --------------------------------------------------------------------------------------
+# context length
+
+
+def fit_max_tokens(context: int | None, prompt_tokens: int | None, requested: int | None, default: int, *,
+                   prompt_param: str, max_param: str, where: str = "") -> int:
+    """The completion budget of a request, or a 400 when it cannot fit the model's context.
+
+    An explicit ``requested`` must fit with the prompt (``prompt + requested <= context``); an
+    implicit one is ``default``, cut to what the context leaves. Without a known context or
+    prompt size every request passes (``requested`` or ``default``).
+    """
+    if context is None or prompt_tokens is None:
+        return requested or default
+    what = prompt_param
+    lead = f"{where}: " if where else ""
+    if prompt_tokens >= context:
+        raise RequestError(
+            # "at least": a backend may stop counting a huge prompt once it is past the context
+            400, f"{lead}This model's maximum context length is {context} tokens, however your {what} resulted in "
+            f"at least {prompt_tokens} tokens. Please reduce the length of the {what}.", param=prompt_param,
+            code="context_length_exceeded")
+    if requested is not None and prompt_tokens + requested > context:
+        raise RequestError(
+            400, f"{lead}This model's maximum context length is {context} tokens, however you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {what}, {requested} in the completion). "
+            f"Please reduce the length of the {what} or {max_param}.", param=max_param,
+            code="context_length_exceeded")
+    return requested if requested is not None else min(default, context - prompt_tokens)
+
+
+def parse_model_names(value: str | Sequence[str] | None, default: str) -> list[str]:
+    """Served names: ``"primary,alias,..."`` (or a list); the first is the primary name."""
+    if value is None or value == "":
+        return [default]
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for part in parts:
+        name = str(part).strip()
+        if name and name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no model name in {value!r}")
+    return names
