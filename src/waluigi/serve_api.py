@@ -386,17 +386,7 @@ def completion_response(model_name: str, completions: list[Completion], req: Cha
             "logprobs": logprobs,
         })
     prompt_tokens = completions[0].prompt_tokens if completions else 0
-    completion_tokens = sum(c.completion_tokens for c in completions)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "system_fingerprint": None,
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }
+    return _envelope("chatcmpl", "chat.completion", model_name, choices, prompt_tokens, completions)
 
 
 # --------------------------------------------------------------------------------------
@@ -603,10 +593,16 @@ def text_completion_response(model_name: str, completions: list[Completion], req
                 "text_offset": offsets,
             }
         choices.append({"text": c.text, "index": index, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    return _envelope("cmpl", "text_completion", model_name, choices, prompt_tokens, completions)
+
+
+def _envelope(prefix: str, kind: str, model_name: str, choices: list[dict], prompt_tokens: int,
+              completions: Sequence[Completion]) -> dict:
+    """The object around the choices of a chat or legacy completion, with its usage."""
     completion_tokens = sum(c.completion_tokens for c in completions)
     return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
+        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "object": kind,
         "created": int(time.time()),
         "model": model_name,
         "system_fingerprint": None,
