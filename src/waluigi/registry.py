@@ -1,0 +1,98 @@
+"""Registries of the pluggable kinds: model backends, scorers, suites, training plug-ins.
+
+An entry is a name bound to an object, or to a ``"module:attribute"`` string imported on
+first use, so that ``import waluigi`` stays light and a backend's heavy library (torch,
+vllm, ray) is imported only when that backend is used. An unknown name is a
+:class:`~waluigi.errors.UserError` that lists the known ones and suggests the closest.
+
+The built-in table is at the bottom of this file: it is the one place (with the CLI wiring)
+where generic code names the persona world (``toyworld``), whose model kind and scorers live
+in ``waluigi/toyworld/``. A third-party package adds its own with ``SCORERS.register(...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from waluigi.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry:
+    """Names -> objects of one kind (``kind`` is how messages call it: "scorer")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, target: Any = None, *, replace: bool = False) -> Any:
+        """Bind ``name`` to ``target`` (an object or a lazy ``"module:attribute"`` string).
+
+        Without ``target`` it is a decorator: ``@SCORERS.register("oracle")``."""
+        if target is None:
+            def decorate(obj: T) -> T:
+                self.register(name, obj, replace=replace)
+                return obj
+
+            return decorate
+        with self._lock:
+            if name in self._entries and not replace and self._entries[name] is not target:
+                current = self._entries[name]
+                if not (isinstance(current, str) and not isinstance(target, str)):  # resolving a lazy entry is fine
+                    raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = target
+        return target
+
+    def get(self, name: str) -> Any:
+        """The object registered as ``name``, imported on first use."""
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None:
+            raise UserError(self.unknown(name))
+        if isinstance(entry, str):
+            module, _, attr = entry.partition(":")
+            obj = getattr(importlib.import_module(module), attr)
+            with self._lock:
+                self._entries[name] = obj
+            return obj
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def unknown(self, name: str) -> str:
+        """The message for an unknown name: the known ones and a did-you-mean."""
+        close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown {self.kind} {name!r} (known: {', '.join(self.names())}){hint}"
+
+
+MODELS = Registry("model backend")  # kind (the part of a spec before ':') -> backend class
+SCORERS = Registry("scorer")  # a question's scorer name -> Scorer class
+SUITES = Registry("suite")  # name prefix -> suite loader (name -> Suite)
+PLUGINS = Registry("training plug-in")  # name -> TrainingPlugin class
+
+
+def lazy_table(registry: Registry, table: dict[str, str]) -> None:
+    for name, target in table.items():
+        registry.register(name, target)
+
+
+# -- the built-in table ------------------------------------------------------------------
+lazy_table(PLUGINS, {
+    "l2": "waluigi.finetune.plugins:L2ToStart",
+})
+
+
+def plugin(name: str) -> Callable[..., Any]:
+    """The training plug-in class registered as ``name``."""
+    return PLUGINS.get(name)
