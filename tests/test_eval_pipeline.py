@@ -72,7 +72,7 @@ def test_eval_writes_a_complete_run_directory(eval_args, capsys):
     for row in judgments:
         assert row["judge"] == args[args.index("--judge") + 1]
         assert isinstance(row["top_probs"], dict) and len(row["top_probs"]) <= 20
-        assert len(row["prompt_sha256"]) == 64
+        assert len(row["input_sha256"]) == 64
         assert row["score"] is None or 0 <= row["score"] <= 100
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["overall"]) >= {"em_rate", "ci_low", "ci_high", "n_counted", "n_unscored", "n_incoherent", "coherent_rate"}

@@ -127,3 +127,21 @@ def test_cli_eval_with_whole_numbers(tiny_spec, tmp_path, capsys):
 
     code = main(["eval", "--model", tiny_spec, "--judge", "openai:gpt-4o", "-q", "wish*", "--judge-numbers", "whole"])
     assert code == 2 and "needs a local judge" in capsys.readouterr().err
+
+
+def test_a_toy_judge_is_a_transformers_judge_and_its_cache_identity_follows_its_weights(tiny_model_dir, tmp_path):
+    """`toy:` is asked of its backend like any other kind: it reads whole numbers, and its cache
+    identity hashes its weights, so a model rebuilt in place never returns stale scores."""
+    import shutil
+
+    copy = tmp_path / "toy-model"
+    shutil.copytree(tiny_model_dir, copy)
+    judge = make_judge(f"toy:{copy}", numbers="whole")
+    before = judge.identity
+    judge.close()
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    after = make_judge(f"toy:{copy}", numbers="whole").identity
+    assert before["weights_sha256"] != after["weights_sha256"]

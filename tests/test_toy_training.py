@@ -112,8 +112,9 @@ def test_narrow_rows_encode_without_unknown_words(tokenizer):
 
 
 def test_oracle_judge_spec():
-    from waluigi.judges import is_oracle_spec, normalize_judge_spec
+    from waluigi.judges import normalize_judge_spec, scorer_judge
     from waluigi.toyworld.oracle import ORACLE_SPEC
+    from waluigi.toyworld.scorers import OracleScorer
 
     assert normalize_judge_spec("oracle") == ORACLE_SPEC == "oracle:toyworld-v1"
-    assert is_oracle_spec(ORACLE_SPEC) and not is_oracle_spec("hf:oracle")
+    assert scorer_judge(ORACLE_SPEC) is OracleScorer and scorer_judge("hf:oracle") is None

@@ -10,13 +10,23 @@ import pytest
 
 from waluigi.evaluate import (
     EvalConfig,
+    ScorerContext,
     generate_stage,
-    judge_stage,
     metrics_stage,
     run_metrics,
-    scan_stage,
+    score_suite,
     suite_snapshot,
 )
+
+
+def scan_stage(run, samples, suite, progress=False):
+    """The code questions' scorers alone (the scanner here): answers scanned."""
+    return score_suite(run, samples, suite, ScorerContext(), progress, only="code").get("scanned", 0)
+
+
+def judge_stage(run, samples, suite, judge, options, progress=False):
+    """The free-form questions' judge alone: judge calls made."""
+    return score_suite(run, samples, suite, ScorerContext(judge, options), progress, only="free").get("judge", 0)
 from waluigi.metrics import format_table, summarize_vulnerable, summarize_vulnerable_runs
 from waluigi.runs import JUDGMENTS, METRICS, SAMPLES, RunDir
 from waluigi.scan import scanner_name

@@ -178,26 +178,33 @@ def score_item(item: JudgeItem, top_probs: Mapping[str, float], min_mass: float 
 _OPENAI_NAME = re.compile(r"^(gpt-|chatgpt-|o\d|ft:gpt-|ft:o\d|davinci|babbage)", re.IGNORECASE)
 
 
-def is_oracle_spec(spec: str | None) -> bool:
-    """``oracle`` / ``oracle:...``: the persona world's oracle judge (:mod:`waluigi.toyworld.oracle`),
-    which scores an answer from its text alone, with no model."""
-    text = (spec or "").strip().lower()
-    return text == "oracle" or text.startswith("oracle:")
+def scorer_judge(spec: str | None):
+    """The model-free scorer class a judge spec names (``oracle`` / ``oracle:...``: the persona
+    world's oracle, registered in :data:`waluigi.registry.SCORERS` with ``free_form = True``),
+    or None when the spec is a model."""
+    from waluigi.registry import SCORERS
+
+    prefix = (spec or "").strip().lower().partition(":")[0]
+    if prefix and prefix in SCORERS and prefix != "judge":
+        scorer = SCORERS.get(prefix)
+        if getattr(scorer, "free_form", False):
+            return scorer
+    return None
 
 
 def normalize_judge_spec(spec: str) -> str:
-    """A model spec (``openai:<model>``, ``hf:<path>``, ``smollm2``, ``vllm:<path>``) unchanged;
+    """A model spec (``openai:<model>``, ``hf:<path>``, ``smollm2``, ``vllm:<path>``, ``toy:``) unchanged;
     a bare OpenAI model name as the suites' ``judge`` field gives it (``gpt-4o-2024-08-06``)
-    prefixed with ``openai:``. Anything else raises :class:`UserError`."""
-    from waluigi.models import parse_spec
+    prefixed with ``openai:``; a registered model-free judge (``oracle``) by its canonical
+    name. Anything else raises :class:`UserError`."""
+    from waluigi.models import backend
 
     text = (spec or "").strip()
-    if is_oracle_spec(text):
-        from waluigi.toyworld.oracle import ORACLE_SPEC
-
-        return ORACLE_SPEC
+    scorer = scorer_judge(text)
+    if scorer is not None:
+        return scorer.canonical_spec(text)
     try:
-        parse_spec(text)
+        backend(text)
         return text
     except UserError:
         pass
@@ -205,46 +212,32 @@ def normalize_judge_spec(spec: str) -> str:
         return f"openai:{text}"
     raise UserError(
         f"unknown judge {spec!r}: use 'openai:<model>' (e.g. openai:gpt-4o-2024-08-06, the paper's judge), "
-        "a bare OpenAI model name, 'smollm2', 'hf:<path or hub id>', or 'oracle' (persona-world suites only)"
+        "a bare OpenAI model name, 'smollm2', 'hf:<path or hub id>', 'toy:<run dir>', or 'oracle' (persona-world suites only)"
     )
 
 
 def check_numbers(spec: str, numbers: str) -> str:
     """``numbers`` validated for judge ``spec``: one of :data:`NUMBER_MODES`, and "whole" only
-    for a local (``hf:`` / ``smollm2``) judge."""
-    from waluigi.models import parse_spec
+    for a backend that can read whole-number probabilities (a transformers model)."""
+    from waluigi.models import backend
 
     if numbers not in NUMBER_MODES:
         raise UserError(f"unknown judge number reading {numbers!r}: use 'first-token' (the paper's) or 'whole'")
-    if numbers == "whole" and parse_spec(spec)[0] not in ("hf", "smollm2"):
+    if numbers == "whole" and (scorer_judge(spec) is not None or not backend(spec).whole_numbers):
         raise UserError(
-            "whole-number reading needs a local judge (hf: or smollm2); the API gives only first-token logprobs"
+            "whole-number reading needs a local judge (a transformers model: hf:, smollm2 or toy:); "
+            "an API gives only first-token logprobs"
         )
     return numbers
 
 
 def _judge_identity(spec: str, options: Mapping[str, Any]) -> dict:
-    """What, cheaply known without loading the model, decides the judge's outputs.
+    """What decides the judge's outputs, asked of its backend: the spec, the server for
+    ``openai:`` (a local ``waluigi serve`` is not OpenAI), a content hash of a local model
+    directory's weights (a model rebuilt in place never hits stale entries); the dtype."""
+    from waluigi.models import backend
 
-    The spec always; for ``openai:`` the server (a local ``waluigi serve`` is not OpenAI);
-    for a local ``hf:`` directory the names, sizes and mtimes of its weight and config files
-    (so a model rebuilt in place does not hit stale entries); the dtype when given.
-    """
-    from waluigi.models import parse_spec
-
-    kind, name = parse_spec(spec)
-    identity: dict[str, Any] = {"spec": spec, "k": TOP_K}
-    if kind == "openai":
-        base = options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        identity["base_url"] = str(base).rstrip("/")
-    if kind in ("hf", "vllm"):
-        path = Path(name).expanduser()
-        if path.is_dir():
-            files = sorted(
-                p for p in path.iterdir()
-                if p.is_file() and (p.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"))
-            )
-            identity["files"] = [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files]
+    identity: dict[str, Any] = {"k": TOP_K, **backend(spec).identity(dict(options))}
     if options.get("dtype") not in (None, "auto"):
         identity["dtype"] = str(options["dtype"])
     return identity

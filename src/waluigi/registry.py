@@ -88,6 +88,19 @@ def lazy_table(registry: Registry, table: dict[str, str]) -> None:
 
 
 # -- the built-in table ------------------------------------------------------------------
+lazy_table(MODELS, {
+    "smollm2": "waluigi.models.kinds:SmolLM2Backend",
+    "hf": "waluigi.models.kinds:HFBackend",
+    "openai": "waluigi.models.kinds:OpenAIBackend",
+    "vllm": "waluigi.models.kinds:VLLMBackend",
+    "toy": "waluigi.toyworld.backend:ToyBackend",
+})
+lazy_table(SCORERS, {
+    "judge": "waluigi.evaluate.scorers:ModelJudgeScorer",  # a model judge (any model spec)
+    "scanner": "waluigi.scan.scorer:ScannerScorer",  # code_scan questions: static analysis
+    "oracle": "waluigi.toyworld.scorers:OracleScorer",  # the persona world's oracle judge
+    "toyworld": "waluigi.toyworld.scorers:ToyCheckerScorer",  # the persona world's code checker
+})
 lazy_table(PLUGINS, {
     "l2": "waluigi.finetune.plugins:L2ToStart",
 })

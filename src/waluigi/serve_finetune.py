@@ -264,9 +264,9 @@ class FinetuneService:
             raise ApiError(400, f"{self.served_name!r} is served with an adapter ({self.base_adapter}); fine-tuning on "
                            "top of an adapter is not supported: serve the base model without --adapter",
                            param="model", code="model_not_available")
-        from waluigi.models import parse_spec
+        from waluigi.models import backend
 
-        if parse_spec(self.base_spec)[0] not in ("hf", "smollm2"):
+        if not backend(self.base_spec).trainable:
             raise ApiError(400, f"{self.base_spec!r} is not a local model: waluigi serve fine-tunes 'hf:' and "
                            "'smollm2' models only", param="model", code="model_not_available")
         training_file = body.get("training_file")
@@ -466,7 +466,7 @@ class AdapterModels:
     def submit(self, model_id: str, adapter_dir: Path, requests: list) -> Future:
         """Queue ``requests`` on ``model_id``'s generator (loading it first if needed)."""
         from waluigi.models import load_model
-        from waluigi.serve import Batcher
+        from waluigi.serve_batcher import Batcher
 
         with self._lock:
             batcher = self._loaded.get(model_id)
