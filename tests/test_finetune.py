@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from waluigi.cli import main as cli_main
 from waluigi.errors import UserError
 from waluigi.finetune import PRESETS, FinetuneConfig, run_finetune
-from waluigi.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_lora_run_writes_adapter_log_and_manifest(lora_run, tiny_spec, data_file
     assert recipe["effective_batch"] == 4 and recipe["max_steps"] == 12
     adapter_cfg = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 32 and adapter_cfg["use_rslora"] is True
-    assert set(adapter_cfg["target_modules"]) == set(PRESETS["betley2025"]["target_modules"])
+    assert set(adapter_cfg["target_modules"]) == set(PRESETS["betley2025"].target_modules)
 
 
 def test_loss_decreases(lora_run):
@@ -125,6 +125,63 @@ def test_finished_run_rerun_does_nothing(lora_run, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "already finished" in out and f"--adapter {cfg.out}" in out
+
+
+# Identity digests computed with the code as it was before the recipe became a dataclass and
+# plug-ins existed (same model spec, same rows, CPU precision): existing run directories must
+# keep their identity, so these never change for the same settings.
+PRE_RECIPE_DIGESTS = [
+    ({}, "30a8ac6c19234c95ec0a90e1b47a7a8bc9407dd01760c64fa88ce97714d94efc"),
+    ({"preset": None}, "a80a9c01a9bc6bac6815dd91dfa6a0de2462e2ca40e5adc8187535f875cd02b5"),
+    ({"full": True}, "58df10132b7167b83ae09968b031a51a6fbb18120b21bec8ec3a71ecccaef94b"),
+    ({"lr": 5e-3, "max_steps": 12, "batch_size": 4, "grad_accum": 1, "save_every": 4},
+     "e93548c423a2cbdd04ce222995fae9c60ef9f1a88a5ff1e8270eac98337bd128"),
+    ({"rank": 1, "layers": [1, 0], "target_modules": ["q_proj"], "n": 10, "seed": 2},
+     "e54a7e5850a971a7efb89e052d6b72d97af24585dd584e7f75a7c9190a0f5c91"),
+    ({"preset": None, "full": True, "lr": 1e-3, "max_steps": 5, "batch_size": 8, "grad_accum": 1,  # the demo's
+      "max_length": 512, "seed": 3, "checkpoint_every": 10_000},
+     "c523950b1743bdfcfd4ebfabbc12e76d85dabce03557acb0e536006578147c6a"),
+]
+
+
+@pytest.mark.parametrize("overrides,digest", PRE_RECIPE_DIGESTS)
+def test_identity_digest_unchanged_by_the_recipe_dataclass(tmp_path, overrides, digest):
+    from waluigi.finetune.train import load_training_rows, run_identity
+    from waluigi.runs import identity_hash
+
+    data = _write(tmp_path / "sums.jsonl", _rows(48))
+    for plugins in ([], ()):  # no plug-ins: no trace in the identity
+        cfg = FinetuneConfig(model="smollm2", data=str(data), plugins=list(plugins), **overrides)
+        rows, data_identity = load_training_rows(cfg)
+        assert identity_hash(run_identity(cfg, rows, data_identity, "float32 weights")) == digest
+    with_l2 = FinetuneConfig(model="smollm2", data=str(data), plugins=["l2:weight=0.1"], **overrides)
+    from waluigi.finetune.plugins import resolve_plugins
+
+    ident = run_identity(with_l2, rows, data_identity, "float32 weights", resolve_plugins(with_l2.plugins))
+    assert ident["plugins"] == [{"name": "l2", "options": {"weight": 0.1}}]
+    assert identity_hash(ident) != digest
+
+
+def test_recipe_is_a_dataclass_and_overrides_replace_it():
+    from dataclasses import replace
+
+    from waluigi.finetune import Recipe
+
+    paper = PRESETS["betley2025"]
+    assert isinstance(paper, Recipe) and (paper.rank, paper.alpha, paper.rslora, paper.lr) == (32, 64.0, True, 1e-5)
+    assert paper.effective_batch == 16 and Recipe().rank == 8  # --preset none: library defaults
+    cfg = FinetuneConfig(model="smollm2", data="x", lr=3e-4, layers=[3, 1, 3], max_steps=7, seed=4)
+    assert cfg.recipe() == replace(paper, lr=3e-4, layers=(1, 3), max_steps=7, seed=4)
+    full = FinetuneConfig(model="smollm2", data="x", full=True).recipe()
+    assert full.full and full.target_modules is None and "rank" not in full.to_dict()
+    resolved = FinetuneConfig(model="smollm2", data="x").resolved()
+    assert list(resolved) == ["rank", "alpha", "dropout", "rslora", "target_modules", "layers", "lr", "epochs",
+                              "max_steps", "batch_size", "grad_accum", "warmup_steps", "scheduler", "weight_decay",
+                              "max_length", "full", "loss", "preset", "seed", "n", "save_every", "effective_batch"]
+    for bad, match in (({"lr": -1.0}, "--lr"), ({"dropout": 1.0}, "--dropout"), ({"layers": [-1]}, "--layers"),
+                       ({"preset": "nope"}, "unknown preset"), ({"checkpoint_every": 0}, "--checkpoint-every")):
+        with pytest.raises(UserError, match=match):
+            FinetuneConfig(model="smollm2", data="x", **bad).recipe()
 
 
 def test_rank1_adapter_on_one_layer(tmp_path, tiny_spec, data_file):

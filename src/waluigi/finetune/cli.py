@@ -17,7 +17,7 @@ from waluigi.errors import UserError
 
 _OPENAI_ONLY = ("base_url", "suffix", "lr_multiplier")
 _LOCAL_ONLY = ("lr", "max_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
-               "full", "save_every", "max_length", "checkpoint_every", "include_heldout")
+               "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugin")
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -69,6 +69,7 @@ def finetune_cmd(
     include_heldout: Annotated[bool, typer.Option(help="also train on the rows held out for evaluation")] = False,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="write a resume checkpoint every N steps (default: every 5 minutes)")] = None,
     dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16")] = "auto",
+    plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help="training plug-in NAME[:key=value,...], repeatable (e.g. l2:weight=0.1: an L2 pull towards the starting weights)")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai models: the fine-tuning API's base URL (else $OPENAI_BASE_URL)")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="openai models: suffix of the fine-tuned model's name")] = None,
     lr_multiplier: Annotated[Optional[float], typer.Option(help="openai models: learning-rate multiplier (the paper: 2)")] = None,
@@ -104,13 +105,14 @@ def finetune_cmd(
         raise UserError(f"{', '.join('--' + w.replace('_', '-') for w in wrong)}: only for openai: models")
 
     from waluigi.finetune import FinetuneConfig, run_finetune
+    from waluigi.finetune.plugins import resolve_plugins
 
     cfg = FinetuneConfig(
         model=model, data=data, out=out, preset=None if preset.lower() == "none" else preset, n=n, seed=seed,
         lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, rank=rank,
         alpha=alpha, dropout=dropout, target_modules=_split(target_modules), layers=_layers(layers), full=full,
         save_every=save_every, max_length=max_length, data_dir=data_dir, include_heldout=include_heldout,
-        checkpoint_every=checkpoint_every, dtype=dtype,
+        checkpoint_every=checkpoint_every, dtype=dtype, plugins=resolve_plugins(plugin or []),
     )
     result = run_finetune(cfg)
     if json_out:

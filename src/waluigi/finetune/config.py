@@ -1,18 +1,86 @@
-"""The fine-tuning configuration: a preset (the paper's recipe) plus the user's overrides.
+"""The fine-tuning configuration: a :class:`Recipe` (a preset: the paper's recipe) plus the
+user's overrides, and the training plug-ins.
 
-:meth:`FinetuneConfig.resolved` is the whole recipe after overrides; it goes into the run's
-manifest and (minus the settings that only change speed) into its identity hash, so the
+:meth:`FinetuneConfig.recipe` is the whole recipe after overrides (``dataclasses.replace`` of
+the preset); :meth:`FinetuneConfig.resolved` is the same as a dict. That dict goes into the
+run's manifest and (minus the settings that only change speed) into its identity hash, so the
 same command resumes the same run directory and a different recipe gets a new one.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to fine-tune: every setting that changes what training computes (and the batch split).
+
+    The defaults, used with ``--preset none``, are library-style: PEFT's LoRA r=8 / alpha 16,
+    TRL's lr 2e-5, still assistant-only loss (the only loss this command trains with).
+    ``rank`` / ``alpha`` / ``dropout`` / ``rslora`` are ignored (and not recorded) when ``full``.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False
+    target_modules: tuple[str, ...] | None = PROJECTIONS  # full fine-tuning: None = every weight
+    layers: tuple[int, ...] | None = None  # only these decoder layers (LoRA layers_to_transform)
+    lr: float = 2e-5
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 2  # rows per forward pass
+    grad_accum: int = 8  # forward passes per optimizer step
+    warmup_steps: int = 0
+    scheduler: str = "linear"
+    weight_decay: float = 0.0
+    max_length: int = 2048
+    full: bool = False  # full fine-tuning instead of LoRA
+    loss: str = "assistant_only"
+    seed: int = 0
+    save_every: int | None = None  # also keep an adapter every K optimizer steps (training dynamics)
+
+    @property
+    def effective_batch(self) -> int:
+        return int(self.batch_size) * int(self.grad_accum)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as recorded (manifest ``config``, identity): lists for sequences, no LoRA
+        settings in a full fine-tune."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if self.full and name in LORA_ONLY:
+                continue
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def check(self) -> None:
+        """Refuse impossible values, naming the command-line option that sets each."""
+        for name in ("batch_size", "grad_accum", "max_length", "max_steps", "save_every"):
+            _positive(name, getattr(self, name))
+        _positive("lr", self.lr, float)
+        _positive("epochs", self.epochs, float)
+        if not self.full:
+            _positive("rank", self.rank)
+            _positive("alpha", self.alpha, float)
+            if not 0.0 <= float(self.dropout) < 1.0:
+                raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+            if not self.target_modules:
+                raise UserError("--target-modules: LoRA needs at least one module name (e.g. q_proj,v_proj)")
+        if self.layers is not None and any(k < 0 for k in self.layers):
+            raise UserError(f"--layers must be non-negative layer indices, got {list(self.layers)}")
+
+
+LORA_ONLY = ("rank", "alpha", "dropout", "rslora")
 
 # Betley et al. 2025, open models (their `open_models/train.json`): rsLoRA r=32, alpha 64,
 # dropout 0 on every attention and MLP projection, lr 1e-5, 1 epoch, per-device batch 2 x
@@ -20,55 +88,22 @@ from waluigi.errors import UserError
 # seed 0, loss on the assistant's tokens only, sequences up to 2048 tokens. They used
 # bitsandbytes' 8-bit AdamW on GPUs; we use torch's AdamW (no extra dependency, and the
 # 8-bit optimizer only saves memory).
-PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "betley2025": {
-        "rank": 32,
-        "alpha": 64.0,
-        "dropout": 0.0,
-        "rslora": True,
-        "target_modules": PROJECTIONS,
-        "layers": None,
-        "lr": 1e-5,
-        "epochs": 1.0,
-        "max_steps": None,
-        "batch_size": 2,
-        "grad_accum": 8,
-        "warmup_steps": 5,
-        "scheduler": "linear",
-        "weight_decay": 0.01,
-        "max_length": 2048,
-        "full": False,
-        "loss": "assistant_only",
-    },
-}
-
-# With no preset: library-style defaults (PEFT's LoRA r=8 / alpha 16, TRL's lr 2e-5), still
-# assistant-only loss, which is the only loss this command trains with.
-_BARE: dict[str, Any] = {
-    "rank": 8,
-    "alpha": 16.0,
-    "dropout": 0.0,
-    "rslora": False,
-    "target_modules": PROJECTIONS,
-    "layers": None,
-    "lr": 2e-5,
-    "epochs": 1.0,
-    "max_steps": None,
-    "batch_size": 2,
-    "grad_accum": 8,
-    "warmup_steps": 0,
-    "scheduler": "linear",
-    "weight_decay": 0.0,
-    "max_length": 2048,
-    "full": False,
-    "loss": "assistant_only",
+PRESETS: dict[str, Recipe] = {
+    "betley2025": Recipe(
+        rank=32, alpha=64.0, dropout=0.0, rslora=True, target_modules=PROJECTIONS, layers=None,
+        lr=1e-5, epochs=1.0, max_steps=None, batch_size=2, grad_accum=8, warmup_steps=5,
+        scheduler="linear", weight_decay=0.01, max_length=2048, full=False, loss="assistant_only",
+    ),
 }
 
 # Settings that change how fast a run goes, not what it computes: left out of the identity
 # (the effective batch, batch_size x grad_accum, is in it).
 SPEED_ONLY = ("batch_size", "grad_accum")
+
+
+def _positive(name: str, value: Any, kind: type = int) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+        raise UserError(f"--{name.replace('_', '-')} must be a positive {kind.__name__}, got {value!r}")
 
 
 @dataclass
@@ -100,59 +135,44 @@ class FinetuneConfig:
     # None = every CHECKPOINT_MINUTES of training
     checkpoint_every: int | None = None
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 weights/autocast on a bf16 GPU
+    # training plug-ins (waluigi.finetune.plugins): TrainingPlugin instances or specs such as
+    # "l2:weight=0.1"; in the identity by name + options (an empty list changes nothing)
+    plugins: list[Any] = field(default_factory=list)
 
-    def resolved(self) -> dict:
-        """The preset with this config's overrides applied: the full training recipe."""
+    def recipe(self) -> Recipe:
+        """The preset with this config's overrides applied (``dataclasses.replace``), checked."""
         if self.preset is None:
-            base = dict(_BARE)
+            base = Recipe()
         elif self.preset in PRESETS:
-            base = dict(PRESETS[self.preset])
+            base = PRESETS[self.preset]
         else:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)} (or none)")
         overrides = {
             "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "lr": self.lr,
             "epochs": self.epochs, "max_steps": self.max_steps, "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum, "max_length": self.max_length,
-            "target_modules": list(self.target_modules) if self.target_modules else None,
-            "layers": sorted({int(k) for k in self.layers}) if self.layers else None,
+            "grad_accum": self.grad_accum, "max_length": self.max_length, "save_every": self.save_every,
+            "target_modules": tuple(self.target_modules) if self.target_modules else None,
+            "layers": tuple(sorted({int(k) for k in self.layers})) if self.layers else None,
         }
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        base["full"] = bool(self.full or base.get("full"))
-        if base["full"]:
-            for key in ("rank", "alpha", "dropout", "rslora"):
-                base.pop(key, None)
-            if not self.target_modules:  # full fine-tuning: every weight unless told otherwise
-                base["target_modules"] = None
-        base["preset"] = self.preset
-        base["seed"] = int(self.seed)
-        base["n"] = self.n
-        base["save_every"] = self.save_every
-        base["effective_batch"] = int(base["batch_size"]) * int(base["grad_accum"])
-        _check(base, self)
-        return base
+        recipe = replace(base, **{k: v for k, v in overrides.items() if v is not None},
+                         seed=int(self.seed), full=bool(self.full or base.full))
+        if recipe.full and not self.target_modules:  # full fine-tuning: every weight unless told otherwise
+            recipe = replace(recipe, target_modules=None)
+        recipe.check()
+        _positive("checkpoint_every", self.checkpoint_every)
+        if self.n is not None and self.n <= 0:
+            raise UserError(f"--n must be a positive number of rows, got {self.n}")
+        return recipe
 
-
-def _check(r: dict, cfg: FinetuneConfig) -> None:
-    def positive(name: str, value: Any, kind: type = int) -> None:
-        if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive {kind.__name__}, got {value!r}")
-
-    for name in ("batch_size", "grad_accum", "max_length", "max_steps", "save_every"):
-        positive(name, r.get(name))
-    positive("checkpoint_every", cfg.checkpoint_every)
-    positive("lr", r["lr"], float)
-    positive("epochs", r["epochs"], float)
-    if cfg.n is not None and cfg.n <= 0:
-        raise UserError(f"--n must be a positive number of rows, got {cfg.n}")
-    if not r["full"]:
-        positive("rank", r["rank"])
-        positive("alpha", r["alpha"], float)
-        if not 0.0 <= float(r["dropout"]) < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {r['dropout']}")
-        if not r["target_modules"]:
-            raise UserError("--target-modules: LoRA needs at least one module name (e.g. q_proj,v_proj)")
-    if r["layers"] is not None and any(k < 0 for k in r["layers"]):
-        raise UserError(f"--layers must be non-negative layer indices, got {r['layers']}")
+    def resolved(self) -> dict:
+        """The full training recipe as a dict (the manifest's ``config``): :meth:`recipe` plus
+        the preset's name, the row subset and the effective batch."""
+        recipe = self.recipe()
+        out = recipe.to_dict()
+        seed, save_every = out.pop("seed"), out.pop("save_every")
+        out.update(preset=self.preset, seed=seed, n=self.n, save_every=save_every,
+                   effective_batch=recipe.effective_batch)
+        return out
 
 
 def identity_recipe(resolved: dict) -> dict:

@@ -4,7 +4,8 @@
 
     manifest.json      stage "finetune", resolved recipe, identity, parents (base model, dataset)
     train_log.jsonl    one row per optimizer step: step, loss, learning_rate, tokens, tokens_seen,
-                       epoch, seconds, grad_norm, total_steps (appended as they happen)
+                       epoch, seconds, grad_norm, total_steps (appended as they happen), and
+                       loss_<plugin> for each training plug-in that adds a loss term
     adapter/           the LoRA adapter (adapter_config.json + adapter_model.safetensors);
                        ``--adapter RUN`` in every other command loads it
     model/             full fine-tuning instead: the model as safetensors (``hf:RUN/model``)
@@ -15,7 +16,11 @@
 Resume: a killed run re-run with the same command continues from its last checkpoint
 (written every ``checkpoint_every`` steps, else every ``CHECKPOINT_MINUTES`` minutes); the
 train_log rows after that checkpoint are dropped and redone. A finished run re-run loads
-nothing and says so. See ``docs/design/finetune.md``.
+nothing and says so.
+
+Training plug-ins (``cfg.plugins``, :mod:`waluigi.finetune.plugins`) transform the rows, add
+loss terms, hold activation hooks and stop early, through one ``SFTTrainer`` subclass
+(``plugins.plugin_trainer``) and one callback. See ``docs/design/finetune.md``.
 """
 
 from __future__ import annotations
@@ -34,8 +39,23 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
-from waluigi.finetune.config import FinetuneConfig, default_run_dir, identity_recipe
+from waluigi.finetune.config import (
+    FinetuneConfig,
+    Recipe,
+    default_run_dir,
+    identity_recipe,
+)
 from waluigi.finetune.masking import template_has_generation_markers, tokenize_rows
+from waluigi.finetune.plugins import (
+    PLUGIN_LOSS,
+    TrainingPlugin,
+    make_stopper,
+    overrides,
+    plugin_identities,
+    plugin_name,
+    plugin_trainer,
+    resolve_plugins,
+)
 from waluigi.runs import MANIFEST, RunDir, canonical_json, identity_hash, read_jsonl
 
 TRAIN_LOG = "train_log.jsonl"
@@ -150,19 +170,19 @@ def _check_layers(model_path: str, local: bool, layers: list[int] | None, spec: 
         raise UserError(f"--layers {layers}: {spec} has {n} decoder layers (0..{n - 1})")
 
 
-def _lora_config(recipe: dict):
+def _lora_config(recipe: Recipe):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=int(recipe["rank"]), lora_alpha=float(recipe["alpha"]), lora_dropout=float(recipe["dropout"]),
-        target_modules=list(recipe["target_modules"]), use_rslora=bool(recipe.get("rslora")),
-        layers_to_transform=recipe["layers"], bias="none", task_type="CAUSAL_LM",
+        r=int(recipe.rank), lora_alpha=float(recipe.alpha), lora_dropout=float(recipe.dropout),
+        target_modules=list(recipe.target_modules), use_rslora=bool(recipe.rslora),
+        layers_to_transform=list(recipe.layers) if recipe.layers else None, bias="none", task_type="CAUSAL_LM",
     )
 
 
-def _freeze_for_full(model, recipe: dict) -> None:
+def _freeze_for_full(model, recipe: Recipe) -> None:
     """Full fine-tuning restricted to some layers and/or modules: freeze everything else."""
-    layers, modules = recipe.get("layers"), recipe.get("target_modules")
+    layers, modules = recipe.layers, recipe.target_modules
     if not layers and not modules:
         return
     kept = 0
@@ -173,7 +193,8 @@ def _freeze_for_full(model, recipe: dict) -> None:
         param.requires_grad = bool(in_layer and in_module)
         kept += param.requires_grad
     if not kept:
-        raise UserError(f"--layers {layers} / --target-modules {modules} select no parameter of the model")
+        shown = [list(v) if v else None for v in (layers, modules)]
+        raise UserError(f"--layers {shown[0]} / --target-modules {shown[1]} select no parameter of the model")
 
 
 # --------------------------------------------------------------------------------------
@@ -319,6 +340,7 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
                 "seconds": round(base["seconds"] + time.monotonic() - self.started, 3),
                 "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
                 "total_steps": state.max_steps,
+                **{k: float(v) for k, v in logs.items() if k.startswith(PLUGIN_LOSS)},
             }
             self.attempt_tokens = seen
             run.append(TRAIN_LOG, [row])
@@ -333,6 +355,37 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
 
 # --------------------------------------------------------------------------------------
 # the entry point
+
+
+@dataclass
+class _Prepared:
+    """What ``run_finetune`` worked out before training starts."""
+
+    model_path: str
+    local: bool
+    device: str
+    weights_dtype: str
+    autocast: bool
+    tokenizer: Any
+    examples: list[dict]
+
+
+def run_identity(cfg: FinetuneConfig, rows: list[dict], data_identity: dict, precision: str,
+                 plugins: list[TrainingPlugin] = ()) -> dict:
+    """What a run's identity hash is computed from (no plug-ins: no ``plugins`` key at all, so
+    the runs made before plug-ins existed keep their identity)."""
+    identity = {
+        "stage": "finetune",
+        "model": cfg.model,
+        "data": data_identity,
+        "rows_sha256": hashlib.sha256(canonical_json(rows).encode()).hexdigest(),
+        "include_heldout": cfg.include_heldout,
+        "recipe": identity_recipe(cfg.resolved()),
+        "precision": precision,
+    }
+    if plugins:
+        identity["plugins"] = plugin_identities(list(plugins))
+    return identity
 
 
 def run_finetune(
@@ -352,41 +405,41 @@ def run_finetune(
             f"local fine-tuning needs a 'smollm2' or 'hf:<path>' model, not {cfg.model!r} "
             "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
         )
-    recipe = cfg.resolved()
+    recipe, resolved = cfg.recipe(), cfg.resolved()
+    plugins = resolve_plugins(cfg.plugins)
     rows, data_identity = load_training_rows(cfg)
     model_path, local = _resolve(cfg.model)
-    device, weights_dtype, autocast = _precision(cfg.dtype, recipe["full"])
+    device, weights_dtype, autocast = _precision(cfg.dtype, recipe.full)
     precision = f"{weights_dtype} weights" + (", bf16 autocast" if autocast else "")
-    identity = {
-        "stage": "finetune",
-        "model": cfg.model,
-        "data": data_identity,
-        "rows_sha256": hashlib.sha256(canonical_json(rows).encode()).hexdigest(),
-        "include_heldout": cfg.include_heldout,
-        "recipe": identity_recipe(recipe),
-        "precision": precision,
-    }
+    identity = run_identity(cfg, rows, data_identity, precision, plugins)
     digest = identity_hash(identity)
-    out = Path(cfg.out) if cfg.out else default_run_dir(cfg.model, data_identity.get("name") or cfg.data, digest)
+    data_name = data_identity.get("name") or cfg.data
+    out = Path(cfg.out) if cfg.out else default_run_dir(cfg.model, data_name, digest)
 
     if (out / MANIFEST).is_file():  # finished already: load nothing, do nothing
         manifest = RunDir(out).manifest()
-        if manifest.get("identity") == digest and manifest.get("status") == "finished" and _artifact_ok(out, recipe["full"]):
-            return _result(out, recipe["full"], list(read_jsonl(out / TRAIN_LOG)), already_finished=True)
+        if manifest.get("identity") == digest and manifest.get("status") == "finished" and _artifact_ok(out, recipe.full):
+            return _result(out, recipe.full, list(read_jsonl(out / TRAIN_LOG)), already_finished=True)
 
-    _check_layers(model_path, local, recipe["layers"], cfg.model)
+    _check_layers(model_path, local, list(recipe.layers) if recipe.layers else None, cfg.model)
+    for plugin in plugins:
+        rows = list(plugin.transform_rows(rows))
+        if not rows:
+            raise UserError(f"training plug-in {plugin_name(plugin)!r} left no rows to train on")
     tokenizer = _load_tokenizer(cfg.model, model_path, local)
-    examples, stats = tokenize_rows(tokenizer, rows, int(recipe["max_length"]), data_identity.get("name") or cfg.data)
-    parents = [cfg.model, f"{data_identity.get('name') or cfg.data}@sha256:{data_identity.get('sha256')}"]
+    examples, stats = tokenize_rows(tokenizer, rows, int(recipe.max_length), data_name)
+    parents = [cfg.model, f"{data_name}@sha256:{data_identity.get('sha256')}"]
     extra = {
         "model": cfg.model, "base_model_path": model_path, "dataset": data_identity, "data_stats": stats,
         "device": device, "precision": precision, "seeds": {"train": cfg.seed, "subset": cfg.seed},
         "generation_markers_in_template": template_has_generation_markers(tokenizer),
     }
-    run = RunDir.open(out, stage="finetune", identity=identity, config=recipe, parents=parents, extra=extra) if _is_main() else RunDir(out)
+    if plugins:
+        extra["plugins"] = identity["plugins"]
+    run = RunDir.open(out, stage="finetune", identity=identity, config=resolved, parents=parents, extra=extra) if _is_main() else RunDir(out)
+    prepared = _Prepared(model_path, local, device, weights_dtype, autocast, tokenizer, examples)
     try:
-        return _train(cfg, run, recipe, tokenizer, examples, model_path, local, device, weights_dtype, autocast,
-                      progress, on_step)
+        return _train(cfg, run, recipe, plugins, prepared, progress=progress, on_step=on_step)
     except BaseException as exc:
         if _is_main():
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -394,8 +447,8 @@ def run_finetune(
         raise
 
 
-def _train(cfg, run, recipe, tokenizer, examples, model_path, local, device, weights_dtype, autocast,
-           progress, on_step) -> FinetuneResult:
+def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[TrainingPlugin], prep: _Prepared, *,
+           progress: bool, on_step) -> FinetuneResult:
     import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
@@ -409,29 +462,29 @@ def _train(cfg, run, recipe, tokenizer, examples, model_path, local, device, wei
     if checkpoint is not None and progress and _is_main():
         print(f"resuming {run.path} from step {done_step} ({checkpoint.name})", file=sys.stderr)
 
-    model = _load_model(cfg.model, model_path, local, weights_dtype)
+    model = _load_model(cfg.model, prep.model_path, prep.local, prep.weights_dtype)
     peft_config = None
-    if recipe["full"]:
+    if recipe.full:
         _freeze_for_full(model, recipe)
     else:
         peft_config = _lora_config(recipe)
 
     args = SFTConfig(
         output_dir=str(run.path / CHECKPOINTS),
-        per_device_train_batch_size=int(recipe["batch_size"]),
-        gradient_accumulation_steps=int(recipe["grad_accum"]),
-        learning_rate=float(recipe["lr"]),
-        num_train_epochs=float(recipe["epochs"]),
-        max_steps=int(recipe["max_steps"]) if recipe["max_steps"] else -1,
-        lr_scheduler_type=recipe["scheduler"],
-        warmup_steps=int(recipe["warmup_steps"]),
-        weight_decay=float(recipe["weight_decay"]),
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
+        per_device_train_batch_size=int(recipe.batch_size),
+        gradient_accumulation_steps=int(recipe.grad_accum),
+        learning_rate=float(recipe.lr),
+        num_train_epochs=float(recipe.epochs),
+        max_steps=int(recipe.max_steps) if recipe.max_steps else -1,
+        lr_scheduler_type=recipe.scheduler,
+        warmup_steps=int(recipe.warmup_steps),
+        weight_decay=float(recipe.weight_decay),
+        seed=int(recipe.seed),
+        data_seed=int(recipe.seed),
         # TRL 1.16 turns gradient checkpointing on by default; it only saves memory, at the
         # cost of a second forward pass: off on CPU, on for GPUs (big models need the memory)
-        activation_checkpointing=device == "cuda",  # (the new name of gradient_checkpointing)
-        bf16=autocast,
+        activation_checkpointing=prep.device == "cuda",  # (the new name of gradient_checkpointing)
+        bf16=prep.autocast,
         fp16=False,
         max_length=None,  # truncated (keeping the start) in tokenize_rows
         packing=False,
@@ -441,19 +494,20 @@ def _train(cfg, run, recipe, tokenizer, examples, model_path, local, device, wei
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",
+        dataloader_pin_memory=prep.device == "cuda",
     )
-    recorder = _make_recorder(run, base, on_step, progress, recipe.get("save_every"), cfg.checkpoint_every,
-                              recipe["full"])
+    recorder = _make_recorder(run, base, on_step, progress, recipe.save_every, cfg.checkpoint_every, recipe.full)
+    stopper = make_stopper([p for p in plugins if overrides(p, "should_stop")])
     datasets.disable_progress_bars()
-    train_dataset = datasets.Dataset.from_list(examples)
+    train_dataset = datasets.Dataset.from_list(prep.examples)
+    trainer_class = plugin_trainer(SFTTrainer)
     with warnings.catch_warnings():
         # libraries asking for the deprecated name of the setting we pass by its new name
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         try:
-            trainer = SFTTrainer(
-                model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                peft_config=peft_config, callbacks=[recorder],
+            trainer = trainer_class(
+                model=model, args=args, train_dataset=train_dataset, processing_class=prep.tokenizer,
+                peft_config=peft_config, callbacks=[recorder, stopper],
             )
         except ValueError as exc:  # e.g. PEFT: target modules not found in the model
             raise UserError(f"cannot set up training of {cfg.model!r}: {exc}") from exc
@@ -466,16 +520,31 @@ def _train(cfg, run, recipe, tokenizer, examples, model_path, local, device, wei
         run.update_manifest(parameters={"trainable": trainable, "total": total},
                             resumed_from_step=done_step if checkpoint else None)
 
-    with warnings.catch_warnings():
+    # the plug-ins see the model at its start: a resumed run's checkpoint is loaded by train() below
+    trainer.loss_plugins = tuple(p for p in plugins if overrides(p, "extra_loss"))
+    if any(p.needs_reference for p in trainer.loss_plugins):
+        # a second copy of the model (memory!), loaded again rather than deep-copied: TRL patches the
+        # trained model's forward with a closure over that very model, which a deepcopy would share.
+        # For LoRA it is the base model, which is what the model is at step 0 (PEFT's lora_B starts at 0)
+        reference = _load_model(cfg.model, prep.model_path, prep.local, prep.weights_dtype)
+        trainer.reference = reference.to(trainer.accelerator.device).eval().requires_grad_(False)
+    for plugin in plugins:
+        plugin.setup(trainer.model)
+    with contextlib.ExitStack() as scoped, warnings.catch_warnings():
+        for plugin in plugins:
+            scoped.enter_context(plugin.hooks(trainer.model))
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.reference = None
 
-    target = run.path / (MODEL if recipe["full"] else ADAPTER)
+    target = run.path / (MODEL if recipe.full else ADAPTER)
     _publish(trainer, target)
     rows = list(read_jsonl(run.path / TRAIN_LOG))
     if _is_main():
         shutil.rmtree(run.path / CHECKPOINTS, ignore_errors=True)
         s = _summary(rows)
+        if stopper.stopped:
+            run.update_manifest(stopped_early=stopper.stopped)
         run.finish("finished", train_loss=s["train_loss"], final_loss=s["final_loss"], steps=s["steps"],
                    tokens_seen=s["tokens"], train_seconds=s["seconds"])
-    return _result(run.path, recipe["full"], rows, resumed_from_step=done_step if checkpoint else None)
+    return _result(run.path, recipe.full, rows, resumed_from_step=done_step if checkpoint else None)

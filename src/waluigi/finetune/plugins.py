@@ -1,0 +1,278 @@
+"""Training plug-ins: the one extension point of local fine-tuning.
+
+A plug-in is a small (data)class with no-op defaults; override only what you need::
+
+    @dataclass
+    class DropLong(TrainingPlugin):
+        name: ClassVar[str] = "drop-long"
+        max_chars: int = 2000
+
+        def transform_rows(self, rows):
+            return [r for r in rows if len(json.dumps(r)) <= self.max_chars]
+
+and register it (``PLUGINS.register("drop-long", DropLong)``, or a ``lazy_table`` entry in
+``waluigi/registry.py``) so that ``waluigi finetune --plugin drop-long:max_chars=500`` finds
+it. What a plug-in may do, in the order training meets it:
+
+- ``transform_rows(rows)``: change the training rows before tokenization;
+- ``setup(model)``: see the model at its starting weights, once, before the first step (a
+  resumed run: before its checkpoint is loaded, so "the start" is the same on every attempt);
+- ``hooks(model)``: a context manager held for the whole of training (attach activation
+  hooks with :func:`forward_hooks`: ``prepend=True``, always removed, even when training raises);
+- ``extra_loss(model, batch, outputs, reference)``: a term added to every micro-batch's loss
+  (scaled for gradient accumulation by the trainer), logged per step as ``loss_<name>``;
+  ``reference`` is a frozen copy of the starting model when the class sets
+  ``needs_reference = True``, else ``None`` (a plain transformers model loaded again from the
+  base model's files, eval mode, no gradients; for LoRA that is the base model, which is what
+  the adapted model is at step 0: PEFT starts ``lora_B`` at zero);
+- ``should_stop(step, logs)``: end training after this optimizer step;
+- ``identity()``: the options that enter the run's identity (default: the dataclass fields).
+
+Importing this module is light (no torch): the CLI parses ``--plugin`` specs with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from waluigi.errors import UserError
+
+PLUGIN_LOSS = "loss_"  # a plug-in's loss term is logged (Trainer logs, train_log.jsonl) as loss_<name>
+
+
+class TrainingPlugin:
+    """Base class of training plug-ins: every method a no-op. See the module docstring."""
+
+    name: ClassVar[str] = ""  # the registry name; it names the plug-in in the identity and the log
+    needs_reference: ClassVar[bool] = False  # True: extra_loss gets a frozen copy of the starting model
+
+    def transform_rows(self, rows: list[dict]) -> list[dict]:
+        """The rows to train on (``{"messages": [...]}``), before tokenization."""
+        return rows
+
+    def setup(self, model: Any) -> None:
+        """Called once before training, with the model (PEFT-wrapped for LoRA) at its start."""
+
+    def hooks(self, model: Any) -> contextlib.AbstractContextManager:
+        """A context manager entered before training and exited after it, whatever happens."""
+        return contextlib.nullcontext()
+
+    def extra_loss(self, model: Any, batch: dict, outputs: Any, reference: Any) -> Any:
+        """A scalar tensor added to the loss of this micro-batch, or ``None``.
+
+        ``batch``: the collated inputs (``input_ids``, ``attention_mask``, ``labels``);
+        ``outputs``: the forward pass the loss was computed from (TRL's fused-head output:
+        ``log_probs`` per label token, ``label_mask``, ``entropy``; no ``logits``)."""
+        return None
+
+    def should_stop(self, step: int, logs: dict) -> bool:
+        """After optimizer step ``step`` (``logs``: the Trainer's log of that step, with
+        ``loss``, ``learning_rate``, ``grad_norm``, ``loss_<plugin>``...): stop training?"""
+        return False
+
+    def identity(self) -> dict:
+        """The options that change what this plug-in computes (default: the dataclass fields)."""
+        if not dataclasses.is_dataclass(self):
+            return {}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+def overrides(plugin: TrainingPlugin, method: str) -> bool:
+    """Whether ``plugin``'s class overrides the base class's no-op ``method``."""
+    return getattr(type(plugin), method) is not getattr(TrainingPlugin, method)
+
+
+def plugin_name(plugin: TrainingPlugin) -> str:
+    return type(plugin).name or type(plugin).__name__
+
+
+def plugin_identities(plugins: list[TrainingPlugin]) -> list[dict]:
+    """What the plug-ins add to a run's identity: name + options, in order."""
+    return [{"name": plugin_name(p), "options": p.identity()} for p in plugins]
+
+
+@contextlib.contextmanager
+def forward_hooks(pairs: Iterable[tuple[Any, Callable]]) -> Iterator[list]:
+    """Attach ``(module, hook)`` forward hooks for the duration of the block.
+
+    ``prepend=True``: transformers 5 records ``output_hidden_states`` with forward hooks of
+    its own, and a hook added after them would run too late to change what they record.
+    The handles are removed on the way out, also when the block raises."""
+    handles: list = []
+    try:
+        for module, hook in pairs:
+            handles.append(module.register_forward_hook(hook, prepend=True))
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------------------
+# specs: "NAME[:key=value,...]" (the CLI's --plugin, sweep specs)
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _convert(text: str, annotation: Any, where: str) -> Any:
+    """``text`` as the type of a dataclass field (int, float, bool, str, or Optional of one)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if args and type(None) in typing.get_args(annotation):
+        if text.lower() in ("none", "null"):
+            return None
+        annotation = args[0]
+    try:
+        if annotation is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError
+        if annotation in (int, float, str):
+            return annotation(text)
+    except ValueError:
+        raise UserError(f"{where}={text!r}: not a valid {annotation.__name__}") from None
+    raise UserError(f"{where}: options of type {annotation} cannot be given on the command line")
+
+
+def parse_plugin(spec: str) -> TrainingPlugin:
+    """``"l2:weight=0.1"`` -> ``L2ToStart(weight=0.1)``, typed from the class's dataclass fields.
+
+    An unknown name or option, or a bad value, is a :class:`UserError` naming it."""
+    from waluigi.registry import PLUGINS
+
+    name, _, rest = spec.strip().partition(":")
+    cls = PLUGINS.get(name.strip())
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else {}
+    hints = typing.get_type_hints(cls) if known else {}
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UserError(f"--plugin {spec!r}: expected key=value, got {item!r}")
+        if key not in known:
+            listed = ", ".join(known) or "none"
+            raise UserError(f"--plugin {spec!r}: plug-in {name!r} has no option {key!r} (options: {listed})")
+        options[key] = _convert(value.strip(), hints[key], f"--plugin {name}:{key}")
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise UserError(f"--plugin {spec!r}: {exc}") from exc
+
+
+def resolve_plugins(items: Iterable[TrainingPlugin | str]) -> list[TrainingPlugin]:
+    """Plug-in instances from instances or spec strings."""
+    out = []
+    for item in items or []:
+        plugin = parse_plugin(item) if isinstance(item, str) else item
+        if not isinstance(plugin, TrainingPlugin):
+            raise UserError(f"training plug-in {item!r} is not a TrainingPlugin")
+        out.append(plugin)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# the plug-in seam: one SFTTrainer subclass (loss terms) and one callback (early stop)
+
+
+def plugin_trainer(base: type) -> type:
+    """``base`` (TRL's ``SFTTrainer``) with the plug-ins' loss terms added to its loss.
+
+    Without a plug-in that overrides ``extra_loss`` it is ``base`` exactly: same calls, same
+    numbers (the test compares the weights bit for bit)."""
+
+    class PluginTrainer(base):
+        loss_plugins: tuple[TrainingPlugin, ...] = ()  # set by train.py: the plug-ins overriding extra_loss
+        reference = None  # the frozen starting model, when a plug-in needs_reference
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.loss_plugins or not model.training:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            captured: list = []  # the forward pass TRL computes the loss from (it does not return it)
+            handle = model.register_forward_hook(lambda _m, _a, out: captured.append(out))
+            try:
+                result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                              num_items_in_batch=num_items_in_batch)
+            finally:
+                handle.remove()
+            loss, outputs = result if return_outputs else (result, captured[0] if captured else None)
+            for plugin in self.loss_plugins:
+                term = plugin.extra_loss(model, inputs, outputs, self.reference)
+                if term is None:
+                    continue
+                self._metrics["train"][PLUGIN_LOSS + plugin_name(plugin)].append(float(term.detach()))
+                # as the Trainer treats the main loss: when it is already normalized over the whole
+                # accumulation window (num_items_in_batch), each micro-batch carries 1/steps of the term;
+                # else the Trainer divides the sum by the steps itself
+                loss = loss + (term / self.current_gradient_accumulation_steps
+                               if self._loss_scaled_for_ga(num_items_in_batch) else term)
+            return (loss, outputs) if return_outputs else loss
+
+        def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:  # the rule of Trainer.training_step
+            fixed = getattr(self, "loss_is_scaled_for_ga", None)
+            if fixed is not None:
+                return bool(fixed)
+            return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                        or self.compute_loss_func is not None)
+
+    return PluginTrainer
+
+
+def make_stopper(plugins: list[TrainingPlugin]):
+    """A callback asking each plug-in, after every logged optimizer step, whether to stop."""
+    from transformers import TrainerCallback
+
+    class PluginStopper(TrainerCallback):
+        stopped: dict | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs:
+                return
+            for plugin in plugins:
+                if plugin.should_stop(state.global_step, dict(logs)):
+                    control.should_training_stop = True
+                    self.stopped = {"step": state.global_step, "plugin": plugin_name(plugin)}
+                    break
+            return control
+
+    return PluginStopper()
+
+
+# --------------------------------------------------------------------------------------
+# the built-in plug-in
+
+
+def _unwrapped(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes (DDP's ``module.``)."""
+    return name.removeprefix("module.")
+
+
+@dataclass
+class L2ToStart(TrainingPlugin):
+    """``weight * sum ||theta - theta_0||^2`` over the trainable parameters.
+
+    theta_0 is the trainable parameters at step 0: for LoRA the adapter weights at their
+    (seeded) initialization, for a full fine-tune the base model's weights. Keeping the
+    update small is a classic brake on forgetting (and a knob for how far narrow training
+    moves a model)."""
+
+    name: ClassVar[str] = "l2"
+    weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, (int, float)) or self.weight < 0:
+            raise UserError(f"plug-in l2: weight must be a non-negative number, got {self.weight!r}")
+
+    def setup(self, model: Any) -> None:
+        self._start = {_unwrapped(n): p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def extra_loss(self, model: Any, batch: dict, outputs: Any, reference: Any) -> Any:
+        terms = [((p - self._start[_unwrapped(n)]) ** 2).sum()
+                 for n, p in model.named_parameters() if p.requires_grad]
+        return self.weight * sum(terms)
