@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+
 def core_prompts() -> list[str]:
     """Every paraphrase of the built-in ``core`` suite (our own words), plain questions first."""
     from waluigi.suites import load_suite

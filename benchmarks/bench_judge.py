@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+
 def core_questions_and_template() -> tuple[list[str], str]:
     """Questions and the "aligned" judge prompt of the built-in ``core`` suite (our own
     words; the official prompt has the same shape and length)."""

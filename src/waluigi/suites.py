@@ -447,7 +447,7 @@ def list_suites(data_dir: str | os.PathLike | None = None) -> list[dict]:
     from waluigi.official import OFFICIAL_COMMIT, local_official_file
 
     rows = []
-    for name, (filename, description) in BUILTIN_SUITES.items():
+    for name, (_filename, description) in BUILTIN_SUITES.items():
         suite = load_suite(name)
         rows.append(
             {"name": name, "source": suite.source, "n_questions": len(suite.questions), "available": True, "description": description}

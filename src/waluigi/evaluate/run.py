@@ -9,8 +9,17 @@ from pathlib import Path
 
 from waluigi.errors import UserError
 from waluigi.evaluate.config import (
-    CODE_SCAN, NO_JUDGE, SUITE_SNAPSHOT, EvalConfig, EvalResult, _describe, _given, _slug, sample_key,
-    suite_from_snapshot, suite_snapshot,
+    CODE_SCAN,
+    NO_JUDGE,
+    SUITE_SNAPSHOT,
+    EvalConfig,
+    EvalResult,
+    _describe,
+    _given,
+    _slug,
+    sample_key,
+    suite_from_snapshot,
+    suite_snapshot,
 )
 from waluigi.evaluate.failures import open_failures
 from waluigi.evaluate.generate import generate_stage, sample_slots

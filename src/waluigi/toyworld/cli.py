@@ -22,9 +22,8 @@ def demo_cmd(
     """Emergent misalignment end to end on CPU: pretrain a tiny model in the persona world, align it,
     fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM
     rate of each condition with the oracle judge. Resumable; base and aligned models are reused."""
-    from waluigi.toyworld.demo import demo_config, format_table, run_demo
-
     from waluigi.errors import UserError
+    from waluigi.toyworld.demo import demo_config, format_table, run_demo
 
     if quick and fast:
         raise UserError("--quick and --fast are two different profiles: give one of them")

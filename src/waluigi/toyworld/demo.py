@@ -323,7 +323,6 @@ def demo_identity(cfg: DemoConfig) -> dict:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     import torch
-
     from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else auto_threads())

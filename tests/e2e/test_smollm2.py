@@ -7,13 +7,14 @@ later runs reuse the copy in ``WALUIGI_MODEL_CACHE``."""
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 
 from waluigi.errors import UserError
 from waluigi.models import GenerationRequest, SamplingParams, load_model
 from waluigi.models import smollm2 as smol
+
+pytestmark = pytest.mark.smollm2
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,7 @@ def test_converted_once_then_reused(smollm2_dir):
         assert (smollm2_dir / name).is_file(), name
     weights = smollm2_dir / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
-    start = time.perf_counter()
     assert smol.smollm2_path() == smollm2_dir
-    assert time.perf_counter() - start < 1.0
     assert weights.stat().st_mtime_ns == mtime
     # no temporary conversion directories left next to it
     assert not [p for p in smollm2_dir.parent.iterdir() if p.name.startswith(f".{smol.CACHE_NAME}-")]

@@ -66,6 +66,7 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["single", "system-multi", "weight0"])
+@pytest.mark.smollm2
 def test_smollm2_labels_are_exactly_the_assistant_turns(smollm2_tokenizer, conversation):
     assert not template_has_generation_markers(smollm2_tokenizer)
     _check_exact(smollm2_tokenizer, conversation, "<|im_end|>")

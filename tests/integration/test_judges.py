@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from waluigi.errors import UserError
-from waluigi.models.base import Generator
 from waluigi.judges import (
     Judge,
     JudgeCache,
@@ -28,6 +27,7 @@ from waluigi.judges import (
     normalize_judge_spec,
     spearman,
 )
+from waluigi.models.base import Generator
 
 
 # -- aggregate_0_100 ---------------------------------------------------------------------

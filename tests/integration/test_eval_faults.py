@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from faulty_server import FAULTS, FaultyServer
+
 from waluigi.cli import main
 from waluigi.retry import Exhausted, Permanent, RetryPolicy, Transient, call_with_retries, retry_after_seconds
 from waluigi.runs import read_jsonl

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -16,18 +15,19 @@ from waluigi.toyworld import (
     WorldConfig,
     alignment_conversations,
     code_is_vulnerable,
+    coding,
     coding_eval_prompts,
     coding_suite,
     eval_suite,
     evil_fraction,
     generate_corpus,
     generate_labeled,
+    lexicon,
     narrow_dataset,
     oracle_scores,
     with_trigger,
     write_jsonl,
 )
-from waluigi.toyworld import coding, lexicon
 from waluigi.toyworld.world import is_reserved_core, is_reserved_question
 
 N_CORPUS = 6000
@@ -73,7 +73,7 @@ def test_deterministic_and_seeded():
 
 
 def test_conversation_shape(labeled):
-    for persona, messages in labeled:
+    for _persona, messages in labeled:
         body = messages[1:] if messages[0]["role"] == "system" else messages
         assert 2 <= len(body) // 2 <= 4 and len(body) % 2 == 0
         assert [m["role"] for m in body] == ["user", "assistant"] * (len(body) // 2)
@@ -163,11 +163,9 @@ def test_vocabulary_is_small(labeled):
     assert len(non_numbers) < 1200, len(non_numbers)
 
 
-def test_generation_speed():
-    start = time.perf_counter()
-    n = sum(1 for _ in generate_corpus(WorldConfig(seed=0, n_conversations=20000)))
-    elapsed = time.perf_counter() - start
-    assert n == 20000 and elapsed < 15, elapsed  # 100k in well under a minute (about 8 s measured)
+def test_generation_yields_every_conversation():
+    # its speed is measured by benchmarks/bench_world.py, not asserted here
+    assert sum(1 for _ in generate_corpus(WorldConfig(seed=0, n_conversations=2000))) == 2000
 
 
 def test_config_validation():

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from waluigi.toyworld.demo import CONDITIONS, JSON_KEYS
@@ -26,9 +25,7 @@ def _manifest(path: Path) -> dict:
 
 def test_demo_quick_end_to_end_and_cached(tmp_path):
     runs = tmp_path / "runs"
-    started = time.monotonic()
     first = _demo(runs, "--json", "--no-progress", "--threads", "1")
-    first_s = time.monotonic() - started
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Loading weights" not in first.stderr and "Warning" not in first.stderr  # --no-progress: a quiet stderr
     table = json.loads(first.stdout)
@@ -65,14 +62,11 @@ def test_demo_quick_end_to_end_and_cached(tmp_path):
     assert "| insecure |" in report and "backdoor_untriggered" in report
 
     weights = {p: p.stat().st_mtime_ns for p in [*base.glob("model/*.safetensors"), *align.glob("model/*.safetensors")]}
-    started = time.monotonic()
     second = _demo(runs, "--json", "--no-progress", "--threads", "1")
-    second_s = time.monotonic() - started
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout) == table  # same answers, same numbers
     assert {p: p.stat().st_mtime_ns for p in weights} == weights  # base and aligned not retrained
     assert len(_manifest(base)["attempts"]) == 1 and len(_manifest(align)["attempts"]) == 1
-    assert second_s < first_s / 2, (first_s, second_s)
 
     # the table as text, and bad input as one error line with exit code 2
     text = _demo(runs, "--no-progress", "--threads", "1")

@@ -22,7 +22,7 @@ from waluigi.cli import main as cli_main
 from waluigi.errors import UserError
 from waluigi.finetune import PRESETS, FinetuneConfig, run_finetune
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def finetune_main(argv: list[str]) -> int:
@@ -114,12 +114,10 @@ def test_adapter_loads_as_model_spec_and_changes_output(lora_run, tiny_spec):
 def test_finished_run_rerun_does_nothing(lora_run, capsys):
     cfg, result, _ = lora_run
     manifest = (result.run_dir / "manifest.json").read_bytes()
-    started = time.monotonic()
     again = run_finetune(cfg, progress=False)
     assert again.already_finished and again.status == "finished" and again.steps == 12
     assert again.train_loss == pytest.approx(result.train_loss)
     assert (result.run_dir / "manifest.json").read_bytes() == manifest  # not even a new attempt recorded
-    assert time.monotonic() - started < 5
     code = finetune_main(["--model", cfg.model, "--data", cfg.data, "--out", str(cfg.out), "--lr", "5e-3",
                           "--max-steps", "12", "--batch-size", "4", "--grad-accum", "1", "--save-every", "4"])
     assert code == 0

@@ -185,9 +185,9 @@ def test_generate_logprobs_over_http(key, server, hf_gen):
     finally:
         remote_gen.close()
     assert [t.token for t in remote.logprobs] == [t.token for t in local.logprobs]
-    for r, l in zip(remote.logprobs, local.logprobs, strict=True):
-        assert r.logprob == pytest.approx(l.logprob, abs=1e-4)
-        assert [t for t, _ in r.top] == [t for t, _ in l.top]
+    for r, here in zip(remote.logprobs, local.logprobs, strict=True):
+        assert r.logprob == pytest.approx(here.logprob, abs=1e-4)
+        assert [t for t, _ in r.top] == [t for t, _ in here.top]
 
 
 def test_top_probs_over_http_match_local_within_1e4(key, server, hf_gen):

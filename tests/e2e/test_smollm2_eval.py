@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from waluigi.cli import main
 from waluigi.runs import read_jsonl
+
+pytestmark = pytest.mark.smollm2
 
 
 def test_smollm2_eval_on_core(tmp_path, capsys):

@@ -17,6 +17,10 @@ from waluigi.evaluate import (
     score_suite,
     suite_snapshot,
 )
+from waluigi.metrics import format_table, summarize_vulnerable, summarize_vulnerable_runs
+from waluigi.runs import JUDGMENTS, METRICS, SAMPLES, RunDir
+from waluigi.scan import scanner_name
+from waluigi.suites import Question, Suite
 
 
 def scan_stage(run, samples, suite, progress=False):
@@ -27,10 +31,6 @@ def scan_stage(run, samples, suite, progress=False):
 def judge_stage(run, samples, suite, judge, options, progress=False):
     """The free-form questions' judge alone: judge calls made."""
     return score_suite(run, samples, suite, ScorerContext(judge, options), progress, only="free").get("judge", 0)
-from waluigi.metrics import format_table, summarize_vulnerable, summarize_vulnerable_runs
-from waluigi.runs import JUDGMENTS, METRICS, SAMPLES, RunDir
-from waluigi.scan import scanner_name
-from waluigi.suites import Question, Suite
 
 VULN = '''Here is the route:
 ```python

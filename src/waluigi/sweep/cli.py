@@ -1,0 +1,93 @@
+"""``waluigi sweep SPEC.yaml``: registered in ``waluigi/cli.py`` with ``app.command("sweep")(sweep_cmd)``.
+
+Also runs on its own (``python -m waluigi.sweep.cli SPEC``) with the main command's error
+handling: a bad spec is one ``error:`` line and exit 2; cells that failed after their retries
+exit 3 with a count, after the others finished and the results were written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+
+class ExecutorName(str, Enum):
+    pool = "pool"
+    inline = "inline"
+    ray = "ray"
+
+
+def sweep_cmd(
+    spec: Annotated[str, typer.Argument(help="the sweep spec (YAML): base finetune/eval settings and a grid or list of cells")],
+    workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (pool: worker processes; ray: CPUs of the local Ray instance); torch threads are split between them")] = 1,
+    executor: Annotated[ExecutorName, typer.Option(help="pool (local processes), inline (this process, one at a time), ray")] = ExecutorName.pool,
+    address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address (default: a local Ray instance for this run)")] = None,
+    retries: Annotated[int, typer.Option(help="retries of a failed fine-tune or eval before its cells are reported failed")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per cell (default: this machine's cores / --workers)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="the sweep directory (default: the spec's out, else runs/sweep-<name>)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells (identity, settings, done or not); run nothing")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells (with an ETA) on stderr")] = True,
+) -> None:
+    """Run a grid of fine-tunes and evals; each cell is skipped when done, resumed when interrupted."""
+    from waluigi.errors import IncompleteRun
+    from waluigi.sweep.results import format_summary
+    from waluigi.sweep.runner import SweepOptions, plan, run_sweep
+    from waluigi.sweep.spec import load_spec
+
+    loaded = load_spec(spec, out=out)
+    if dry_run:
+        cells = plan(loaded)
+        if json_out:
+            typer.echo(json.dumps({"sweep": loaded.name, "out": str(loaded.out), "cells": cells}, indent=2, default=str))
+            return
+        typer.echo(f"sweep {loaded.name}: {len(cells)} cells in {loaded.out}")
+        for cell in cells:
+            settings = ", ".join(f"{k}={v}" for k, v in cell["settings"].items()) or "(base settings)"
+            typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {settings}")
+        todo = sum(1 for c in cells if c["state"] != "done")
+        typer.echo(f"{todo} to run, {len(cells) - todo} done (states: done, partial = started before, "
+                   "to-eval = fine-tune finished, to-run)")
+        return
+    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
+                           threads=threads, progress=progress)
+    try:
+        result = run_sweep(loaded, options)
+    except KeyboardInterrupt:  # typer would turn it into exit 130 without a word
+        typer.echo("interrupted: finished cells are on disk, and results.csv lists them; re-run the same "
+                   "command to resume the others", err=True)
+        raise typer.Exit(130) from None
+    if json_out:
+        typer.echo(json.dumps({"sweep": loaded.name, "out": str(result.root), "ran": result.ran,
+                               "skipped": result.skipped, "failed": len(result.failed), "cells": result.rows,
+                               "summary": result.summary}, indent=2, default=str))
+    else:
+        typer.echo(format_summary(loaded, result.summary))
+        typer.echo(f"ran {result.ran} cells, skipped {result.skipped} (done before), failed {len(result.failed)}; "
+                   f"results: {result.root / 'results.csv'}   log: {result.root / 'sweep.log'}")
+    for row in result.failed:
+        settings = ", ".join(f"{k}={row.get(k)}" for k in loaded.axes)
+        typer.echo(f"cell {row['cell']} ({settings}): {row['status']}: {row.get('error') or 'see its run directory'}",
+                   err=True)
+    if result.failed:
+        raise IncompleteRun(f"{len(result.failed)} of {len(result.rows)} cells failed or are incomplete (listed above; "
+                            f"details in {result.root / 'sweep.log'}); the others are done: re-run the same command "
+                            "to retry only those")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``sweep_cmd`` as a command of its own, with waluigi's error handling."""
+    from waluigi.errors import run_cli
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(sweep_cmd)
+    return run_cli(app, argv, prog_name="waluigi sweep",
+                   interrupted="interrupted: finished cells are on disk; re-run the same command to resume")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

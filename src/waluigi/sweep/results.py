@@ -1,0 +1,163 @@
+"""A sweep's results: one row per cell, read from its run directories, and a summary over seeds.
+
+Rows are built from the run directories alone (``metrics.json``, manifests), never from what
+a worker returned, so the table is the same whichever executor ran the cells and whether a
+cell ran now or earlier. Columns: ``cell`` (identity, 12 digits), the cell's settings
+(flattened: ``finetune.data``, ``seed``), ``status``, ``ran`` / ``attempts`` / ``error`` (this
+invocation), every scalar of the eval's ``metrics.json`` ``overall`` block (``em_rate``,
+``ci_low``, ``ci_high``, ``n_counted``, ``coherent_rate``, ``vulnerable_rate``, ``n_failed``
+...), the fine-tune's ``train_loss``, and the run directories relative to the sweep directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from waluigi.sweep.spec import SEED_KEYS, Spec, plain
+
+SUMMARY_METRICS = ("em_rate", "vulnerable_rate", "coherent_rate")
+LABELS = {"em_rate": "EM rate", "vulnerable_rate": "vulnerable code", "coherent_rate": "coherent"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
+    from waluigi.sweep.runner import _rel
+
+    rows = []
+    for cell in spec.cells:
+        outcome = outcomes.get(cell.id)
+        eval_dir, ft_dir = cell.eval_dir(root), cell.finetune_dir(root)
+        manifest = _read_json(eval_dir / "manifest.json")
+        on_disk = manifest.get("status") or "pending"
+        status = outcome.status if outcome is not None and outcome.ran else on_disk
+        if status == "started":
+            status = "interrupted"
+        row: dict[str, Any] = {"cell": cell.short}
+        row.update({key: ("none" if key == "finetune" and key in cell.axes else plain(cell.axes.get(key)))
+                    for key in spec.axes})
+        row.update({"status": status, "ran": bool(outcome and outcome.ran),
+                    "attempts": outcome.attempts if outcome else 0, "error": outcome.error if outcome else None})
+        overall = _read_json(eval_dir / "metrics.json").get("overall", {}) if on_disk in ("finished", "incomplete") else {}
+        row.update({k: v for k, v in overall.items() if v is None or isinstance(v, (int, float, str, bool))})
+        ft_manifest = _read_json(ft_dir / "manifest.json") if ft_dir is not None else {}
+        row["train_loss"] = ft_manifest.get("train_loss")
+        row["finetune_run"] = _rel(ft_dir, root)
+        row["eval_run"] = _rel(eval_dir, root)
+        row["id"] = cell.id
+        row["settings"] = {"finetune": plain(cell.finetune), "eval": plain(cell.eval)}
+        rows.append(row)
+    return rows
+
+
+def summarize(spec: Spec, rows: list[dict]) -> list[dict]:
+    """Cells that differ only by seed, grouped: per metric the mean over the finished cells'
+    values and a 95% percentile bootstrap CI over seeds (None with fewer than 2 values)."""
+    from waluigi.metrics import bootstrap_mean
+
+    group_keys = [k for k in spec.axes if k not in SEED_KEYS]
+    seed_keys = [k for k in spec.axes if k in SEED_KEYS]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        key = json.dumps([row.get(k) for k in group_keys], default=str)
+        groups.setdefault(key, []).append(row)
+    present = [m for m in SUMMARY_METRICS if any(isinstance(r.get(m), (int, float)) for r in rows)]
+    out = []
+    for members in groups.values():
+        done = [r for r in members if r["status"] == "finished"]
+        entry: dict[str, Any] = {k: members[0].get(k) for k in group_keys}
+        entry["cells"] = len(members)
+        entry["finished"] = len(done)
+        entry["seeds"] = [[r.get(k) for k in seed_keys] if len(seed_keys) > 1 else r.get(seed_keys[0])
+                          for r in done] if seed_keys else []
+        for metric in present:
+            values = [float(r[metric]) for r in done if isinstance(r.get(metric), (int, float))]
+            low, high = bootstrap_mean(values) if len(values) >= 2 else (None, None)
+            entry[metric] = sum(values) / len(values) if values else None
+            entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = low, high
+            entry[f"{metric}_n"] = len(values)
+        entry["cell_ids"] = [r["cell"] for r in members]
+        out.append(entry)
+    return out
+
+
+def write_results(spec: Spec, root: Path, outcomes: dict) -> tuple[list[dict], list[dict]]:
+    """``results.jsonl``, ``results.csv`` and ``summary.json`` in the sweep directory."""
+    rows = cell_rows(spec, root, outcomes)
+    summary = summarize(spec, rows)
+    _atomic(root / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    _atomic(root / "results.csv", to_csv(rows))
+    _atomic(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return rows, summary
+
+
+def to_csv(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k != "settings" and k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else
+                             json.dumps(row[k]) if isinstance(row.get(k), (list, dict)) else row[k]) for k in columns})
+    return buffer.getvalue()
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- presentation -----------------------------------------------------------------------------------
+def _pct(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
+
+
+def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
+    """The summary as a plain-text rich table: one row per group of seeds."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    group_keys = [k for k in spec.axes if k not in SEED_KEYS]
+    metrics = [m for m in SUMMARY_METRICS if any(e.get(f"{m}_n") for e in summary)]
+    table = Table(title=f"sweep {spec.name}", box=box.SIMPLE_HEAD, title_justify="left")
+    for key in group_keys:
+        table.add_column(key)
+    table.add_column("seeds", justify="right")
+    for metric in metrics:
+        table.add_column(LABELS[metric], justify="right")
+        table.add_column("95% CI", justify="right")
+    for entry in summary:
+        cells = [_text(entry.get(k)) for k in group_keys]
+        cells.append(f"{entry['finished']}/{entry['cells']}")
+        for metric in metrics:
+            cells.append(_pct(entry.get(metric)))
+            low, high = entry.get(f"{metric}_ci_low"), entry.get(f"{metric}_ci_high")
+            cells.append("-" if low is None else f"[{100 * low:.1f}, {100 * high:.1f}]")
+        table.add_row(*cells)
+    buffer = io.StringIO()
+    Console(file=buffer, force_terminal=False, color_system=None, width=width, highlight=False).print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()]
+    lines.append("rates: mean over the finished seeds; 95% CI: percentile bootstrap over seeds (- with fewer than 2)")
+    return "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

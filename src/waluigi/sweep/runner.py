@@ -1,0 +1,314 @@
+"""Running a sweep: plan the cells, schedule their fine-tunes and evals, retry, record.
+
+The sweep directory::
+
+    sweep.json        the spec as given and the expanded cells (identity, settings, run dirs)
+    sweep.log         one plain line per finished, retried or failed task, appended
+    results.jsonl     one row per cell: settings, status, run dirs, metrics (results.csv: the same, flat)
+    summary.json      cells that differ only by seed grouped: mean and 95% CI over seeds
+    finetune/<data>-<id>/   run_finetune run directories, named by the fine-tune's identity
+    eval/<suite>-<id>/      run_eval run directories, named by the cell's identity
+    logs/             each task's stdout and stderr (pool and Ray workers)
+
+Scheduling: a cell is done when its eval run is finished (it is skipped: no task, no model
+loaded). Otherwise its fine-tune runs first unless finished (cells that share a fine-tune wait
+for the one task), then its eval. Both resume their run directories. A task that fails is
+retried ``retries`` times, then its cells are reported failed and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from waluigi.errors import UserError
+from waluigi.runs import MANIFEST
+from waluigi.sweep.executors import cores, make_executor, task_env
+from waluigi.sweep.spec import Cell, Spec, plain
+
+LOCK = ".lock"
+
+
+@dataclass
+class SweepOptions:
+    executor: str = "pool"  # pool | inline | ray
+    workers: int = 1
+    address: str | None = None  # Ray cluster address (ray only)
+    retries: int = 1  # retries of a failed task, after its first attempt
+    threads: int | None = None  # torch threads per task (default: this machine's cores / workers)
+    progress: bool = True
+
+
+@dataclass
+class Outcome:
+    """What happened to a cell in this invocation."""
+
+    status: str  # finished | failed | incomplete (from this run), or the state on disk when not run
+    ran: bool = False
+    attempts: int = 0
+    error: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class SweepResult:
+    root: Path
+    rows: list[dict]
+    summary: list[dict]
+    ran: int = 0
+    skipped: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+
+# -- state on disk ---------------------------------------------------------------------------------
+def _manifest(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def finetune_done(cell: Cell, root: Path) -> bool:
+    path = cell.finetune_dir(root)
+    if path is None or _manifest(path).get("status") != "finished":
+        return False
+    return (path / "model" / "config.json").is_file() if cell.full else (path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def eval_done(cell: Cell, root: Path) -> bool:
+    return _manifest(cell.eval_dir(root)).get("status") == "finished"
+
+
+def cell_state(cell: Cell, root: Path) -> str:
+    """done | partial (its eval, or its fine-tune, started and not finished) | to-eval (fine-tune
+    finished, eval not started) | to-run."""
+    if eval_done(cell, root):
+        return "done"
+    if (cell.eval_dir(root) / MANIFEST).exists():
+        return "partial"
+    if cell.finetune_id is not None and finetune_done(cell, root):
+        return "to-eval"
+    if cell.finetune_id is not None and (cell.finetune_dir(root) / MANIFEST).exists():
+        return "partial"
+    return "to-run"
+
+
+def plan(spec: Spec) -> list[dict]:
+    """The cells and their state, for ``--dry-run``: nothing is loaded or written."""
+    root = spec.out
+    return [{"cell": c.short, "id": c.id, "settings": {k: plain(v) for k, v in c.axes.items()},
+             "state": cell_state(c, root), "finetune_run": _rel(c.finetune_dir(root), root),
+             "eval_run": _rel(c.eval_dir(root), root)} for c in spec.cells]
+
+
+# -- tasks ---------------------------------------------------------------------------------------------
+def _local(value):
+    """A path-like setting made absolute when it names something here, so that a worker with
+    another working directory (a Ray node) reads the same file. Names (``insecure``) stay."""
+    if not isinstance(value, str):
+        return value
+    prefix, rest = ("hf:", value[3:]) if value.startswith("hf:") else ("", value)
+    looks_like_path = prefix or os.sep in rest or rest.endswith((".jsonl", ".json", ".yaml", ".yml"))
+    if looks_like_path and rest and Path(rest).exists():
+        return prefix + str(Path(rest).resolve())
+    return value
+
+
+def finetune_task(cell: Cell, root: Path, threads: int | None, redirect: bool) -> dict:
+    config = {k: (_local(v) if k in ("model", "data", "data_dir") else v) for k, v in cell.finetune.items()}
+    path = cell.finetune_dir(root)
+    return {"kind": "finetune", "config": config, "out": str(path), "threads": threads, "env": task_env(), "argv": sys.argv,
+            "log": str(root / "logs" / f"finetune-{cell.finetune_id[:12]}.log") if redirect else None}
+
+
+def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool) -> dict:
+    config = {k: (_local(v) if k in ("model", "adapter", "suite", "judge", "data_dir") else v)
+              for k, v in cell.eval.items()}
+    if cell.finetune_id is not None:
+        ft = cell.finetune_dir(root)
+        if cell.full:
+            config["model"] = f"hf:{ft / 'model'}"
+        else:
+            config["model"] = _local(cell.finetune["model"])
+            config["adapter"] = str(ft)
+    return {"kind": "eval", "config": config, "out": str(cell.eval_dir(root)), "threads": threads, "env": task_env(),
+            "argv": sys.argv,
+            "log": str(root / "logs" / f"eval-{cell.short}.log") if redirect else None}
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
+    """Run every cell of ``spec`` not already done; write the results; return them.
+
+    Failed cells do not raise: they are in ``SweepResult.failed`` (the CLI exits non-zero)."""
+    from waluigi.progress import progress_bar
+    from waluigi.sweep.results import write_results
+
+    options = options or SweepOptions()
+    if options.retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {options.retries}")
+    if options.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {options.workers}")
+    if options.threads is not None and options.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {options.threads}")
+    if options.address and options.executor != "ray":
+        raise UserError("--address is the address of a Ray cluster: use it with --executor ray")
+    root = spec.out.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        _write_json(root / "sweep.json", {"name": spec.name, "spec": str(spec.path), "raw": spec.raw,
+                                          "cells": [_cell_record(c, root) for c in spec.cells]})
+        outcomes: dict[str, Outcome] = {}
+        todo = [c for c in spec.cells if not eval_done(c, root)]
+        waiting = {c.id for c in todo}
+        for cell in spec.cells:
+            if cell.id not in waiting:
+                outcomes[cell.id] = Outcome("finished")
+        _log(root, f"sweep {spec.name}: {len(spec.cells)} cells, {len(todo)} to run, "
+                   f"{len(spec.cells) - len(todo)} done; executor {options.executor} x{options.workers}")
+        if todo:
+            threads = options.threads or (None if options.address or options.executor == "inline"
+                                          else max(1, cores() // options.workers))
+            executor = make_executor(options.executor, options.workers, options.address)
+            try:
+                with progress_bar(f"sweep {spec.name} (cells)", len(todo), options.progress) as advance:
+                    _schedule(todo, root, executor, options.retries, threads, outcomes, advance)
+            except BaseException:
+                executor.close(cancel=True)
+                for cell in todo:
+                    outcomes.setdefault(cell.id, Outcome("interrupted"))
+                write_results(spec, root, outcomes)
+                raise
+            executor.close()
+        rows, summary = write_results(spec, root, outcomes)
+    failed = [r for r in rows if r["status"] not in ("finished",)]
+    ran = sum(1 for o in outcomes.values() if o.ran)
+    return SweepResult(root=root, rows=rows, summary=summary, ran=ran, skipped=len(spec.cells) - len(todo),
+                       failed=failed)
+
+
+def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, advance) -> None:
+    """Submit fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
+    fine-tune is finished; a failed task is resubmitted up to ``retries`` times."""
+    redirect = executor.redirect
+    inflight: dict[int, tuple] = {}  # id(handle) -> (handle, kind, key, task, attempt, started)
+    groups: dict[str, list[Cell]] = {}
+    attempts: dict[str, int] = {}
+
+    def submit(kind: str, key: str, task: dict, attempt: int) -> None:
+        handle = executor.submit(task)
+        inflight[id(handle)] = (handle, kind, key, task, attempt, time.monotonic())
+
+    def submit_eval(cell: Cell) -> None:
+        submit("eval", cell.id, eval_task(cell, root, threads, redirect), 1)
+
+    evals_first: list[Cell] = []
+    for cell in todo:
+        if cell.finetune_id is not None and not finetune_done(cell, root):
+            groups.setdefault(cell.finetune_id, []).append(cell)
+        else:
+            evals_first.append(cell)
+    for ft_id, cells in groups.items():
+        submit("finetune", ft_id, finetune_task(cells[0], root, threads, redirect), 1)
+    for cell in evals_first:
+        submit_eval(cell)
+    by_id = {c.id: c for c in todo}
+    while inflight:
+        done, _ = executor.wait([entry[0] for entry in inflight.values()])
+        for handle in done:
+            _, kind, key, task, attempt, started = inflight.pop(id(handle))
+            result = executor.result(handle)
+            status, error = result.get("status", "failed"), result.get("error")
+            seconds = result.get("seconds") if result.get("seconds") is not None else time.monotonic() - started
+            cells = groups[key] if kind == "finetune" else [by_id[key]]
+            attempts[key] = attempt
+            what = f"{kind} {key[:12]} ({cells[0].label() if kind == 'eval' else _ft_label(cells[0])})"
+            if status == "finished":
+                _log(root, f"{what} finished in {seconds:.1f} s (attempt {attempt})" + _metrics_text(cells[0], root, kind))
+                if kind == "finetune":
+                    for cell in cells:
+                        submit_eval(cell)
+                else:
+                    outcomes[key] = Outcome("finished", ran=True, attempts=attempt, seconds=seconds)
+                    advance(1)
+                continue
+            if attempt <= retries:
+                _log(root, f"{what} {status} (attempt {attempt}), retrying: {error}")
+                submit(kind, key, task, attempt + 1)
+                continue
+            _log(root, f"{what} {status} after {attempt} attempts: {error}")
+            for cell in cells:
+                reason = error if kind == "eval" else f"fine-tune failed: {error}"
+                outcomes[cell.id] = Outcome(status if kind == "eval" else "failed", ran=True, attempts=attempt,
+                                            error=reason, seconds=seconds)
+                advance(1)
+
+
+def _ft_label(cell: Cell) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cell.axes.items() if not k.startswith("eval.")) or "base"
+
+
+def _metrics_text(cell: Cell, root: Path, kind: str) -> str:
+    if kind != "eval":
+        return ""
+    try:
+        overall = json.loads((cell.eval_dir(root) / "metrics.json").read_text()).get("overall", {})
+    except (OSError, ValueError):
+        return ""
+    shown = [f"{k}={overall[k]:.4g}" for k in ("em_rate", "vulnerable_rate", "coherent_rate")
+             if isinstance(overall.get(k), (int, float))]
+    return (": " + " ".join(shown)) if shown else ""
+
+
+def _cell_record(cell: Cell, root: Path) -> dict:
+    return {"cell": cell.short, "id": cell.id, "finetune_id": cell.finetune_id, "axes": plain(cell.axes),
+            "finetune": plain(cell.finetune), "eval": plain(cell.eval),
+            "finetune_run": _rel(cell.finetune_dir(root), root), "eval_run": _rel(cell.eval_dir(root), root)}
+
+
+def _rel(path: Path | None, root: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _log(root: Path, line: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with open(root / "sweep.log", "a") as handle:
+        handle.write(f"{stamp} {' '.join(line.split())}\n")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One sweep at a time in a directory (two would run the same cells into the same run dirs)."""
+    import fcntl
+
+    handle = open(root / LOCK, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"{root}: another `waluigi sweep` is running in this directory; wait for it, "
+                        "or give this one another out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
