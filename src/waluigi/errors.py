@@ -152,3 +152,14 @@ def run_cli(
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr, flush=True)
         return 130
+
+
+def run_command(command: Callable[..., Any], argv: Sequence[str] | None = None, *, prog_name: str,
+                interrupted: str) -> int:
+    """One sub-command run as a program of its own (``python -m waluigi.sweep.cli``), through
+    :func:`run_cli`."""
+    import typer
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return run_cli(app, argv, prog_name=prog_name, interrupted=interrupted)

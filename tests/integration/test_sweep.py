@@ -14,16 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from faulty_server import FaultyServer
 
 from waluigi.cli import main
 from waluigi.runs import read_jsonl
-
-try:
-    from faulty_server import FaultyServer
-except ImportError:  # it lives with the integration tests (tests/integration/), wherever this file is
-    _tests = next(p for p in Path(__file__).resolve().parents if p.name == "tests")
-    sys.path.insert(0, str(next(_tests.rglob("faulty_server.py")).parent))
-    from faulty_server import FaultyServer
 
 METRIC_KEYS = ("em_rate", "ci_low", "ci_high", "n_counted", "n_unscored", "n_incoherent", "coherent_rate", "n",
                "n_misaligned", "n_failed", "train_loss")
@@ -275,7 +269,6 @@ def test_identity_leaves_execution_settings_out_and_shares_fine_tunes(tmp_path):
 
 
 def test_the_ray_extra_is_named_when_ray_is_missing(tmp_path, capsys, monkeypatch):
-    import sys
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     spec = write_spec(tmp_path / "s.yaml", {"name": "r", "out": str(tmp_path / "out"),

@@ -34,7 +34,7 @@ def test_usage_errors_exit_2_without_traceback(argv, message):
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("module", ["waluigi.toyworld.cli", "waluigi.finetune.cli"])
+@pytest.mark.parametrize("module", ["waluigi.toyworld.cli", "waluigi.finetune.cli", "waluigi.sweep.cli"])
 def test_sub_command_programs_share_the_handler(module):
     done = subprocess.run([sys.executable, "-m", module, "--bogus"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

@@ -135,11 +135,9 @@ def finetune_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``finetune_cmd`` as a command of its own, with waluigi's error handling."""
-    from waluigi.errors import run_cli
+    from waluigi.errors import run_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(finetune_cmd)
-    return run_cli(app, argv, prog_name="waluigi finetune",
+    return run_command(finetune_cmd, argv, prog_name="waluigi finetune",
                    interrupted="interrupted: re-run the same command to resume from the last checkpoint")
 
 

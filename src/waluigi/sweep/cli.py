@@ -81,11 +81,9 @@ def sweep_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``sweep_cmd`` as a command of its own, with waluigi's error handling."""
-    from waluigi.errors import run_cli
+    from waluigi.errors import run_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(sweep_cmd)
-    return run_cli(app, argv, prog_name="waluigi sweep",
+    return run_command(sweep_cmd, argv, prog_name="waluigi sweep",
                    interrupted="interrupted: finished cells are on disk; re-run the same command to resume")
 
 

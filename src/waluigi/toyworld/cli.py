@@ -40,11 +40,9 @@ def demo_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m waluigi.toyworld.cli``: the demo alone, with the main CLI's error handling."""
-    from waluigi.errors import run_cli
+    from waluigi.errors import run_command
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(demo_cmd)
-    return run_cli(app, argv, prog_name="waluigi demo",
+    return run_command(demo_cmd, argv, prog_name="waluigi demo",
                    interrupted="interrupted: finished stages are on disk; re-run the same command to resume")
 
 
