@@ -141,6 +141,8 @@ def run_cli(
         print(f"error: {error.message}", file=sys.stderr, flush=True)
         return error.exit_code
     except exits as exit_:
+        if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130), silently
+            print(interrupted, file=sys.stderr, flush=True)
         return int(getattr(exit_, "exit_code", 0) or 0)
     except aborts:
         print("aborted", file=sys.stderr, flush=True)

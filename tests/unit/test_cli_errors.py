@@ -81,6 +81,7 @@ def test_run_cli_codes_and_masking(capsys):
     assert "SECRET" not in err and "***" in err
     assert run_cli(app, ["incomplete"]) == 3
     assert run_cli(app, ["interrupt"]) == 130
+    assert "interrupted" in capsys.readouterr().err  # Ctrl-C says what is kept and how to resume
     assert run_cli(app, ["ok"]) == 0
     assert redact("key=sk-test-SECRET-123456;") == "key=***;"
     register_secret("x")  # too short to mask meaningfully: left alone
