@@ -80,6 +80,7 @@ def test_run_cli_codes_and_masking(capsys):
     err = capsys.readouterr().err
     assert "SECRET" not in err and "***" in err
     assert run_cli(app, ["incomplete"]) == 3
+    capsys.readouterr()
     assert run_cli(app, ["interrupt"]) == 130
     assert "interrupted" in capsys.readouterr().err  # Ctrl-C says what is kept and how to resume
     assert run_cli(app, ["ok"]) == 0
