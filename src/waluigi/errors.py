@@ -136,13 +136,13 @@ def run_cli(
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = app(args=args, prog_name=prog_name, standalone_mode=False)
+        if result == 130:  # typer turns Ctrl-C into a silent Exit(130), which click returns
+            print(interrupted, file=sys.stderr, flush=True)
         return int(result) if isinstance(result, int) else 0
     except UserError as error:
         print(f"error: {error.message}", file=sys.stderr, flush=True)
         return error.exit_code
     except exits as exit_:
-        if isinstance(exit_.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130), silently
-            print(interrupted, file=sys.stderr, flush=True)
         return int(getattr(exit_, "exit_code", 0) or 0)
     except aborts:
         print("aborted", file=sys.stderr, flush=True)

@@ -55,12 +55,7 @@ def sweep_cmd(
         return
     options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
                            threads=threads, progress=progress)
-    try:
-        result = run_sweep(loaded, options)
-    except KeyboardInterrupt:  # typer would turn it into exit 130 without a word
-        typer.echo("interrupted: finished cells are on disk, and results.csv lists them; re-run the same "
-                   "command to resume the others", err=True)
-        raise typer.Exit(130) from None
+    result = run_sweep(loaded, options)  # Ctrl-C: exit 130 with run_cli's "interrupted" line
     if json_out:
         typer.echo(json.dumps({"sweep": loaded.name, "out": str(result.root), "ran": result.ran,
                                "skipped": result.skipped, "failed": len(result.failed), "cells": result.rows,
