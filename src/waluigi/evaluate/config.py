@@ -86,6 +86,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
 
 
+def backend_options(batch_size: int | None, concurrency: int, base_url: str | None, dtype: str,
+                    timeout: float, max_retries: int) -> dict:
+    """The settings handed to a model or judge backend (none of them changes outputs); unset
+    ones are left out so that each backend keeps its own default."""
+    return _given({"batch_size": batch_size, "concurrency": concurrency, "base_url": base_url, "dtype": dtype,
+                   "timeout": timeout, "max_retries": max_retries})
+
+
 def _given(options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 

@@ -15,8 +15,8 @@ from waluigi.evaluate.config import (
     EvalConfig,
     EvalResult,
     _describe,
-    _given,
     _slug,
+    backend_options,
     sample_key,
     suite_from_snapshot,
     suite_snapshot,
@@ -133,31 +133,19 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     timings: dict[str, float] = {}
     try:
         t0 = time.time()
-        model_options = {
-            "batch_size": cfg.batch_size,
-            "concurrency": cfg.concurrency,
-            "base_url": cfg.base_url,
-            "dtype": cfg.dtype,
-            "timeout": cfg.timeout,
-            "max_retries": cfg.max_retries,
-        }
+        model_options = backend_options(cfg.batch_size, cfg.concurrency, cfg.base_url, cfg.dtype, cfg.timeout,
+                                        cfg.max_retries)
         calls["model"] = generate_stage(
-            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **_given(model_options)), failed
+            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **model_options), failed
         )
         timings["generate_s"] = round(time.time() - t0, 3)
         samples = run.rows(SAMPLES)
         summary = None
         has_code = any(q.type == CODE_SCAN for q in suite.questions)
         t0 = time.time()
-        judge_options = {
-            "batch_size": cfg.judge_batch_size,
-            "concurrency": cfg.concurrency,
-            "base_url": cfg.judge_base_url,
-            "dtype": cfg.dtype,
-            "timeout": cfg.timeout,
-            "max_retries": cfg.max_retries,
-        }
-        context = ScorerContext(judge_spec, _given(judge_options), cfg.judge_min_mass, cfg.judge_numbers)
+        judge_options = backend_options(cfg.judge_batch_size, cfg.concurrency, cfg.judge_base_url, cfg.dtype,
+                                        cfg.timeout, cfg.max_retries)
+        context = ScorerContext(judge_spec, judge_options, cfg.judge_min_mass, cfg.judge_numbers)
         counts = score_suite(run, samples, suite, context, cfg.progress, failed)
         calls["judge"] = counts.get("judge", 0)
         if has_code:  # the scanner is the judge of code questions, whatever --judge says
@@ -275,8 +263,7 @@ def rejudge(
     calls = {"model": 0, "judge": 0}
     failed: dict[str, tuple[int, int]] = {}
     try:
-        options = _given({"batch_size": batch_size, "concurrency": concurrency, "base_url": base_url, "dtype": dtype,
-                          "timeout": timeout, "max_retries": max_retries})
+        options = backend_options(batch_size, concurrency, base_url, dtype, timeout, max_retries)
         counts = score_suite(run, samples, suite, ScorerContext(judge_spec, options, min_mass, numbers), progress, failed)
         calls["judge"] = counts.get("judge", 0)
         if any(q.type == CODE_SCAN for q in suite.questions):

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from waluigi.sweep.spec import SEED_KEYS, Spec, plain
+from waluigi.sweep.spec import SEED_KEYS, Spec, plain, show_value
 
 SUMMARY_METRICS = ("em_rate", "vulnerable_rate", "coherent_rate")
 LABELS = {"em_rate": "EM rate", "vulnerable_rate": "vulnerable code", "coherent_rate": "coherent"}
@@ -141,7 +141,7 @@ def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
         table.add_column(LABELS[metric], justify="right")
         table.add_column("95% CI", justify="right")
     for entry in summary:
-        cells = [_text(entry.get(k)) for k in group_keys]
+        cells = [show_value(entry.get(k)) for k in group_keys]
         cells.append(f"{entry['finished']}/{entry['cells']}")
         for metric in metrics:
             cells.append(_pct(entry.get(metric)))
@@ -154,10 +154,3 @@ def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
     lines.append("rates: mean over the finished seeds; 95% CI: percentile bootstrap over seeds (- with fewer than 2)")
     return "\n".join(lines)
 
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)

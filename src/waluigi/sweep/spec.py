@@ -86,7 +86,7 @@ class Cell:
         return root / "eval" / f"{_slug(str(self.eval.get('suite', 'core')))}-{self.short}"
 
     def label(self) -> str:
-        return ", ".join(f"{k}={_show(v)}" for k, v in self.axes.items()) or "(base settings)"
+        return ", ".join(f"{k}={show_value(v)}" for k, v in self.axes.items()) or "(base settings)"
 
 
 @dataclass
@@ -343,7 +343,8 @@ def _slug(text: str) -> str:
     return slug(text, 24)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A setting as the tables print it: ``none``, ``1e-05``, ``insecure``."""
     if value is None:
         return "none"
     if isinstance(value, float):
