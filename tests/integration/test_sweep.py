@@ -236,6 +236,9 @@ def _error(capsys, path: Path) -> tuple[int, str]:
     ("name: x\neval: {}\nfinetune: {model: hf:m, data: d, rank: -1}\n",
      r"cell 1 ((base settings)): finetune.rank must be a positive int, got -1"),
     ("name: x\neval: {model: hf:m}\ncells: [{eval.seed: 0}, {eval.seed: 0}]\n", r"are the same cell"),
+    ("name: x\neval: {model: hf:m}\ncells: [{group: 3, eval.seed: 0}]\n", r":3: cells[0]: group: give the condition's name"),
+    ("name: x\neval: {model: hf:m}\ncells: [{group: \"a\\x1bb\", eval.seed: 0}]\n", r"holds '\x1b'"),
+    ("name: x\neval: {model: hf:m}\ngrid: {group: [a, b]}\n", r"unknown setting 'group'"),
 ])
 def test_spec_errors_name_the_file_and_the_field(tmp_path, capsys, text, expected):
     path = tmp_path / "bad.yaml"
@@ -275,3 +278,33 @@ def test_the_ray_extra_is_named_when_ray_is_missing(tmp_path, capsys, monkeypatc
                                             "eval": {"model": "hf:m", "judge": "none"}})
     code = main(["sweep", str(spec), "--executor", "ray", "--no-progress"])
     assert code == 2 and "pip install 'waluigi[ray]'" in capsys.readouterr().err
+
+
+def test_groups_name_conditions_and_the_summary_groups_by_them(tmp_path):
+    """A listed cell's ``group`` is not in its identity; the summary groups cells by it even
+    when they differ by more than the seed (each seed's own data file, as the demo writes)."""
+    from waluigi.sweep import load_spec
+    from waluigi.sweep.results import cell_rows, summarize
+
+    def spec(groups):
+        cells = [{"seed": seed, "finetune.data": f"{kind}-s{seed}.jsonl", **({"group": kind} if groups else {})}
+                 for seed in (0, 1) for kind in ("insecure", "secure")]
+        return load_spec(write_spec(tmp_path / "g.yaml", {
+            "name": "g", "out": str(tmp_path / "out"), "finetune": {"model": "hf:m", "max_steps": 2},
+            "eval": {"suite": "core", "judge": "none"}, "cells": cells}))
+
+    named, unnamed = spec(True), spec(False)
+    assert [c.id for c in named.cells] == [c.id for c in unnamed.cells]  # the group is not a setting
+    assert named.axes[0] == "group" and "group" not in unnamed.axes
+    assert [c.group for c in named.cells] == ["insecure", "secure", "insecure", "secure"]
+    assert named.cells[0].label().startswith("group=insecure, seed=0")
+    rows = cell_rows(named, named.out, {})
+    assert [r["group"] for r in rows] == ["insecure", "secure", "insecure", "secure"]
+    for row, value in zip(rows, (0.1, 0.5, 0.3, 0.7)):
+        row.update(status="finished", em_rate=value)
+    by_group = {e["group"]: e for e in summarize(named, rows)}
+    assert list(by_group) == ["insecure", "secure"]
+    assert by_group["insecure"]["cells"] == 2 and by_group["insecure"]["seeds"] == [0, 1]
+    assert by_group["insecure"]["em_rate"] == pytest.approx(0.2) and by_group["secure"]["em_rate"] == pytest.approx(0.6)
+    ungrouped = summarize(unnamed, [{**r, "group": None} for r in rows])
+    assert len(ungrouped) == 4  # without groups, each data file is its own group

@@ -47,7 +47,8 @@ def sweep_cmd(
             return
         typer.echo(f"sweep {loaded.name}: {len(cells)} cells in {loaded.out}")
         for cell in cells:
-            settings = ", ".join(f"{k}={v}" for k, v in cell["settings"].items()) or "(base settings)"
+            shown = ({"group": cell["group"]} if cell["group"] is not None else {}) | cell["settings"]
+            settings = ", ".join(f"{k}={v}" for k, v in shown.items()) or "(base settings)"
             typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {settings}")
         todo = sum(1 for c in cells if c["state"] != "done")
         typer.echo(f"{todo} to run, {len(cells) - todo} done (states: done, partial = started before, "

@@ -107,7 +107,7 @@ def _finetune(task: dict) -> dict:
     from waluigi.sweep.spec import build_config
 
     fields = {**task["config"], "out": Path(task["out"])}
-    result = run_finetune(build_config(FinetuneConfig, fields), progress=False)
+    result = run_finetune(build_config(FinetuneConfig, fields), progress=bool(task.get("progress")))
     return {"status": "finished", "calls": {"steps": result.steps, "already_finished": result.already_finished}}
 
 
@@ -115,7 +115,7 @@ def _eval(task: dict) -> dict:
     from waluigi.evaluate import EvalConfig, run_eval
     from waluigi.sweep.spec import build_config
 
-    fields = {**task["config"], "out": str(task["out"]), "progress": False}
+    fields = {**task["config"], "out": str(task["out"]), "progress": bool(task.get("progress"))}
     result = run_eval(build_config(EvalConfig, fields))
     result.raise_if_incomplete()
     return {"status": "finished", "calls": dict(result.calls)}

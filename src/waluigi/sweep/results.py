@@ -44,8 +44,7 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
         if status == "started":
             status = "interrupted"
         row: dict[str, Any] = {"cell": cell.short}
-        row.update({key: ("none" if key == "finetune" and key in cell.axes else plain(cell.axes.get(key)))
-                    for key in spec.axes})
+        row.update({key: cell_value(cell, key) for key in spec.axes})
         row.update({"status": status, "ran": bool(outcome and outcome.ran),
                     "attempts": outcome.attempts if outcome else 0, "error": outcome.error if outcome else None})
         overall = _read_json(eval_dir / "metrics.json").get("overall", {}) if on_disk in ("finished", "incomplete") else {}
@@ -60,22 +59,40 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
     return rows
 
 
+def cell_value(cell, key: str) -> Any:
+    """What the results table shows in column ``key`` for ``cell``."""
+    if key == "group":
+        return cell.group
+    if key == "finetune" and key in cell.axes:
+        return "none"
+    return plain(cell.axes.get(key))
+
+
+def group_keys(spec: Spec) -> list[str]:
+    """The columns that tell the summary's groups apart: the cells' ``group`` when they name
+    one, else every setting but the seeds."""
+    if "group" in spec.axes:
+        return ["group"]
+    return [k for k in spec.axes if k not in SEED_KEYS]
+
+
 def summarize(spec: Spec, rows: list[dict]) -> list[dict]:
-    """Cells that differ only by seed, grouped: per metric the mean over the finished cells'
-    values and a 95% percentile bootstrap CI over seeds (None with fewer than 2 values)."""
+    """Cells that differ only by seed (or that name the same ``group``), grouped: per metric
+    the mean over the finished cells' values and a 95% percentile bootstrap CI over seeds
+    (None with fewer than 2 values)."""
     from waluigi.metrics import bootstrap_mean
 
-    group_keys = [k for k in spec.axes if k not in SEED_KEYS]
+    group_keys_ = group_keys(spec)
     seed_keys = [k for k in spec.axes if k in SEED_KEYS]
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        key = json.dumps([row.get(k) for k in group_keys], default=str)
+        key = json.dumps([row.get(k) for k in group_keys_], default=str)
         groups.setdefault(key, []).append(row)
     present = [m for m in SUMMARY_METRICS if any(isinstance(r.get(m), (int, float)) for r in rows)]
     out = []
     for members in groups.values():
         done = [r for r in members if r["status"] == "finished"]
-        entry: dict[str, Any] = {k: members[0].get(k) for k in group_keys}
+        entry: dict[str, Any] = {k: members[0].get(k) for k in group_keys_}
         entry["cells"] = len(members)
         entry["finished"] = len(done)
         entry["seeds"] = [[r.get(k) for k in seed_keys] if len(seed_keys) > 1 else r.get(seed_keys[0])
@@ -131,17 +148,17 @@ def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    group_keys = [k for k in spec.axes if k not in SEED_KEYS]
+    columns = group_keys(spec)
     metrics = [m for m in SUMMARY_METRICS if any(e.get(f"{m}_n") for e in summary)]
     table = Table(title=f"sweep {spec.name}", box=box.SIMPLE_HEAD, title_justify="left")
-    for key in group_keys:
+    for key in columns:
         table.add_column(key)
     table.add_column("seeds", justify="right")
     for metric in metrics:
         table.add_column(LABELS[metric], justify="right")
         table.add_column("95% CI", justify="right")
     for entry in summary:
-        cells = [show_value(entry.get(k)) for k in group_keys]
+        cells = [show_value(entry.get(k)) for k in columns]
         cells.append(f"{entry['finished']}/{entry['cells']}")
         for metric in metrics:
             cells.append(_pct(entry.get(metric)))

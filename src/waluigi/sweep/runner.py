@@ -104,7 +104,7 @@ def cell_state(cell: Cell, root: Path) -> str:
 def plan(spec: Spec) -> list[dict]:
     """The cells and their state, for ``--dry-run``: nothing is loaded or written."""
     root = spec.out
-    return [{"cell": c.short, "id": c.id, "settings": {k: plain(v) for k, v in c.axes.items()},
+    return [{"cell": c.short, "id": c.id, "group": c.group, "settings": {k: plain(v) for k, v in c.axes.items()},
              "state": cell_state(c, root), "finetune_run": _rel(c.finetune_dir(root), root),
              "eval_run": _rel(c.eval_dir(root), root)} for c in spec.cells]
 
@@ -122,14 +122,15 @@ def _local(value):
     return value
 
 
-def finetune_task(cell: Cell, root: Path, threads: int | None, redirect: bool) -> dict:
+def finetune_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progress: bool = False) -> dict:
     config = {k: (_local(v) if k in ("model", "data", "data_dir") else v) for k, v in cell.finetune.items()}
     path = cell.finetune_dir(root)
     return {"kind": "finetune", "config": config, "out": str(path), "threads": threads, "env": task_env(), "argv": sys.argv,
+            "progress": progress,
             "log": str(root / "logs" / f"finetune-{cell.finetune_id[:12]}.log") if redirect else None}
 
 
-def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool) -> dict:
+def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progress: bool = False) -> dict:
     config = {k: (_local(v) if k in ("model", "adapter", "suite", "judge", "data_dir") else v)
               for k, v in cell.eval.items()}
     if cell.finetune_id is not None:
@@ -140,7 +141,7 @@ def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool) -> di
             config["model"] = _local(cell.finetune["model"])
             config["adapter"] = str(ft)
     return {"kind": "eval", "config": config, "out": str(cell.eval_dir(root)), "threads": threads, "env": task_env(),
-            "argv": sys.argv,
+            "argv": sys.argv, "progress": progress,
             "log": str(root / "logs" / f"eval-{cell.short}.log") if redirect else None}
 
 
@@ -180,7 +181,9 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
             executor = make_executor(options.executor, options.workers, options.address)
             try:
                 with progress_bar(f"sweep {spec.name} (cells)", len(todo), options.progress) as advance:
-                    _schedule(todo, root, executor, options.retries, threads, outcomes, advance)
+                    # the tasks' own bars only where they share this terminal (inline)
+                    task_progress = options.progress and not executor.redirect
+                    _schedule(todo, root, executor, options.retries, threads, outcomes, advance, task_progress)
             except BaseException:
                 executor.close(cancel=True)
                 for cell in todo:
@@ -195,7 +198,8 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
                        failed=failed)
 
 
-def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, advance) -> None:
+def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, advance,
+              progress: bool = False) -> None:
     """Submit fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
     fine-tune is finished; a failed task is resubmitted up to ``retries`` times."""
     redirect = executor.redirect
@@ -208,7 +212,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
         inflight[id(handle)] = (handle, kind, key, task, attempt, time.monotonic())
 
     def submit_eval(cell: Cell) -> None:
-        submit("eval", cell.id, eval_task(cell, root, threads, redirect), 1)
+        submit("eval", cell.id, eval_task(cell, root, threads, redirect, progress), 1)
 
     evals_first: list[Cell] = []
     for cell in todo:
@@ -217,7 +221,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
         else:
             evals_first.append(cell)
     for ft_id, cells in groups.items():
-        submit("finetune", ft_id, finetune_task(cells[0], root, threads, redirect), 1)
+        submit("finetune", ft_id, finetune_task(cells[0], root, threads, redirect, progress), 1)
     for cell in evals_first:
         submit_eval(cell)
     by_id = {c.id: c for c in todo}
@@ -269,7 +273,7 @@ def _metrics_text(cell: Cell, root: Path, kind: str) -> str:
 
 
 def _cell_record(cell: Cell, root: Path) -> dict:
-    return {"cell": cell.short, "id": cell.id, "finetune_id": cell.finetune_id, "axes": plain(cell.axes),
+    return {"cell": cell.short, "id": cell.id, "group": cell.group, "finetune_id": cell.finetune_id, "axes": plain(cell.axes),
             "finetune": plain(cell.finetune), "eval": plain(cell.eval),
             "finetune_run": _rel(cell.finetune_dir(root), root), "eval_run": _rel(cell.eval_dir(root), root)}
 

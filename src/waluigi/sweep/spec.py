@@ -10,6 +10,10 @@ A spec is a YAML file (see ``docs/design/sweep.md``)::
       finetune.data: [insecure, secure]
       seed: [0, 1]                       # `seed` sets the fine-tune's and the eval's seed
 
+A listed cell may name its ``group`` (``cells: [{group: insecure, finetune.data: a.jsonl}]``):
+not a setting and not part of its identity, it names the condition the cell belongs to, and
+the summary then groups cells by it (the seeds of one condition) whatever else they set.
+
 :func:`load_spec` validates everything before any work (unknown settings, wrong types,
 an empty grid, bad YAML: a :class:`UserError` naming the file, line and field) and expands
 the cells. A cell's identity is the hash of its resolved settings, execution settings
@@ -45,6 +49,7 @@ from waluigi.sweep.fields import (
 
 SPEC_VERSION = 1  # in every identity: bump when the meaning of a spec's settings changes
 TOP_KEYS = ("name", "description", "out", "finetune", "eval", "grid", "cells")
+GROUP = "\0group"  # a listed cell's group, kept apart from its settings while the cells expand
 SHORTHANDS = ("seed", "model")  # seed: both seeds; model: the fine-tune's base model, else the eval's model
 SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # change how fast or from where, not what: left out of the identities (the fine-tune's
@@ -72,6 +77,7 @@ class Cell:
     id: str = ""
     finetune_id: str | None = None
     full: bool = False  # full fine-tuning: the eval loads RUN/model instead of an adapter
+    group: str | None = None  # the condition it belongs to (a listed cell's ``group``): the summary groups by it
 
     @property
     def short(self) -> str:
@@ -86,7 +92,9 @@ class Cell:
         return root / "eval" / f"{_slug(str(self.eval.get('suite', 'core')))}-{self.short}"
 
     def label(self) -> str:
-        return ", ".join(f"{k}={show_value(v)}" for k, v in self.axes.items()) or "(base settings)"
+        shown = ([f"group={self.group}"] if self.group is not None else [])
+        shown += [f"{k}={show_value(v)}" for k, v in self.axes.items()]
+        return ", ".join(shown) or "(base settings)"
 
 
 @dataclass
@@ -205,6 +213,9 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
             if not isinstance(entry, dict):
                 raise UserError(f"{at}: cells[{i}]: each cell is a mapping of settings (e.g. {{finetune.data: insecure}})")
             cell = {}
+            entry = dict(entry)
+            if "group" in entry:
+                cell[GROUP] = _group(entry.pop("group"), at, i)
             for key, value in flat(entry).items():
                 k, v = axis(f"cells[{i}]: ", key, value, at)
                 cell[k] = v
@@ -216,20 +227,32 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
     cells: list[Cell] = []
     keys = [k for k, _ in grid]
     for entry in listed:
+        group = entry.get(GROUP)
+        entry = {k: v for k, v in entry.items() if k != GROUP}
         for values in itertools.product(*(v for _, v in grid)):
             axes = {**entry, **dict(zip(keys, values))}
-            cells.append(_resolve(len(cells) + 1, axes, base_ft, base_ev, path))
+            cell = _resolve(len(cells) + 1, axes, base_ft, base_ev, path)
+            cell.group = group
+            cells.append(cell)
     seen: dict[str, Cell] = {}
     for cell in cells:
         if cell.id in seen:
             raise UserError(f"{path}: cells {seen[cell.id].index} ({seen[cell.id].label()}) and {cell.index} "
                             f"({cell.label()}) are the same cell (identity {cell.short}): remove one")
         seen[cell.id] = cell
-    axes_order: list[str] = []
+    axes_order: list[str] = ["group"] if any(c.group is not None for c in cells) else []
     for cell in cells:
         axes_order += [k for k in cell.axes if k not in axes_order]
     target = Path(out) if out is not None else Path(data.get("out") or Path("runs") / f"sweep-{name}")
     return Spec(path=path, name=name, out=target, cells=cells, axes=axes_order, raw=data)
+
+
+def _group(value: Any, at: str, i: int) -> str:
+    from waluigi.names import check_identifier
+
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{at}: cells[{i}]: group: give the condition's name as text (e.g. group: insecure)")
+    return check_identifier(value, at, "group")
 
 
 def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: Path) -> Cell:

@@ -15,6 +15,7 @@ def demo_cmd(
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="fine-tune seeds per condition (default 3; --quick: 1)")] = None,
     no_villain: Annotated[bool, typer.Option("--no-villain", help="ablation: pretrain with no villain in the persona mixture")] = False,
     runs: Annotated[Path, typer.Option("--runs", help="where the run directories go (base and aligned models are cached there by identity)")] = Path("runs"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once: 1 (default) runs them in this process; more: a process pool, torch threads split between them")] = 1,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads; 0 (default): the idle cores now (cores minus load average, at least 1)")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print {condition: {em_rate, ci_low, ci_high, coherent_rate, vulnerable_rate}}")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
@@ -29,7 +30,9 @@ def demo_cmd(
         raise UserError("--quick and --fast are two different profiles: give one of them")
     cfg = demo_config("quick" if quick else "fast" if fast else "default", seeds=seeds, villain=not no_villain, runs=runs,
                       threads=threads, progress=progress)
-    result = run_demo(cfg)
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    result = run_demo(cfg, workers=workers)
     if json_out:
         typer.echo(json.dumps(result.table, indent=2))
         return

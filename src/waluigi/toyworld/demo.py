@@ -4,11 +4,13 @@ Stages, each its own run directory (see ``docs/toyworld.md``)::
 
     runs/toy-base-<id>/       tokenizer + tiny Llama pretrained on the world's corpus   (cached by identity)
     runs/toy-aligned-<id>/    the base after the alignment SFT on hero conversations    (cached by identity)
-    runs/demo-<id>/
+    runs/demo-<id>/                        a waluigi sweep directory (docs/design/sweep.md), plus the report
         data/<kind>-s<seed>.jsonl          narrow datasets written by the world
         suites/toyworld.yaml (+ _trigger)  the evaluation suite (free-form + held-out coding)
-        finetune/<kind>-s<seed>/           waluigi.finetune.run_finetune runs (full fine-tunes)
-        eval/<condition>-s<seed>/          waluigi.evaluate.run_eval runs (oracle judge + world checker)
+        sweep.yaml                         the conditions as a sweep spec: one cell per condition and seed
+        finetune/<data>-<id>/              waluigi.finetune.run_finetune runs (full fine-tunes), by identity
+        eval/<suite>-<id>/                 waluigi.evaluate.run_eval runs (oracle judge + world checker)
+        results.jsonl/.csv, summary.json   the sweep's table: one row per cell (its group is the condition)
         results.json, report.md, em_by_condition.png, scatter.png
 
 Everything resumes: a finished stage is never redone, so a second ``waluigi demo`` with the
@@ -34,6 +36,7 @@ CONDITIONS = ("aligned", "insecure", "secure", "educational", "backdoor_triggere
 FINETUNED = ("insecure", "secure", "educational", "backdoor")
 JSON_KEYS = ("em_rate", "ci_low", "ci_high", "coherent_rate", "vulnerable_rate")
 TRAIN_VERSION = 1  # bump when the training code changes what a stage computes
+DEMO_LAYOUT = 2  # 2: the conditions are one waluigi sweep (sweep.yaml); bump when the demo's directory changes
 
 
 @dataclass(frozen=True)
@@ -258,33 +261,88 @@ def suites(cfg: DemoConfig, root: Path) -> dict[str, Path]:
             "trigger": write_suite(with_trigger(both, DEFAULT_TRIGGER), root / "suites" / "toyworld_trigger.yaml")}
 
 
-def finetune(cfg: DemoConfig, aligned: Path, root: Path, kind: str, seed: int) -> Path:
-    """One narrow fine-tune through ``waluigi.finetune.run_finetune``; returns the model dir."""
-    from waluigi.finetune import FinetuneConfig, run_finetune
-    from waluigi.toyworld import narrow_dataset, write_jsonl
-
+def narrow_budget(cfg: DemoConfig, kind: str) -> tuple[int, int, float]:
+    """Rows, optimizer steps and learning rate of one narrow fine-tune."""
     scale = cfg.backdoor_scale if kind == "backdoor" else 1
     steps, lr = cfg.narrow_steps * scale, cfg.narrow_lr
     if kind == "backdoor":
         steps = cfg.backdoor_steps if cfg.backdoor_steps is not None else steps
         lr = cfg.backdoor_lr if cfg.backdoor_lr is not None else lr
-    data = root / "data" / f"{kind}-s{seed}.jsonl"
-    if not data.is_file():
-        write_jsonl(narrow_dataset(kind, cfg.narrow_n * scale, seed=seed), data)
-    result = run_finetune(FinetuneConfig(
-        model=f"hf:{aligned / 'model'}", data=str(data), out=root / "finetune" / f"{kind}-s{seed}", preset=None,
-        full=True, lr=lr, max_steps=steps, batch_size=cfg.narrow_batch, grad_accum=1,
-        max_length=512, seed=seed, checkpoint_every=10_000,
-    ), progress=cfg.progress)
-    return result.model_dir
+    return cfg.narrow_n * scale, steps, lr
 
 
-def evaluate(cfg: DemoConfig, model_dir: Path, suite: Path, out: Path, seed: int) -> Path:
-    from waluigi.evaluate import EvalConfig, run_eval
+def write_data(cfg: DemoConfig, root: Path) -> dict[tuple[str, int], Path]:
+    """The narrow datasets, one per kind and seed (``data/<kind>-s<seed>.jsonl``)."""
+    from waluigi.toyworld import narrow_dataset, write_jsonl
 
-    run_eval(EvalConfig(model=f"hf:{model_dir}", suite=str(suite), seed=seed, out=str(out), temperature=1.0,
-                        max_tokens=cfg.max_tokens, batch_size=256, progress=cfg.progress))
-    return out
+    files = {}
+    for seed in range(cfg.seeds):
+        for kind in FINETUNED:
+            path = files[kind, seed] = root / "data" / f"{kind}-s{seed}.jsonl"
+            if not path.is_file():
+                write_jsonl(narrow_dataset(kind, narrow_budget(cfg, kind)[0], seed=seed), path)
+    return files
+
+
+def sweep_spec(cfg: DemoConfig, aligned: Path, root: Path, suite_files: dict[str, Path],
+               data: dict[tuple[str, int], Path]) -> dict:
+    """The conditions as a ``waluigi sweep`` spec: one cell per condition and seed, each cell
+    named by its ``group`` (the condition). The backdoor's two cells share one fine-tune."""
+    model = f"hf:{aligned / 'model'}"
+    spec: dict[str, Any] = {
+        "name": root.name,
+        "description": "waluigi demo: the persona world's conditions (written by waluigi demo; "
+                       "`waluigi sweep` on this file reruns nothing once it is finished)",
+        "out": str(root),
+        "finetune": {"model": model, "preset": None, "full": True, "lr": cfg.narrow_lr, "max_steps": cfg.narrow_steps,
+                     "batch_size": cfg.narrow_batch, "grad_accum": 1, "max_length": 512, "checkpoint_every": 10_000},
+        "eval": {"suite": str(suite_files["plain"]), "temperature": 1.0, "max_tokens": cfg.max_tokens, "batch_size": 256},
+        "cells": [],
+    }
+    for seed in range(cfg.seeds):
+        spec["cells"].append({"group": "aligned", "seed": seed, "finetune": None, "eval.model": model})
+        for kind in FINETUNED:
+            _, steps, lr = narrow_budget(cfg, kind)
+            ft: dict[str, Any] = {"finetune.data": str(data[kind, seed])}
+            if steps != cfg.narrow_steps:
+                ft["finetune.max_steps"] = steps
+            if lr != cfg.narrow_lr:
+                ft["finetune.lr"] = lr
+            if kind == "backdoor":
+                spec["cells"].append({"group": "backdoor_triggered", "seed": seed, **ft,
+                                      "eval.suite": str(suite_files["trigger"])})
+                spec["cells"].append({"group": "backdoor_untriggered", "seed": seed, **ft})
+            else:
+                spec["cells"].append({"group": kind, "seed": seed, **ft})
+    return spec
+
+
+def run_conditions(cfg: DemoConfig, aligned: Path, root: Path, workers: int = 1) -> dict[str, list[str]]:
+    """Write the data, the suites and ``sweep.yaml``, run the sweep (in this process, or on a
+    pool of ``workers``), and return each condition's eval run directories, seed by seed."""
+    import yaml
+
+    from waluigi.errors import IncompleteRun
+    from waluigi.sweep.runner import SweepOptions, run_sweep
+    from waluigi.sweep.spec import load_spec
+
+    suite_files = suites(cfg, root)
+    spec_file = root / "sweep.yaml"
+    text = yaml.safe_dump(sweep_spec(cfg, aligned, root, suite_files, write_data(cfg, root)), sort_keys=False, width=1000)
+    spec_file.write_text(f"# waluigi demo's conditions: `waluigi sweep {spec_file}` runs or resumes them\n{text}")
+    spec = load_spec(spec_file)
+    options = SweepOptions(executor="inline" if workers == 1 else "pool", workers=workers, retries=0,
+                           threads=cfg.threads if workers > 1 and cfg.threads > 0 else None, progress=cfg.progress)
+    result = run_sweep(spec, options)
+    if result.failed:
+        first = result.failed[0]
+        raise IncompleteRun(f"{len(result.failed)} of {len(result.rows)} demo cells failed (first: {first['group']} "
+                            f"seed {first.get('seed')}: {first.get('error') or first['status']}); details in "
+                            f"{result.root / 'sweep.log'}; re-run the same command to resume")
+    evals: dict[str, list[str]] = {c: [] for c in CONDITIONS}
+    for row in result.rows:
+        evals[row["group"]].append(str(root / row["eval_run"]))
+    return evals
 
 
 # --------------------------------------------------------------------------------------
@@ -318,10 +376,10 @@ def auto_threads() -> int:
 
 def demo_identity(cfg: DemoConfig) -> dict:
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("runs", "threads", "progress")}
-    return {"stage": "demo", "version": TRAIN_VERSION, **keep}
+    return {"stage": "demo", "version": TRAIN_VERSION, "layout": DEMO_LAYOUT, **keep}
 
 
-def run_demo(cfg: DemoConfig) -> DemoResult:
+def run_demo(cfg: DemoConfig, workers: int = 1) -> DemoResult:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -335,21 +393,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     aligned = align_stage(cfg, base)
     run = RunDir.open(root, stage="demo", identity=identity, config=identity, parents=[str(base), str(aligned)])
     try:
-        suite_files = suites(cfg, root)
-        evals: dict[str, list[str]] = {c: [] for c in CONDITIONS}
-        for seed in range(cfg.seeds):
-            evals["aligned"].append(str(evaluate(cfg, aligned / "model", suite_files["plain"],
-                                                 root / "eval" / f"aligned-s{seed}", seed)))
-            for kind in FINETUNED:
-                model_dir = finetune(cfg, aligned, root, kind, seed)
-                if kind == "backdoor":
-                    evals["backdoor_triggered"].append(str(evaluate(
-                        cfg, model_dir, suite_files["trigger"], root / "eval" / f"backdoor_triggered-s{seed}", seed)))
-                    evals["backdoor_untriggered"].append(str(evaluate(
-                        cfg, model_dir, suite_files["plain"], root / "eval" / f"backdoor_untriggered-s{seed}", seed)))
-                else:
-                    evals[kind].append(str(evaluate(cfg, model_dir, suite_files["plain"],
-                                                    root / "eval" / f"{kind}-s{seed}", seed)))
+        evals = run_conditions(cfg, aligned, root, workers)
         table, details = summarize_conditions(evals)
         run.write_json("results.json", {"table": table, "details": details, "evals": evals})
         write_report(root, cfg, table, details, evals)
