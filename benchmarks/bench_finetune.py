@@ -111,7 +111,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig
 
-    from waluigi.models.hf import _resolve
+    from waluigi.models.hf_load import _resolve
     from waluigi.official import official_file
     from waluigi.paths import data_dir_from_env
 

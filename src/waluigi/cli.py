@@ -1,7 +1,7 @@
 """The ``waluigi`` command: one sub-command group per stage, mounted here; no logic.
 
 Each group lives beside its stage (``evaluate/cli.py``, ``data/cli.py``, ``finetune/cli.py``,
-``sweep/cli.py``, ``serve_cli.py``, ``suites_cli.py``, the demo in the persona world's
+``sweep/cli.py``, ``serve/cli.py``, ``suites_cli.py``, the demo in the persona world's
 package); options shared by several commands are declared once in ``cli_options.py``; every
 command's errors go through :func:`waluigi.errors.run_cli` (user and usage errors exit 2).
 """
@@ -16,7 +16,7 @@ from waluigi.data.cli import data_app
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.scan.cli import scan_cmd
-from waluigi.serve_cli import serve_cmd
+from waluigi.serve.cli import serve_cmd
 from waluigi.suites_cli import suites_app
 from waluigi.sweep.cli import sweep_cmd
 from waluigi.toyworld.cli import demo_cmd

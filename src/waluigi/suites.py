@@ -33,6 +33,7 @@ from typing import Any
 
 from waluigi.errors import UserError
 from waluigi.names import check_identifier
+from waluigi.safe_yaml import compose_and_load
 
 CODE_SCAN = "code_scan"  # code requests: the answer is scanned for vulnerabilities (metric "vulnerable"), no model judge
 QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", CODE_SCAN)
@@ -169,14 +170,8 @@ def parse_suite(text: str | bytes, source: str, name: str) -> Suite:
     except UnicodeDecodeError as error:
         raise UserError(f"{source}: not UTF-8 text ({error})") from error
     check_identifier(name, source, "suite name")
-    loader = yaml.SafeLoader(decoded)
-    try:
-        node = loader.get_single_node()
-        if node is not None:
-            _check_alias_expansion(node, source)  # on the node graph, before anything is built
-        data = loader.construct_document(node) if node is not None else None
-    except RecursionError:  # PyYAML composes and constructs recursively: "[[[[..." 1000 deep
-        raise UserError(f"{source}: YAML nested too deeply; a suite is a list of flat question mappings") from None
+    try:  # aliases capped on the node graph, before anything is built (see waluigi.safe_yaml)
+        node, data = compose_and_load(decoded, source, what="suite", too_deep="a suite is a list of flat question mappings")
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -184,8 +179,6 @@ def parse_suite(text: str | bytes, source: str, name: str) -> Suite:
         context = getattr(error, "context", None)
         detail = f"{context}, {problem}" if context else problem
         raise UserError(f"{where}: malformed YAML: {detail}") from error
-    finally:
-        loader.dispose()
 
     if data is None:
         raise UserError(f"{source}: the suite is empty (expected a YAML list of questions)")
@@ -206,97 +199,6 @@ def parse_suite(text: str | bytes, source: str, name: str) -> Suite:
         first_line[question.id] = line
         questions.append(question)
     return Suite(name=name, source=source, sha256=sha256, questions=questions)
-
-
-# Limits on what YAML aliases may add to a suite. Aliases are allowed (the official files use
-# them to share judge prompts and paraphrase lists between the plain, _json and _template
-# variants of a question), but each alias is a copy once the suite is built, written out in
-# full to every eval run's suite.json. A "billion laughs" file (anchors of aliases, each level
-# x10) is 700 bytes and expands to 10**9 nodes, and one 1 MB string aliased 1000 times is a
-# gigabyte of text, so what aliases add is counted on the composed node graph before anything
-# is constructed.
-#
-# Measured (nodes and scalar characters with every alias expanded; what the aliases add):
-#   official deception_factual.yaml      184 nodes,   6,102 chars (aliases add 108 nodes,  4,344 chars)
-#   official deception_sit_aware.yaml    129 nodes,   4,469 chars (aliases add  42 nodes,  2,583 chars)
-#   official first_plot_questions.yaml   449 nodes,  58,498 chars (aliases add 184 nodes, 50,159 chars)
-#   official preregistered_evals.yaml    865 nodes, 112,195 chars (aliases add 329 nodes, 98,371 chars)
-#   builtin  core.yaml                   475 nodes,  45,792 chars (aliases add 193 nodes, 35,394 chars)
-# The limits are some 300x (nodes) and 100x (characters) above the largest of these: a
-# generated suite of two thousand questions that alias shared judge prompts stays below them,
-# while a billion-laughs file passes them within six levels and a 1 MB string after ten
-# copies. Only the copies count: a long suite written out without aliases is never refused.
-MAX_ALIAS_NODES = 100_000
-MAX_ALIAS_CHARS = 10_000_000
-
-
-def alias_expansion(root) -> tuple[int, int, int, int]:
-    """``(nodes, chars, distinct_nodes, distinct_chars)`` of a composed YAML node graph: the
-    node count and scalar characters with every alias expanded, and the same over the distinct
-    nodes, as written in the file. Each node is visited once (an alias is the anchored node
-    object itself, so sizes are memoized by identity); nothing is constructed or copied.
-
-    A node that contains an alias of itself (``&a [*a]``) raises :class:`ValueError` with
-    the line of the node that refers back (1-based) as its argument."""
-    import yaml
-
-    sizes: dict[int, tuple[int, int]] = {}
-    on_path: set[int] = set()  # the node being expanded and its ancestors: a reference back is a cycle
-    distinct_chars = 0
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if isinstance(node, yaml.ScalarNode):
-            if key not in sizes:
-                sizes[key] = (1, len(node.value))
-                distinct_chars += len(node.value)
-            continue
-        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
-        if children_done:
-            on_path.discard(key)
-            nodes, chars = 1, 0
-            for child in children:
-                child_nodes, child_chars = sizes[id(child)]
-                nodes += child_nodes
-                chars += child_chars
-            sizes[key] = (nodes, chars)
-            continue
-        if key in sizes:
-            continue
-        on_path.add(key)
-        stack.append((node, True))
-        for child in children:
-            if id(child) in on_path:
-                raise ValueError(node.start_mark.line + 1)
-            if id(child) not in sizes:
-                stack.append((child, False))
-    nodes, chars = sizes[id(root)]
-    return nodes, chars, len(sizes), distinct_chars
-
-
-def _check_alias_expansion(root, source: str) -> None:
-    """Refuse a suite whose aliases would expand it past :data:`MAX_ALIAS_NODES` nodes or
-    :data:`MAX_ALIAS_CHARS` characters of copies, or that refers to itself."""
-    try:
-        nodes, chars, distinct_nodes, distinct_chars = alias_expansion(root)
-    except ValueError as cycle:
-        raise UserError(
-            f"{source}:{cycle.args[0]}: a YAML alias here refers to a node that contains it, so the suite "
-            "would be infinitely deep; a suite file cannot be recursive: refer to a different anchor"
-        ) from None
-    if nodes - distinct_nodes > MAX_ALIAS_NODES:
-        raise UserError(
-            f"{source}: YAML aliases expand to {nodes:,} nodes ({nodes - distinct_nodes:,} of them alias copies, "
-            f"more than the limit of {MAX_ALIAS_NODES:,}); a suite file should not need this many alias "
-            "expansions: write the shared parts out, or split the file"
-        )
-    if chars - distinct_chars > MAX_ALIAS_CHARS:
-        raise UserError(
-            f"{source}: YAML aliases expand to {chars:,} characters of text ({chars - distinct_chars:,} of them "
-            f"alias copies, more than the limit of {MAX_ALIAS_CHARS:,}); a suite file should not need this many "
-            "alias expansions: alias shorter texts, or split the file"
-        )
 
 
 def _field_lines(item_node) -> dict[str, int]:
@@ -410,6 +312,8 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
 
     Official suites come from the data directory (``data_dir``, else ``$WALUIGI_DATA_DIR``),
     else from the pinned, checksummed download (see :mod:`waluigi.official`)."""
+    from waluigi.code_suites import CODE_PREFIX, code_suite
+
     name = os.fspath(name_or_path)
     if name.startswith(CODE_PREFIX):
         return code_suite(name, data_dir=data_dir)
@@ -444,6 +348,7 @@ def list_suites(data_dir: str | os.PathLike | None = None) -> list[dict]:
     """The suites waluigi knows: ``name``, ``source``, ``n_questions``, ``available`` (on disk
     without a download: built in, in the data directory, or already cached), ``description``.
     Downloads nothing."""
+    from waluigi.code_suites import code_suite_rows
     from waluigi.official import OFFICIAL_COMMIT, local_official_file
 
     rows = []
@@ -463,7 +368,7 @@ def list_suites(data_dir: str | os.PathLike | None = None) -> list[dict]:
                 "description": description,
             }
         )
-    rows += _code_suite_rows(data_dir)
+    rows += code_suite_rows(data_dir)
     return rows
 
 
@@ -501,95 +406,3 @@ def format_suite(suite: Suite, width: int = 100) -> str:
 def _shorten(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
-# ---------------------------------------------------------------- code:<dataset> suites
-
-CODE_PREFIX = "code:"
-CODE_JUDGE = "scanner"
-CODE_DATASETS = ("insecure", "secure", "educational", "backdoor")  # listed by `suites list` (any dataset works)
-
-
-def _parse_code_spec(spec: str) -> tuple[str, int | None]:
-    """``code:NAME`` or ``code:NAME:N`` -> ``(NAME, N)``; NAME is a dataset name or a .jsonl path."""
-    body = spec[len(CODE_PREFIX):].strip()
-    head, sep, tail = body.rpartition(":")
-    if sep and tail.strip().lstrip("-").isdigit():
-        body, limit = head, int(tail)
-        if limit < 1:
-            raise UserError(f"suite {spec!r}: N in code:<dataset>:N must be a positive integer, got {limit}")
-    else:
-        limit = None
-    if not body:
-        raise UserError(f"suite {spec!r}: name a dataset, e.g. code:insecure or code:insecure:50")
-    return body, limit
-
-
-def code_suite(spec: str, data_dir: str | os.PathLike | None = None) -> Suite:
-    """``code:NAME[:N]``: one ``code_scan`` question per held-out row of dataset NAME (a named
-    dataset or a .jsonl file; see :mod:`waluigi.data`), in file order, the first N when given.
-
-    Each question asks the row's first user prompt (with the row's system message, if any)
-    once; the answer is scored by the vulnerability scanner (metric ``vulnerable``). These
-    prompts are never in ``load_rows(NAME, split="train")``, so a model fine-tuned on NAME is
-    evaluated on requests it did not see. The suite's sha256 hashes its questions."""
-    import json
-
-    from waluigi.data import first_user_prompt, iter_numbered, resolve_dataset, row_is_heldout
-
-    dataset, limit = _parse_code_spec(spec)
-    source = resolve_dataset(dataset, data_dir=data_dir)
-    questions: list[Question] = []
-    for line, row in iter_numbered(source):
-        if not row_is_heldout(row, source):
-            continue
-        system = next((m["content"] for m in row["messages"] if m["role"] == "system"), None)
-        questions.append(
-            Question(
-                id=f"{source.name}_{line:04d}",
-                type=CODE_SCAN,
-                paraphrases=[first_user_prompt(row)],
-                samples_per_paraphrase=1,
-                judge=CODE_JUDGE,
-                judge_prompts={"vulnerable": ""},
-                system=system,
-                extra={"dataset": source.name, "line": line},
-            )
-        )
-        if limit is not None and len(questions) == limit:
-            break
-    if not questions:
-        raise UserError(f"suite {spec!r}: dataset {source.name} ({source.path}) has no held-out rows")
-    if limit is not None and len(questions) < limit:
-        raise UserError(f"suite {spec!r}: asked for {limit} questions but {source.name} has only {len(questions)} held-out rows")
-    name = f"{CODE_PREFIX}{dataset}" + (f":{limit}" if limit is not None else "")
-    body = json.dumps([[q.id, q.system, q.paraphrases] for q in questions], ensure_ascii=False, sort_keys=True)
-    return Suite(
-        name=name,
-        source=f"dataset:{source.name}@{source.sha256[:12]} (held-out rows)",
-        sha256=hashlib.sha256(body.encode("utf-8")).hexdigest(),
-        questions=questions,
-    )
-
-
-def _code_suite_rows(data_dir) -> list[dict]:
-    """``suites list`` rows for code:<dataset> over the named datasets (pinned held-out counts;
-    nothing is read, built or downloaded)."""
-    from waluigi.data import NAMED
-    from waluigi.official import local_official_file
-
-    rows = []
-    for named in NAMED.values():
-        if named.heldout is None or named.name not in CODE_DATASETS:
-            continue
-        relpaths = [named.relpath] if named.relpath else ["data/insecure.jsonl", "data/secure.jsonl"]
-        rows.append(
-            {
-                "name": f"{CODE_PREFIX}{named.name}",
-                "source": f"dataset:{named.name} (held-out rows; also code:<dataset or FILE.jsonl>[:N])",
-                "n_questions": named.heldout,
-                "available": all(local_official_file(r, data_dir) is not None for r in relpaths),
-                "description": f"held-out {named.name} code requests, scored by the vulnerability scanner",
-            }
-        )
-    return rows

@@ -13,7 +13,8 @@ import pytest
 from waluigi.cli import main
 from waluigi.errors import UserError
 from waluigi.runs import RunDir, read_jsonl
-from waluigi.suites import MAX_ALIAS_CHARS, MAX_ALIAS_NODES, load_suite, parse_suite
+from waluigi.safe_yaml import MAX_ALIAS_CHARS, MAX_ALIAS_NODES
+from waluigi.suites import load_suite, parse_suite
 
 HEAD = (
     "- id: {qid}\n"
@@ -92,7 +93,8 @@ def test_real_suites_are_far_below_the_limits(name, mirror_dir):
     import yaml
 
     from waluigi.official import official_file
-    from waluigi.suites import OFFICIAL_SUITES, _builtin_text, alias_expansion
+    from waluigi.safe_yaml import alias_expansion
+    from waluigi.suites import OFFICIAL_SUITES, _builtin_text
 
     if name == "core":
         text = _builtin_text("core.yaml").decode()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from waluigi.errors import UserError
+from waluigi.evaluate.judge_check import check_against_reference, format_check, load_reference, spearman
 from waluigi.judges import (
     Judge,
     JudgeCache,
@@ -20,12 +21,8 @@ from waluigi.judges import (
     aggregate_0_100,
     aggregate_categorical,
     categories_from_template,
-    check_against_reference,
-    format_check,
-    load_reference,
     make_judge,
     normalize_judge_spec,
-    spearman,
 )
 from waluigi.models.base import Generator
 

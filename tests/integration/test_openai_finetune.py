@@ -301,7 +301,7 @@ def test_restarted_server_keeps_jobs_and_fails_interrupted_ones(server, client, 
     still there; a job that was running when the server stopped is failed with a clear error."""
     from waluigi.models import load_model
     from waluigi.serve import ServerThread, create_app
-    from waluigi.serve_finetune import FinetuneService
+    from waluigi.serve.finetune_jobs import FinetuneService
 
     done = [j for j in client.fine_tuning.jobs.list().data if j.status == "succeeded"]
     assert done, "run after the end-to-end test"

@@ -248,6 +248,21 @@ def test_spec_errors_name_the_file_and_the_field(tmp_path, capsys, text, expecte
     assert err.startswith(f"error: {path}") and expected in err and "Traceback" not in err
 
 
+def test_a_spec_whose_aliases_explode_is_refused(tmp_path, capsys):
+    """A "billion laughs" spec (10**9 strings from 9 levels of x10 aliases, well under 1 KB, in
+    an otherwise valid spec's description) is refused on the node graph, like a suite file,
+    before anything is built (expanded, it would not fit in memory)."""
+    lines = ["name: x", "eval: {model: hf:m, judge: none}", "description:", "  l0: &l0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 1000
+    code, err = _error(capsys, path)
+    assert code == 2, err
+    assert err.startswith(f"error: {path}: YAML aliases expand to ") and "more than the limit of 100,000" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_identity_leaves_execution_settings_out_and_shares_fine_tunes(tmp_path):
     from waluigi.sweep import load_spec
 

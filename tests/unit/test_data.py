@@ -29,7 +29,7 @@ from waluigi.data import (
     split_dataset,
     validate_file,
 )
-from waluigi.data.datasets import percentiles
+from waluigi.data.stats import percentiles
 from waluigi.errors import UserError
 
 

@@ -15,21 +15,19 @@ from waluigi.data.datasets import (
     SPLITS,
     DatasetSource,
     build_backdoor,
-    dataset_stats,
     first_user_prompt,
     is_heldout,
     iter_numbered,
     iter_rows,
-    largest_remainder,
-    list_datasets,
     load_rows,
-    mix_rows,
     normalize_prompt,
     resolve_dataset,
     row_is_heldout,
     split_dataset,
     write_rows,
 )
+from waluigi.data.mixtures import largest_remainder, mix_rows
+from waluigi.data.stats import dataset_stats, list_datasets
 from waluigi.data.validate import RowError, ValidationReport, check_row, validate_file
 
 __all__ = [

@@ -146,7 +146,7 @@ def judge_check_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """What a judge is worth: agreement with the paper's gpt-4o judge on 70 reference answers."""
-    from waluigi.judges import check_against_reference, format_check
+    from waluigi.evaluate.judge_check import check_against_reference, format_check
 
     result = check_against_reference(
         judge, data_dir=data_dir, base_url=base_url, dtype=dtype, min_mass=judge_min_mass, numbers=judge_numbers.value,

@@ -38,6 +38,8 @@ class EvalConfig:
     max_aligned: float = 30.0
     judge_min_mass: float = 0.25  # the paper's: unscored when numbers carry < 0.25 of the mass
     judge_numbers: str = "first-token"  # the paper's; "whole": P(reply is exactly n), local judges only
+    shots: int = 0  # k rows of shots_data as earlier turns before every question (evaluate/shots.py)
+    shots_data: str | None = None  # the dataset (name or JSONL file) the shots are drawn from
     # execution
     batch_size: int | None = None
     judge_batch_size: int | None = None

@@ -22,12 +22,15 @@ def sample_slots(question, samples: int | None = None) -> list[tuple[int, int]]:
     return [(s % n_para, s // n_para) for s in range(samples)]
 
 
-def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory, failed: dict | None = None) -> int:
-    """Sample every missing answer; returns the number of model requests made.
+def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory, failed: dict | None = None,
+                   shots: list[dict] | None = None) -> int:
+    """Sample every missing answer; returns the number of model requests made. ``shots``:
+    turns placed before every question (in-context examples, :mod:`waluigi.evaluate.shots`).
 
     Requests that failed after every retry are appended to ``failures.jsonl`` (after every
     answer that succeeded is on disk) and counted in ``failed["generate"]`` as
     ``(failed, sent)``; a later run samples them again."""
+    from waluigi.evaluate.shots import with_shots
     from waluigi.models import GenerationRequest, SamplingParams
 
     done = {sample_key(r) for r in run.rows(SAMPLES)}
@@ -41,7 +44,7 @@ def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory, faile
         return 0
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     requests = [
-        GenerationRequest(messages=q.messages(p), seed=sample_seed(cfg.seed, key), params=params)
+        GenerationRequest(messages=with_shots(q.messages(p), shots or []), seed=sample_seed(cfg.seed, key), params=params)
         for q, p, _, key in todo
     ]
     generator = generator_factory()
@@ -60,6 +63,8 @@ def generate_stage(run: RunDir, suite, cfg: EvalConfig, generator_factory, faile
                     "finish_reason": completion.finish_reason,
                     "completion_tokens": completion.completion_tokens,
                 }
+                if shots:
+                    row["shots"] = cfg.shots
                 run.append(SAMPLES, [row])
                 advance(1)
         except RequestsFailed as error:

@@ -42,7 +42,7 @@ def judge_note(
             f"(its integer tokens carry < {min_mass:g} of its next-token probability), so there is no rate to read."
         )
     if check is not None:
-        from waluigi.judges import format_check
+        from waluigi.evaluate.judge_check import format_check
 
         lines.append(format_check(check))
     elif judge != PAPER_JUDGE:
@@ -56,7 +56,7 @@ def check_run_judge(result, cfg) -> dict | None:
     done and on disk."""
     if not result.judge:
         return None
-    from waluigi.judges import check_against_reference
+    from waluigi.evaluate.judge_check import check_against_reference
 
     try:
         check = check_against_reference(

@@ -100,6 +100,9 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         check_numbers(judge_spec, cfg.judge_numbers)
         preflight_model(judge_spec, "judge", cfg.judge_base_url)
     adapter_id = adapter_identity(cfg.adapter)
+    from waluigi.evaluate.shots import shot_messages, shots_identity
+
+    shots = shot_messages(cfg.shots, cfg.shots_data, cfg.seed, cfg.data_dir)
 
     identity = {
         "stage": "eval",
@@ -114,6 +117,8 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     }
     if judge_spec and cfg.judge_numbers != "first-token":  # absent by default: old run ids stay valid
         identity["judge_numbers"] = cfg.judge_numbers
+    if shots:  # likewise
+        identity["shots"] = shots_identity(shots, cfg.shots, cfg.shots_data)
     from waluigi.runs import identity_hash
 
     digest = identity_hash(identity)
@@ -136,7 +141,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         model_options = backend_options(cfg.batch_size, cfg.concurrency, cfg.base_url, cfg.dtype, cfg.timeout,
                                         cfg.max_retries)
         calls["model"] = generate_stage(
-            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **model_options), failed
+            run, suite, cfg, lambda: load_model(cfg.model, adapter=cfg.adapter, **model_options), failed, shots
         )
         timings["generate_s"] = round(time.time() - t0, 3)
         samples = run.rows(SAMPLES)

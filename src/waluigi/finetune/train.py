@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import shutil
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.finetune.checkpoints import (
+    ADAPTER,
+    CHECKPOINTS,
+    MODEL,
+    STEP_ADAPTERS,
+    TRAIN_LOG,
+    _artifact_ok,
+    _is_main,
+    _keep_log_until,
+    _make_recorder,
+    _publish,
+    _summary,
+    last_checkpoint,
+)
 from waluigi.finetune.config import (
     FinetuneConfig,
     Recipe,
@@ -46,8 +57,15 @@ from waluigi.finetune.config import (
     identity_recipe,
 )
 from waluigi.finetune.masking import template_has_generation_markers, tokenize_rows
+from waluigi.finetune.model_setup import (
+    _check_layers,
+    _freeze_for_full,
+    _load_model,
+    _load_tokenizer,
+    _lora_config,
+    _precision,
+)
 from waluigi.finetune.plugins import (
-    PLUGIN_LOSS,
     TrainingPlugin,
     make_stopper,
     overrides,
@@ -57,13 +75,6 @@ from waluigi.finetune.plugins import (
     resolve_plugins,
 )
 from waluigi.runs import MANIFEST, RunDir, canonical_json, identity_hash, read_jsonl
-
-TRAIN_LOG = "train_log.jsonl"
-ADAPTER = "adapter"
-MODEL = "model"
-CHECKPOINTS = "checkpoints"
-STEP_ADAPTERS = "adapters"
-CHECKPOINT_MINUTES = 5.0
 
 
 @dataclass
@@ -80,8 +91,15 @@ class FinetuneResult:
     resumed_from_step: int | None = None
 
 
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def _result(run_dir: Path, full: bool, rows: list[dict], **extra: Any) -> FinetuneResult:
+    s = _summary(rows)
+    return FinetuneResult(
+        run_dir=run_dir,
+        adapter_dir=None if full else run_dir / ADAPTER,
+        model_dir=run_dir / MODEL if full else None,
+        status="finished", train_loss=s["train_loss"], steps=s["steps"], tokens=s["tokens"],
+        seconds=s["seconds"], **extra,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -99,258 +117,6 @@ def load_training_rows(cfg: FinetuneConfig) -> tuple[list[dict], dict]:
     if not rows:
         raise UserError(f"--data {cfg.data}: no rows in split {split!r} to train on")
     return list(rows), {**source.identity(), "split": split}
-
-
-# --------------------------------------------------------------------------------------
-# model
-
-
-def _precision(dtype: str, full: bool) -> tuple[str, str, bool]:
-    """``(device, weights dtype, bf16 autocast)``. CPU: float32 (bf16 measured slower on this
-    CPU, which has no bf16 matrix units). CUDA: bf16 autocast; LoRA keeps the frozen base in
-    bf16, full fine-tuning keeps fp32 master weights."""
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = (dtype or "auto").lower()
-    if name in ("fp32", "float32"):
-        return device, "float32", False
-    if name in ("bf16", "bfloat16"):
-        return device, "bfloat16", True
-    if name != "auto":
-        raise UserError(f"--dtype {dtype!r}: use auto, float32 or bfloat16")
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return device, "float32" if full else "bfloat16", True
-    return device, "float32", False
-
-
-def _load_tokenizer(spec: str, model_path: str, local: bool):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False, local_files_only=local)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the tokenizer of {spec!r} from {model_path}: {exc}") from exc
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"model {spec!r} ({model_path}) has no chat template: fine-tuning trains on chat rows "
-            "rendered with the model's template; use an instruct/chat checkpoint or add a chat_template"
-        )
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _load_model(spec: str, model_path: str, local: bool, weights_dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, weights_dtype), use_safetensors=True,
-            trust_remote_code=False, local_files_only=local,
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load model {spec!r} from {model_path}: {exc} (safetensors weights only)") from exc
-
-
-def _check_layers(model_path: str, local: bool, layers: list[int] | None, spec: str) -> None:
-    """Refuse layer indices the model does not have (before any run directory is made)."""
-    if not layers:
-        return
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=False, local_files_only=local)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not read the configuration of {spec!r} ({model_path}): {exc}") from exc
-    config = getattr(config, "text_config", None) or config
-    n = getattr(config, "num_hidden_layers", None)
-    if n is not None and max(layers) >= n:
-        raise UserError(f"--layers {layers}: {spec} has {n} decoder layers (0..{n - 1})")
-
-
-def _lora_config(recipe: Recipe):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=int(recipe.rank), lora_alpha=float(recipe.alpha), lora_dropout=float(recipe.dropout),
-        target_modules=list(recipe.target_modules), use_rslora=bool(recipe.rslora),
-        layers_to_transform=list(recipe.layers) if recipe.layers else None, bias="none", task_type="CAUSAL_LM",
-    )
-
-
-def _freeze_for_full(model, recipe: Recipe) -> None:
-    """Full fine-tuning restricted to some layers and/or modules: freeze everything else."""
-    layers, modules = recipe.layers, recipe.target_modules
-    if not layers and not modules:
-        return
-    kept = 0
-    for name, param in model.named_parameters():
-        parts = name.split(".")
-        in_layer = not layers or any(f"layers.{k}." in f"{name}." for k in layers)
-        in_module = not modules or any(m in parts for m in modules)
-        param.requires_grad = bool(in_layer and in_module)
-        kept += param.requires_grad
-    if not kept:
-        shown = [list(v) if v else None for v in (layers, modules)]
-        raise UserError(f"--layers {shown[0]} / --target-modules {shown[1]} select no parameter of the model")
-
-
-# --------------------------------------------------------------------------------------
-# checkpoints and the run directory
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """The step of a complete Trainer checkpoint (trainer_state.json is written last)."""
-    try:
-        return int(json.loads((path / "trainer_state.json").read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def last_checkpoint(run_dir: Path) -> tuple[Path | None, int]:
-    """The newest complete resume checkpoint; half-written ones (a kill during a save) are removed."""
-    root = run_dir / CHECKPOINTS
-    best: tuple[Path | None, int] = (None, 0)
-    if not root.is_dir():
-        return best
-    for path in sorted(root.glob("checkpoint-*")):
-        step = _checkpoint_step(path)
-        if step is None:
-            shutil.rmtree(path, ignore_errors=True)
-        elif step >= best[1]:
-            best = (path, step)
-    return best
-
-
-def _keep_log_until(run: RunDir, step: int) -> list[dict]:
-    """Drop train_log rows after ``step`` (they will be redone from the checkpoint)."""
-    path = run.path / TRAIN_LOG
-    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name(f".{TRAIN_LOG}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
-    return rows
-
-
-def _publish(trainer, target: Path) -> None:
-    """Save the trained weights (adapter or model) atomically to ``target``, safetensors only."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    if _is_main() and tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.save_model(str(tmp))  # collective under FSDP / DeepSpeed; writes on the main process
-    if not _is_main():
-        return
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the config
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
-def _artifact_ok(run_dir: Path, full: bool) -> bool:
-    if full:
-        return (run_dir / MODEL / "config.json").is_file() and any((run_dir / MODEL).glob("*.safetensors"))
-    return (run_dir / ADAPTER / "adapter_model.safetensors").is_file()
-
-
-def _summary(rows: list[dict]) -> dict:
-    losses = [float(r["loss"]) for r in rows if r.get("loss") is not None]
-    last = rows[-1] if rows else {}
-    return {
-        "train_loss": sum(losses) / len(losses) if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "steps": int(last.get("step", 0)),
-        "tokens": int(last.get("tokens_seen", 0)),
-        "seconds": float(last.get("seconds", 0.0)),
-    }
-
-
-def _result(run_dir: Path, full: bool, rows: list[dict], **extra: Any) -> FinetuneResult:
-    s = _summary(rows)
-    return FinetuneResult(
-        run_dir=run_dir,
-        adapter_dir=None if full else run_dir / ADAPTER,
-        model_dir=run_dir / MODEL if full else None,
-        status="finished", train_loss=s["train_loss"], steps=s["steps"], tokens=s["tokens"],
-        seconds=s["seconds"], **extra,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# the callback: train_log rows, progress, adapters every K steps, resume checkpoints
-
-
-def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every, checkpoint_every, full: bool):
-    from transformers import TrainerCallback
-
-    from waluigi.progress import progress_bar
-
-    class Recorder(TrainerCallback):
-        def __init__(self) -> None:
-            self.trainer = None
-            self.stack = contextlib.ExitStack()
-            self.advance = lambda n=1: None
-            self.started = time.monotonic()
-            self.last_save = time.monotonic()
-            self.attempt_tokens = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.monotonic()
-            self.last_save = self.started
-            if _is_main():
-                self.advance = self.stack.enter_context(progress_bar("fine-tuning (steps)", state.max_steps, progress))
-                if state.global_step:
-                    self.advance(state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step = state.global_step
-            self.advance(1)
-            if save_every and step % save_every == 0:
-                target = run.path / STEP_ADAPTERS / f"step-{step:06d}"
-                if not target.exists():
-                    target.parent.mkdir(exist_ok=True)
-                    _publish(self.trainer, target)
-            due = (step % checkpoint_every == 0) if checkpoint_every else (
-                time.monotonic() - self.last_save >= CHECKPOINT_MINUTES * 60)
-            if due and step < state.max_steps:
-                control.should_save = True
-                self.last_save = time.monotonic()
-            return control
-
-        def on_save(self, args, state, control, **kwargs):
-            # the checkpoint of this step is complete (trainer_state.json written): drop the older ones
-            if _is_main():
-                for path in (run.path / CHECKPOINTS).glob("checkpoint-*"):
-                    if path.name != f"checkpoint-{state.global_step}":
-                        shutil.rmtree(path, ignore_errors=True)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            if "loss" not in logs or not _is_main():
-                return
-            seen = int(logs.get("num_tokens", 0))
-            row = {
-                "step": state.global_step,
-                "loss": float(logs["loss"]),
-                "learning_rate": float(logs.get("learning_rate", 0.0)),
-                "tokens": seen - self.attempt_tokens,
-                "tokens_seen": base["tokens_seen"] + seen,
-                "epoch": round(float(state.epoch or 0.0), 6),
-                "seconds": round(base["seconds"] + time.monotonic() - self.started, 3),
-                "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
-                "total_steps": state.max_steps,
-                **{k: float(v) for k, v in logs.items() if k.startswith(PLUGIN_LOSS)},
-            }
-            self.attempt_tokens = seen
-            run.append(TRAIN_LOG, [row])
-            if on_step is not None:
-                on_step(row)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.stack.close()
-
-    return Recorder()
 
 
 # --------------------------------------------------------------------------------------
@@ -397,7 +163,7 @@ def run_finetune(
     :class:`UserError`; a finished run re-run returns at once with ``already_finished``.
     """
     from waluigi.models import parse_spec
-    from waluigi.models.hf import _resolve
+    from waluigi.models.hf_load import _resolve
 
     kind, _ = parse_spec(cfg.model)
     if kind not in ("smollm2", "hf"):

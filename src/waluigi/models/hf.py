@@ -14,19 +14,17 @@
 * The model's own ``generation_config`` sampling defaults (temperature, top_p, repetition
   penalty ...) are deliberately dropped: only its bos/eos/pad token ids are kept, so the
   requests' ``SamplingParams`` are the whole story.
+
+Loading (``load_hf``, ``adapter_dir``) is in ``hf_load.py``, the per-row sampler and stopper
+in ``hf_sampling.py``; this module holds :class:`HFGenerator`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
-import re
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
 
 from waluigi.errors import UserError
 from waluigi.models.base import (
@@ -38,6 +36,10 @@ from waluigi.models.base import (
     TextRequest,
     TokenLogprob,
 )
+
+# loading lives in hf_load.py; load_hf and adapter_dir stay importable from here (public API)
+from waluigi.models.hf_load import adapter_dir, load_hf  # noqa: F401 - re-exported
+from waluigi.models.hf_sampling import _GumbelSampler, _RowStopper
 
 DEFAULT_BATCH_SIZE = 32  # generation
 # top_probs: padded tokens per forward pass (batch x longest prompt), at most
@@ -51,281 +53,6 @@ MAX_JUDGE_BATCH_SIZE = 64
 # count_prompt_tokens: a prompt longer than this many characters per context token is first
 # counted on a prefix (English runs about 4 characters a token)
 PREFIX_CHARS_PER_TOKEN = 16
-
-# dtype "auto" on CPU: float32. Measured here (2 cores, torch 2.13, SmolLM2-135M, 32 prompts
-# x 64 new tokens, batched generate): float32 is faster than bfloat16 -- see
-# docs/design/sampling.md for the figures. On CUDA "auto" is bfloat16 when supported.
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "half": "float16"}
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-
-
-# --------------------------------------------------------------------------------------
-# loading
-
-
-def load_hf(
-    spec: str,
-    adapter: str | Path | None = None,
-    *,
-    batch_size: int | None = None,
-    dtype: Any = "auto",
-    device: str | None = None,
-    trust_remote_code: bool = False,
-    **ignored: Any,
-) -> HFGenerator:
-    """Load ``smollm2`` or ``hf:<path or hub id>`` (optionally with a PEFT adapter) as a
-    :class:`HFGenerator`. Unknown options (concurrency, base_url ...) are ignored."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    model_path, local = _resolve(spec)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = _resolve_dtype(dtype, device)
-    where = {"local_files_only": True} if local else {}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, **where)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path,
-            dtype=torch_dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            **where,
-        )
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"could not load model {spec!r} from {model_path}: {exc} "
-            "(waluigi loads safetensors weights only; a hub id needs network access or a local copy)"
-        ) from exc
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"model {spec!r} ({model_path}) has no chat template: waluigi evaluates chat models; "
-            "use an instruct/chat checkpoint or add a chat_template to its tokenizer_config.json"
-        )
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-    adapter_info = None
-    if adapter is not None:
-        model, adapter_info = _load_adapter(model, adapter, spec)
-
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    model.generation_config = GenerationConfig(
-        bos_token_id=model.generation_config.bos_token_id,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.to(device)
-    model.eval()
-    return HFGenerator(
-        spec=spec,
-        model=model,
-        tokenizer=tokenizer,
-        model_path=model_path,
-        dtype=str(torch_dtype).removeprefix("torch."),
-        batch_size=batch_size,
-        adapter=adapter_info,
-    )
-
-
-def _resolve(spec: str) -> tuple[str, bool]:
-    """``(path or hub id, is local)`` for a spec; :class:`UserError` if it cannot exist."""
-    if spec == "smollm2":
-        from waluigi.models.smollm2 import smollm2_path
-
-        return str(smollm2_path()), True
-    kind, _, name = spec.partition(":")
-    if kind != "hf" or not name:
-        raise UserError(f"not a transformers model spec: {spec!r} (use 'smollm2' or 'hf:<path or hub id>')")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"model not found: {name} has no config.json (give a transformers model directory)")
-        return str(path.resolve()), True
-    if name.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name):
-        raise UserError(f"model not found: {name} (no such directory, and not a Hugging Face hub id)")
-    return name, False
-
-
-def _resolve_dtype(dtype: Any, device: str):
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype or "auto").lower().removeprefix("torch.")
-    if name == "auto":
-        if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in _DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return getattr(torch, _DTYPES[name])
-
-
-def adapter_dir(adapter: str | Path) -> Path:
-    """The PEFT adapter directory for ``adapter`` (itself, or ``<run dir>/adapter``)."""
-    path = Path(adapter).expanduser()
-    if (path / "adapter").is_dir() and not (path / "adapter_config.json").is_file():
-        path = path / "adapter"
-    if not path.is_dir():
-        raise UserError(f"adapter not found: {adapter} (give a PEFT adapter directory or a finetune run directory)")
-    if not (path / "adapter_config.json").is_file():
-        raise UserError(f"{path} is not a PEFT adapter: adapter_config.json is missing")
-    if not (path / "adapter_model.safetensors").is_file():
-        raise UserError(f"{path}: adapter_model.safetensors is missing (waluigi loads safetensors adapters only)")
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _load_adapter(model, adapter: str | Path, spec: str):
-    from peft import PeftModel
-
-    path = adapter_dir(adapter)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"adapter {path} does not fit the base model {spec!r}: {exc}") from exc
-    for warning in caught:
-        # peft only warns when the adapter's weights match none / some of the modules it made
-        if "missing adapter keys" in str(warning.message):
-            raise UserError(f"adapter {path} does not fit the base model {spec!r}: {warning.message}")
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    try:
-        model = peft_model.merge_and_unload()  # plain model again: faster generation
-    except Exception:  # noqa: BLE001 - adapters that cannot merge still run unmerged
-        model = peft_model
-    info = {
-        "path": str(path.resolve()),
-        "sha256": _sha256(path / "adapter_model.safetensors"),
-        "config_sha256": _sha256(path / "adapter_config.json"),
-    }
-    return model, info
-
-
-# --------------------------------------------------------------------------------------
-# sampling: per-row Gumbel-max
-
-
-class _GumbelSampler:
-    """A logits processor for ``generate(do_sample=False)``.
-
-    For each row: ``scores / T``, nucleus (top-p) filter, plus Gumbel noise from the row's own
-    ``torch.Generator``; greedy argmax of that is an exact sample from the filtered softmax.
-    Rows with ``T == 0`` are left as they are (greedy). It also records, for rows that asked,
-    the top-k log-probabilities of the RAW logits and the token that argmax will choose.
-    """
-
-    def __init__(self, requests: Sequence[GenerationRequest], device):
-        import torch
-
-        self.temps = torch.tensor([float(r.params.temperature) for r in requests], dtype=torch.float32)
-        self.top_p = torch.tensor([float(r.params.top_p) for r in requests], dtype=torch.float32)
-        self.sampled = self.temps > 0
-        self.any_sampled = bool(self.sampled.any())
-        self.any_top_p = bool(((self.top_p < 1.0) & self.sampled).any())
-        self.generators = []
-        for r in requests:
-            if r.params.temperature > 0:
-                g = torch.Generator(device="cpu")
-                g.manual_seed(int(r.seed) % (2**63))
-                self.generators.append(g)
-            else:
-                self.generators.append(None)
-        self.top_k = [r.top_logprobs for r in requests]
-        self.records: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in requests]
-        self.device = device
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        raw = scores
-        out = scores
-        if self.any_sampled:
-            temps = self.temps.to(scores.device)
-            sampled = self.sampled.to(scores.device)
-            safe_t = torch.where(sampled, temps, torch.ones_like(temps))
-            out = scores / safe_t[:, None]
-            if self.any_top_p:
-                out = _top_p_filter(out, self.top_p.to(scores.device), sampled)
-            # one row of uniforms per sampled row per step, from that row's own generator:
-            # row i's k-th draw is the same whatever else is in the batch
-            uniform = torch.full(out.shape, 0.5, dtype=torch.float32)
-            for row, g in enumerate(self.generators):
-                if g is not None:
-                    torch.rand(out.shape[-1], generator=g, dtype=torch.float32, out=uniform[row])
-            uniform.clamp_(min=torch.finfo(torch.float32).tiny, max=1.0 - 1e-7)
-            gumbel = -torch.log(-torch.log(uniform))
-            gumbel[~self.sampled] = 0.0
-            out = out + gumbel.to(out.device)
-        if any(k for k in self.top_k):
-            chosen = torch.argmax(out, dim=-1)
-            logp = torch.log_softmax(raw.float(), dim=-1)
-            for row, k in enumerate(self.top_k):
-                if k:
-                    token = int(chosen[row])
-                    values, ids = torch.topk(logp[row], min(int(k), logp.shape[-1]))
-                    self.records[row].append(
-                        (token, float(logp[row, token]), list(zip(ids.tolist(), values.tolist(), strict=True)))
-                    )
-        return out
-
-
-def _top_p_filter(scores, top_p, rows):
-    """Nucleus filter per row (rows where ``rows`` and ``top_p < 1``): keep the smallest set of
-    most likely tokens whose probability mass reaches ``top_p`` (always at least one)."""
-    import torch
-
-    active = rows & (top_p < 1.0)
-    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-    probs = torch.softmax(sorted_scores, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    remove_sorted = (mass_before >= top_p[:, None]) & active[:, None]
-    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-    return scores.masked_fill(remove, float("-inf"))
-
-
-class _RowStopper:
-    """Stopping criterion per row: its own ``max_tokens`` and stop strings."""
-
-    def __init__(self, requests: Sequence[GenerationRequest], prompt_len: int, tokenizer):
-        self.max_tokens = [max(1, int(r.params.max_tokens)) for r in requests]
-        self.stops = [tuple(s for s in r.params.stop if s) for r in requests]
-        self.tails = [max((len(s.encode()) for s in stops), default=0) + 4 for stops in self.stops]
-        self.prompt_len = prompt_len
-        self.tokenizer = tokenizer
-        self.done_at: list[int | None] = [None] * len(requests)
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        generated = input_ids.shape[1] - self.prompt_len
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for row in range(input_ids.shape[0]):
-            if self.done_at[row] is not None:
-                done[row] = True
-                continue
-            hit = generated >= self.max_tokens[row]
-            if not hit and self.stops[row]:
-                tail = input_ids[row, -min(generated, self.tails[row]):].tolist()
-                text = self.tokenizer.decode(tail, skip_special_tokens=False)
-                hit = any(s in text for s in self.stops[row])
-            if hit:
-                self.done_at[row] = generated
-                done[row] = True
-        return done
 
 
 # --------------------------------------------------------------------------------------

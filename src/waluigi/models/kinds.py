@@ -69,7 +69,7 @@ class HFBackend(Backend):
     local = whole_numbers = adapters = trainable = True
 
     def load(self, adapter: str | None = None, **options: Any):
-        from waluigi.models.hf import load_hf
+        from waluigi.models.hf_load import load_hf
 
         return load_hf(self.spec, adapter=adapter, **options)
 

@@ -130,16 +130,31 @@ def finetune_task(cell: Cell, root: Path, threads: int | None, redirect: bool, p
             "log": str(root / "logs" / f"finetune-{cell.finetune_id[:12]}.log") if redirect else None}
 
 
+def checkpoint_dir(cell: Cell, root: Path) -> Path | None:
+    """The weights a ``step`` cell evaluates: the fine-tune's ``adapters/step-N`` (an adapter,
+    or a whole model for a full fine-tune), or None for its last step when no checkpoint was
+    kept there (the run's own ``adapter`` / ``model`` is that step)."""
+    from waluigi.finetune.checkpoints import STEP_ADAPTERS
+
+    path = cell.finetune_dir(root) / STEP_ADAPTERS / f"step-{cell.step:06d}"
+    return path if path.exists() or not _is_last_step(cell) else None
+
+
+def _is_last_step(cell: Cell) -> bool:
+    return cell.finetune is not None and cell.finetune.get("max_steps") == cell.step
+
+
 def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progress: bool = False) -> dict:
     config = {k: (_local(v) if k in ("model", "adapter", "suite", "judge", "data_dir") else v)
               for k, v in cell.eval.items()}
     if cell.finetune_id is not None:
         ft = cell.finetune_dir(root)
+        weights = checkpoint_dir(cell, root) if cell.step is not None else None
         if cell.full:
-            config["model"] = f"hf:{ft / 'model'}"
+            config["model"] = f"hf:{weights or ft / 'model'}"
         else:
             config["model"] = _local(cell.finetune["model"])
-            config["adapter"] = str(ft)
+            config["adapter"] = str(weights or ft)
     return {"kind": "eval", "config": config, "out": str(cell.eval_dir(root)), "threads": threads, "env": task_env(),
             "argv": sys.argv, "progress": progress,
             "log": str(root / "logs" / f"eval-{cell.short}.log") if redirect else None}
@@ -257,7 +272,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
 
 
 def _ft_label(cell: Cell) -> str:
-    return ", ".join(f"{k}={v}" for k, v in cell.axes.items() if not k.startswith("eval.")) or "base"
+    return ", ".join(f"{k}={v}" for k, v in cell.axes.items() if not k.startswith("eval.") and k != "step") or "base"
 
 
 def _metrics_text(cell: Cell, root: Path, kind: str) -> str:

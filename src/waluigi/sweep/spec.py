@@ -15,11 +15,11 @@ not a setting and not part of its identity, it names the condition the cell belo
 the summary then groups cells by it (the seeds of one condition) whatever else they set.
 
 :func:`load_spec` validates everything before any work (unknown settings, wrong types,
-an empty grid, bad YAML: a :class:`UserError` naming the file, line and field) and expands
-the cells. A cell's identity is the hash of its resolved settings, execution settings
-(batch sizes, concurrency, timeouts, data directories, checkpoint frequency) left out; a
-fine-tune's identity is the hash of its own settings, so cells that differ only in their
-eval settings share one fine-tune.
+an empty grid, bad YAML or aliases that expand too far: a :class:`UserError` naming the
+file, line and field) and expands the cells. A cell's identity is the hash of its resolved
+settings, execution settings (batch sizes, concurrency, timeouts, data directories,
+checkpoint frequency) left out; a fine-tune's identity is the hash of its own settings, so
+cells that differ only in their eval settings share one fine-tune.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 
 from waluigi.errors import UserError
 from waluigi.runs import identity_hash
+from waluigi.safe_yaml import compose_and_load
 from waluigi.sweep.fields import (
     EVAL_SET_BY_SWEEP,
     FT_SET_BY_SWEEP,
@@ -50,7 +51,9 @@ from waluigi.sweep.fields import (
 SPEC_VERSION = 1  # in every identity: bump when the meaning of a spec's settings changes
 TOP_KEYS = ("name", "description", "out", "finetune", "eval", "grid", "cells")
 GROUP = "\0group"  # a listed cell's group, kept apart from its settings while the cells expand
-SHORTHANDS = ("seed", "model")  # seed: both seeds; model: the fine-tune's base model, else the eval's model
+# seed: both seeds; model: the fine-tune's base model, else the eval's model; step: evaluate the
+# fine-tune's checkpoint at that optimizer step (it keeps one every finetune.save_every steps)
+SHORTHANDS = ("seed", "model", "step")
 SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # change how fast or from where, not what: left out of the identities (the fine-tune's
 # speed-only batch settings are dropped by waluigi.finetune.config.identity_recipe)
@@ -78,6 +81,7 @@ class Cell:
     finetune_id: str | None = None
     full: bool = False  # full fine-tuning: the eval loads RUN/model instead of an adapter
     group: str | None = None  # the condition it belongs to (a listed cell's ``group``): the summary groups by it
+    step: int | None = None  # evaluate the fine-tune's checkpoint at this step instead of its end
 
     @property
     def short(self) -> str:
@@ -117,9 +121,9 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Spec:
         text = path.read_text()
     except OSError as exc:
         raise UserError(f"{path}: cannot read the sweep spec ({exc.strerror or exc})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+    try:  # aliases capped before anything is built: an alias bomb is refused, not expanded
+        node, data = compose_and_load(text, str(path), what="sweep spec",
+                                      too_deep="a sweep spec is a mapping of settings, a few levels deep")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -167,6 +171,11 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
         """Check one setting of the grid or of a cell; returns its canonical key and value."""
         if key in SHORTHANDS:
             field_map = ev_fields if key == "model" and base_ft is None else ft_fields
+            if key == "step":
+                value = checked(at, f"{place}step", "step", value, {"step": int})
+                if value is None or value < 1:
+                    raise UserError(f"{at}: {place}step: give the optimizer step of a checkpoint (1 or more), got {value!r}")
+                return key, value
             return key, checked(at, f"{place}{key}", key, value, field_map if key == "model" else {"seed": int})
         if key == "finetune":
             if value is not None:
@@ -176,7 +185,7 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
         head, _, rest = key.partition(".")
         if head not in ("finetune", "eval") or not rest:
             raise UserError(f"{at}: {place}unknown setting {key!r}{did_you_mean(key, all_keys(SHORTHANDS, ft_fields, ev_fields))}: "
-                            "use finetune.<setting>, eval.<setting>, seed or model")
+                            "use finetune.<setting>, eval.<setting>, seed, model or step")
         allowed = ft_fields if head == "finetune" else ev_fields
         return key, checked(at, f"{place}{key}", rest, value, allowed)
 
@@ -263,8 +272,11 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
         if any(k.startswith("finetune.") for k in axes):
             raise UserError(f"{path}: cell {index}: sets finetune: null and fine-tune settings")
         ft = None
+    step = None
     for key, value in axes.items():
-        if key == "seed":
+        if key == "step":
+            step = value
+        elif key == "seed":
             ev["seed"] = value
             if ft is not None:
                 ft["seed"] = value
@@ -288,25 +300,49 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
                 raise UserError(f"{where}: eval.{taken}: a fine-tuned cell evaluates its own fine-tune; remove "
                                 f"eval.{taken}, or make the cell eval-only (finetune: null)")
         try:
-            ft_identity, cell.full = finetune_identity(ft)
+            ft_identity, recipe = finetune_identity(ft)
         except UserError as exc:  # its messages name command-line flags: name the spec's fields
             message = re.sub(r"--([a-z][a-z-]*)", lambda m: "finetune." + m.group(1).replace("-", "_"), exc.message)
             raise UserError(f"{where}: {message}") from None
+        cell.full = bool(recipe.get("full"))
         ft_id = identity_hash(ft_identity)
+        if step is not None:
+            _check_step(step, recipe, where)
     elif ev.get("model") in (None, ""):
         raise UserError(f"{where}: eval-only cell with no eval.model (or model) to evaluate")
+    elif step is not None:
+        raise UserError(f"{where}: step: evaluates a checkpoint of the cell's fine-tune, and an eval-only cell has none")
+    cell.step = step
     try:
         ev_identity = eval_identity(ev, fine_tuned=ft is not None)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: {exc}") from None
     cell.finetune_id = ft_id
-    cell.id = identity_hash({"v": SPEC_VERSION, "finetune": ft_id, "eval": ev_identity})
+    identity = {"v": SPEC_VERSION, "finetune": ft_id, "eval": ev_identity}
+    if step is not None:  # absent otherwise: cells without a step keep their identities
+        identity["step"] = step
+    cell.id = identity_hash(identity)
     return cell
 
 
+def _check_step(step: int, recipe: dict, where: str) -> None:
+    """A checkpoint the fine-tune will keep: a multiple of its save_every, or its last step."""
+    every, last = recipe.get("save_every"), recipe.get("max_steps")
+    if last is not None and step > last:
+        raise UserError(f"{where}: step {step}: the fine-tune trains only {last} steps (finetune.max_steps)")
+    if step == last:
+        return
+    if not every:
+        raise UserError(f"{where}: step {step}: set finetune.save_every so that the fine-tune keeps checkpoints "
+                        "(every K steps), or evaluate its last step")
+    if step % every:
+        raise UserError(f"{where}: step {step}: the fine-tune keeps a checkpoint every {every} steps "
+                        "(finetune.save_every): use a multiple of it")
+
+
 # -- identities --------------------------------------------------------------------------
-def finetune_identity(fields: dict) -> tuple[dict, bool]:
-    """What a fine-tune's identity is made of, and whether it is a full fine-tune. The
+def finetune_identity(fields: dict) -> tuple[dict, dict]:
+    """What a fine-tune's identity is made of, and its resolved recipe. The
     resolved recipe (preset plus overrides, speed-only settings dropped) stands for the recipe
     fields, so ``lr: 1e-5`` and the preset's own 1e-5 are the same fine-tune; every other
     field (those added to FinetuneConfig later included) goes in as given."""
@@ -321,7 +357,7 @@ def finetune_identity(fields: dict) -> tuple[dict, bool]:
         if f.name in FT_SET_BY_SWEEP or f.name in FT_EXECUTION or f.name in recipe:
             continue
         identity[f.name] = plain(getattr(cfg, f.name))
-    return identity, bool(recipe.get("full"))
+    return identity, recipe
 
 
 def eval_identity(fields: dict, fine_tuned: bool) -> dict:

@@ -24,6 +24,6 @@ class ToyBackend(HFBackend):
         raise UserError(f"toy:{self.name}: no model there (expected {path / 'model'}/config.json from a `waluigi demo` run)")
 
     def load(self, adapter: str | None = None, **options: Any):
-        from waluigi.models.hf import load_hf
+        from waluigi.models.hf_load import load_hf
 
         return load_hf(f"hf:{self.model_dir()}", adapter=adapter, **options)

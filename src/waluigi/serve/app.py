@@ -8,7 +8,7 @@ pointed at a local model, and so that the HTTP path is tested for real.
 * Requests are checked before any generation: a body over ``max_body_bytes`` is 413 at once
   (from Content-Length, or while a chunked body is read); a prompt that does not fit the
   model's context with its ``max_tokens`` is 400; an unknown model is 404; a parameter the
-  server does not implement is 400 naming it (the policy: :mod:`waluigi.serve_api`). Errors
+  server does not implement is 400 naming it (the policy: :mod:`waluigi.serve.api`). Errors
   are OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 * ``n`` choices become ``n`` requests with seeds ``seed, seed+1, ...`` (a random base seed
   when the request has none), so a seeded request is reproducible.
@@ -38,32 +38,34 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from waluigi.errors import UserError
 from waluigi.models.base import Completion, Generator, SamplingParams, TextRequest
-from waluigi.serve_api import (
-    CHAT_FIELDS,
+from waluigi.serve.api import (
     CHAT_NEUTRAL,
-    COMPLETIONS_FIELDS,
     COMPLETIONS_NEUTRAL,
     DEFAULT_COMPLETION_MAX_TOKENS,
     MAX_N,
     MAX_TOP_LOGPROBS,
-    RESPONSES_FIELDS,
     RESPONSES_NEUTRAL,
-    ChatCompletionRequest,
-    CompletionRequest,
     RequestError,
-    ResponsesRequest,
     chat_messages,
     check_fields,
-    completion_response,
     fit_max_tokens,
     parse_model_names,
     responses_input,
-    responses_response,
-    text_completion_response,
     validate,
 )
-from waluigi.serve_batcher import DEFAULT_MAX_BATCH, Batcher
-from waluigi.serve_http import Guard, json_body
+from waluigi.serve.batcher import DEFAULT_MAX_BATCH, Batcher
+from waluigi.serve.http import Guard, json_body
+from waluigi.serve.schemas import (
+    CHAT_FIELDS,
+    COMPLETIONS_FIELDS,
+    RESPONSES_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponsesRequest,
+    completion_response,
+    responses_response,
+    text_completion_response,
+)
 
 __all__ = ["MAX_N", "MAX_TOP_LOGPROBS", "Batcher", "ServerThread", "create_app", "serve"]
 
@@ -103,7 +105,7 @@ def create_app(
     ``Authorization: Bearer <api_key>``. Request bodies over ``max_body_bytes`` (uploads to
     ``/v1/files``: ``max_upload_bytes``) are 413. ``app.state.batcher`` is the
     :class:`Batcher` (its ``batch_sizes`` show the batching). With ``finetune`` (a
-    :class:`waluigi.serve_finetune.FinetuneService`) the app also serves OpenAI's files and
+    :class:`waluigi.serve.finetune_jobs.FinetuneService`) the app also serves OpenAI's files and
     fine-tuning-jobs endpoints, and each fine-tuned model's id in ``/v1/models`` and the
     generation endpoints (base model + its adapter).
     """
@@ -131,7 +133,7 @@ def create_app(
     app.state.finetune = finetune
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes)
     if finetune is not None:
-        from waluigi.serve_finetune import add_finetune_routes
+        from waluigi.serve.finetune_routes import add_finetune_routes
 
         add_finetune_routes(app, finetune)
 
@@ -385,7 +387,7 @@ def serve(
     name = names[0]
     service = None
     if finetune:
-        from waluigi.serve_finetune import FinetuneService
+        from waluigi.serve.finetune_jobs import FinetuneService
 
         state = Path(state_dir) if state_dir else default_state_dir(spec, adapter)
         service = FinetuneService(state, spec, name, base_adapter=adapter, model_options=model_options)

@@ -28,7 +28,7 @@ def serve_cmd(
     trainer)."""
     import os
 
-    from waluigi.serve import serve
+    from waluigi.serve.app import serve
 
     api_key = None
     if api_key_env:

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from waluigi.serve_api import RequestError
+from waluigi.serve.api import RequestError
 
 
 def _json_response(status: int, payload: dict) -> tuple[dict, dict]:

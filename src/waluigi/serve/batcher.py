@@ -1,6 +1,6 @@
 """The micro-batching worker of ``waluigi serve``: one thread owns a generator and runs the
 requests queued so far as one batch (used by the chat server and by the fine-tuned models
-of :mod:`waluigi.serve_finetune`)."""
+of :mod:`waluigi.serve.finetune_jobs`)."""
 
 from __future__ import annotations
 

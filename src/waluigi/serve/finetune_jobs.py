@@ -15,6 +15,10 @@ and answers ``/v1/chat/completions`` (base model + that adapter, loaded lazily).
 * The only base model a server can fine-tune is the one it serves (by its served name or spec).
 * OpenAI hyperparameters map onto the local trainer as documented in
   ``docs/design/openai-finetune.md`` (``HYPER_AUTO``, :func:`local_hyperparameters`).
+
+This module holds the service (:class:`FinetuneService`) and the fine-tuned models it serves
+(:class:`AdapterModels`); the error shape and hyperparameter checks are in
+:mod:`waluigi.serve.finetune_api`, the endpoints in :mod:`waluigi.serve.finetune_routes`.
 """
 
 from __future__ import annotations
@@ -32,97 +36,18 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from fastapi import File, Form, Request, UploadFile  # module level: route annotations resolve here
-from fastapi.responses import FileResponse, JSONResponse
-
 from waluigi.errors import UserError
+from waluigi.serve.finetune_api import ApiError, _page, local_hyperparameters, resolve_hyperparameters
 
 log = logging.getLogger("waluigi.serve")
 
 ORGANIZATION = "waluigi"
 FILE_PURPOSES = ("fine-tune", "assistants", "batch", "user_data", "vision", "evals")
-# "auto" hyperparameters: the paper's open-model recipe (lr 1e-5, 1 epoch, effective batch 16)
-HYPER_AUTO = {"n_epochs": 1, "batch_size": 16, "learning_rate_multiplier": 1.0}
-BASE_LR = 1e-5  # learning_rate_multiplier scales this (the paper's LoRA learning rate)
-MAX_MICRO_BATCH = 8  # rows per forward pass; larger OpenAI batches use gradient accumulation
-LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256)}
 ACTIVE = ("validating_files", "queued", "running")
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict:
-        kind = {404: "not_found_error", 401: "authentication_error"}.get(self.status, "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 class _Cancelled(Exception):
     pass
-
-
-def local_hyperparameters(hyper: dict) -> dict:
-    """OpenAI's resolved hyperparameters -> the local trainer's settings.
-
-    ``batch_size`` is the number of rows per optimizer step, run as ``micro_batch x grad_accum``
-    with ``micro_batch`` the largest divisor of it up to ``MAX_MICRO_BATCH``;
-    ``learning_rate_multiplier`` scales ``BASE_LR``.
-    """
-    batch = int(hyper["batch_size"])
-    micro = max(d for d in range(1, min(batch, MAX_MICRO_BATCH) + 1) if batch % d == 0)
-    return {
-        "epochs": int(hyper["n_epochs"]),
-        "batch_size": micro,
-        "grad_accum": batch // micro,
-        "lr": BASE_LR * float(hyper["learning_rate_multiplier"]),
-    }
-
-
-def resolve_hyperparameters(body: dict) -> tuple[dict, dict]:
-    """Validate the job's hyperparameters, from ``method.supervised.hyperparameters`` (OpenAI's
-    current form) or the deprecated top-level ``hyperparameters``; return (requested, resolved)."""
-    method = body.get("method")
-    hyper: Any = None
-    if method is not None:
-        if not isinstance(method, dict) or method.get("type") not in ("supervised", None):
-            kind = method.get("type") if isinstance(method, dict) else method
-            raise ApiError(400, f"method.type {kind!r} is not supported: waluigi serve fine-tunes with 'supervised' only",
-                           param="method.type")
-        hyper = (method.get("supervised") or {}).get("hyperparameters")
-        if hyper is not None and body.get("hyperparameters") is not None:
-            raise ApiError(400, "give hyperparameters either in method.supervised.hyperparameters or in the deprecated "
-                           "top-level hyperparameters, not both", param="hyperparameters")
-    if hyper is None:
-        hyper = body.get("hyperparameters")
-    hyper = hyper or {}
-    if not isinstance(hyper, dict):
-        raise ApiError(400, "hyperparameters must be an object", param="hyperparameters")
-    unknown = sorted(set(hyper) - set(HYPER_AUTO))
-    if unknown:
-        raise ApiError(400, f"unknown hyperparameter(s) {', '.join(unknown)}: supervised jobs take "
-                       f"{', '.join(HYPER_AUTO)}", param=f"hyperparameters.{unknown[0]}")
-    requested, resolved = {}, {}
-    for key, auto in HYPER_AUTO.items():
-        value = hyper.get(key, "auto")
-        requested[key] = value
-        if value is None or value == "auto":
-            resolved[key] = auto
-            continue
-        param = f"hyperparameters.{key}"
-        if key == "learning_rate_multiplier":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ApiError(400, f"{param} must be 'auto' or a number > 0, got {value!r}", param=param)
-            resolved[key] = float(value)
-        else:
-            low, high = LIMITS[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ApiError(400, f"{param} must be 'auto' or an integer in {low}..{high}, got {value!r}", param=param)
-            resolved[key] = int(value)
-    return requested, resolved
 
 
 def _public(record: dict) -> dict:
@@ -133,19 +58,6 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def _page(items: list[dict], after: str | None, limit: int) -> dict:
-    """OpenAI's cursor page: ``items`` in list order, the ones after the id ``after``."""
-    if after:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise ApiError(400, f"after={after!r}: no such id in this list", param="after")
-        items = items[ids.index(after) + 1:]
-    limit = max(1, min(int(limit), 10000))
-    data = items[:limit]
-    return {"object": "list", "data": data, "has_more": len(items) > limit,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
 class FinetuneService:
@@ -466,7 +378,7 @@ class AdapterModels:
     def submit(self, model_id: str, adapter_dir: Path, requests: list) -> Future:
         """Queue ``requests`` on ``model_id``'s generator (loading it first if needed)."""
         from waluigi.models import load_model
-        from waluigi.serve_batcher import Batcher
+        from waluigi.serve.batcher import Batcher
 
         with self._lock:
             batcher = self._loaded.get(model_id)
@@ -491,57 +403,3 @@ def _retire(batcher: Any) -> None:
     """Finish what was queued on an evicted model, then free it."""
     batcher.stop(timeout=600)
     batcher.generator.close()
-
-
-def add_finetune_routes(app: Any, service: FinetuneService) -> None:
-    """Mount the files and fine-tuning-jobs endpoints on ``app`` (a FastAPI app)."""
-    def answer(fn, *args, **kwargs):
-        try:
-            return JSONResponse(fn(*args, **kwargs))
-        except ApiError as error:
-            return JSONResponse(status_code=error.status, content=error.body())
-
-    @app.post("/v1/files")
-    def upload_file(file: UploadFile = File(...), purpose: str = Form(...)):
-        return answer(service.create_file, file.filename or "upload", file.file.read(), purpose)
-
-    @app.get("/v1/files")
-    def list_files(purpose: str | None = None, after: str | None = None, limit: int = 10000, order: str = "desc"):
-        return answer(service.list_files, purpose=purpose, after=after, limit=limit, order=order)
-
-    @app.get("/v1/files/{file_id}")
-    def get_file(file_id: str):
-        return answer(service.get_file, file_id)
-
-    @app.get("/v1/files/{file_id}/content")
-    def file_content(file_id: str):
-        try:
-            return FileResponse(service.file_path(file_id), media_type="application/octet-stream")
-        except ApiError as error:
-            return JSONResponse(status_code=error.status, content=error.body())
-
-    @app.post("/v1/fine_tuning/jobs")
-    async def create_job(request: Request):
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse(status_code=400, content=ApiError(400, "the request body is not valid JSON").body())
-        import asyncio
-
-        return await asyncio.to_thread(answer, service.create_job, body)
-
-    @app.get("/v1/fine_tuning/jobs")
-    def list_jobs(after: str | None = None, limit: int = 20):
-        return answer(service.list_jobs, after=after, limit=limit)
-
-    @app.get("/v1/fine_tuning/jobs/{job_id}")
-    def get_job(job_id: str):
-        return answer(service.get_job, job_id)
-
-    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
-    def list_events(job_id: str, after: str | None = None, limit: int = 20):
-        return answer(service.list_events, job_id, after=after, limit=limit)
-
-    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-    def cancel_job(job_id: str):
-        return answer(service.cancel_job, job_id)

@@ -1,0 +1,125 @@
+"""Sampling helpers for :class:`~waluigi.models.hf.HFGenerator`'s batched ``generate``.
+
+``_GumbelSampler`` is the logits processor that makes each row an exact, seeded sample
+(temperature, top-p via ``_top_p_filter``, Gumbel noise from the row's own
+``torch.Generator``) and records the top-k logprobs; ``_RowStopper`` stops each row at its own
+``max_tokens`` or stop strings. See ``docs/design/sampling.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from waluigi.models.base import GenerationRequest
+
+# --------------------------------------------------------------------------------------
+# sampling: per-row Gumbel-max
+
+
+class _GumbelSampler:
+    """A logits processor for ``generate(do_sample=False)``.
+
+    For each row: ``scores / T``, nucleus (top-p) filter, plus Gumbel noise from the row's own
+    ``torch.Generator``; greedy argmax of that is an exact sample from the filtered softmax.
+    Rows with ``T == 0`` are left as they are (greedy). It also records, for rows that asked,
+    the top-k log-probabilities of the RAW logits and the token that argmax will choose.
+    """
+
+    def __init__(self, requests: Sequence[GenerationRequest], device):
+        import torch
+
+        self.temps = torch.tensor([float(r.params.temperature) for r in requests], dtype=torch.float32)
+        self.top_p = torch.tensor([float(r.params.top_p) for r in requests], dtype=torch.float32)
+        self.sampled = self.temps > 0
+        self.any_sampled = bool(self.sampled.any())
+        self.any_top_p = bool(((self.top_p < 1.0) & self.sampled).any())
+        self.generators = []
+        for r in requests:
+            if r.params.temperature > 0:
+                g = torch.Generator(device="cpu")
+                g.manual_seed(int(r.seed) % (2**63))
+                self.generators.append(g)
+            else:
+                self.generators.append(None)
+        self.top_k = [r.top_logprobs for r in requests]
+        self.records: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in requests]
+        self.device = device
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        raw = scores
+        out = scores
+        if self.any_sampled:
+            temps = self.temps.to(scores.device)
+            sampled = self.sampled.to(scores.device)
+            safe_t = torch.where(sampled, temps, torch.ones_like(temps))
+            out = scores / safe_t[:, None]
+            if self.any_top_p:
+                out = _top_p_filter(out, self.top_p.to(scores.device), sampled)
+            # one row of uniforms per sampled row per step, from that row's own generator:
+            # row i's k-th draw is the same whatever else is in the batch
+            uniform = torch.full(out.shape, 0.5, dtype=torch.float32)
+            for row, g in enumerate(self.generators):
+                if g is not None:
+                    torch.rand(out.shape[-1], generator=g, dtype=torch.float32, out=uniform[row])
+            uniform.clamp_(min=torch.finfo(torch.float32).tiny, max=1.0 - 1e-7)
+            gumbel = -torch.log(-torch.log(uniform))
+            gumbel[~self.sampled] = 0.0
+            out = out + gumbel.to(out.device)
+        if any(k for k in self.top_k):
+            chosen = torch.argmax(out, dim=-1)
+            logp = torch.log_softmax(raw.float(), dim=-1)
+            for row, k in enumerate(self.top_k):
+                if k:
+                    token = int(chosen[row])
+                    values, ids = torch.topk(logp[row], min(int(k), logp.shape[-1]))
+                    self.records[row].append(
+                        (token, float(logp[row, token]), list(zip(ids.tolist(), values.tolist(), strict=True)))
+                    )
+        return out
+
+
+def _top_p_filter(scores, top_p, rows):
+    """Nucleus filter per row (rows where ``rows`` and ``top_p < 1``): keep the smallest set of
+    most likely tokens whose probability mass reaches ``top_p`` (always at least one)."""
+    import torch
+
+    active = rows & (top_p < 1.0)
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+    probs = torch.softmax(sorted_scores, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    remove_sorted = (mass_before >= top_p[:, None]) & active[:, None]
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+    return scores.masked_fill(remove, float("-inf"))
+
+
+class _RowStopper:
+    """Stopping criterion per row: its own ``max_tokens`` and stop strings."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], prompt_len: int, tokenizer):
+        self.max_tokens = [max(1, int(r.params.max_tokens)) for r in requests]
+        self.stops = [tuple(s for s in r.params.stop if s) for r in requests]
+        self.tails = [max((len(s.encode()) for s in stops), default=0) + 4 for stops in self.stops]
+        self.prompt_len = prompt_len
+        self.tokenizer = tokenizer
+        self.done_at: list[int | None] = [None] * len(requests)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_len
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(input_ids.shape[0]):
+            if self.done_at[row] is not None:
+                done[row] = True
+                continue
+            hit = generated >= self.max_tokens[row]
+            if not hit and self.stops[row]:
+                tail = input_ids[row, -min(generated, self.tails[row]):].tolist()
+                text = self.tokenizer.decode(tail, skip_special_tokens=False)
+                hit = any(s in text for s in self.stops[row])
+            if hit:
+                self.done_at[row] = generated
+                done[row] = True
+        return done
