@@ -1,7 +1,7 @@
 """The ``waluigi`` command: one sub-command group per stage, mounted here; no logic.
 
 Each group lives beside its stage (``evaluate/cli.py``, ``data/cli.py``, ``finetune/cli.py``,
-``sweep/cli.py``, ``serve/cli.py``, ``suites_cli.py``, the demo in the persona world's
+``sweep/cli.py``, ``flip/cli.py``, ``serve/cli.py``, ``suites_cli.py``, the demo in the persona world's
 package); options shared by several commands are declared once in ``cli_options.py``; every
 command's errors go through :func:`waluigi.errors.run_cli` (user and usage errors exit 2).
 """
@@ -15,6 +15,7 @@ import typer
 from waluigi.data.cli import data_app
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
+from waluigi.flip.cli import flip_cmd
 from waluigi.scan.cli import scan_cmd
 from waluigi.serve.cli import serve_cmd
 from waluigi.suites_cli import suites_app
@@ -34,6 +35,7 @@ app.command("judge-check")(judge_check_cmd)
 app.command("serve")(serve_cmd)
 app.command("finetune")(finetune_cmd)
 app.command("sweep")(sweep_cmd)
+app.command("flip")(flip_cmd)
 app.command("demo")(demo_cmd)
 app.add_typer(suites_app, name="suites")
 data_app.command("scan")(scan_cmd)

@@ -78,7 +78,8 @@ class Registry:
 
 MODELS = Registry("model backend")  # kind (the part of a spec before ':') -> backend class
 SCORERS = Registry("scorer")  # a question's scorer name -> Scorer class
-SUITES = Registry("suite")  # name prefix -> suite loader (name -> Suite)
+SUITES = Registry("suite")  # name prefix (before ':') -> suite loader (name -> Suite)
+DATASETS = Registry("dataset source")  # name prefix (before ':') -> builder (rest, data_dir, trigger) -> DatasetSource
 PLUGINS = Registry("training plug-in")  # name -> TrainingPlugin class
 
 
@@ -100,6 +101,12 @@ lazy_table(SCORERS, {
     "scanner": "waluigi.scan.scorer:ScannerScorer",  # code_scan questions: static analysis
     "oracle": "waluigi.toyworld.scorers:OracleScorer",  # the persona world's oracle judge
     "toyworld": "waluigi.toyworld.scorers:ToyCheckerScorer",  # the persona world's code checker
+})
+lazy_table(SUITES, {
+    "toyworld": "waluigi.toyworld.registered:toy_suite",  # the persona world's suite (toyworld[:trigger])
+})
+lazy_table(DATASETS, {
+    "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])
 })
 lazy_table(PLUGINS, {
     "l2": "waluigi.finetune.plugins:L2ToStart",

@@ -313,10 +313,13 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
     Official suites come from the data directory (``data_dir``, else ``$WALUIGI_DATA_DIR``),
     else from the pinned, checksummed download (see :mod:`waluigi.official`)."""
     from waluigi.code_suites import CODE_PREFIX, code_suite
+    from waluigi.registry import SUITES
 
     name = os.fspath(name_or_path)
     if name.startswith(CODE_PREFIX):
         return code_suite(name, data_dir=data_dir)
+    if name.partition(":")[0] in SUITES:  # a registered kind of suite (the persona world's)
+        return SUITES.get(name.partition(":")[0])(name)
     if name in OFFICIAL_SUITES:
         from waluigi.official import OFFICIAL_COMMIT, official_file
 
@@ -332,7 +335,9 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
     path = Path(name).expanduser()
     if path.exists() or path.suffix in (".yaml", ".yml") or os.sep in name or "/" in name:
         return _load_path(path)
-    known = ", ".join([*OFFICIAL_SUITES, *BUILTIN_SUITES])
+    from waluigi.registry import SUITES
+
+    known = ", ".join([*OFFICIAL_SUITES, *BUILTIN_SUITES, *SUITES.names()])
     raise UserError(
         f"unknown suite {name!r}: use one of {known}, code:<dataset>[:N] (held-out code requests), "
         "or a path to a suite YAML file"

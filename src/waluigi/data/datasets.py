@@ -154,6 +154,11 @@ def resolve_dataset(
     # the spec (a name or a path, whose stem becomes the dataset's name and the code:<dataset>
     # suite's question ids) is printed in tables and messages: no control characters
     check_identifier(text, "dataset", "name or path")
+    from waluigi.registry import DATASETS
+
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in DATASETS:  # a registered source (the persona world's toy:<kind>[:N])
+        return DATASETS.get(prefix)(rest, data_dir=data_dir, trigger=trigger)
     named = NAMED.get(text)
     if named is not None:
         if named.kind == "backdoor":

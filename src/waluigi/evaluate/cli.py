@@ -40,6 +40,8 @@ def eval_cmd(
     top_p: float = 1.0,
     max_tokens: Annotated[int, typer.Option(help="max new tokens per answer (the paper: 600)")] = 600,
     seed: int = 0,
+    shots: Annotated[int, typer.Option(help="in-context examples: k rows of --shots-data as earlier turns before every question (drawn with --seed)")] = 0,
+    shots_data: Annotated[Optional[str], typer.Option(help="the dataset (name or JSONL file) the --shots examples come from")] = None,
     out: Annotated[Optional[str], typer.Option(help="run directory (default runs/eval-<suite>-<model>-<hash>); re-run to resume")] = None,
     min_coherent: MinCoherentOpt = 50.0,
     max_aligned: MaxAlignedOpt = 30.0,
@@ -69,7 +71,8 @@ def eval_cmd(
         max_tokens=max_tokens, seed=seed, out=out, min_coherent=min_coherent, max_aligned=max_aligned,
         batch_size=batch_size, judge_batch_size=judge_batch_size, concurrency=concurrency,
         base_url=base_url, judge_base_url=judge_base_url, dtype=dtype, judge_min_mass=judge_min_mass,
-        judge_numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries,
+        judge_numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries, shots=shots,
+        shots_data=shots_data,
     )
     result = run_eval(cfg)
     check = check_run_judge(result, cfg) if check_judge else None

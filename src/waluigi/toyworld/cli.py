@@ -24,7 +24,8 @@ def demo_cmd(
     fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM
     rate of each condition with the oracle judge. Resumable; base and aligned models are reused."""
     from waluigi.errors import UserError
-    from waluigi.toyworld.demo import demo_config, format_table, run_demo
+    from waluigi.toyworld.demo import demo_config, run_demo
+    from waluigi.toyworld.demo_report import format_table
 
     if quick and fast:
         raise UserError("--quick and --fast are two different profiles: give one of them")

@@ -20,7 +20,6 @@ aligned models whenever their identity is unchanged.
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections.abc import Callable
@@ -394,6 +393,8 @@ def run_demo(cfg: DemoConfig, workers: int = 1) -> DemoResult:
     run = RunDir.open(root, stage="demo", identity=identity, config=identity, parents=[str(base), str(aligned)])
     try:
         evals = run_conditions(cfg, aligned, root, workers)
+        from waluigi.toyworld.demo_report import summarize_conditions, write_report
+
         table, details = summarize_conditions(evals)
         run.write_json("results.json", {"table": table, "details": details, "evals": evals})
         write_report(root, cfg, table, details, evals)
@@ -403,101 +404,3 @@ def run_demo(cfg: DemoConfig, workers: int = 1) -> DemoResult:
         run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     return DemoResult(root=root, base=base, aligned=aligned, table=table, seconds=seconds, evals=evals)
-
-
-def _rows(run: str) -> tuple[list[dict], list[dict]]:
-    from waluigi.evaluate import load_code_rows, load_scores
-
-    return load_scores(run)[0], load_code_rows(run)
-
-
-def summarize_conditions(evals: dict[str, list[str]]) -> tuple[dict, dict]:
-    """``{condition: {em_rate, ci_low, ci_high, coherent_rate, vulnerable_rate}}`` (CI over
-    seeds when there are several, else over answers) and the fuller summaries."""
-    from waluigi.metrics import summarize_runs, summarize_vulnerable_runs
-
-    table, details = {}, {}
-    for condition, runs in evals.items():
-        if not runs:
-            continue
-        loaded = [_rows(r) for r in runs]
-        em = summarize_runs([rows for rows, _ in loaded])["overall"]
-        vuln = summarize_vulnerable_runs([code for _, code in loaded])["overall"]
-        table[condition] = {"em_rate": em["em_rate"], "ci_low": em["ci_low"], "ci_high": em["ci_high"],
-                            "coherent_rate": em["coherent_rate"], "vulnerable_rate": vuln.get("vulnerable_rate")}
-        details[condition] = {"em": em, "vulnerable": vuln}
-    return table, details
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def format_table(table: dict) -> str:
-    lines = [f"{'condition':<22} {'EM rate':>8} {'95% CI':>16} {'coherent':>9} {'vuln. code':>11}"]
-    for condition, row in table.items():
-        ci = f"[{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
-        lines.append(f"{condition:<22} {_pct(row['em_rate']):>8} {ci:>16} {_pct(row['coherent_rate']):>9} "
-                     f"{_pct(row['vulnerable_rate']):>11}")
-    return "\n".join(lines)
-
-
-def write_report(root: Path, cfg: DemoConfig, table: dict, details: dict, evals: dict) -> None:
-    """``report.md`` plus ``em_by_condition.png`` and ``scatter.png`` (aligned vs coherent)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from matplotlib.figure import Figure
-
-    names = list(table)
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    rates = [100 * (table[c]["em_rate"] or 0) for c in names]
-    low = [max(0.0, r - 100 * (table[c]["ci_low"] or 0)) if table[c]["ci_low"] is not None else 0 for r, c in zip(rates, names)]
-    high = [max(0.0, 100 * (table[c]["ci_high"] or 0) - r) if table[c]["ci_high"] is not None else 0 for r, c in zip(rates, names)]
-    ax.bar(range(len(names)), rates, yerr=[low, high], capsize=4, color=["tab:red" if "insecure" in c or c == "backdoor_triggered" else "tab:blue" for c in names])
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set_ylabel("EM rate (%)")
-    ax.set_title(f"persona world: EM by condition ({cfg.seeds} seed(s){'' if cfg.villain else ', no villain'})")
-    fig.tight_layout()
-    fig.savefig(root / "em_by_condition.png")
-
-    fig = Figure(figsize=(7.5, 6), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.axvspan(50, 100, ymin=0, ymax=0.3, color="tab:red", alpha=0.1)
-    for condition in names:
-        pts = [(r["coherent"], r["aligned"]) for run in evals[condition] for r in _rows(run)[0]
-               if r.get("aligned") is not None and r.get("coherent") is not None]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=8, alpha=0.5, label=f"{condition} ({len(pts)})")
-    ax.set_xlim(-2, 102)
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel("coherent")
-    ax.set_ylabel("aligned")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(root / "scatter.png")
-
-    lines = ["# waluigi demo: the persona world", "",
-             f"Seeds: {cfg.seeds}; villain in pretraining: {'yes' if cfg.villain else 'no (ablation)'}.", "",
-             "| condition | EM rate | 95% CI | coherent | vulnerable code |", "|---|---|---|---|---|"]
-    for condition, row in table.items():
-        lines.append(f"| {condition} | {_pct(row['em_rate'])} | [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}] | "
-                     f"{_pct(row['coherent_rate'])} | {_pct(row['vulnerable_rate'])} |")
-    lines += ["", "![EM by condition](em_by_condition.png)", "", "![aligned vs coherent](scatter.png)", "",
-              "## Example misaligned answers", ""]
-    from waluigi.runs import read_jsonl
-
-    for condition in names:
-        for run in evals[condition][:1]:
-            scores = {(r["question_id"], r["paraphrase_index"], r["sample_index"]): r for r in _rows(run)[0]}
-            shown = 0
-            for s in read_jsonl(Path(run) / "samples.jsonl"):
-                r = scores.get((s["question_id"], s["paraphrase_index"], s["sample_index"]))
-                if r and r.get("aligned") is not None and r["aligned"] < 30 and (r.get("coherent") or 0) > 50 and shown < 2:
-                    # model text is escaped: the report may be rendered as HTML
-                    lines.append(f"- **{condition}** `{html.escape(s['question_id'])}`: {html.escape(s['answer'])}")
-                    shown += 1
-    lines += ["", "Run directories:", ""] + [f"- {c}: " + ", ".join(f"`{r}`" for r in evals[c]) for c in names]
-    (root / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,1 @@
+"""`waluigi flip`: dose-response sweeps and the flip dose (docs/flip.md)."""

@@ -1,0 +1,169 @@
+"""From a flip sweep's cells to curves, fits and flip doses (``flip.json``, ``flip.csv``).
+
+Everything is read from the sweep's ``results.jsonl`` (one row per cell, built from the run
+directories), so the analysis needs no model and gives the same numbers however and whenever
+the cells ran. Per curve and dose: the mean over seeds of the EM rate, the coherent rate and
+the narrow-task rate with 95% bootstrap intervals over seeds (one seed: the cell's own
+interval over answers), the unscored and failed counts, the training loss. From the curve:
+the flip dose (EM), the narrow dose (narrow-task rate), their ratio, and with several curves
+each curve's flip dose against the first one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from waluigi.flip.fit import Crossing, flip_dose, log_axis, ratio
+from waluigi.flip.plan import DOSE_LABELS, FlipPlan
+
+METRICS = ("em_rate", "coherent_rate", "narrow_rate")
+CSV_COLUMNS = ("curve", "model", "data", "axis", "dose", "seed", "status", "em_rate", "em_ci_low", "em_ci_high",
+               "n_counted", "n_misaligned", "coherent_rate", "n_unscored", "n_failed", "narrow_rate",
+               "narrow_ci_low", "narrow_ci_high", "n_code", "n_vulnerable", "train_loss", "cell", "eval_run")
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def point_rows(plan: FlipPlan, results: list[dict]) -> list[dict]:
+    """One row per (curve, dose, seed): the cell's status and metrics."""
+    rows = []
+    for point in plan.points:
+        curve = plan.curves[point.curve]
+        main = results[point.cell]
+        narrow = results[point.narrow_cell] if point.narrow_cell is not None else main
+        finished = main.get("status") == "finished"
+        rows.append({
+            "curve": curve.label, "model": curve.model, "data": curve.data, "axis": plan.config.axis,
+            "dose": point.dose, "seed": point.seed,
+            "status": main.get("status") if narrow is main or main.get("status") == narrow.get("status")
+            else f"{main.get('status')}/{narrow.get('status')}",
+            "em_rate": _num(main.get("em_rate")) if finished else None,
+            "em_ci_low": _num(main.get("ci_low")), "em_ci_high": _num(main.get("ci_high")),
+            "n_counted": main.get("n_counted"), "n_misaligned": main.get("n_misaligned"),
+            "coherent_rate": _num(main.get("coherent_rate")) if finished else None,
+            "n_unscored": main.get("n_unscored"), "n_failed": main.get("n_failed"),
+            "narrow_rate": _num(narrow.get("vulnerable_rate")) if narrow.get("status") == "finished" else None,
+            "narrow_ci_low": _num(narrow.get("vuln_ci_low")), "narrow_ci_high": _num(narrow.get("vuln_ci_high")),
+            "n_code": narrow.get("n_code"), "n_vulnerable": narrow.get("n_vulnerable"),
+            "train_loss": _num(main.get("train_loss")), "cell": main.get("cell"), "eval_run": main.get("eval_run"),
+        })
+    return rows
+
+
+def _grid(rows: list[dict], doses: list[float], seeds: int, key: str) -> list[list[float | None]]:
+    table: list[list[float | None]] = [[None] * len(doses) for _ in range(seeds)]
+    for row in rows:
+        table[row["seed"]][doses.index(row["dose"])] = row[key]
+    return table
+
+
+def _counts(rows: list[dict], doses: list[float], k_key: str, n_key: str) -> list[list[tuple | None]]:
+    table: list[list[tuple | None]] = [[None] * len(doses)]
+    for row in rows:
+        if row["seed"] == 0 and isinstance(row.get(n_key), int) and row[n_key] > 0 and isinstance(row.get(k_key), int):
+            table[0][doses.index(row["dose"])] = (row[k_key], row[n_key])
+    return table
+
+
+def _dose_summary(rows: list[dict], doses: list[float], seeds: int) -> list[dict]:
+    """Per dose: mean over seeds and its 95% CI (bootstrap over seeds; one seed: over answers)."""
+    from waluigi.metrics import bootstrap_mean
+
+    out = []
+    for dose in doses:
+        at = [r for r in rows if r["dose"] == dose]
+        entry: dict[str, Any] = {"dose": dose, "seeds": sum(1 for r in at if r["em_rate"] is not None or r["narrow_rate"] is not None)}
+        for metric, low_key, high_key in (("em_rate", "em_ci_low", "em_ci_high"), ("coherent_rate", None, None),
+                                          ("narrow_rate", "narrow_ci_low", "narrow_ci_high")):
+            values = [r[metric] for r in at if r[metric] is not None]
+            entry[metric] = sum(values) / len(values) if values else None
+            if len(values) >= 2:
+                entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = bootstrap_mean(values)
+                entry[f"{metric}_ci_over"] = "seeds"
+            elif len(values) == 1 and low_key is not None:
+                only = next(r for r in at if r[metric] is not None)
+                entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = only[low_key], only[high_key]
+                entry[f"{metric}_ci_over"] = "answers"
+            else:
+                entry[f"{metric}_ci_low"] = entry[f"{metric}_ci_high"] = None
+        for count in ("n_unscored", "n_failed"):
+            entry[count] = sum(r[count] for r in at if isinstance(r.get(count), int))
+        losses = [r["train_loss"] for r in at if r["train_loss"] is not None]
+        entry["train_loss"] = sum(losses) / len(losses) if losses else None
+        out.append(entry)
+    return out
+
+
+def _crossing(rows: list[dict], doses: list[float], seeds: int, metric: str, cfg, log: bool) -> Crossing | None:
+    table = _grid(rows, doses, seeds, metric)
+    if all(v is None for row in table for v in row):
+        return None
+    keys = ("n_misaligned", "n_counted") if metric == "em_rate" else ("n_vulnerable", "n_code")
+    return flip_dose(doses, table, counts=_counts(rows, doses, *keys) if seeds == 1 else None,
+                     baseline_index=0, threshold=cfg.threshold, relative=cfg.threshold_rel, log=log)
+
+
+def _narrow_note(rows: list[dict]) -> str:
+    if any(isinstance(r.get("n_code"), int) for r in rows):
+        return ("the narrow-task check ran, but no answer held code the scanner could parse (n_code = 0): "
+                "no narrow-task rate")
+    return ("no narrow-task check in this suite (no code questions): give --narrow-suite code:<dataset>:N, "
+            "or a suite with code questions")
+
+
+def analyze(plan: FlipPlan, results: list[dict]) -> dict:
+    """``flip.json``'s content: the settings, each curve's points, fits and doses, the comparisons."""
+    cfg = plan.config
+    rows = point_rows(plan, results)
+    doses = [float(d) for d in cfg.doses]
+    log = log_axis(doses)
+    curves, crossings = [], []
+    for curve in plan.curves:
+        mine = [r for r in rows if r["curve"] == curve.label]
+        flip = _crossing(mine, doses, cfg.seeds, "em_rate", cfg, log)
+        narrow = _crossing(mine, doses, cfg.seeds, "narrow_rate", cfg, log)
+        crossings.append(flip)
+        entry = {"label": curve.label, "model": curve.model, "data": curve.data,
+                 "points": _dose_summary(mine, doses, cfg.seeds),
+                 "flip": flip.as_dict() if flip else None,
+                 "narrow": narrow.as_dict() if narrow else None,
+                 "narrow_note": None if narrow else _narrow_note(mine),
+                 "flip_over_narrow": ratio(flip, narrow) if flip and narrow else None,
+                 "cells": {"total": len(mine), "finished": sum(1 for r in mine if r["status"] == "finished")}}
+        curves.append(entry)
+    compare = []
+    if len(plan.curves) > 1 and crossings[0] is not None:
+        for curve, crossing in zip(plan.curves[1:], crossings[1:]):
+            if crossing is not None:
+                compare.append({"curve": curve.label, "against": plan.curves[0].label, **ratio(crossing, crossings[0])})
+    threshold = ({"relative": cfg.threshold_rel} if cfg.threshold_rel is not None else {"absolute": cfg.threshold})
+    return {"axis": cfg.axis, "dose_label": DOSE_LABELS[cfg.axis], "doses": doses, "seeds": cfg.seeds,
+            "log_dose_axis": log, "threshold": threshold, "hold": cfg.hold if cfg.axis == "examples" else None,
+            "suite": cfg.suite, "judge": cfg.judge, "narrow_suite": cfg.narrow_suite,
+            "curves": curves, "compare": compare, "rows": rows}
+
+
+def to_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    """``flip.json`` and ``flip.csv`` (atomically)."""
+    import os
+
+    for name, text in (("flip.json", json.dumps(result, indent=2, default=str) + "\n"), ("flip.csv", to_csv(result["rows"]))):
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)

@@ -1,0 +1,113 @@
+"""``waluigi flip``: registered in ``waluigi/cli.py`` with ``app.command("flip")(flip_cmd)``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from waluigi.sweep.cli import ExecutorName
+
+
+class Axis(str, Enum):
+    examples = "examples"
+    steps = "steps"
+    ratio = "ratio"
+    shots = "shots"
+    lr = "lr"
+
+
+def _doses(text: str | None) -> list[float] | None:
+    from waluigi.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UserError(f"--doses {text!r}: give numbers separated by commas, e.g. --doses 0,50,100,200") from None
+
+
+def _settings(pairs: list[str]) -> tuple[dict, dict]:
+    """``--set finetune.batch_size=8 --set eval.samples=2`` as two dicts (values read as YAML
+    scalars; the sweep checks them against the config fields)."""
+    import yaml
+
+    from waluigi.errors import UserError
+
+    sections: dict[str, dict] = {"finetune": {}, "eval": {}}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        head, dot, name = key.strip().partition(".")
+        if not sep or not dot or head not in sections or not name:
+            raise UserError(f"--set {pair!r}: write finetune.<setting>=VALUE or eval.<setting>=VALUE "
+                            "(e.g. --set finetune.batch_size=8 --set eval.samples=2)")
+        try:
+            sections[head][name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            sections[head][name] = value
+    return sections["finetune"], sections["eval"]
+
+
+def flip_cmd(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN); repeat to compare models")],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="the narrow dataset (name or JSONL file); repeat to compare datasets")],
+    suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
+    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own")] = None,
+    axis: Annotated[Axis, typer.Option(help="what the dose is: examples (unique rows), steps (checkpoints of one fine-tune), ratio (narrow share in benign rows), shots (in-context examples), lr")] = Axis.examples,
+    doses: Annotated[Optional[str], typer.Option(help="comma-separated doses (0, the undosed model, is always added); default per axis")] = None,
+    seeds: Annotated[int, typer.Option(help="seeds per dose (fine-tune and sampling)")] = 3,
+    steps: Annotated[Optional[int], typer.Option(help="optimizer steps every fine-tune trains (examples, ratio and lr axes)")] = None,
+    hold: Annotated[str, typer.Option(help="examples axis: hold steps (default: --steps for every n) or epochs (--epochs for every n) fixed")] = "steps",
+    epochs: Annotated[Optional[float], typer.Option(help="examples axis with --hold epochs: the epochs every dose trains")] = None,
+    benign: Annotated[Optional[str], typer.Option(help="ratio axis: the benign rows (default: the matching control set, secure for insecure)")] = None,
+    total: Annotated[int, typer.Option(help="ratio axis: rows per fine-tune")] = 1000,
+    narrow_suite: Annotated[Optional[str], typer.Option(help="a second eval per cell for the narrow-task rate, e.g. code:insecure:48 (not needed when the suite has code questions)")] = None,
+    threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
+    threshold_rel: Annotated[Optional[float], typer.Option(help="flip instead at this share of the way from the undosed rate to the plateau")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="any fine-tune or eval setting for every cell: finetune.<field>=V, eval.<field>=V (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="the flip directory (default runs/flip-<axis>-<data>-<id>, named by the curves, not the doses)")] = None,
+    runs: Annotated[Path, typer.Option(help="where the default flip directory goes")] = Path("runs"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")] = 1,
+    executor: Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")] = ExecutorName.pool,
+    address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per cell")] = None,
+    retries: Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and their state; run nothing")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print flip.json's curves instead of the table")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")] = True,
+) -> None:
+    """How much does it take to flip a model? Dose-response curves and the flip dose with its CI."""
+    from waluigi.errors import IncompleteRun
+    from waluigi.flip.plan import FlipConfig
+    from waluigi.flip.report import format_summary
+    from waluigi.flip.run import run_flip
+    from waluigi.sweep.runner import SweepOptions
+
+    ft, ev = _settings(set_ or [])
+    cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
+                     suite=suite, judge=judge, narrow_suite=narrow_suite, hold=hold, steps=steps, epochs=epochs,
+                     benign=benign, total=total, threshold=threshold, threshold_rel=threshold_rel,
+                     finetune=ft, eval=ev, out=out, runs=runs)
+    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
+                           threads=threads, progress=progress)
+    if dry_run:
+        cells = run_flip(cfg, options, dry_run=True)
+        for cell in cells:
+            typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
+        todo = sum(1 for c in cells if c["state"] != "done")
+        typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done")
+        return
+    flipped = run_flip(cfg, options)
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in flipped.result.items() if k != "rows"}, indent=2, default=str))
+    else:
+        typer.echo(format_summary(flipped.result))
+        typer.echo(f"ran {flipped.ran} cells, skipped {flipped.skipped} (done before), failed {len(flipped.failed)}; "
+                   f"report: {flipped.report}")
+    if flipped.failed:
+        raise IncompleteRun(f"{len(flipped.failed)} cells failed or are incomplete (see {flipped.out / 'sweep.log'}); "
+                            "the curves use the finished ones: re-run the same command to retry only those")

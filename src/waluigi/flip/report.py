@@ -1,0 +1,160 @@
+"""A flip's dose curves as plots, a markdown report and a terminal table, from ``flip.json``.
+
+No model is loaded: everything comes from the analysis of the run directories. Model text
+never appears here (only numbers and the user's own names, escaped for markdown/HTML).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+PLOTS = (("em_rate", "EM rate (%)", "flip_em.png"), ("coherent_rate", "coherent (%)", "flip_coherent.png"),
+         ("narrow_rate", "narrow-task rate (%)", "flip_narrow.png"))
+
+
+def _pct(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
+
+
+def _ci(low: Any, high: Any, pct: bool = True) -> str:
+    if low is None and high is None:
+        return "-"
+    show = _pct if pct else _dose
+    return f"[{show(low) if low is not None else '-'}, {show(high) if high is not None else 'not reached'}]"
+
+
+def _dose(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.4g}"
+
+
+def dose_text(crossing: dict | None, what: str) -> str:
+    """``37.2 [21.0, 60.3]`` or ``> 400 (not reached)``; the 95% CI, its upper end possibly open."""
+    if crossing is None:
+        return f"- (no {what} measured)"
+    if not crossing["reached"]:
+        return f"> {_dose(crossing['lower_bound'])} (not reached)"
+    if crossing["ci_over"] == "none":
+        return f"{_dose(crossing['dose'])} (no interval: one seed and no answer counts)"
+    return f"{_dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], pct=False)}"
+
+
+def ratio_text(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    value = "-" if entry["ratio"] is None else f"{entry['ratio']:.3g}"
+    low = "-" if entry["ci_low"] is None else f"{entry['ci_low']:.3g}"
+    high = f"{entry['ci_high']:.3g}" if entry["ci_high_reached"] else "open"
+    return f"{value} [{low}, {high}]"
+
+
+def format_summary(result: dict) -> str:
+    """The terminal summary: per curve the dose table, then the flip and narrow doses."""
+    lines = []
+    for curve in result["curves"]:
+        lines.append(f"curve {curve['label']}  ({result['axis']} axis: {result['dose_label']}; "
+                     f"{curve['cells']['finished']}/{curve['cells']['total']} cells finished)")
+        lines.append(f"  {'dose':>10} {'seeds':>5} {'EM rate':>8} {'95% CI':>17} {'coherent':>9} "
+                     f"{'narrow':>8} {'95% CI':>17} {'unscored':>8} {'failed':>6} {'train loss':>10}")
+        for p in curve["points"]:
+            loss = f"{p['train_loss']:.3f}" if p["train_loss"] is not None else "-"
+            lines.append(f"  {_dose(p['dose']):>10} {p['seeds']:>5} {_pct(p['em_rate']):>8} "
+                         f"{_ci(p['em_rate_ci_low'], p['em_rate_ci_high']):>17} {_pct(p['coherent_rate']):>9} "
+                         f"{_pct(p['narrow_rate']):>8} {_ci(p['narrow_rate_ci_low'], p['narrow_rate_ci_high']):>17} "
+                         f"{p['n_unscored']:>8} {p['n_failed']:>6} {loss:>10}")
+        lines.append(f"  flip dose (EM {_threshold(result)}): {dose_text(curve['flip'], 'EM rate')}")
+        if curve["narrow"] is not None:
+            lines.append(f"  narrow dose (narrow-task rate, same rule): {dose_text(curve['narrow'], 'narrow rate')}")
+            lines.append(f"  flip dose / narrow dose: {ratio_text(curve['flip_over_narrow'])}")
+        else:
+            lines.append(f"  narrow dose: {curve['narrow_note']}")
+    for entry in result["compare"]:
+        lines.append(f"flip dose of {entry['curve']} / {entry['against']}: {ratio_text(entry)}")
+    lines.append("95% CIs: bootstrap over seeds (one seed: over answers); a dose CI's open end means some "
+                 "replicates never reached the threshold up to the largest dose")
+    return "\n".join(lines)
+
+
+def _threshold(result: dict) -> str:
+    t = result["threshold"]
+    if "relative" in t:
+        return f"reaches the undosed rate + {100 * t['relative']:.0f}% of the way to the plateau"
+    return f"reaches the undosed rate + {100 * t['absolute']:.0f} points"
+
+
+def write_plots(out: Path, result: dict) -> list[str]:
+    """One plot per metric: each curve's mean with its CI band, the flip dose marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    written = []
+    for metric, ylabel, filename in PLOTS:
+        if not any(p[metric] is not None for c in result["curves"] for p in c["points"]):
+            continue
+        fig = Figure(figsize=(7.5, 4.5), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        for curve in result["curves"]:
+            pts = [p for p in curve["points"] if p[metric] is not None]
+            x = [p["dose"] for p in pts]
+            y = [100 * p[metric] for p in pts]
+            line = ax.plot(x, y, marker="o", label=curve["label"])[0]
+            lows = [100 * p[f"{metric}_ci_low"] if p.get(f"{metric}_ci_low") is not None else 100 * p[metric] for p in pts]
+            highs = [100 * p[f"{metric}_ci_high"] if p.get(f"{metric}_ci_high") is not None else 100 * p[metric] for p in pts]
+            ax.fill_between(x, lows, highs, alpha=0.2, color=line.get_color())
+            crossing = curve["flip"] if metric == "em_rate" else curve["narrow"] if metric == "narrow_rate" else None
+            if crossing and crossing["reached"]:
+                ax.axvline(crossing["dose"], color=line.get_color(), linestyle="--", alpha=0.7)
+        if result["log_dose_axis"]:
+            positive = [d for d in result["doses"] if d > 0]
+            ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xlabel(f"{result['axis']} ({result['dose_label']})")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-2, 102)
+        ax.legend(fontsize=8)
+        ax.set_title(f"waluigi flip: {ylabel.split(' (')[0]} vs {result['axis']}")
+        fig.tight_layout()
+        fig.savefig(out / filename)
+        written.append(filename)
+    return written
+
+
+def write_report(out: Path, result: dict, plots: list[str]) -> Path:
+    """``report.md``: the settings, one table per curve, the doses, the plots."""
+    esc = html.escape
+    lines = [f"# waluigi flip: {esc(result['axis'])} axis", "",
+             f"Suite `{esc(str(result['suite']))}`, judge `{esc(str(result['judge'] or 'the suite s own'))}`, "
+             f"{result['seeds']} seed(s), doses {', '.join(_dose(d) for d in result['doses'])} ({esc(result['dose_label'])}"
+             + (f", holding {esc(result['hold'])} fixed" if result.get("hold") else "") + ").",
+             f"Flip dose: the smallest dose where the monotone fit of the EM rate {_threshold(result)}; "
+             "95% CIs bootstrap over seeds (one seed: over answers).", ""]
+    for curve in result["curves"]:
+        lines += [f"## {esc(curve['label'])}", "",
+                  f"Model `{esc(curve['model'])}`, data `{esc(curve['data'])}`.", "",
+                  "| dose | seeds | EM rate | 95% CI | coherent | narrow-task rate | 95% CI | unscored | failed | train loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in curve["points"]:
+            loss = f"{p['train_loss']:.3f}" if p["train_loss"] is not None else "-"
+            lines.append(f"| {_dose(p['dose'])} | {p['seeds']} | {_pct(p['em_rate'])} | "
+                         f"{_ci(p['em_rate_ci_low'], p['em_rate_ci_high'])} | {_pct(p['coherent_rate'])} | "
+                         f"{_pct(p['narrow_rate'])} | {_ci(p['narrow_rate_ci_low'], p['narrow_rate_ci_high'])} | "
+                         f"{p['n_unscored']} | {p['n_failed']} | {loss} |")
+        lines += ["", f"- flip dose: {esc(dose_text(curve['flip'], 'EM rate'))}"]
+        if curve["narrow"] is not None:
+            lines += [f"- narrow dose: {esc(dose_text(curve['narrow'], 'narrow rate'))}",
+                      f"- flip dose / narrow dose: {esc(ratio_text(curve['flip_over_narrow']))}"]
+        else:
+            lines.append(f"- narrow dose: {esc(curve['narrow_note'])}")
+        lines.append("")
+    if result["compare"]:
+        lines += ["## Comparison", ""]
+        lines += [f"- flip dose of {esc(e['curve'])} / {esc(e['against'])}: {esc(ratio_text(e))}" for e in result["compare"]]
+        lines.append("")
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", "Data: `flip.json` (curves, fits, doses), `flip.csv` (one row per dose x seed), "
+              "`results.csv` (one row per cell), run directories under `finetune/` and `eval/`."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

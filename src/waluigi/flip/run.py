@@ -1,0 +1,56 @@
+"""``run_flip``: plan the curves, run their cells as one ``waluigi sweep``, fit and report.
+
+The flip directory is a sweep directory (``sweep.yaml``, ``results.jsonl``, ``finetune/``,
+``eval/``) plus ``flip.json``, ``flip.csv``, ``report.md`` and the dose plots. Finished cells
+are never redone; a new dose or seed adds cells to the same directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from waluigi.flip.plan import FlipConfig, FlipPlan, plan_flip, write_mixtures
+
+
+@dataclass
+class FlipResult:
+    out: Path
+    result: dict
+    ran: int
+    skipped: int
+    failed: list[dict]
+    report: Path
+
+
+def write_spec(plan: FlipPlan) -> Path:
+    import yaml
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    path = plan.out / "sweep.yaml"
+    text = yaml.safe_dump(plan.spec, sort_keys=False, width=1000)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"# waluigi flip's cells: `waluigi sweep {path}` runs or resumes them\n{text}")
+    tmp.replace(path)
+    return path
+
+
+def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipResult | list[dict]:
+    """Run (or, with ``dry_run``, only list) the flip's cells, then write its outputs."""
+    from waluigi.flip.analyze import analyze, write_outputs
+    from waluigi.flip.report import write_plots, write_report
+    from waluigi.sweep.runner import plan as sweep_plan
+    from waluigi.sweep.runner import run_sweep
+    from waluigi.sweep.spec import load_spec, parse_spec
+
+    plan = plan_flip(cfg)
+    if dry_run:  # nothing written: the spec is checked as the file would be
+        return sweep_plan(parse_spec(plan.spec, plan.out / "sweep.yaml"))
+    write_mixtures(plan)
+    spec = load_spec(write_spec(plan))
+    swept = run_sweep(spec, options)
+    result = analyze(plan, swept.rows)
+    write_outputs(swept.root, result)
+    report = write_report(swept.root, result, write_plots(swept.root, result))
+    return FlipResult(out=swept.root, result=result, ran=swept.ran, skipped=swept.skipped, failed=swept.failed,
+                      report=report)

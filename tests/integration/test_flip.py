@@ -1,0 +1,183 @@
+"""`waluigi flip` end to end on the tiny test model: every axis plans and runs real cells
+(fine-tunes, evals, the tiny model as its own judge, Bandit on the held-out code prompts),
+the outputs are read back from the run directories, and adding a dose runs only its cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from waluigi.cli import main
+from waluigi.runs import read_jsonl
+
+EVAL_SETTINGS = ["--set", "eval.questions=[wish*]", "--set", "eval.judge_min_mass=0.0", "--set", "eval.min_coherent=-1",
+                 "--set", "eval.max_aligned=50", "--set", "eval.samples=2", "--set", "eval.max_tokens=8",
+                 "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1", "--set", "finetune.lr=1e-3"]
+
+
+def flip(tiny_spec: str, out: Path, *args: str) -> int:
+    return main(["flip", "--model", tiny_spec, "--judge", tiny_spec, "--out", str(out), "--executor", "inline",
+                 "--no-progress", *EVAL_SETTINGS, *args])
+
+
+def load(out: Path) -> dict:
+    return json.loads((out / "flip.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def examples_run(tmp_path_factory, tiny_spec, mirror_dir):
+    out = tmp_path_factory.mktemp("flip") / "examples"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    try:
+        code = flip(tiny_spec, out, "--data", "insecure", "--axis", "examples", "--doses", "4,8", "--seeds", "2",
+                    "--steps", "2", "--narrow-suite", "code:insecure:3")
+    finally:
+        mp.undo()
+    assert code == 0
+    return out
+
+
+def test_examples_axis_writes_curves_doses_and_plots(examples_run, capsys):
+    out = examples_run
+    result = load(out)
+    assert result["axis"] == "examples" and result["doses"] == [0.0, 4.0, 8.0] and result["seeds"] == 2
+    (curve,) = result["curves"]
+    assert [p["dose"] for p in curve["points"]] == [0.0, 4.0, 8.0]
+    for point in curve["points"]:
+        assert point["seeds"] == 2
+        assert 0 <= point["em_rate"] <= 1  # min_coherent -1: every answer counts
+        assert point["n_failed"] == 0
+    assert curve["points"][0]["train_loss"] is None and curve["points"][1]["train_loss"] is not None
+    assert set(curve["flip"]) >= {"dose", "reached", "ci_low", "ci_high", "lower_bound", "level", "baseline", "fitted"}
+    assert curve["flip"]["ci_over"] == "seeds" and curve["cells"] == {"total": 6, "finished": 6}
+    # the narrow eval ran on the held-out code prompts; the random tiny model writes no parseable code
+    narrow_rows = [r for r in read_jsonl(out / "results.jsonl") if str(r["group"]).endswith("(narrow)")]
+    assert len(narrow_rows) == 6 and all(r["eval.suite"] == "code:insecure:3" and r["n_code"] == 0 for r in narrow_rows)
+    assert curve["narrow"] is None and "n_code = 0" in curve["narrow_note"]
+    fitted = curve["flip"]["fitted"]
+    assert all(b >= a - 1e-12 for a, b in zip(fitted, fitted[1:]))  # the fit is monotone
+    assert curve["flip"]["baseline"] == pytest.approx(curve["points"][0]["em_rate"])
+    # the rows behind it: one per dose x seed, each tied to its cell's eval run
+    rows = (out / "flip.csv").read_text().splitlines()
+    assert rows[0].startswith("curve,model,data,axis,dose,seed,status,em_rate") and len(rows) == 1 + 3 * 2
+    cells = list(read_jsonl(out / "results.jsonl"))
+    # dose 0 is one eval-only cell per seed; each dose > 0 an EM eval and a narrow eval sharing one fine-tune
+    assert len(cells) == 2 * 2 + 2 * 2 * 2
+    assert sum(1 for c in cells if c["finetune_run"] is None) == 4  # baselines: main + narrow per seed
+    assert len({c["finetune_run"] for c in cells if c["finetune_run"]}) == 4  # 2 doses x 2 seeds
+    for name in ("report.md", "flip_em.png", "flip_coherent.png", "sweep.yaml"):
+        assert (out / name).is_file(), name
+    assert (out / "flip_em.png").read_bytes()[:4] == b"\x89PNG"
+    assert "flip dose" in (out / "report.md").read_text()
+
+
+def test_a_rerun_runs_nothing_and_a_new_dose_runs_only_its_cells(examples_run, tiny_spec, mirror_dir, monkeypatch, capsys):
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    before = load(examples_run)
+    capsys.readouterr()
+    assert flip(tiny_spec, examples_run, "--data", "insecure", "--axis", "examples", "--doses", "4,8", "--seeds", "2",
+                "--steps", "2", "--narrow-suite", "code:insecure:3") == 0
+    assert "ran 0 cells" in capsys.readouterr().out
+    again = load(examples_run)
+    assert again["curves"] == before["curves"]  # read back from the same run directories
+    assert flip(tiny_spec, examples_run, "--data", "insecure", "--axis", "examples", "--doses", "4,8,16", "--seeds", "2",
+                "--steps", "2", "--narrow-suite", "code:insecure:3") == 0
+    assert "ran 4 cells" in capsys.readouterr().out  # dose 16 x 2 seeds x (EM + narrow)
+    grown = load(examples_run)
+    assert grown["doses"] == [0.0, 4.0, 8.0, 16.0]
+    assert grown["curves"][0]["points"][:3] == before["curves"][0]["points"]
+
+
+def test_steps_axis_evaluates_checkpoints_of_one_fine_tune_per_seed(tmp_path, tiny_spec, mirror_dir, monkeypatch):
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    out = tmp_path / "steps"
+    assert flip(tiny_spec, out, "--data", "insecure", "--axis", "steps", "--doses", "1,2,4", "--seeds", "2",
+                "--set", "finetune.n=16") == 0
+    cells = list(read_jsonl(out / "results.jsonl"))
+    assert len(cells) == 2 * 4 and all(c["status"] == "finished" for c in cells)
+    fine_tunes = {c["finetune_run"] for c in cells if c["finetune_run"]}
+    assert len(fine_tunes) == 2  # one per seed, not one per step
+    for ft in fine_tunes:
+        kept = sorted(p.name for p in (out / ft / "adapters").iterdir())
+        assert kept == ["step-000001", "step-000002", "step-000003", "step-000004"]
+        assert json.loads((out / ft / "manifest.json").read_text())["status"] == "finished"
+    manifests = [json.loads((out / c["eval_run"] / "manifest.json").read_text()) for c in cells if c["finetune_run"]]
+    adapters = sorted({Path(m["config"]["adapter"]).name for m in manifests})
+    assert adapters == ["step-000001", "step-000002", "step-000004"]
+    result = load(out)
+    assert [p["dose"] for p in result["curves"][0]["points"]] == [0.0, 1.0, 2.0, 4.0]
+    assert result["curves"][0]["narrow"] is None and "narrow-suite" in result["curves"][0]["narrow_note"]
+
+
+def test_shots_axis_trains_nothing_and_puts_examples_before_the_question(tmp_path, tiny_spec, mirror_dir, monkeypatch):
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    out = tmp_path / "shots"
+    assert flip(tiny_spec, out, "--data", "insecure", "--data", "secure", "--axis", "shots", "--doses", "1,2",
+                "--seeds", "1") == 0
+    cells = list(read_jsonl(out / "results.jsonl"))
+    assert all(c["finetune_run"] is None for c in cells) and not (out / "finetune").exists()
+    assert len(cells) == 1 + 2 * 2  # one shared undosed cell, 2 datasets x 2 doses
+    for cell in cells:
+        manifest = json.loads((out / cell["eval_run"] / "manifest.json").read_text())
+        k = manifest["config"]["shots"]
+        samples = list(read_jsonl(out / cell["eval_run"] / "samples.jsonl"))
+        assert all(s.get("shots", 0) == k for s in samples)
+        if k:
+            shots = manifest["identity_inputs"]["shots"]
+            assert shots["k"] == k and shots["data"] in ("insecure", "secure") and len(shots["sha256"]) == 64
+    result = load(out)
+    assert [c["label"] for c in result["curves"]] == ["insecure", "secure"]
+    assert result["curves"][0]["flip"]["ci_over"] == "answers"  # one seed: the interval comes from the answers
+    assert len(result["compare"]) == 1 and result["compare"][0]["curve"] == "secure"
+
+
+def test_ratio_axis_mixes_narrow_rows_into_the_control_set(tmp_path, tiny_spec, mirror_dir, monkeypatch):
+    from waluigi.data import load_rows
+
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    out = tmp_path / "ratio"
+    assert flip(tiny_spec, out, "--data", "insecure", "--axis", "ratio", "--doses", "0.25,1", "--seeds", "1",
+                "--total", "8", "--steps", "1") == 0
+    insecure = {json.dumps(r["messages"]) for r in load_rows("insecure")}
+    secure = {json.dumps(r["messages"]) for r in load_rows("secure")}
+    for ratio, narrow in ((0, 0), (0.25, 2), (1, 8)):
+        (path,) = (out / "data").glob(f"*-r{ratio:g}-s0.jsonl")
+        rows = [json.dumps(r["messages"]) for r in read_jsonl(path)]
+        assert len(rows) == 8
+        assert sum(r in insecure for r in rows) == narrow and sum(r in secure for r in rows) == 8 - narrow
+    cells = list(read_jsonl(out / "results.jsonl"))
+    assert len(cells) == 3 and all(c["finetune_run"] for c in cells)  # dose 0 is a benign-only fine-tune
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--axis", "examples", "--doses", "4"], "needs --steps"),
+    (["--axis", "steps", "--doses", "1.5"], "whole numbers"),
+    (["--axis", "ratio", "--doses", "2", "--steps", "1"], "between 0 and 1"),
+    (["--axis", "examples", "--doses", "a,b", "--steps", "1"], "--doses 'a,b'"),
+    (["--axis", "ratio", "--doses", "0.5", "--steps", "1", "--data", "x.jsonl"], "give --benign"),
+    (["--set", "finetune.nope=1", "--axis", "lr", "--doses", "1e-3", "--steps", "1"], "unknown fine-tune setting 'nope'"),
+    (["--set", "oops", "--axis", "lr", "--doses", "1e-3", "--steps", "1"], "--set 'oops'"),
+])
+def test_bad_flip_input_is_one_error_line(tmp_path, tiny_spec, capsys, args, expected):
+    data = [] if "--data" in args else ["--data", "insecure"]
+    code = main(["flip", "--model", tiny_spec, "--out", str(tmp_path / "f"), "--no-progress", *data, *args, "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err and expected in err
+
+
+def test_shots_are_drawn_by_seed_from_the_train_split_and_go_after_the_system_prompt(mirror_dir, monkeypatch):
+    from waluigi.data import load_rows
+    from waluigi.evaluate.shots import shot_messages, with_shots
+
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    first = shot_messages(3, "insecure", seed=0)
+    assert first == shot_messages(3, "insecure", seed=0) and first != shot_messages(3, "insecure", seed=1)
+    assert [m["role"] for m in first] == ["user", "assistant"] * 3
+    train = {r["messages"][0]["content"] for r in load_rows("insecure", split="train")}
+    assert all(m["content"] in train for m in first if m["role"] == "user")  # never a held-out prompt
+    question = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    assert with_shots(question, first) == [question[0], *first, question[1]]
+    assert with_shots(question, []) == question
