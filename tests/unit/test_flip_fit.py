@@ -95,6 +95,7 @@ def test_ratio_of_two_flip_doses_and_its_interval():
     assert ratio(early, never)["ratio"] == 0.0
     open_ended = ratio(never, early)
     assert open_ended["ratio"] is None and open_ended["ci_high"] is None and not open_ended["ci_high_reached"]
+    assert open_ended["lower_bound"] == pytest.approx(8 / 1.5)  # above the largest dose over the reached one
 
 
 def test_percentiles_keep_infinite_replicates_infinite():
@@ -107,3 +108,11 @@ def test_bad_shapes_are_refused():
         flip_dose([2, 1], [[0, 0]])
     with pytest.raises(ValueError, match="seeds x doses"):
         flip_dose([1, 2], [[0, 0, 0]])
+
+
+def test_the_crossing_names_the_measured_doses_around_it():
+    result = flip_dose([0, 5, 10], [[0.0, 0.3, 0.4]] * 2, n_boot=20)
+    assert result.bracket == (0.0, 5.0) and result.dose == pytest.approx(5 / 3)
+    later = flip_dose([0, 1, 2, 4], [[0, 0.05, 0.15, 0.3]] * 2, n_boot=20)
+    assert later.bracket == (1.0, 2.0)
+    assert flip_dose([0, 1], [[0, 0]] * 2, n_boot=20).bracket is None

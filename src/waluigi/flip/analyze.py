@@ -31,7 +31,21 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
-def point_rows(plan: FlipPlan, results: list[dict]) -> list[dict]:
+def _loss_at(root: Path | None, finetune_run: str | None, step: float) -> float | None:
+    """The training loss logged at ``step`` of a fine-tune (the ``steps`` axis: each dose is a
+    point of one run, so the run's final loss would be the same for every dose)."""
+    if root is None or not finetune_run:
+        return None
+    from waluigi.runs import read_jsonl
+
+    path = root / finetune_run / "train_log.jsonl"
+    if not path.is_file():
+        return None
+    losses = {int(r["step"]): r.get("loss") for r in read_jsonl(path) if "step" in r}
+    return _num(losses.get(int(step)))
+
+
+def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) -> list[dict]:
     """One row per (curve, dose, seed): the cell's status and metrics."""
     rows = []
     for point in plan.points:
@@ -52,7 +66,9 @@ def point_rows(plan: FlipPlan, results: list[dict]) -> list[dict]:
             "narrow_rate": _num(narrow.get("vulnerable_rate")) if narrow.get("status") == "finished" else None,
             "narrow_ci_low": _num(narrow.get("vuln_ci_low")), "narrow_ci_high": _num(narrow.get("vuln_ci_high")),
             "n_code": narrow.get("n_code"), "n_vulnerable": narrow.get("n_vulnerable"),
-            "train_loss": _num(main.get("train_loss")), "cell": main.get("cell"), "eval_run": main.get("eval_run"),
+            "train_loss": (_loss_at(root, main.get("finetune_run"), point.dose) if plan.config.axis == "steps"
+                           else _num(main.get("train_loss"))),
+            "cell": main.get("cell"), "eval_run": main.get("eval_run"),
         })
     return rows
 
@@ -118,10 +134,11 @@ def _narrow_note(rows: list[dict]) -> str:
             "or a suite with code questions")
 
 
-def analyze(plan: FlipPlan, results: list[dict]) -> dict:
-    """``flip.json``'s content: the settings, each curve's points, fits and doses, the comparisons."""
+def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> dict:
+    """``flip.json``'s content: the settings, each curve's points, fits and doses, the comparisons.
+    ``root``: the flip directory (for the ``steps`` axis's per-step training loss)."""
     cfg = plan.config
-    rows = point_rows(plan, results)
+    rows = point_rows(plan, results, root)
     doses = [float(d) for d in cfg.doses]
     log = log_axis(doses)
     curves, crossings = [], []

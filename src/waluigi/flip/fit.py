@@ -84,13 +84,15 @@ class Crossing:
     means: list[float | None]
     fitted: list[float | None]
     lower_bound: float | None = None  # not reached: the dose is above this (the largest dose)
+    bracket: tuple[float, float] | None = None  # the two measured doses the crossing lies between
     boot: np.ndarray = field(default_factory=lambda: np.array([]), repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"dose": self.dose, "reached": self.reached, "lower_bound": self.lower_bound,
                 "ci_low": self.ci_low, "ci_high": self.ci_high, "ci_high_reached": self.ci_high_reached,
                 "share_reached": self.share_reached, "ci_over": self.ci_over, "level": self.level,
-                "baseline": self.baseline, "plateau": self.plateau, "means": self.means, "fitted": self.fitted}
+                "baseline": self.baseline, "plateau": self.plateau, "means": self.means, "fitted": self.fitted,
+                "bracket": list(self.bracket) if self.bracket else None}
 
 
 def _fit_level(doses: np.ndarray, means: np.ndarray, weights: np.ndarray, baseline_index: int | None,
@@ -171,7 +173,12 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
         high_reached = bool(np.isfinite(high_q))
         ci_high = float(high_q) if high_reached else None
     reached = math.isfinite(dose)
-    return Crossing(dose=float(dose) if reached else None, reached=reached, level=level, baseline=baseline,
+    bracket = None
+    if reached:
+        above = [d for d in doses_ if d >= dose - 1e-12]
+        below = [d for d in doses_ if d < dose - 1e-12]
+        bracket = (float(below[-1]) if below else float(above[0]), float(above[0]))
+    return Crossing(bracket=bracket, dose=float(dose) if reached else None, reached=reached, level=level, baseline=baseline,
                     plateau=plateau, ci_low=ci_low, ci_high=ci_high, ci_high_reached=high_reached,
                     share_reached=share, ci_over=ci_over, means=_listed(means), fitted=_listed(fitted),
                     lower_bound=None if reached else float(doses_.max()), boot=boot)
@@ -186,7 +193,10 @@ def ratio(a: Crossing, b: Crossing) -> dict[str, Any]:
         value = a.dose / b.dose
     elif a.reached and not b.reached:
         value = 0.0
-    out: dict[str, Any] = {"ratio": value, "ci_low": None, "ci_high": None, "ci_high_reached": False, "n": 0}
+    # a not reached, b reached: the ratio is only known to exceed a's largest dose over b's dose
+    above = a.lower_bound / b.dose if (not a.reached and b.reached and b.dose and a.lower_bound) else None
+    out: dict[str, Any] = {"ratio": value, "lower_bound": above, "ci_low": None, "ci_high": None,
+                           "ci_high_reached": False, "n": 0}
     if a.boot.size and b.boot.size:
         size = min(a.boot.size, b.boot.size)
         x, y = a.boot[:size], b.boot[:size]

@@ -150,19 +150,25 @@ def slug(text: str, limit: int = 24) -> str:
     return _slug(text, limit)
 
 
-def _label(text: str) -> str:
-    text = text[3:] if text.startswith(("hf:", "toy:")) else text
+def _label(text: str, data: bool = False) -> str:
+    """A short name for a model spec or a dataset: ``hf:runs/x/model`` -> ``x``, ``a/b.jsonl``
+    -> ``b``, ``toy:insecure`` -> ``toy-insecure``, ``insecure`` -> ``insecure``."""
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("hf", "toy", "vllm", "openai") and not data:
+        text = rest
     path = Path(text)
-    if path.suffix == ".jsonl" or path.name in ("model",):
-        return path.stem if path.suffix else path.parent.name
-    return path.name or text
+    if path.suffix == ".jsonl":
+        return path.stem
+    if len(path.parts) > 1 or path.name == "model":
+        return path.parent.name if path.name == "model" else path.name
+    return text.replace(":", "-")
 
 
 def curve_labels(models: list[str], data: list[str]) -> list[tuple[str, str, str]]:
     pairs = [(m, d) for m in models for d in data]
     labels = []
     for m, d in pairs:
-        parts = ([_label(m)] if len(models) > 1 else []) + ([_label(d)] if len(data) > 1 or len(models) == 1 else [])
+        parts = ([_label(m)] if len(models) > 1 else []) + ([_label(d, data=True)] if len(data) > 1 or len(models) == 1 else [])
         labels.append((m, d, " / ".join(parts)))
     seen: dict[str, int] = {}
     out = []
@@ -177,7 +183,7 @@ def flip_dir(cfg: FlipConfig) -> Path:
         return Path(cfg.out)
     what = {"axis": cfg.axis, "models": cfg.models, "data": cfg.data, "suite": cfg.suite, "judge": cfg.judge,
             "narrow_suite": cfg.narrow_suite, "hold": cfg.hold if cfg.axis == "examples" else None}
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"flip-{cfg.axis}-{slug('+'.join(_label(d) for d in cfg.data), 32)}")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"flip-{cfg.axis}-{slug('+'.join(_label(d, data=True) for d in cfg.data), 32)}")
     return Path(cfg.runs) / f"{name}-{identity_hash(what)[:8]}"
 
 
@@ -260,7 +266,7 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
 
 def mixture_file(out: Path, cfg: FlipConfig, curve: Curve, ratio: float, seed: int) -> Path:
     """Where the ratio axis's mixture for (curve, ratio, seed) is written (``write_mixtures``)."""
-    return out / "data" / f"{slug(_label(curve.data), 24)}-c{curve.index}-r{ratio:g}-s{seed}.jsonl"
+    return out / "data" / f"{slug(_label(curve.data, data=True), 24)}-c{curve.index}-r{ratio:g}-s{seed}.jsonl"
 
 
 def write_mixtures(plan: FlipPlan) -> None:

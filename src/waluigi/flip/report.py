@@ -36,13 +36,21 @@ def dose_text(crossing: dict | None, what: str) -> str:
     if not crossing["reached"]:
         return f"> {_dose(crossing['lower_bound'])} (not reached)"
     if crossing["ci_over"] == "none":
-        return f"{_dose(crossing['dose'])} (no interval: one seed and no answer counts)"
-    return f"{_dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], pct=False)}"
+        text = f"{_dose(crossing['dose'])} (no interval: one seed and no answer counts)"
+    else:
+        text = f"{_dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], pct=False)}"
+    bracket = crossing.get("bracket")
+    if bracket and bracket[0] == 0 and bracket[1] > 0:
+        text += (f"; it lies between dose 0 and the first dose ({_dose(bracket[1])}), so it is interpolated, "
+                 "not measured: add smaller doses")
+    return text
 
 
 def ratio_text(entry: dict | None) -> str:
     if not entry:
         return "-"
+    if entry["ratio"] is None and entry.get("lower_bound") is not None:
+        return f"> {entry['lower_bound']:.3g} (the numerator's dose was not reached)"
     value = "-" if entry["ratio"] is None else f"{entry['ratio']:.3g}"
     low = "-" if entry["ci_low"] is None else f"{entry['ci_low']:.3g}"
     high = f"{entry['ci_high']:.3g}" if entry["ci_high_reached"] else "open"

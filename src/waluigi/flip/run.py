@@ -49,7 +49,7 @@ def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipRes
     write_mixtures(plan)
     spec = load_spec(write_spec(plan))
     swept = run_sweep(spec, options)
-    result = analyze(plan, swept.rows)
+    result = analyze(plan, swept.rows, swept.root)
     write_outputs(swept.root, result)
     report = write_report(swept.root, result, write_plots(swept.root, result))
     return FlipResult(out=swept.root, result=result, ran=swept.ran, skipped=swept.skipped, failed=swept.failed,

@@ -73,6 +73,9 @@ def run_task(task: dict) -> dict:
         sys.argv = list(task["argv"])
     with _redirected(log) if log else contextlib.nullcontext():
         try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load; the tasks have their own bars
             if task.get("threads"):
                 import torch
 
@@ -146,8 +149,10 @@ def _redirected(path: str):
 
 # -- executors -----------------------------------------------------------------------------------
 class InlineExecutor:
-    """Each task in this process, one after the other, at ``submit`` (no worker start-up;
-    for debugging and for measuring the runner's own overhead)."""
+    """Each task in this process, one after the other, in the order submitted (no worker
+    start-up; for debugging, for toy cells of a second, and for measuring the runner's own
+    overhead). A task runs when ``wait`` is asked for it, so the runner records each one as it
+    finishes (the log, the progress bar) and queues the evals of a finished fine-tune."""
 
     name = "inline"
     redirect = False
@@ -156,13 +161,16 @@ class InlineExecutor:
         self.workers = 1
 
     def submit(self, task: dict) -> dict:
-        return run_task({**task, "inline": True})
+        return {"task": {**task, "inline": True}, "result": None}
 
     def wait(self, handles: list) -> tuple[list, list]:
-        return list(handles), []
+        first = handles[0]
+        if first["result"] is None:
+            first["result"] = run_task(first["task"])
+        return [first], list(handles[1:])
 
     def result(self, handle: dict) -> dict:
-        return handle
+        return handle["result"]
 
     def close(self, cancel: bool = False) -> None:
         pass
