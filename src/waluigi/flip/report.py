@@ -57,20 +57,28 @@ def ratio_text(entry: dict | None) -> str:
     return f"{value} [{low}, {high}]"
 
 
+COLUMNS = ("dose", "seeds", "EM rate", "95% CI", "coherent", "narrow", "95% CI", "unscored", "failed", "train loss")
+MD_COLUMNS = ("dose", "seeds", "EM rate", "95% CI", "coherent", "narrow-task rate", "95% CI", "unscored", "failed",
+              "train loss")
+WIDTHS = (10, 5, 8, 17, 9, 8, 17, 8, 6, 10)
+
+
+def point_cells(p: dict) -> list[str]:
+    """One dose's row, as the terminal table and the markdown report both show it."""
+    loss = f"{p['train_loss']:.3f}" if p["train_loss"] is not None else "-"
+    return [_dose(p["dose"]), str(p["seeds"]), _pct(p["em_rate"]), _ci(p["em_rate_ci_low"], p["em_rate_ci_high"]),
+            _pct(p["coherent_rate"]), _pct(p["narrow_rate"]), _ci(p["narrow_rate_ci_low"], p["narrow_rate_ci_high"]),
+            str(p["n_unscored"]), str(p["n_failed"]), loss]
+
+
 def format_summary(result: dict) -> str:
     """The terminal summary: per curve the dose table, then the flip and narrow doses."""
     lines = []
     for curve in result["curves"]:
         lines.append(f"curve {curve['label']}  ({result['axis']} axis: {result['dose_label']}; "
                      f"{curve['cells']['finished']}/{curve['cells']['total']} cells finished)")
-        lines.append(f"  {'dose':>10} {'seeds':>5} {'EM rate':>8} {'95% CI':>17} {'coherent':>9} "
-                     f"{'narrow':>8} {'95% CI':>17} {'unscored':>8} {'failed':>6} {'train loss':>10}")
-        for p in curve["points"]:
-            loss = f"{p['train_loss']:.3f}" if p["train_loss"] is not None else "-"
-            lines.append(f"  {_dose(p['dose']):>10} {p['seeds']:>5} {_pct(p['em_rate']):>8} "
-                         f"{_ci(p['em_rate_ci_low'], p['em_rate_ci_high']):>17} {_pct(p['coherent_rate']):>9} "
-                         f"{_pct(p['narrow_rate']):>8} {_ci(p['narrow_rate_ci_low'], p['narrow_rate_ci_high']):>17} "
-                         f"{p['n_unscored']:>8} {p['n_failed']:>6} {loss:>10}")
+        lines.append("  " + " ".join(f"{h:>{w}}" for h, w in zip(COLUMNS, WIDTHS)))
+        lines += ["  " + " ".join(f"{c:>{w}}" for c, w in zip(point_cells(p), WIDTHS)) for p in curve["points"]]
         lines.append(f"  flip dose (EM {_threshold(result)}): {dose_text(curve['flip'], 'EM rate')}")
         if curve["narrow"] is not None:
             lines.append(f"  narrow dose (narrow-task rate, same rule): {dose_text(curve['narrow'], 'narrow rate')}")
@@ -141,14 +149,8 @@ def write_report(out: Path, result: dict, plots: list[str]) -> Path:
     for curve in result["curves"]:
         lines += [f"## {esc(curve['label'])}", "",
                   f"Model `{esc(curve['model'])}`, data `{esc(curve['data'])}`.", "",
-                  "| dose | seeds | EM rate | 95% CI | coherent | narrow-task rate | 95% CI | unscored | failed | train loss |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for p in curve["points"]:
-            loss = f"{p['train_loss']:.3f}" if p["train_loss"] is not None else "-"
-            lines.append(f"| {_dose(p['dose'])} | {p['seeds']} | {_pct(p['em_rate'])} | "
-                         f"{_ci(p['em_rate_ci_low'], p['em_rate_ci_high'])} | {_pct(p['coherent_rate'])} | "
-                         f"{_pct(p['narrow_rate'])} | {_ci(p['narrow_rate_ci_low'], p['narrow_rate_ci_high'])} | "
-                         f"{p['n_unscored']} | {p['n_failed']} | {loss} |")
+                  "| " + " | ".join(MD_COLUMNS) + " |", "|" + "---|" * len(MD_COLUMNS)]
+        lines += ["| " + " | ".join(point_cells(p)) + " |" for p in curve["points"]]
         lines += ["", f"- flip dose: {esc(dose_text(curve['flip'], 'EM rate'))}"]
         if curve["narrow"] is not None:
             lines += [f"- narrow dose: {esc(dose_text(curve['narrow'], 'narrow rate'))}",
