@@ -12,7 +12,18 @@ import pytest
 from faulty_server import FAULTS, FaultyServer
 
 from waluigi.cli import main
-from waluigi.retry import Exhausted, Permanent, RetryPolicy, Transient, call_with_retries, retry_after_seconds
+from waluigi.errors import UserError
+from waluigi.models.base import GenerationRequest
+from waluigi.models.openai_backend import OpenAIGenerator
+from waluigi.retry import (
+    Exhausted,
+    Permanent,
+    RequestsFailed,
+    RetryPolicy,
+    Transient,
+    call_with_retries,
+    retry_after_seconds,
+)
 from waluigi.runs import read_jsonl
 
 KEY = "sk-test-THIS-IS-SECRET-0123456789"
@@ -182,8 +193,8 @@ def test_judge_refuses_an_unfinished_run_and_extends_when_it_grows(key, tmp_path
         return None
 
     with FaultyServer(script=script) as half:
-        code, _, _ = _eval(capsys, half.base_url, out, "--judge", "none", "-q", "bored,partner_trouble", "--max-retries", "0")
-    assert code == 3
+        code, _, stderr = _eval(capsys, half.base_url, out, "--judge", "none", "-q", "bored,partner_trouble", "--max-retries", "0")
+    assert code == 3, stderr
     n_first = len(_answers(out))
     assert 0 < n_first < 6
     with FaultyServer() as judge_server:
@@ -203,6 +214,44 @@ def test_judge_refuses_an_unfinished_run_and_extends_when_it_grows(key, tmp_path
     judged = list(read_jsonl(out / "judges" / "openai-judge" / "judgments.jsonl"))
     assert len(judged) == 12 and len({(j["question_id"], j["paraphrase_index"], j["sample_index"], j["metric"])
                                       for j in judged}) == 12
+
+
+def _requests(n: int) -> list[GenerationRequest]:
+    return [GenerationRequest([{"role": "user", "content": f"q{i}"}], seed=i) for i in range(n)]
+
+
+def test_a_failure_that_comes_back_first_is_the_requests_not_the_servers(key):
+    """Even seeds fail at once, odd ones answer late: the first reply the client sees is a
+    failure, yet the server does answer, so the run ends with failures, not with 'server down'."""
+    def script(body):
+        return (500, {"error": {"message": "down", "type": "server_error"}}) if body["seed"] % 2 == 0 else None
+
+    with FaultyServer(script=script, delay=lambda body: 0.0 if body["seed"] % 2 == 0 else 0.5) as srv:
+        gen = OpenAIGenerator("m", base_url=srv.base_url, max_retries=0, concurrency=4)
+        answered: list[int] = []
+        try:
+            with pytest.raises(RequestsFailed) as info:
+                answered.extend(index for index, _ in gen.generate(_requests(8)))
+        finally:
+            gen.close()
+    assert sorted(answered) == [1, 3, 5, 7]
+    assert sorted(info.value.failures) == [0, 2, 4, 6]
+
+
+def test_a_server_that_never_answers_stops_with_one_line_before_all_requests_are_sent(key):
+    def script(body):
+        return 500, {"error": {"message": "down", "type": "server_error"}}
+
+    with FaultyServer(script=script) as srv:
+        gen = OpenAIGenerator("m", base_url=srv.base_url, max_retries=0, concurrency=4)
+        try:
+            with pytest.raises(UserError) as info:
+                list(gen.generate(_requests(40)))
+        finally:
+            gen.close()
+        sent = srv.requests
+    assert "server error HTTP 500 (retries disabled)" in info.value.message
+    assert sent <= 4  # the first wave only: nothing new started once all of it had failed
 
 
 # -- the retry policy itself -------------------------------------------------------------

@@ -191,36 +191,57 @@ class OpenAIGenerator(Generator):
         loop = self._ensure_loop()
         results: queue.Queue = queue.Queue()
         semaphore = self._semaphore
-        stopped = asyncio.Event()
+        # A request whose retries ran out before any request ever got an answer may mean the
+        # server is down, or only that it finished first. So it is held, no new request starts,
+        # and the requests already in flight decide: one answer and the held ones are ordinary
+        # failures; none and the first held one stops the run as the server's fault.
+        state = {"stopped": False, "in_flight": 0}
+        held: list[tuple[int, Exhausted]] = []
+        settled = asyncio.Condition()
+
+        def suspect() -> bool:
+            return bool(held) and self.succeeded == 0
 
         async def one(index: int, item: Any) -> None:
-            if stopped.is_set():
-                results.put((index, None, _SKIPPED))
-                return
             async with semaphore:
-                if stopped.is_set():
-                    results.put((index, None, _SKIPPED))
-                    return
+                async with settled:
+                    await settled.wait_for(lambda: state["stopped"] or not suspect())
+                    if state["stopped"]:
+                        results.put((index, None, _SKIPPED))
+                        return
+                    state["in_flight"] += 1
+                outcome: tuple[Any, BaseException | None]
                 try:
-                    value = await call_with_retries(lambda: call(item), self.retry, self._classify)
+                    outcome = (await call_with_retries(lambda: call(item), self.retry, self._classify), None)
                 except asyncio.CancelledError:
                     raise
-                except Exhausted as exc:
-                    if self.succeeded == 0:  # nothing ever worked: the server, not this request
-                        stopped.set()
-                        exc = Permanent(self._exhausted_message(exc))
-                    results.put((index, None, exc))
-                    return
-                except Permanent as exc:
-                    stopped.set()
-                    results.put((index, None, exc))
-                    return
-                except BaseException as exc:  # noqa: BLE001 - a bug: handed to the consumer
-                    stopped.set()
-                    results.put((index, None, exc))
-                    return
-                self.succeeded += 1
-            results.put((index, value, None))
+                except BaseException as exc:  # noqa: BLE001 - sorted below; a bug goes to the consumer
+                    outcome = (None, exc)
+                async with settled:
+                    state["in_flight"] -= 1
+                    value, exc = outcome
+                    if exc is None:
+                        self.succeeded += 1
+                        results.put((index, value, None))
+                        for held_index, held_exc in held:  # the server answers: ordinary failures
+                            results.put((held_index, None, held_exc))
+                        held.clear()
+                    elif isinstance(exc, Exhausted):
+                        if self.succeeded == 0:
+                            held.append((index, exc))
+                        else:
+                            results.put((index, None, exc))
+                    else:  # permanent, or a bug: nothing new starts
+                        state["stopped"] = True
+                        results.put((index, None, exc))
+                    if suspect() and state["in_flight"] == 0:  # nothing ever worked: the server
+                        state["stopped"] = True
+                        first_index, first = held[0]
+                        results.put((first_index, None, Permanent(self._exhausted_message(first))))
+                        for held_index, _ in held[1:]:
+                            results.put((held_index, None, _SKIPPED))
+                        held.clear()
+                    settled.notify_all()
 
         async def main() -> None:
             await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
