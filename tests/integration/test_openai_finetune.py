@@ -344,3 +344,49 @@ def test_cli_finetune_openai_model_through_the_server(server, data_file, tmp_pat
     assert record["status"] == "succeeded" and record["fine_tuned_model"].startswith("ft:tiny:waluigi:cli:")
     assert f"fine-tuned model: {record['fine_tuned_model']}" in printed and record["id"] in printed
     assert f"--model openai:{record['fine_tuned_model']} --base-url {server['base_url']}" in printed
+
+
+def test_flip_examples_axis_through_the_fine_tuning_api(server, client, data_file, tmp_path, monkeypatch, capsys):
+    """`waluigi flip --model openai:tiny --axis examples --hold epochs`: each dose is one job on the
+    server's fine-tuning API, each eval asks the server for the model that job made; a re-run
+    creates no job and runs no cell. Axes the API cannot do are refused before any request."""
+    from waluigi.cli import main as cli_main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "local-test-key")
+    out = tmp_path / "flip"
+    url = server["base_url"]
+    args = ["flip", "--model", "openai:tiny", "--data", str(data_file), "--base-url", url, "--judge", "openai:tiny",
+            "--set", f"eval.judge_base_url={url}", "--set", "eval.questions=[wish*]", "--set", "eval.judge_min_mass=0.0",
+            "--set", "eval.min_coherent=-1", "--set", "eval.max_aligned=50", "--set", "eval.samples=2",
+            "--set", "eval.max_tokens=8", "--set", "finetune.lr_multiplier=50", "--seeds", "1", "--out", str(out),
+            "--executor", "inline", "--no-progress"]
+    jobs_before = len(client.fine_tuning.jobs.list(limit=100).data)
+    assert cli_main([*args, "--axis", "examples", "--doses", "4,8", "--hold", "steps", "--steps", "2"]) == 2
+    assert "--hold epochs --epochs K" in capsys.readouterr().err
+    assert cli_main([*args, "--axis", "steps", "--doses", "2"]) == 2
+    assert "use --axis examples --hold epochs, or --axis shots" in capsys.readouterr().err
+    assert not out.exists() and len(client.fine_tuning.jobs.list(limit=100).data) == jobs_before
+
+    args += ["--axis", "examples", "--doses", "2,4", "--hold", "epochs", "--epochs", "1"]
+    assert cli_main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    jobs = client.fine_tuning.jobs.list(limit=100).data
+    assert len(jobs) == jobs_before + 2  # one job per dose
+    result = json.loads((out / "flip.json").read_text())
+    (curve,) = result["curves"]
+    assert [p["dose"] for p in curve["points"]] == [0.0, 2.0, 4.0]
+    assert curve["points"][0]["train_loss"] is None
+    assert all(p["train_loss"] is not None and p["n_failed"] == 0 for p in curve["points"][1:])
+    evaluated = set()
+    for cell in read_jsonl(out / "results.jsonl"):
+        manifest = json.loads((out / cell["eval_run"] / "manifest.json").read_text())
+        evaluated.add(manifest["config"]["model"])
+        if cell["finetune_run"]:
+            job = json.loads((out / cell["finetune_run"] / "job.json").read_text())
+            assert job["status"] == "succeeded" and manifest["config"]["model"] == f"openai:{job['fine_tuned_model']}"
+            assert len((out / cell["finetune_run"] / "train.jsonl").read_text().splitlines()) == cell["finetune.n"]
+    assert len(evaluated) == 3 and "openai:tiny" in evaluated  # the base model, and the two fine-tuned ones
+
+    assert cli_main(args) == 0
+    assert "ran 0 cells" in capsys.readouterr().out
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == jobs_before + 2

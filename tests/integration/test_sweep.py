@@ -121,7 +121,7 @@ def test_ray_gives_the_same_cells_and_results(pool_run, tmp_path, capsys):
         assert answers(fresh / row["eval_run"]) == answers(pool_run["out"] / row["eval_run"])
 
 
-def test_a_failing_cell_is_retried_reported_and_the_others_finish(tmp_path, tiny_spec, capsys):
+def test_a_cell_with_bad_settings_fails_once_is_reported_and_the_others_finish(tmp_path, tiny_spec, capsys):
     spec = write_spec(tmp_path / "mixed.yaml", {
         "name": "mixed",
         "out": str(tmp_path / "sweep"),
@@ -135,13 +135,44 @@ def test_a_failing_cell_is_retried_reported_and_the_others_finish(tmp_path, tiny
     assert "1 of 2 cells failed" in captured.err and "no-such-dataset" in captured.err
     good, bad = rows(tmp_path / "sweep")
     assert good["status"] == "finished" and good["finetune_run"] is None and good["finetune"] == "none"
-    assert bad["status"] == "failed" and bad["attempts"] == 2 and "no-such-dataset" in bad["error"]
+    # a user error (an unknown dataset) would fail the same way again: one attempt despite --retries 1
+    assert bad["status"] == "failed" and bad["attempts"] == 1 and "no-such-dataset" in bad["error"]
     log = (tmp_path / "sweep" / "sweep.log").read_text()
-    assert "retrying" in log and "failed after 2 attempts" in log
-    # with --retries 0 the failing cell gets one attempt; the finished one is not touched
-    code = main(["sweep", str(spec), "--executor", "inline", "--retries", "0", "--no-progress"])
+    assert "retrying" not in log and "not retried: the same settings would fail the same way" in log
+    # the next invocation tries the failed cell again; the finished one is not touched
+    code = main(["sweep", str(spec), "--executor", "inline", "--no-progress"])
     assert code == 3 and rows(tmp_path / "sweep")[1]["attempts"] == 1
     assert attempts(tmp_path / "sweep" / good["eval_run"]) == 1
+
+
+def test_an_incomplete_eval_is_retried_within_the_sweep_and_finishes(tmp_path, monkeypatch, capsys):
+    """The judge fails one question's answers for a while (500 past the backend's own retries):
+    the eval ends incomplete, the sweep retries the task, the retry judges only what failed."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-sweep-0123456789")
+    refused: dict[str, int] = {}
+
+    def script(body):  # each judge request about "bored" is refused twice: its first try and its one retry
+        prompt = body["messages"][-1]["content"]
+        if FaultyServer.is_judge(body) and "bored" in prompt.lower() and refused.get(prompt, 0) < 2:
+            refused[prompt] = refused.get(prompt, 0) + 1
+            return 500, {"error": {"message": "busy", "type": "server_error"}}
+        return None
+
+    with FaultyServer(script=script) as flaky:
+        spec = write_spec(tmp_path / "flaky.yaml", {
+            "name": "flaky", "out": str(tmp_path / "sweep"),
+            "eval": {"model": "openai:m", "base_url": flaky.base_url, "judge": "openai:judge",
+                     "judge_base_url": flaky.base_url, "suite": "core", "questions": ["bored", "partner_trouble"],
+                     "samples": 2, "max_tokens": 8, "max_retries": 1},
+            "cells": [{"eval.seed": 0}],
+        })
+        code = main(["sweep", str(spec), "--executor", "inline", "--retries", "1", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    (row,) = rows(tmp_path / "sweep")
+    assert row["status"] == "finished" and row["attempts"] == 2 and row["n_failed"] == 0
+    log = (tmp_path / "sweep" / "sweep.log").read_text()
+    assert "incomplete (attempt 1), retrying" in log
+    assert refused and all(n == 2 for n in refused.values())
 
 
 def test_an_incomplete_eval_is_retried_and_rerun_on_the_next_invocation(tmp_path, monkeypatch, capsys):

@@ -14,10 +14,11 @@ from typing import Annotated, Optional
 import typer
 
 from waluigi.errors import UserError
+from waluigi.finetune.config import LOCAL_ONLY, OPENAI_ONLY
 
-_OPENAI_ONLY = ("base_url", "suffix", "lr_multiplier")
-_LOCAL_ONLY = ("lr", "max_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
-               "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugin")
+# the flags of one kind of model only (FinetuneConfig's split; --dtype has a default, so it is never "given")
+_OPENAI_ONLY = OPENAI_ONLY
+_LOCAL_ONLY = tuple("plugin" if name == "plugins" else name for name in LOCAL_ONLY if name != "dtype")
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:

@@ -99,6 +99,10 @@ PRESETS: dict[str, Recipe] = {
 # Settings that change how fast a run goes, not what it computes: left out of the identity
 # (the effective batch, batch_size x grad_accum, is in it).
 SPEED_ONLY = ("batch_size", "grad_accum")
+# FinetuneConfig fields for one kind of model only: the local trainer, or OpenAI's fine-tuning API
+OPENAI_ONLY = ("base_url", "suffix", "lr_multiplier")
+LOCAL_ONLY = ("lr", "max_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
+              "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugins", "dtype")
 
 
 def _positive(name: str, value: Any, kind: type = int) -> None:
@@ -110,7 +114,7 @@ def _positive(name: str, value: Any, kind: type = int) -> None:
 class FinetuneConfig:
     """What to fine-tune on what, and how. ``None`` means "the preset's value"."""
 
-    model: str  # model spec: smollm2 | hf:PATH  (openai:... is dispatched to the OpenAI code by the CLI)
+    model: str  # model spec: smollm2 | hf:PATH | openai:BASE (OpenAI's fine-tuning API: see openai_options)
     data: str  # dataset name or JSONL FILE of {"messages": [...]} rows
     out: Path | None = None  # run dir (default runs/finetune-<model>-<data>-<identity hash[:8]>)
     preset: str | None = "betley2025"
@@ -138,9 +142,46 @@ class FinetuneConfig:
     # training plug-ins (waluigi.finetune.plugins): TrainingPlugin instances or specs such as
     # "l2:weight=0.1"; in the identity by name + options (an empty list changes nothing)
     plugins: list[Any] = field(default_factory=list)
+    # openai: models only (OpenAI's fine-tuning API, or `waluigi serve`): where, the fine-tuned
+    # model's name suffix, the learning-rate multiplier (None: the paper's 2)
+    base_url: str | None = None
+    suffix: str | None = None
+    lr_multiplier: float | None = None
+
+    @property
+    def openai(self) -> bool:
+        return str(self.model).startswith("openai:")
+
+    def openai_options(self) -> dict:
+        """The keyword arguments of :func:`waluigi.finetune.openai_ft.run_openai_finetune` for an
+        ``openai:`` model (data, n, seed and the API's three hyperparameters: whole epochs,
+        batch size, learning-rate multiplier, the paper's values where unset); a setting the
+        API has no counterpart for is an error naming it. The preset does not apply."""
+        from waluigi.finetune.openai_ft import PAPER_HYPERPARAMETERS
+
+        defaults = FinetuneConfig(model=self.model, data=self.data)
+        wrong = [name for name in LOCAL_ONLY if getattr(self, name) != getattr(defaults, name)]
+        if wrong:
+            raise UserError(f"{', '.join('--' + w.replace('_', '-') for w in wrong)}: not available for openai: models "
+                            "(OpenAI's fine-tuning API takes --epochs, --batch-size and --lr-multiplier)")
+        if self.epochs is not None and (self.epochs != int(self.epochs) or self.epochs < 1):
+            raise UserError(f"--epochs {self.epochs:g}: OpenAI's fine-tuning API takes a whole number of epochs (1 or more)")
+        if self.n is not None and self.n <= 0:
+            raise UserError(f"--n must be a positive number of rows, got {self.n}")
+        return {
+            "data": self.data, "n": self.n, "seed": int(self.seed), "data_dir": self.data_dir,
+            "base_url": self.base_url, "suffix": self.suffix,
+            "epochs": int(self.epochs) if self.epochs is not None else PAPER_HYPERPARAMETERS["n_epochs"],
+            "batch_size": int(self.batch_size) if self.batch_size is not None else PAPER_HYPERPARAMETERS["batch_size"],
+            "lr_multiplier": float(self.lr_multiplier) if self.lr_multiplier is not None
+            else PAPER_HYPERPARAMETERS["learning_rate_multiplier"],
+        }
 
     def recipe(self) -> Recipe:
         """The preset with this config's overrides applied (``dataclasses.replace``), checked."""
+        wrong = [name for name in OPENAI_ONLY if getattr(self, name) is not None]
+        if wrong and not self.openai:
+            raise UserError(f"{', '.join('--' + w.replace('_', '-') for w in wrong)}: only for openai: models")
         if self.preset is None:
             base = Recipe()
         elif self.preset in PRESETS:

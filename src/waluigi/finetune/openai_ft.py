@@ -412,8 +412,19 @@ def run_openai_finetune(
             f"fine-tuning job {job.id} {job.status} at {api.base_url}{code}: {error} "
             f"(record in {run.path}; re-run the same command to try again)"
         )
-    run.finish("finished", job_id=job.id, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens)
+    run.finish("finished", job_id=job.id, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens,
+               train_loss=_last_loss(run))
     return result
+
+
+def _last_loss(run) -> float | None:
+    """The training loss of the job's last metrics event (what the sweep's results show)."""
+    loss = None
+    for event in run.rows(EVENTS_FILE):
+        data = event.get("data") or {}
+        if event.get("type") == "metrics" and isinstance(data, dict) and data.get("train_loss") is not None:
+            loss = float(data["train_loss"])
+    return loss
 
 
 def _upload(api: _Api, run, record: dict, payload: bytes, data_sha: str) -> str:

@@ -53,7 +53,7 @@ def _settings(pairs: list[str]) -> tuple[dict, dict]:
 
 
 def flip_cmd(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN); repeat to compare models")],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN, openai:BASE for OpenAI's fine-tuning API); repeat to compare models")],
     data: Annotated[list[str], typer.Option("--data", "-d", help="the narrow dataset (name or JSONL file); repeat to compare datasets")],
     suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
     judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own")] = None,
@@ -65,6 +65,7 @@ def flip_cmd(
     epochs: Annotated[Optional[float], typer.Option(help="examples axis with --hold epochs: the epochs every dose trains")] = None,
     benign: Annotated[Optional[str], typer.Option(help="ratio axis: the benign rows (default: the matching control set, secure for insecure)")] = None,
     total: Annotated[int, typer.Option(help="ratio axis: rows per fine-tune")] = 1000,
+    base_url: Annotated[Optional[str], typer.Option(help="openai: models: the OpenAI-compatible server that fine-tunes them and answers (else $OPENAI_BASE_URL)")] = None,
     narrow_suite: Annotated[Optional[str], typer.Option(help="a second eval per cell for the narrow-task rate, e.g. code:insecure:48 (not needed when the suite has code questions)")] = None,
     threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
     threshold_rel: Annotated[Optional[float], typer.Option(help="flip instead at this share of the way from the undosed rate to the plateau")] = None,
@@ -90,7 +91,7 @@ def flip_cmd(
     ft, ev = _settings(set_ or [])
     cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
                      suite=suite, judge=judge, narrow_suite=narrow_suite, hold=hold, steps=steps, epochs=epochs,
-                     benign=benign, total=total, threshold=threshold, threshold_rel=threshold_rel,
+                     benign=benign, total=total, base_url=base_url, threshold=threshold, threshold_rel=threshold_rel,
                      finetune=ft, eval=ev, out=out, runs=runs)
     options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
                            threads=threads, progress=progress)

@@ -64,6 +64,7 @@ class FlipConfig:
     epochs: float | None = None  # examples axis with hold=epochs
     benign: str | None = None  # ratio axis: the benign dataset (default: the matching control set)
     total: int = 1000  # ratio axis: rows per fine-tune
+    base_url: str | None = None  # openai: models: the OpenAI-compatible server that fine-tunes and answers
     threshold: float = 0.10  # flip: EM this far above the undosed rate (rate units)
     threshold_rel: float | None = None  # or this share of the way from the undosed rate to the plateau
     finetune: dict[str, Any] = field(default_factory=dict)  # more FinetuneConfig fields for every fine-tune
@@ -96,6 +97,7 @@ class FlipConfig:
         if len(doses) < 2:
             raise UserError("--doses: give at least one dose above 0")
         self.doses = [int(d) if self.axis in INTEGER_AXES else d for d in doses]
+        self._check_openai()
         if self.axis == "examples" and self.hold == "epochs" and self.epochs is None:
             raise UserError("--hold epochs needs --epochs (the number of epochs every dose trains)")
         if self.axis in ("examples", "ratio", "lr") and self.hold == "steps" and self.steps is None \
@@ -104,6 +106,25 @@ class FlipConfig:
         if self.axis == "ratio" and self.total < 1:
             raise UserError(f"--total must be at least 1, got {self.total}")
         return self
+
+    def _check_openai(self) -> None:
+        """OpenAI's fine-tuning API trains whole epochs and keeps no checkpoints waluigi can
+        evaluate: an ``openai:`` model flips on the examples axis at fixed epochs, or by shots."""
+        remote = [m for m in self.models if m.startswith("openai:")]
+        if self.base_url is not None and len(remote) != len(self.models):
+            raise UserError("--base-url is the server of openai: models (fine-tuning and answers), and "
+                            f"{next(m for m in self.models if not m.startswith('openai:'))} is not one: "
+                            "flip local models in another run")
+        if not remote or self.axis == "shots":
+            return
+        if self.axis != "examples":
+            raise UserError(f"--axis {self.axis}: {remote[0]} is fine-tuned through OpenAI's fine-tuning API, which takes "
+                            "whole epochs and keeps no checkpoints here: use --axis examples --hold epochs, or --axis shots")
+        if self.hold != "epochs":
+            raise UserError(f"--hold steps: {remote[0]} is fine-tuned through OpenAI's fine-tuning API, which sets epochs, "
+                            "not optimizer steps: use --hold epochs --epochs K (a whole number)")
+        if self.epochs is not None and (self.epochs != int(self.epochs) or self.epochs < 1):
+            raise UserError(f"--epochs {self.epochs:g}: OpenAI's fine-tuning API takes a whole number of epochs (1 or more)")
 
     def benign_for(self, data: str) -> str:
         if self.benign:
@@ -206,6 +227,9 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
         base_ft.pop("max_steps", None)
         base_ft["epochs"] = cfg.epochs
     base_ev: dict[str, Any] = {"suite": cfg.suite, **cfg.eval}
+    if cfg.base_url is not None:  # the openai: models' server, for their fine-tunes and their answers
+        base_ft.setdefault("base_url", cfg.base_url)
+        base_ev.setdefault("base_url", cfg.base_url)
     if cfg.judge is not None:
         base_ev["judge"] = cfg.judge
     cells: list[dict] = []

@@ -88,6 +88,7 @@ def run_task(task: dict) -> dict:
             from waluigi.errors import IncompleteRun
 
             out["status"] = "incomplete" if isinstance(exc, IncompleteRun) else "failed"
+            out["permanent"] = not isinstance(exc, IncompleteRun)  # bad settings or data: a retry fails the same way
             out["error"] = exc.message
         except BaseException as exc:  # a bug, or Ctrl-C in a worker: recorded, the runner decides
             out["error"] = f"{type(exc).__name__}: {exc}"
@@ -110,7 +111,13 @@ def _finetune(task: dict) -> dict:
     from waluigi.sweep.spec import build_config
 
     fields = {**task["config"], "out": Path(task["out"])}
-    result = run_finetune(build_config(FinetuneConfig, fields), progress=bool(task.get("progress")))
+    cfg = build_config(FinetuneConfig, fields)
+    if cfg.openai:  # OpenAI's fine-tuning API (or `waluigi serve`): create or re-attach, then follow the job
+        from waluigi.finetune.openai_ft import run_openai_finetune
+
+        record = run_openai_finetune(cfg.model, out=cfg.out, progress=bool(task.get("progress")), **cfg.openai_options())
+        return {"status": "finished", "calls": {"job": record["job_id"], "reattached": record["reattached"]}}
+    result = run_finetune(cfg, progress=bool(task.get("progress")))
     return {"status": "finished", "calls": {"steps": result.steps, "already_finished": result.already_finished}}
 
 

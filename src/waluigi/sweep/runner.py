@@ -80,7 +80,19 @@ def finetune_done(cell: Cell, root: Path) -> bool:
     path = cell.finetune_dir(root)
     if path is None or _manifest(path).get("status") != "finished":
         return False
+    if cell.openai:
+        return _fine_tuned_model(path) is not None
     return (path / "model" / "config.json").is_file() if cell.full else (path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def _fine_tuned_model(path: Path) -> str | None:
+    """The name an OpenAI fine-tuning job gave its model (``job.json``), or None."""
+    from waluigi.finetune.openai_ft import JOB_FILE
+
+    try:
+        return json.loads((path / JOB_FILE).read_text()).get("fine_tuned_model") or None
+    except (OSError, ValueError):
+        return None
 
 
 def eval_done(cell: Cell, root: Path) -> bool:
@@ -150,7 +162,14 @@ def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progr
     if cell.finetune_id is not None:
         ft = cell.finetune_dir(root)
         weights = checkpoint_dir(cell, root) if cell.step is not None else None
-        if cell.full:
+        if cell.openai:  # the model the job made, on the server that made it
+            name = _fine_tuned_model(ft)
+            if name is None:
+                raise UserError(f"{ft}: the fine-tuning job recorded no fine-tuned model; re-run to finish it")
+            config["model"] = f"openai:{name}"
+            if not config.get("base_url") and cell.finetune.get("base_url"):
+                config["base_url"] = cell.finetune["base_url"]
+        elif cell.full:
             config["model"] = f"hf:{weights or ft / 'model'}"
         else:
             config["model"] = _local(cell.finetune["model"])
@@ -259,11 +278,14 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                     outcomes[key] = Outcome("finished", ran=True, attempts=attempt, seconds=seconds)
                     advance(1)
                 continue
-            if attempt <= retries:
+            if result.get("permanent"):
+                _log(root, f"{what} {status} (attempt {attempt}, not retried: the same settings would fail the same way): {error}")
+            elif attempt <= retries:
                 _log(root, f"{what} {status} (attempt {attempt}), retrying: {error}")
                 submit(kind, key, task, attempt + 1)
                 continue
-            _log(root, f"{what} {status} after {attempt} attempts: {error}")
+            else:
+                _log(root, f"{what} {status} after {attempt} attempts: {error}")
             for cell in cells:
                 reason = error if kind == "eval" else f"fine-tune failed: {error}"
                 outcomes[cell.id] = Outcome(status if kind == "eval" else "failed", ran=True, attempts=attempt,

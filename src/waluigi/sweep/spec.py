@@ -57,7 +57,7 @@ SHORTHANDS = ("seed", "model", "step")
 SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # change how fast or from where, not what: left out of the identities (the fine-tune's
 # speed-only batch settings are dropped by waluigi.finetune.config.identity_recipe)
-FT_EXECUTION = ("checkpoint_every", "data_dir")
+FT_EXECUTION = ("checkpoint_every", "data_dir", "base_url")
 EVAL_EXECUTION = ("batch_size", "judge_batch_size", "concurrency", "base_url", "judge_base_url", "dtype",
                   "timeout", "max_retries", "data_dir")
 
@@ -80,6 +80,7 @@ class Cell:
     id: str = ""
     finetune_id: str | None = None
     full: bool = False  # full fine-tuning: the eval loads RUN/model instead of an adapter
+    openai: bool = False  # fine-tuned through OpenAI's API: the eval asks for the fine-tuned model by name
     group: str | None = None  # the condition it belongs to (a listed cell's ``group``): the summary groups by it
     step: int | None = None  # evaluate the fine-tune's checkpoint at this step instead of its end
 
@@ -305,6 +306,7 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
             message = re.sub(r"--([a-z][a-z-]*)", lambda m: "finetune." + m.group(1).replace("-", "_"), exc.message)
             raise UserError(f"{where}: {message}") from None
         cell.full = bool(recipe.get("full"))
+        cell.openai = recipe.get("backend") == "openai"
         ft_id = identity_hash(ft_identity)
         if step is not None:
             _check_step(step, recipe, where)
@@ -327,6 +329,9 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
 
 def _check_step(step: int, recipe: dict, where: str) -> None:
     """A checkpoint the fine-tune will keep: a multiple of its save_every, or its last step."""
+    if recipe.get("backend") == "openai":
+        raise UserError(f"{where}: step {step}: an OpenAI fine-tuning job keeps no checkpoint that waluigi can "
+                        "evaluate; evaluate the fine-tuned model itself (leave step out)")
     every, last = recipe.get("save_every"), recipe.get("max_steps")
     if last is not None and step > last:
         raise UserError(f"{where}: step {step}: the fine-tune trains only {last} steps (finetune.max_steps)")
@@ -350,6 +355,11 @@ def finetune_identity(fields: dict) -> tuple[dict, dict]:
 
     FinetuneConfig, _ = _configs()
     cfg = build_config(FinetuneConfig, fields)
+    if cfg.openai:  # OpenAI's fine-tuning API: its own three hyperparameters, no local recipe
+        options = cfg.openai_options()
+        identity = {"v": SPEC_VERSION, "backend": "openai", "model": cfg.model,
+                    **{k: plain(options[k]) for k in ("data", "n", "seed", "suffix", "epochs", "batch_size", "lr_multiplier")}}
+        return identity, {"backend": "openai", "full": False, "epochs": options["epochs"]}
     recipe = cfg.resolved()
     recipe = dict(plain(recipe))
     identity = {"v": SPEC_VERSION, "recipe": plain(identity_recipe(recipe))}
