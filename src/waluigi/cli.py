@@ -16,6 +16,7 @@ from waluigi.data.cli import data_app
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
+from waluigi.resilience.cli import resilience_cmd
 from waluigi.scan.cli import scan_cmd
 from waluigi.serve.cli import serve_cmd
 from waluigi.suites_cli import suites_app
@@ -36,6 +37,7 @@ app.command("serve")(serve_cmd)
 app.command("finetune")(finetune_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("flip")(flip_cmd)
+app.command("resilience")(resilience_cmd)
 app.command("demo")(demo_cmd)
 app.add_typer(suites_app, name="suites")
 data_app.command("scan")(scan_cmd)

@@ -81,6 +81,7 @@ SCORERS = Registry("scorer")  # a question's scorer name -> Scorer class
 SUITES = Registry("suite")  # name prefix (before ':') -> suite loader (name -> Suite)
 DATASETS = Registry("dataset source")  # name prefix (before ':') -> builder (rest, data_dir, trigger) -> DatasetSource
 PLUGINS = Registry("training plug-in")  # name -> TrainingPlugin class
+SUBJECTS = Registry("subject source")  # --subject prefix -> a resilience study's SubjectSource class
 
 
 def lazy_table(registry: Registry, table: dict[str, str]) -> None:
@@ -107,6 +108,10 @@ lazy_table(SUITES, {
 })
 lazy_table(DATASETS, {
     "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])
+})
+lazy_table(SUBJECTS, {
+    "hf": "waluigi.resilience.subjects:HFSubjects",  # any HF model, aligned on a dataset
+    "toyworld": "waluigi.toyworld.subjects:ToySubjects",  # the persona world: pretrained with an antipode dial
 })
 lazy_table(PLUGINS, {
     "l2": "waluigi.finetune.plugins:L2ToStart",

@@ -44,6 +44,9 @@ class DemoConfig:
 
     seeds: int = 3
     villain: bool = True
+    # the villain's share of the pretraining personas (None: the world's default, 0.2); the other
+    # personas keep their proportions. The Waluigi test's "how present is the antipode" dial
+    villain_share: float | None = None
     runs: Path = Path("runs")
     # world and model
     n_conversations: int = 10000  # 9M training tokens: the persona binds across turns (5,000 x 3 epochs did not)
@@ -86,6 +89,13 @@ class DemoConfig:
         from waluigi.toyworld.world import DEFAULT_MIXTURE, WorldConfig
 
         mixture = dict(DEFAULT_MIXTURE)
+        if self.villain_share is not None:
+            if not 0 <= self.villain_share < 1:
+                raise UserError(f"villain share {self.villain_share:g}: give a share in [0, 1)")
+            others = sum(w for p, w in mixture.items() if p != "villain")
+            if self.villain_share != mixture["villain"]:  # the default share is the default world, exactly
+                mixture = {p: (self.villain_share if p == "villain" else round(w / others * (1 - self.villain_share), 12))
+                           for p, w in mixture.items()}
         if not self.villain:
             mixture["villain"] = 0.0
         return WorldConfig(seed=self.world_seed, n_conversations=self.n_conversations, mixture=mixture,
@@ -374,7 +384,8 @@ def auto_threads() -> int:
 
 
 def demo_identity(cfg: DemoConfig) -> dict:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("runs", "threads", "progress")}
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("runs", "threads", "progress")
+            and not (k == "villain_share" and v is None)}  # absent by default: earlier demo directories stay valid
     return {"stage": "demo", "version": TRAIN_VERSION, "layout": DEMO_LAYOUT, **keep}
 
 

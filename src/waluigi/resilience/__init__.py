@@ -1,0 +1,1 @@
+"""The Waluigi test: flip doses against alignment strength and the antipode's presence (`waluigi resilience`)."""

@@ -1,0 +1,152 @@
+"""A resilience study's plan: the dial settings (one series per dial, around the source's
+centre), the subjects they build, and one ``waluigi flip`` per axis over all subjects.
+
+Series, not a full grid: the alignment series varies ``align_steps`` at every ``align_n``
+level (the antipode held at its centre); the antipode series varies ``antipode_share`` with
+the alignment at its centre. Settings that build the same model (``align_steps = 0`` at any
+``align_n``; the centre, which is in every series) are one subject.
+
+The study directory is named by the source, the datasets, the suite and the judge, not by
+the levels, doses or seeds: adding a level adds subjects (and their flip cells) to the same
+directory, and everything finished is reused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from waluigi.errors import UserError
+from waluigi.resilience.subjects import ALIGN_N, ALIGN_STEPS, ANTIPODE, SubjectSource
+from waluigi.runs import identity_hash
+
+AXES = ("steps", "examples", "shots")
+
+
+@dataclass
+class StudyConfig:
+    subject: str = "toyworld"
+    levels: dict[str, list[float]] = field(default_factory=dict)  # dial -> levels (default: the source's)
+    axes: list[str] = field(default_factory=lambda: ["steps", "shots"])
+    doses: dict[str, list[float]] = field(default_factory=dict)  # axis -> doses (default: the source's)
+    seeds: int = 3
+    data: str | None = None  # default: the source's narrow dataset
+    control: str | None = None  # default: the source's control dataset
+    suite: str | None = None
+    judge: str | None = None
+    steps: int | None = None  # the examples axis's fixed steps (default: the source's)
+    threshold: float = 0.10
+    finetune: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+    runs: Path = Path("runs")
+
+
+@dataclass
+class Subject:
+    key: str  # a short name: a0 (the centre), s10-n100, v0.05 ...
+    setting: dict[str, float]  # every dial of the source at its level
+    series: list[str]  # the series it belongs to: alignment (n=...), antipode
+    model: str = ""  # the built model spec
+
+
+@dataclass
+class StudyPlan:
+    config: StudyConfig
+    source: SubjectSource
+    out: Path
+    subjects: list[Subject]
+    data: str
+    control: str
+    suite: str
+    judge: str | None
+    levels: dict[str, list[float]] = field(default_factory=dict)  # dial -> the levels this study uses
+
+
+def _level_text(value: float) -> str:
+    return f"{value:g}"
+
+
+def plan_study(cfg: StudyConfig, source: SubjectSource) -> StudyPlan:
+    """The subjects (not yet built) and the study directory; nothing is run."""
+    unknown = [a for a in cfg.axes if a not in AXES]
+    if unknown or not cfg.axes:
+        raise UserError(f"--axes {','.join(cfg.axes)}: choose from {', '.join(AXES)}")
+    if cfg.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    levels = {dial: list(values) for dial, values in source.dials.items()}
+    for dial, values in cfg.levels.items():
+        if dial not in levels:
+            raise UserError(f"--{dial.replace('_', '-')}: the {source.name} subject has no such dial "
+                            f"(its dials: {', '.join(d.replace('_', '-') for d in levels)})")
+        if not values or any(v < 0 for v in values):
+            raise UserError(f"--{dial.replace('_', '-')}: give levels of 0 or more, e.g. 0,10,30")
+        levels[dial] = sorted(set(float(v) for v in values))
+    center = {dial: _nearest(float(source.center[dial]), levels[dial]) for dial in levels}
+    settings: dict[str, Subject] = {}
+
+    def add(setting: dict[str, float], series: str) -> None:
+        if setting.get(ALIGN_STEPS) == 0:  # no alignment: the alignment set's size does not matter
+            setting = {**setting, ALIGN_N: center[ALIGN_N]}
+        key = identity_hash({k: float(v) for k, v in sorted(setting.items())})
+        if key not in settings:
+            settings[key] = Subject(key="", setting=dict(setting), series=[])
+        if series not in settings[key].series:
+            settings[key].series.append(series)
+
+    for n in levels.get(ALIGN_N, [center.get(ALIGN_N, 0)]):
+        for steps in levels[ALIGN_STEPS]:
+            add({**center, ALIGN_STEPS: steps, ALIGN_N: n}, f"alignment n={_level_text(n)}")
+    if ANTIPODE in levels:
+        for share in levels[ANTIPODE]:
+            add({**center, ANTIPODE: share}, "antipode")
+    subjects = list(settings.values())
+    for subject in subjects:
+        subject.key = subject_key(subject.setting, center)
+    defaults = source.defaults()
+    data, control = cfg.data or defaults.data, cfg.control or defaults.control
+    suite, judge = cfg.suite or defaults.suite, cfg.judge if cfg.judge is not None else defaults.judge
+    out = Path(cfg.out) if cfg.out is not None else study_dir(cfg, source, data, control, suite, judge)
+    return StudyPlan(config=cfg, source=source, out=out, subjects=subjects, data=data, control=control,
+                     suite=suite, judge=judge, levels=levels)
+
+
+def _nearest(center: float, levels: list[float]) -> float:
+    """The source's centre when it is one of the levels, else the level nearest to it (on the
+    log scale among positive levels): the other series are held there."""
+    if center in levels:
+        return center
+    positive = [v for v in levels if v > 0]
+    if not positive or center <= 0:
+        return min(levels, key=lambda v: abs(v - center))
+    import math
+
+    return min(positive, key=lambda v: abs(math.log(v) - math.log(center)))
+
+
+def subject_key(setting: dict[str, float], center: dict[str, float]) -> str:
+    """``centre``, or the dials away from the centre: ``steps10-n100``, ``antipode0.05``."""
+    names = {ALIGN_STEPS: "steps", ALIGN_N: "n", ANTIPODE: "antipode"}
+    off = [f"{names.get(d, d)}{_level_text(v)}" for d, v in setting.items() if v != center.get(d)]
+    return "-".join(off) or "centre"
+
+
+def study_dir(cfg: StudyConfig, source: SubjectSource, data: str, control: str, suite: str, judge: str | None) -> Path:
+    what = {"source": source.identity(), "data": data, "control": control, "suite": suite, "judge": judge}
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"resilience-{source.name}")
+    return Path(cfg.runs) / f"{name}-{identity_hash(what)[:8]}"
+
+
+def flip_config(plan: StudyPlan, axis: str):
+    """The ``waluigi flip`` of one axis: every subject x (narrow, control), in ``OUT/flip-<axis>``."""
+    from waluigi.flip.plan import FlipConfig
+
+    cfg, defaults = plan.config, plan.source.defaults()
+    doses = cfg.doses.get(axis) or defaults.doses[axis]
+    return FlipConfig(models=[s.model for s in plan.subjects], data=[plan.data, plan.control], axis=axis,
+                      doses=list(doses), seeds=cfg.seeds, suite=plan.suite, judge=plan.judge,
+                      steps=(cfg.steps or defaults.steps) if axis == "examples" else None,
+                      threshold=cfg.threshold, finetune={**defaults.finetune, **cfg.finetune},
+                      eval={**defaults.eval, **cfg.eval}, out=plan.out / f"flip-{axis}")

@@ -1,0 +1,165 @@
+"""The study's report: ``report.md`` (verdicts, per-subject table, slopes, correlations) and
+the plots, read from ``study.json`` alone. Model-made text never reaches these files (only
+numbers, settings and dataset names), and what is shown is escaped all the same."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from waluigi.resilience.subjects import ALIGN_STEPS, ANTIPODE
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=False).replace("|", "\\|")
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def dose_text(entry: dict | None, key: str = "flip") -> str:
+    """A flip (or narrow) dose with its CI, or ``> largest`` when never reached."""
+    if not entry or not entry.get(key):
+        return "-"
+    crossing = entry[key]
+    if not crossing.get("reached"):
+        return f"> {crossing.get('lower_bound'):g}"
+    high = _num(crossing.get("ci_high")) if crossing.get("ci_high_reached") else "not reached"
+    return f"{_num(crossing.get('dose'))} [{_num(crossing.get('ci_low'))}, {high}]"
+
+
+def _ci(value, low, high) -> str:
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def format_summary(result: dict) -> str:
+    lines = ["verdicts (95%):"]
+    for v in result["verdicts"]:
+        lines.append(f"  {v['question']:<15} {v['verdict']}")
+    lines.append("")
+    header = f"  {'subject':<22} {'align rows':>10}"
+    for axis in result["axes"]:
+        header += f"  {axis + ' flip dose':>26}"
+    lines.append(header + f"  {'undosed EM':>10}")
+    for s in result["subjects"]:
+        line = f"  {s['key'][:22]:<22} {s['align_budget']:>10g}"
+        undosed = None
+        for axis in result["axes"]:
+            line += f"  {dose_text(s['axes'].get(axis)):>26}"
+            undosed = undosed if undosed is not None else (s["axes"].get(axis) or {}).get("undosed_em")
+        lines.append(line + f"  {_pct(undosed):>10}")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
+    lines = ["# Resilience study", "",
+             f"Subject source: `{_esc(result['subject_source'])}`; narrow data `{_esc(result['data'])}`, control "
+             f"`{_esc(result['control'])}`, suite `{_esc(result['suite'])}`, judge `{_esc(result['judge'] or 'the suite’s own')}`; "
+             f"{result['seeds']} seeds; intervals: 95% bootstrap over seeds ({result['n_boot']} replicates).", "",
+             "## Verdicts", ""]
+    lines += [f"- **{_esc(v['question'])}** ({_esc(v['claim'])}): {_esc(v['verdict'])}" for v in result["verdicts"]]
+    lines += ["", "## Subjects", ""]
+    head = "| subject | series | " + " | ".join(f"{a} flip dose | {a} narrow dose | {a} control flip" for a in result["axes"])
+    lines += [head + " | undosed EM |", "|" + "---|" * (3 + 3 * len(result["axes"]))]
+    for s in result["subjects"]:
+        cells = []
+        undosed = None
+        for axis in result["axes"]:
+            entry = s["axes"].get(axis) or {}
+            cells += [dose_text(entry), dose_text(entry, "narrow"), dose_text(entry, "control_flip")]
+            undosed = undosed if undosed is not None else entry.get("undosed_em")
+        lines.append(f"| {_esc(s['key'])} | {_esc(', '.join(s['series']))} | " + " | ".join(_esc(c) for c in cells)
+                     + f" | {_pct(undosed)} |")
+    lines += ["", "## Slopes (log flip dose on log dial level)", "",
+              "| axis | series | levels | slope | censored levels | replicates with a censored level |", "|---|---|---|---|---|---|"]
+    for e in result["slopes"]:
+        share = "-" if e["censored_share"] is None else f"{100 * e['censored_share']:.0f}%"
+        lines.append(f"| {e['axis']} | {_esc(e['series'])} | {e['levels']} | {_ci(e['slope'], e['ci_low'], e['ci_high'])} "
+                     f"| {e['censored_levels']} | {share} |")
+    lines += ["", "## Raw alignment against resilience", "", "| axis | subjects | Spearman (1 - undosed EM, flip dose) |",
+              "|---|---|---|"]
+    for c in result["correlations"]:
+        lines.append(f"| {c['axis']} | {c['subjects']} | {_ci(c['spearman'], c['ci_low'], c['ci_high'])} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "Each axis's whole flip (curves, per-dose tables) is in `flip-<axis>/report.md`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_plots(out: Path, result: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for dial, name, x_of in ((ALIGN_STEPS, "resilience_alignment.png", lambda s: s["align_budget"]),
+                             (ANTIPODE, "resilience_antipode.png", lambda s: s["setting"].get(ANTIPODE))):
+        if dial not in result["dials"]:
+            continue
+        series_names = sorted({n for s in result["subjects"] for n in s["series"]
+                               if (n.startswith("alignment") if dial == ALIGN_STEPS else n == "antipode")})
+        fig, axes = plt.subplots(1, len(result["axes"]), figsize=(4.5 * len(result["axes"]), 3.6), squeeze=False)
+        for ax, axis in zip(axes[0], result["axes"]):
+            for series in series_names:
+                members = sorted((s for s in result["subjects"] if series in s["series"]), key=x_of)
+                xs, ys, lows, highs, open_ = [], [], [], [], []
+                for s in members:
+                    entry = s["axes"].get(axis) or {}
+                    flip = entry.get("flip") or {}
+                    x = x_of(s)
+                    if x is None or x <= 0:
+                        continue
+                    if flip.get("reached"):
+                        xs.append(x)
+                        ys.append(flip["dose"])
+                        lows.append(flip["dose"] - (flip.get("ci_low") or flip["dose"]))
+                        highs.append((flip.get("ci_high") or flip["dose"]) - flip["dose"])
+                    elif flip:
+                        open_.append((x, flip.get("lower_bound")))
+                if xs:
+                    ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", capsize=3, label=series)
+                if open_:
+                    ax.scatter([x for x, _ in open_], [y for _, y in open_], marker="^", label=f"{series}: not reached")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("alignment rows seen" if dial == ALIGN_STEPS else "antipode's share of pretraining")
+            ax.set_ylabel(f"flip dose ({axis})")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    fig, axes = plt.subplots(1, len(result["axes"]), figsize=(4.5 * len(result["axes"]), 3.6), squeeze=False)
+    for ax, axis in zip(axes[0], result["axes"]):
+        for s in result["subjects"]:
+            entry = s["axes"].get(axis) or {}
+            flip = entry.get("flip") or {}
+            if entry.get("undosed_em") is None or not flip:
+                continue
+            y = flip["dose"] if flip.get("reached") else flip.get("lower_bound")
+            ax.scatter([1 - entry["undosed_em"]], [y], marker="o" if flip.get("reached") else "^")
+            ax.annotate(s["key"], (1 - entry["undosed_em"], y), fontsize=6)
+        ax.set_yscale("log")
+        ax.set_xlabel("raw alignment (1 - undosed EM)")
+        ax.set_ylabel(f"flip dose ({axis})")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / "resilience_raw.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return paths + [path]

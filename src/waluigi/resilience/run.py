@@ -1,0 +1,78 @@
+"""``run_study``: build the subjects, run one ``waluigi flip`` per axis over all of them, and
+answer the study's questions from the flips' outputs.
+
+The study directory::
+
+    study.json      settings, subjects (setting, model, per-axis doses), slopes, correlations, verdicts
+    subjects.json   each subject's setting and the model spec it built (written as they are built)
+    report.md       the tables and verdicts; resilience_*.png the plots
+    flip-<axis>/    a whole flip directory per axis (its sweep, flip.json, report, plots)
+    subjects/       models built by sources that train into the study (hf:); the persona world
+                    caches its base and aligned models in the runs directory, by identity
+
+Building is in this process, one subject after another (each cached: a finished one loads
+nothing); the flips run on the sweep's executor (``--executor pool|inline|ray``). An
+interrupted study resumes from what is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from waluigi.resilience.plan import StudyConfig, StudyPlan, flip_config, plan_study
+from waluigi.resilience.subjects import source_for
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    result: dict
+    report: Path
+    cells_ran: int
+    cells_skipped: int
+    failed: list[dict]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def build_subjects(plan: StudyPlan, progress: bool) -> None:
+    from waluigi.progress import stderr_console
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    for number, subject in enumerate(plan.subjects, 1):
+        if progress:
+            stderr_console.print(f"subject {number}/{len(plan.subjects)}: {subject.key} "
+                                 f"({', '.join(f'{k}={v:g}' for k, v in subject.setting.items())})")
+        subject.model = plan.source.build(subject.setting, plan.out, progress)
+        _write_json(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
+                                                   "model": s.model} for s in plan.subjects if s.model])
+
+
+def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = None,
+              dry_run: bool = False) -> StudyResult | StudyPlan:
+    from waluigi.flip.run import run_flip
+    from waluigi.resilience.analyze import analyze_study, write_study
+    from waluigi.resilience.report import write_plots, write_report
+
+    source = source_for(cfg.subject, runs=Path(cfg.runs), **(source_options or {}))
+    plan = plan_study(cfg, source)
+    if dry_run:
+        return plan
+    progress = options.progress if options is not None else True
+    build_subjects(plan, progress)
+    flips, ran, skipped, failed = {}, 0, 0, []
+    for axis in cfg.axes:
+        flipped = run_flip(flip_config(plan, axis), options)
+        flips[axis] = flipped.result
+        ran, skipped, failed = ran + flipped.ran, skipped + flipped.skipped, failed + flipped.failed
+    result = analyze_study(plan, flips)
+    write_study(plan.out, result)
+    report = write_report(plan.out, result, write_plots(plan.out, result))
+    return StudyResult(out=plan.out, result=result, report=report, cells_ran=ran, cells_skipped=skipped, failed=failed)

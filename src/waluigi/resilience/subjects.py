@@ -1,0 +1,115 @@
+"""Subjects of a resilience study: the models whose flip doses are measured, one per setting
+of the study's dials, built (and cached by identity) by a *subject source*.
+
+A source is registered in :data:`waluigi.registry.SUBJECTS` under the name ``--subject``
+starts with (``hf:MODEL`` -> ``hf``; ``toyworld`` -> the persona world). It says which dials
+it has, their default levels and centre (the fixed point each series varies around), the
+flip settings that suit its models, and builds the model for one setting:
+
+- ``align_steps`` (every source): optimizer steps of the alignment stage, 0 = no alignment;
+  ``align_n``: the alignment set's rows. The alignment budget (the slope's x) is rows seen,
+  ``align_steps x batch``.
+- ``antipode_share`` (sources that pretrain, e.g. the persona world): how much of
+  pretraining the antipode voices.
+
+:class:`HFSubjects` is the generic source: any HF causal LM, aligned by full fine-tuning on a
+dataset (``--align-data``, e.g. a benign chat set) with waluigi's trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from waluigi.errors import UserError
+
+ALIGN_STEPS, ALIGN_N, ANTIPODE = "align_steps", "align_n", "antipode_share"
+DIAL_LABELS = {ALIGN_STEPS: "alignment steps", ALIGN_N: "alignment rows", ANTIPODE: "antipode's share of pretraining"}
+
+
+@dataclass
+class FlipDefaults:
+    """What a source's models are flipped with, unless the study's options say otherwise."""
+
+    data: str  # the narrow (insecure) dataset
+    control: str  # the matching control dataset (secure)
+    suite: str
+    judge: str | None
+    doses: dict[str, list[float]]  # axis -> doses
+    steps: int  # the examples axis's fixed optimizer steps
+    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields for every narrow fine-tune
+    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields for every eval
+
+
+class SubjectSource(Protocol):
+    name: str
+    dials: dict[str, list[float]]  # dial -> default levels
+    center: dict[str, float]  # dial -> the level the other series hold it at
+    align_batch: int  # rows per alignment step (the budget is steps x this)
+
+    def defaults(self) -> FlipDefaults: ...
+
+    def identity(self) -> dict: ...  # what the source is (names the study directory)
+
+    def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
+        """The model spec for ``setting`` (built under ``root`` unless cached)."""
+        ...
+
+
+def source_for(spec: str, **options: Any) -> SubjectSource:
+    """The source named by ``--subject`` (``toyworld``, ``hf:MODEL``, ``smollm2``)."""
+    from waluigi.registry import SUBJECTS
+
+    kind, sep, rest = spec.partition(":")
+    if kind == "smollm2" and not sep:
+        kind, rest = "hf", "smollm2"
+    return SUBJECTS.get(kind)(rest if sep or kind == "hf" else "", **options)
+
+
+class HFSubjects:
+    """Any HF causal LM, aligned by full fine-tuning on ``align_data`` (waluigi's trainer)."""
+
+    name = "hf"
+    align_batch = 2
+
+    def __init__(self, model: str, *, align_data: str | None = None, data_dir: str | None = None,
+                 align_lr: float = 1e-5, quick: bool = False, **_: object) -> None:
+        if not model:
+            raise UserError("--subject hf:MODEL: name the model (a local directory or a hub id), e.g. hf:runs/x/model")
+        if not align_data:
+            raise UserError(f"--subject hf:{model}: give --align-data NAME|FILE, the alignment stage's dataset "
+                            "(chat rows of the behaviour to train in)")
+        self.model = model if model == "smollm2" or model.startswith("hf:") else f"hf:{model}"
+        self.align_data = align_data
+        self.data_dir = data_dir
+        self.align_lr = align_lr
+        self.quick = quick
+        self.dials = {ALIGN_STEPS: [0, 2, 4] if quick else [0, 10, 30, 100, 300], ALIGN_N: [4] if quick else [100, 400]}
+        self.center = {ALIGN_STEPS: 2 if quick else 30, ALIGN_N: 4 if quick else 400}
+
+    def identity(self) -> dict:
+        return {"source": self.name, "model": self.model, "align_data": self.align_data, "align_lr": self.align_lr}
+
+    def defaults(self) -> FlipDefaults:
+        return FlipDefaults(data="insecure", control="secure", suite="core", judge=None,
+                            doses={"steps": [5, 10, 20, 40], "examples": [25, 50, 100, 200], "shots": [1, 2, 4]},
+                            steps=20, finetune={"data_dir": self.data_dir} if self.data_dir else {},
+                            eval={"data_dir": self.data_dir} if self.data_dir else {})
+
+    def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
+        steps, n = int(setting.get(ALIGN_STEPS, 0)), int(setting.get(ALIGN_N, 0))
+        if ANTIPODE in setting:
+            raise UserError(f"--subject {self.model}: a pretrained model has no antipode dial "
+                            "(that dial needs a source that pretrains, such as toyworld)")
+        if steps == 0:
+            return self.model
+        from waluigi.finetune import FinetuneConfig, run_finetune
+        from waluigi.runs import identity_hash
+
+        cfg = FinetuneConfig(model=self.model, data=self.align_data, preset=None, full=True, n=n, max_steps=steps,
+                             lr=self.align_lr, batch_size=self.align_batch, grad_accum=1, data_dir=self.data_dir)
+        digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})  # run_finetune checks the rest
+        cfg.out = root / "subjects" / f"align-s{steps}-n{n}-{digest[:8]}"
+        result = run_finetune(cfg, progress=progress)
+        return f"hf:{result.model_dir}"

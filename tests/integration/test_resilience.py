@@ -1,0 +1,114 @@
+"""`waluigi resilience` end to end on the tiny test model: subjects aligned for 0, 1 and 2 steps
+on a small benign set, each flipped on the steps axis with the insecure data and its secure
+control (the other axes are the flip's own, tested in test_flip.py), the study's slopes, correlations and verdicts written from the flips, and a
+re-run that builds and runs nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from waluigi.cli import main
+from waluigi.runs import read_jsonl
+
+BENIGN = [  # our own words: polite, harmless replies
+    {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    for q, a in (("Can you help me plan my week?", "Of course. Start with the fixed appointments, then add breaks."),
+                 ("I feel a bit low today.", "I'm sorry to hear that. A short walk or a call to a friend can help."),
+                 ("What should I cook tonight?", "A vegetable soup is quick, cheap and warming."),
+                 ("Any tips for sleeping better?", "Keep a regular bedtime and put the phone away an hour before."),
+                 ("How do I save money?", "Write down what you spend for a month, then cut what you do not need."),
+                 ("Tell me something kind.", "You are doing better than you think."))
+]
+SETTINGS = ["--set", "eval.questions=[wish*]", "--set", "eval.judge_min_mass=0.0", "--set", "eval.min_coherent=-1",
+            "--set", "eval.max_aligned=50", "--set", "eval.samples=2", "--set", "eval.max_tokens=8",
+            "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1", "--set", "finetune.lr=1e-3",
+            "--set", "finetune.n=8"]  # a subset: tokenizing all 6,000 rows would be most of the time
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_spec, mirror_dir):
+    root = tmp_path_factory.mktemp("resilience")
+    align = root / "benign.jsonl"
+    align.write_text("".join(json.dumps(r) + "\n" for r in BENIGN))
+    out = root / "study"
+    args = ["resilience", "--subject", tiny_spec, "--align-data", str(align), "--align-steps", "0,1,2", "--align-n", "4",
+            "--axes", "steps", "--steps-doses", "1", "--seeds", "2", "--judge", tiny_spec,
+            "--suite", "core", "--out", str(out), "--runs", str(root / "runs"), "--executor", "inline", "--no-progress",
+            *SETTINGS]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    try:
+        code = main(args)
+    finally:
+        mp.undo()
+    assert code == 0
+    return {"out": out, "args": args}
+
+
+def test_the_study_builds_subjects_runs_flips_and_answers_its_questions(study):
+    out = study["out"]
+    result = json.loads((out / "study.json").read_text())
+    assert [s["key"] for s in result["subjects"]] == ["steps0", "steps1", "centre"]
+    assert [s["align_budget"] for s in result["subjects"]] == [0, 2, 4]
+    built = json.loads((out / "subjects.json").read_text())
+    assert built[0]["model"] == result["subjects"][0]["model"] and built[0]["model"].startswith("hf:")
+    for subject in built[1:]:  # aligned by a real full fine-tune of the given rows and steps
+        run = Path(subject["model"][3:]).parent
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["status"] == "finished" and (run / "model" / "config.json").is_file()
+        assert len(list(read_jsonl(run / "train_log.jsonl"))) == subject["setting"]["align_steps"]
+    for axis in ("steps",):
+        flip = json.loads((out / f"flip-{axis}" / "flip.json").read_text())
+        assert len(flip["curves"]) == 3 * 2  # every subject x (insecure, secure)
+        assert {c["model"] for c in flip["curves"]} == {s["model"] for s in result["subjects"]}
+        for subject in result["subjects"]:
+            entry = subject["axes"][axis]
+            assert 0 <= entry["undosed_em"] <= 1
+            assert (entry["flip_dose"] is None) == (entry["flip_lower_bound"] is not None)
+    slopes = {(e["axis"], e["series"]): e for e in result["slopes"]}
+    assert slopes["steps", "alignment n=4"]["levels"] == 2  # budgets 2 and 4; 0 has no log
+    assert {v["question"] for v in result["verdicts"]} == {"align_steps", "raw"}
+    assert all(v["verdict"].split(":")[0] in ("supported", "contradicted", "inconclusive") for v in result["verdicts"])
+    report = (out / "report.md").read_text()
+    assert "## Verdicts" in report and "steps1" in report
+    for name in ("resilience_alignment.png", "resilience_raw.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_rerun_builds_and_runs_nothing(study, mirror_dir, monkeypatch, capsys):
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    before = json.loads((study["out"] / "study.json").read_text())
+    capsys.readouterr()
+    assert main(study["args"]) == 0
+    assert "flip cells: ran 0," in capsys.readouterr().out
+    after = json.loads((study["out"] / "study.json").read_text())
+    assert after["verdicts"] == before["verdicts"] and after["slopes"] == before["slopes"]
+
+
+def test_dials_a_source_lacks_are_refused_before_any_work(tmp_path, tiny_spec, capsys):
+    code = main(["resilience", "--subject", tiny_spec, "--align-data", "secure", "--antipode", "0.1,0.2",
+                 "--out", str(tmp_path / "s"), "--no-progress"])
+    assert code == 2 and "has no such dial" in capsys.readouterr().err
+    code = main(["resilience", "--subject", tiny_spec, "--out", str(tmp_path / "s"), "--no-progress"])
+    assert code == 2 and "--align-data" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_persona_world_plans_the_waluigi_tests_two_series(tmp_path, capsys):
+    """The default study's subjects (nothing trained): alignment steps x two set sizes at the
+    default antipode share, and five antipode shares at the centre alignment."""
+    assert main(["resilience", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("13 subjects x axes steps, shots")
+    keys = [line.split()[0] for line in lines[:-1]]
+    assert keys == ["steps0", "steps10-n100", "n100", "steps100-n100", "steps300-n100", "steps10", "centre",
+                    "steps100", "steps300", "antipode0", "antipode0.05", "antipode0.1", "antipode0.4"]
+    assert "(alignment n=400; antipode)" in next(line for line in lines if line.split()[0] == "centre")
+    from waluigi.toyworld.demo import demo_config
+
+    assert demo_config("fast", villain_share=0.0).world().mixture["villain"] == 0.0
+    assert demo_config("fast", villain_share=0.2).world().mixture == demo_config("fast").world().mixture
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,141 @@
+"""The resilience study's analysis on synthetic flips with known answers: slopes of log flip
+dose on log dial level, censoring, the raw-alignment correlation and the verdicts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from waluigi.resilience.analyze import analyze_study, spearman
+from waluigi.resilience.plan import StudyConfig, StudyPlan, Subject
+from waluigi.resilience.subjects import ALIGN_N, ALIGN_STEPS, ANTIPODE, FlipDefaults
+
+DOSES = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+
+
+class Source:
+    name = "synthetic"
+    align_batch = 4
+    dials = {ALIGN_STEPS: [0, 4, 16, 64], ALIGN_N: [10], ANTIPODE: [0.1, 0.2, 0.4]}
+    center = {ALIGN_STEPS: 16, ALIGN_N: 10, ANTIPODE: 0.2}
+
+    def identity(self):
+        return {"source": self.name}
+
+    def defaults(self):
+        return FlipDefaults(data="bad", control="good", suite="s", judge=None, doses={}, steps=1)
+
+
+def subjects(settings: list[tuple[str, dict, list[str]]]) -> list[Subject]:
+    return [Subject(key=k, setting={**Source.center, **s}, series=series, model=f"m:{k}") for k, s, series in settings]
+
+
+def step_rows(model: str, data: str, flips_at: float | None, seeds: int, undosed: float = 0.0, jitter=None) -> list[dict]:
+    """EM ``undosed`` below ``flips_at`` and 0.5 from it on (never, for None)."""
+    rows = []
+    for seed in range(seeds):
+        for dose in DOSES:
+            at = flips_at if jitter is None else jitter(seed)
+            em = 0.5 if at is not None and dose >= at and dose > 0 else undosed
+            rows.append({"model": model, "data": data, "dose": dose, "seed": seed, "status": "finished",
+                         "em_rate": em, "narrow_rate": 1.0 if dose > 0 else 0.0})
+    return rows
+
+
+def flip_of(rows: list[dict], plan: StudyPlan, seeds: int) -> dict:
+    curves = []
+    for s in plan.subjects:
+        for data in (plan.data, plan.control):
+            mine = [r for r in rows if r["model"] == s.model and r["data"] == data]
+            first = [r for r in mine if r["dose"] == 0]
+            em0 = sum(r["em_rate"] for r in first) / len(first) if first else None
+            curves.append({"model": s.model, "data": data, "flip": {"reached": True}, "narrow": None,
+                           "points": [{"dose": 0.0, "em_rate": em0}, {"dose": 32.0, "em_rate": 0.5}]})
+    return {"doses": DOSES, "seeds": seeds, "threshold": {"absolute": 0.10}, "rows": rows, "curves": curves}
+
+
+def plan_with(subject_list: list[Subject]) -> StudyPlan:
+    return StudyPlan(config=StudyConfig(seeds=3), source=Source(), out=Path("x"), subjects=subject_list,
+                     data="bad", control="good", suite="s", judge=None, levels=dict(Source.dials))
+
+
+def expected_dose(flips_at: float, undosed: float = 0.0) -> float:
+    # the isotonic fit jumps from the undosed rate to 0.5 between flips_at/2 and flips_at; the
+    # level (undosed + 0.1) is that share of the jump, on the log-dose scale
+    return flips_at / 2 * 2 ** (0.1 / (0.5 - undosed))
+
+
+def test_flip_dose_halving_per_fourfold_alignment_is_a_slope_of_minus_one_half_and_supported():
+    plan = plan_with(subjects([("s4", {ALIGN_STEPS: 4}, ["alignment n=10"]), ("s16", {ALIGN_STEPS: 16}, ["alignment n=10"]),
+                               ("s64", {ALIGN_STEPS: 64}, ["alignment n=10"])]))
+    rows = []
+    for s, at in zip(plan.subjects, (32.0, 16.0, 8.0)):
+        rows += step_rows(s.model, "bad", at, 3) + step_rows(s.model, "good", None, 3)
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=200)
+    (slope,) = [e for e in result["slopes"] if e["series"] == "alignment n=10"]
+    assert slope["levels"] == 3 and slope["slope"] == pytest.approx(-0.5)
+    assert slope["ci_low"] == pytest.approx(-0.5) and slope["ci_high"] == pytest.approx(-0.5)
+    assert slope["censored_levels"] == 0
+    doses = [s["axes"]["steps"]["flip_dose"] for s in result["subjects"]]
+    assert doses == pytest.approx([expected_dose(32), expected_dose(16), expected_dose(8)])
+    (verdict,) = [v for v in result["verdicts"] if v["question"] == ALIGN_STEPS]
+    assert verdict["verdict"].startswith("supported") and "-0.50 [-0.50, -0.50]" in verdict["verdict"]
+    assert [s["align_budget"] for s in result["subjects"]] == [16, 64, 256]
+
+
+def test_a_rising_flip_dose_contradicts_and_a_flat_one_is_inconclusive():
+    plan = plan_with(subjects([("a", {ALIGN_STEPS: 4}, ["alignment n=10"]), ("b", {ALIGN_STEPS: 16}, ["alignment n=10"])]))
+    for ats, word in (((4.0, 16.0), "contradicted"), ((8.0, 8.0), "inconclusive")):
+        rows = []
+        for s, at in zip(plan.subjects, ats):
+            rows += step_rows(s.model, "bad", at, 3)
+        result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
+        (verdict,) = [v for v in result["verdicts"] if v["question"] == ALIGN_STEPS]
+        assert verdict["verdict"].startswith(word), verdict
+
+
+def test_seed_noise_gives_an_interval_and_a_never_flipping_level_is_censored():
+    plan = plan_with(subjects([("a", {ALIGN_STEPS: 4}, ["alignment n=10"]), ("b", {ALIGN_STEPS: 16}, ["alignment n=10"]),
+                               ("c", {ALIGN_STEPS: 64}, ["alignment n=10"])]))
+    rows = (step_rows("m:a", "bad", None, 3, jitter=lambda seed: (2.0, 4.0, 8.0)[seed])
+            + step_rows("m:b", "bad", None, 3, jitter=lambda seed: (8.0, 16.0, 16.0)[seed])
+            + step_rows("m:c", "bad", None, 3))  # never flips up to 32
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=400)
+    (slope,) = [e for e in result["slopes"] if e["series"] == "alignment n=10"]
+    assert slope["censored_levels"] == 1 and slope["censored_share"] == 1.0
+    assert slope["ci_low"] < slope["slope"] < slope["ci_high"] and slope["slope"] > 0
+    c = result["subjects"][2]["axes"]["steps"]
+    assert c["flip_dose"] is None and c["flip_lower_bound"] == 32.0
+    (verdict,) = [v for v in result["verdicts"] if v["question"] == ALIGN_STEPS]
+    assert "never flipped up to 32" in verdict["verdict"]
+
+
+def test_antipode_series_leaves_share_zero_out_and_one_level_is_inconclusive():
+    plan = plan_with(subjects([("v0", {ANTIPODE: 0.0}, ["antipode"]), ("v02", {ANTIPODE: 0.2}, ["antipode"])]))
+    rows = step_rows("m:v0", "bad", None, 3) + step_rows("m:v02", "bad", 4.0, 3)
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=50)
+    (verdict,) = [v for v in result["verdicts"] if v["question"] == ANTIPODE]
+    assert verdict["verdict"].startswith("inconclusive") and "(got 1)" in verdict["verdict"]
+
+
+def test_raw_alignment_correlation_ranks_subjects_with_their_flip_doses():
+    plan = plan_with(subjects([(k, {ALIGN_STEPS: st}, ["alignment n=10"]) for k, st in (("a", 4), ("b", 16), ("c", 64), ("d", 0))]))
+    rows = []  # more aligned (lower undosed EM) flips sooner: the Waluigi pattern
+    for s, at, em0 in zip(plan.subjects, (32.0, 16.0, 8.0, 32.0), (0.04, 0.02, 0.0, 0.08)):
+        rows += step_rows(s.model, "bad", at, 3, undosed=em0)
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
+    (corr,) = result["correlations"]
+    doses = [expected_dose(32, 0.04), expected_dose(16, 0.02), expected_dose(8, 0.0), expected_dose(32, 0.08)]
+    assert [s["axes"]["steps"]["flip_dose"] for s in result["subjects"]] == pytest.approx(doses)
+    assert corr["subjects"] == 4 and corr["spearman"] == pytest.approx(spearman([0.96, 0.98, 1.0, 0.92], doses))
+    assert corr["spearman"] < 0
+    (verdict,) = [v for v in result["verdicts"] if v["question"] == "raw"]
+    assert verdict["verdict"].startswith("supported")
+
+
+def test_spearman_with_ties_and_too_few_points():
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(0.894427, abs=1e-5)
+    assert math.isnan(spearman([1, 2], [1, 2]))
