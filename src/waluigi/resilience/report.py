@@ -102,6 +102,7 @@ def write_plots(out: Path, result: dict) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     paths = []
     for dial, name, x_of in ((ALIGN_STEPS, "resilience_alignment.png", lambda s: s["align_budget"]),
@@ -134,6 +135,8 @@ def write_plots(out: Path, result: dict) -> list[Path]:
                     ax.scatter([x for x, _ in open_], [y for _, y in open_], marker="^", label=f"{series}: not reached")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("alignment rows seen" if dial == ALIGN_STEPS else "antipode's share of pretraining")
             ax.set_ylabel(f"flip dose ({axis})")
             ax.grid(alpha=0.3)
