@@ -20,7 +20,8 @@ class Axis(str, Enum):
     lr = "lr"
 
 
-def _doses(text: str | None) -> list[float] | None:
+def numbers(option: str, text: str | None, example: str = "0,50,100,200") -> list[float] | None:
+    """``--doses 0,50,100`` (or any option's comma-separated numbers) as floats; None when not given."""
     from waluigi.errors import UserError
 
     if text is None:
@@ -28,7 +29,11 @@ def _doses(text: str | None) -> list[float] | None:
     try:
         return [float(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise UserError(f"--doses {text!r}: give numbers separated by commas, e.g. --doses 0,50,100,200") from None
+        raise UserError(f"{option} {text!r}: give numbers separated by commas, e.g. {option} {example}") from None
+
+
+def _doses(text: str | None) -> list[float] | None:
+    return numbers("--doses", text)
 
 
 def _settings(pairs: list[str]) -> tuple[dict, dict]:

@@ -95,7 +95,7 @@ class Crossing:
                 "bracket": list(self.bracket) if self.bracket else None}
 
 
-def _fit_level(doses: np.ndarray, means: np.ndarray, weights: np.ndarray, baseline_index: int | None,
+def fit_level(doses: np.ndarray, means: np.ndarray, weights: np.ndarray, baseline_index: int | None,
                threshold: float, relative: float | None, log: bool) -> tuple[float, float | None, float | None, float | None, np.ndarray]:
     """Crossing dose, level, baseline and plateau for one set of per-dose means (nan: no value)."""
     keep = ~np.isnan(means)
@@ -139,7 +139,7 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
     with np.errstate(invalid="ignore"):
         present = (~np.isnan(table)).sum(axis=0)
         means = np.where(present > 0, np.nansum(table, axis=0) / np.maximum(present, 1), np.nan)
-    dose, level, baseline, plateau, fitted = _fit_level(doses_, means, present.astype(float), baseline_index,
+    dose, level, baseline, plateau, fitted = fit_level(doses_, means, present.astype(float), baseline_index,
                                                         threshold, relative, log_)
     rng = np.random.default_rng(seed)
     seeds = table.shape[0]
@@ -151,7 +151,7 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
             got = (~np.isnan(sample)).sum(axis=0)
             with np.errstate(invalid="ignore"):
                 m = np.where(got > 0, np.nansum(sample, axis=0) / np.maximum(got, 1), np.nan)
-            boots.append(_fit_level(doses_, m, got.astype(float), baseline_index, threshold, relative, log_)[0])
+            boots.append(fit_level(doses_, m, got.astype(float), baseline_index, threshold, relative, log_)[0])
     elif counts is not None:
         ci_over = "answers"
         pairs = [(None, None) if c is None else c for c in list(counts)[0]]
@@ -160,7 +160,7 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
         p_hat = np.where(n > 0, k / np.maximum(n, 1), np.nan)
         for _ in range(n_boot):
             draw = np.where(n > 0, rng.binomial(np.maximum(n, 1), np.nan_to_num(p_hat)) / np.maximum(n, 1), np.nan)
-            boots.append(_fit_level(doses_, draw, (n > 0).astype(float), baseline_index, threshold, relative, log_)[0])
+            boots.append(fit_level(doses_, draw, (n > 0).astype(float), baseline_index, threshold, relative, log_)[0])
     else:
         ci_over = "none"
     boot = np.asarray(boots, dtype=float)

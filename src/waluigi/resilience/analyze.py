@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from waluigi.flip.fit import _fit_level, log_axis, percentiles
+from waluigi.flip.fit import fit_level, log_axis, percentiles
 from waluigi.resilience.plan import StudyPlan
 from waluigi.resilience.subjects import ALIGN_STEPS, ANTIPODE, DIAL_LABELS
 
@@ -54,7 +54,7 @@ def _dose(doses: np.ndarray, table: np.ndarray, threshold: float, log: bool) -> 
     present = (~np.isnan(table)).sum(axis=0)
     with np.errstate(invalid="ignore"):
         means = np.where(present > 0, np.nansum(table, axis=0) / np.maximum(present, 1), np.nan)
-    return _fit_level(doses, means, present.astype(float), 0, threshold, None, log)[0]
+    return fit_level(doses, means, present.astype(float), 0, threshold, None, log)[0]
 
 
 class _Curves:
@@ -69,9 +69,17 @@ class _Curves:
         self.draws = draws  # replicates x subjects x seeds: seed indices
         self.plan = plan
 
-    def replicates(self, subject: int, data: str, metric: str = "em_rate") -> tuple[float, np.ndarray, np.ndarray]:
-        """(point dose, replicate doses, replicate undosed means) for one subject's curve."""
-        table = _table(self.flip["rows"], self.plan.subjects[subject].model, data, list(self.doses), self.seeds, metric)
+    def table(self, subject: int, data: str, metric: str = "em_rate") -> np.ndarray:
+        return _table(self.flip["rows"], self.plan.subjects[subject].model, data, list(self.doses), self.seeds, metric)
+
+    def point(self, subject: int, data: str, metric: str = "em_rate") -> float:
+        """The curve's dose (inf: not reached; nan: no values)."""
+        table = self.table(subject, data, metric)
+        return math.nan if np.isnan(table).all() else _dose(self.doses, table, self.threshold, self.log)
+
+    def replicates(self, subject: int, data: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """(point flip dose, replicate doses, replicate undosed means) for one subject's EM curve."""
+        table = self.table(subject, data)
         if np.isnan(table).all():
             return math.nan, np.full(len(self.draws), np.nan), np.full(len(self.draws), np.nan)
         point = _dose(self.doses, table, self.threshold, self.log)
@@ -163,11 +171,11 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
         curves = _Curves(flip, plan, draws)
         largest = float(curves.doses.max())
         point, reps, raw_point, raw_reps = {}, {}, {}, {}
+        by_curve = {c["model"]: c for c in flip["curves"] if c["data"] == plan.data}
+        control = {c["model"]: c for c in flip["curves"] if c["data"] == plan.control}
         for i, subject in enumerate(plan.subjects):
-            by_curve = {c["model"]: c for c in flip["curves"] if c["data"] == plan.data}
-            control = {c["model"]: c for c in flip["curves"] if c["data"] == plan.control}
             point[i], reps[i], raw_reps[i] = curves.replicates(i, plan.data)
-            narrow_point, _, _ = curves.replicates(i, plan.data, "narrow_rate")
+            narrow_point = curves.point(i, plan.data, "narrow_rate")
             mine, theirs = by_curve.get(subject.model), control.get(subject.model)
             points = mine["points"] if mine else []
             raw_point[i] = points[0]["em_rate"] if points else None

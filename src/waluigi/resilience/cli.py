@@ -8,19 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.flip.cli import _doses, _settings
+from waluigi.flip.cli import _settings, numbers
 from waluigi.sweep.cli import ExecutorName
 
 
 def _levels(option: str, text: str | None) -> list[float] | None:
-    from waluigi.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise UserError(f"{option} {text!r}: give numbers separated by commas, e.g. {option} 0,10,30") from None
+    return numbers(option, text, "0,10,30")
 
 
 def resilience_cmd(
@@ -67,8 +60,9 @@ def resilience_cmd(
     levels = {dial: values for dial, values in ((ALIGN_STEPS, _levels("--align-steps", align_steps)),
                                                  (ALIGN_N, _levels("--align-n", align_n)),
                                                  (ANTIPODE, _levels("--antipode", antipode))) if values is not None}
-    doses = {axis: d for axis, d in (("steps", _doses(steps_doses)), ("examples", _doses(examples_doses)),
-                                     ("shots", _doses(shots_doses))) if d is not None}
+    doses = {axis: d for axis, d in (("steps", numbers("--steps-doses", steps_doses)),
+                                     ("examples", numbers("--examples-doses", examples_doses)),
+                                     ("shots", numbers("--shots-doses", shots_doses))) if d is not None}
     cfg = StudyConfig(subject=subject, levels=levels, axes=[a for a in axes.replace(" ", "").split(",") if a],
                       doses=doses, seeds=seeds, data=data, control=control, suite=suite, judge=judge, steps=steps,
                       threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs)

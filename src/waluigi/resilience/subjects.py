@@ -99,9 +99,6 @@ class HFSubjects:
 
     def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
         steps, n = int(setting.get(ALIGN_STEPS, 0)), int(setting.get(ALIGN_N, 0))
-        if ANTIPODE in setting:
-            raise UserError(f"--subject {self.model}: a pretrained model has no antipode dial "
-                            "(that dial needs a source that pretrains, such as toyworld)")
         if steps == 0:
             return self.model
         from waluigi.finetune import FinetuneConfig, run_finetune
