@@ -102,7 +102,7 @@ def test_the_persona_world_plans_the_waluigi_tests_two_series(tmp_path, capsys):
     default antipode share, and five antipode shares at the centre alignment."""
     assert main(["resilience", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1].startswith("13 subjects x axes steps, shots")
+    assert lines[-1].startswith("13 subjects x axes steps, examples, shots")
     keys = [line.split()[0] for line in lines[:-1]]
     assert keys == ["steps0", "steps10-n100", "n100", "steps100-n100", "steps300-n100", "steps10", "centre",
                     "steps100", "steps300", "antipode0", "antipode0.05", "antipode0.1", "antipode0.4"]

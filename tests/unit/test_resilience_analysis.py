@@ -139,3 +139,20 @@ def test_spearman_with_ties_and_too_few_points():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(0.894427, abs=1e-5)
     assert math.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_the_control_runs_on_the_control_axes_only_and_an_unknown_axis_is_refused():
+    from waluigi.errors import UserError
+    from waluigi.resilience.plan import flip_config, plan_study
+
+    doses = {"steps": [1, 2], "examples": [4, 8], "shots": [1]}
+    plan = plan_study(StudyConfig(levels={ALIGN_STEPS: [0, 10]}, doses=doses, out=Path("s")), Source())
+    for subject in plan.subjects:
+        subject.model = f"hf:{subject.key}"
+    data = {axis: flip_config(plan, axis).data for axis in ("steps", "examples", "shots")}
+    assert data == {"steps": ["bad", "good"], "examples": ["bad"], "shots": ["bad", "good"]}
+    assert flip_config(plan, "examples").steps == Source().defaults().steps
+    plan.config.control_axes = ["examples"]
+    assert flip_config(plan, "examples").data == ["bad", "good"] and flip_config(plan, "steps").data == ["bad"]
+    with pytest.raises(UserError, match="--control-axes"):
+        plan_study(StudyConfig(control_axes=["step"], out=Path("s")), Source())

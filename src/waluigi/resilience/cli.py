@@ -22,7 +22,8 @@ def resilience_cmd(
     align_steps: Annotated[Optional[str], typer.Option(help="alignment-strength levels: optimizer steps of the alignment stage, 0 = none (e.g. 0,10,30,100,300)")] = None,
     align_n: Annotated[Optional[str], typer.Option(help="alignment-set sizes (rows), each a series of --align-steps (e.g. 100,400)")] = None,
     antipode: Annotated[Optional[str], typer.Option(help="toyworld: the antipode's (villain's) share of pretraining (e.g. 0,0.05,0.1,0.2,0.4)")] = None,
-    axes: Annotated[str, typer.Option(help="flip axes measured for every subject: steps, examples, shots (comma-separated)")] = "steps,shots",
+    axes: Annotated[str, typer.Option(help="flip axes measured for every subject: steps, examples, shots (comma-separated)")] = "steps,examples,shots",
+    control_axes: Annotated[str, typer.Option(help="the axes whose flip also runs the control dataset (examples is left out by default: each of its cells is a fine-tune)")] = "steps,shots",
     steps_doses: Annotated[Optional[str], typer.Option("--steps-doses", help="doses of the steps axis (default: the subject source's)")] = None,
     examples_doses: Annotated[Optional[str], typer.Option("--examples-doses", help="doses of the examples axis")] = None,
     shots_doses: Annotated[Optional[str], typer.Option("--shots-doses", help="doses of the shots axis")] = None,
@@ -64,6 +65,7 @@ def resilience_cmd(
                                      ("examples", numbers("--examples-doses", examples_doses)),
                                      ("shots", numbers("--shots-doses", shots_doses))) if d is not None}
     cfg = StudyConfig(subject=subject, levels=levels, axes=[a for a in axes.replace(" ", "").split(",") if a],
+                      control_axes=[a for a in control_axes.replace(" ", "").split(",") if a],
                       doses=doses, seeds=seeds, data=data, control=control, suite=suite, judge=judge, steps=steps,
                       threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs)
     options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
@@ -77,7 +79,9 @@ def resilience_cmd(
         plan = run_study(cfg, options, source_options=source_options, dry_run=True)
         for s in plan.subjects:
             typer.echo(f"  {s.key:<24} {', '.join(f'{k}={v:g}' for k, v in s.setting.items())}   ({'; '.join(s.series)})")
-        typer.echo(f"{len(plan.subjects)} subjects x axes {', '.join(cfg.axes)}; study directory {plan.out}")
+        controls = [a for a in cfg.axes if a in cfg.control_axes]
+        typer.echo(f"{len(plan.subjects)} subjects x axes {', '.join(cfg.axes)} (control on "
+                   f"{', '.join(controls) or 'none'}); study directory {plan.out}")
         return
     study = run_study(cfg, options, source_options=source_options)
     if json_out:

@@ -29,7 +29,10 @@ AXES = ("steps", "examples", "shots")
 class StudyConfig:
     subject: str = "toyworld"
     levels: dict[str, list[float]] = field(default_factory=dict)  # dial -> levels (default: the source's)
-    axes: list[str] = field(default_factory=lambda: ["steps", "shots"])
+    axes: list[str] = field(default_factory=lambda: list(AXES))
+    # the axes whose flip also runs the control dataset; the examples axis is left out by default:
+    # each of its cells is a fine-tune, and the steps axis already runs the control for every subject
+    control_axes: list[str] = field(default_factory=lambda: ["steps", "shots"])
     doses: dict[str, list[float]] = field(default_factory=dict)  # axis -> doses (default: the source's)
     seeds: int = 3
     data: str | None = None  # default: the source's narrow dataset
@@ -74,6 +77,9 @@ def plan_study(cfg: StudyConfig, source: SubjectSource) -> StudyPlan:
     unknown = [a for a in cfg.axes if a not in AXES]
     if unknown or not cfg.axes:
         raise UserError(f"--axes {','.join(cfg.axes)}: choose from {', '.join(AXES)}")
+    bad = [a for a in cfg.control_axes if a not in AXES]
+    if bad:
+        raise UserError(f"--control-axes {','.join(cfg.control_axes)}: choose from {', '.join(AXES)}")
     if cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
     levels = {dial: list(values) for dial, values in source.dials.items()}
@@ -140,12 +146,14 @@ def study_dir(cfg: StudyConfig, source: SubjectSource, data: str, control: str, 
 
 
 def flip_config(plan: StudyPlan, axis: str):
-    """The ``waluigi flip`` of one axis: every subject x (narrow, control), in ``OUT/flip-<axis>``."""
+    """The ``waluigi flip`` of one axis: every subject x the narrow data (and the control on the
+    control axes), in ``OUT/flip-<axis>``."""
     from waluigi.flip.plan import FlipConfig
 
     cfg, defaults = plan.config, plan.source.defaults()
     doses = cfg.doses.get(axis) or defaults.doses[axis]
-    return FlipConfig(models=[s.model for s in plan.subjects], data=[plan.data, plan.control], axis=axis,
+    data = [plan.data, plan.control] if axis in cfg.control_axes else [plan.data]
+    return FlipConfig(models=[s.model for s in plan.subjects], data=data, axis=axis,
                       doses=list(doses), seeds=cfg.seeds, suite=plan.suite, judge=plan.judge,
                       steps=(cfg.steps or defaults.steps) if axis == "examples" else None,
                       threshold=cfg.threshold, finetune={**defaults.finetune, **cfg.finetune},

@@ -60,9 +60,9 @@ class ToySubjects:
         q = self.quick
         return FlipDefaults(
             data="toy:insecure", control="toy:secure", suite="toyworld", judge=None,
-            doses={"steps": [1, 2, 3, 4] if q else [2, 4, 8, 16, 32], "examples": [2, 8] if q else [1, 4, 16, 64, 256],
+            doses={"steps": [1, 2, 3, 4] if q else [2, 4, 8, 16, 32], "examples": [2, 8] if q else [1, 4, 16, 64],
                    "shots": [1] if q else [1, 2, 4]},
-            steps=2 if q else 20, finetune=dict(NARROW),
+            steps=2 if q else 32, finetune=dict(NARROW),
             eval={"max_tokens": 48 if q else 96, "batch_size": 256, **({"samples": 1} if q else {})})
 
     def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
