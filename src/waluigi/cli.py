@@ -13,6 +13,7 @@ import sys
 import typer
 
 from waluigi.data.cli import data_app
+from waluigi.directions.cli import direction_app, monitor_cmd
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
@@ -39,6 +40,8 @@ app.command("sweep")(sweep_cmd)
 app.command("flip")(flip_cmd)
 app.command("resilience")(resilience_cmd)
 app.command("demo")(demo_cmd)
+app.command("monitor")(monitor_cmd)
+app.add_typer(direction_app, name="direction")
 app.add_typer(suites_app, name="suites")
 data_app.command("scan")(scan_cmd)
 app.add_typer(data_app, name="data")

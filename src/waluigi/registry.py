@@ -96,6 +96,7 @@ lazy_table(MODELS, {
     "openai": "waluigi.models.kinds:OpenAIBackend",
     "vllm": "waluigi.models.kinds:VLLMBackend",
     "toy": "waluigi.toyworld.backend:ToyBackend",
+    "steered": "waluigi.models.steered:SteeredBackend",  # a local model with a direction added or ablated
 })
 lazy_table(SCORERS, {
     "judge": "waluigi.evaluate.scorers:ModelJudgeScorer",  # a model judge (any model spec)

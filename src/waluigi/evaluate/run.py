@@ -119,6 +119,11 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         identity["judge_numbers"] = cfg.judge_numbers
     if shots:  # likewise
         identity["shots"] = shots_identity(shots, cfg.shots, cfg.shots_data)
+    from waluigi.models import backend
+
+    extra = backend(cfg.model).extra_identity()
+    if extra:  # likewise: a steered model's direction hash and base weights
+        identity["model_extra"] = extra
     from waluigi.runs import identity_hash
 
     digest = identity_hash(identity)

@@ -179,6 +179,10 @@ class FinetuneConfig:
 
     def recipe(self) -> Recipe:
         """The preset with this config's overrides applied (``dataclasses.replace``), checked."""
+        if str(self.model).startswith("steered:"):
+            raise UserError(f"--model {self.model}: a steered model is not trained as such. In a sweep or flip, "
+                            "steered:BASE?... fine-tunes BASE and evaluates the result steered; to steer during "
+                            "training, fine-tune BASE with a training plug-in")
         wrong = [name for name in OPENAI_ONLY if getattr(self, name) is not None]
         if wrong and not self.openai:
             raise UserError(f"{', '.join('--' + w.replace('_', '-') for w in wrong)}: only for openai: models")

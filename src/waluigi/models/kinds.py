@@ -60,6 +60,11 @@ class Backend:
             identity["weights_sha256"] = weights_hash(directory)
         return identity
 
+    def extra_identity(self) -> dict | None:
+        """What besides the spec string decides an eval's outputs (a steered model: its
+        direction's hash); None for the plain kinds, so their eval run ids stay as they were."""
+        return None
+
     def load(self, adapter: str | None = None, **options: Any):
         raise NotImplementedError
 

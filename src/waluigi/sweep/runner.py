@@ -174,6 +174,8 @@ def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progr
         else:
             config["model"] = _local(cell.finetune["model"])
             config["adapter"] = str(weights or ft)
+        if cell.steer is not None:  # the fine-tuned weights, steered as the cell's model asked
+            config["model"] = f"steered:{config['model']}?{cell.steer}"
     return {"kind": "eval", "config": config, "out": str(cell.eval_dir(root)), "threads": threads, "env": task_env(),
             "argv": sys.argv, "progress": progress,
             "log": str(root / "logs" / f"eval-{cell.short}.log") if redirect else None}

@@ -83,6 +83,7 @@ class Cell:
     openai: bool = False  # fine-tuned through OpenAI's API: the eval asks for the fine-tuned model by name
     group: str | None = None  # the condition it belongs to (a listed cell's ``group``): the summary groups by it
     step: int | None = None  # evaluate the fine-tune's checkpoint at this step instead of its end
+    steer: str | None = None  # a steered:BASE?QUERY fine-tune: BASE is trained, its result evaluated steered by QUERY
 
     @property
     def short(self) -> str:
@@ -296,6 +297,10 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
         for need in ("model", "data"):
             if ft.get(need) in (None, ""):
                 raise UserError(f"{where}: finetune.{need} is not set")
+        if str(ft["model"]).startswith("steered:"):  # train the base; steer what it becomes
+            from waluigi.models.steered import split_steered
+
+            ft["model"], cell.steer = split_steered(str(ft["model"]))
         for taken in ("model", "adapter"):
             if taken in ev:
                 raise UserError(f"{where}: eval.{taken}: a fine-tuned cell evaluates its own fine-tune; remove "
@@ -323,6 +328,10 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
     identity = {"v": SPEC_VERSION, "finetune": ft_id, "eval": ev_identity}
     if step is not None:  # absent otherwise: cells without a step keep their identities
         identity["step"] = step
+    if cell.steer is not None:  # likewise; the direction by its content
+        from waluigi.models import backend
+
+        identity["steer"] = backend(f"steered:{ft['model']}?{cell.steer}").steering_identity()
     cell.id = identity_hash(identity)
     return cell
 

@@ -1,0 +1,1 @@
+"""Directions in activations: names, scoped hooks, extraction, steering, monitoring."""

@@ -1,0 +1,131 @@
+"""``waluigi direction ...`` and ``waluigi monitor`` (mounted in ``waluigi/cli.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+direction_app = typer.Typer(
+    help="Directions in a model's activations: extract (judged answers, two models, contrastive prompts), "
+         "show, compare, random controls. Use one with a steered:<spec>?dir=PATH model.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def _table(direction, extra: dict[str, list[float]] | None = None) -> str:
+    m = direction.manifest
+    lines = [f"{direction.path}  method={m.get('method')}  sha256={direction.sha256[:12]}  best layer={direction.best_layer}"]
+    if m.get("counts"):
+        lines.append(f"examples: {m['counts'].get('positive')} positive, {m['counts'].get('negative')} negative")
+    aucs, norms = m.get("heldout_auroc") or [], m.get("norms") or []
+    header = f"  {'layer':>5} {'norm':>9} {'held-out AUROC':>15}" + "".join(f" {k:>12}" for k in (extra or {}))
+    lines.append(header)
+    for layer in range(direction.layers):
+        auc = aucs[layer] if layer < len(aucs) else None
+        row = f"  {layer:>5} {norms[layer] if layer < len(norms) else float('nan'):>9.3f} "
+        row += f"{'-' if auc is None else f'{auc:.3f}':>15}"
+        for values in (extra or {}).values():
+            row += f" {values[layer]:>12.3f}"
+        lines.append(row + ("  <- suggested" if layer == direction.best_layer else ""))
+    return "\n".join(lines)
+
+
+@direction_app.command("extract")
+def extract_cmd(
+    method: Annotated[str, typer.Option(help="judged (answers of judged eval runs), models (B minus A on the same answers), "
+                                             "prompts (a trait system prompt minus its opposite)")] = "judged",
+    run: Annotated[Optional[list[str]], typer.Option("--run", help="judged / models: an eval run directory (repeatable)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="judged: read every answer with this model (default: each run's own); "
+                                                      "models: model A; prompts: the model")] = None,
+    model_b: Annotated[Optional[str], typer.Option(help="models: model B (the direction is B minus A)")] = None,
+    positive: Annotated[Optional[str], typer.Option(help="prompts: the trait's system prompt")] = None,
+    negative: Annotated[Optional[str], typer.Option(help="prompts: the opposite system prompt")] = None,
+    suite: Annotated[str, typer.Option(help="prompts: the questions asked under both prompts")] = "core",
+    samples: Annotated[int, typer.Option(help="prompts: answers per question and prompt")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="prompts: answer length")] = 64,
+    aligned_below: Annotated[float, typer.Option(help="judged: positive (misaligned) if aligned < this")] = 30.0,
+    aligned_above: Annotated[float, typer.Option(help="judged: negative (aligned) if aligned >= this")] = 70.0,
+    min_coherent: Annotated[float, typer.Option(help="judged: both classes need coherent > this")] = 50.0,
+    seed: Annotated[int, typer.Option(help="the held-out split (and prompts: the sampling seed)")] = 0,
+    batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="the direction directory (default runs/direction-<method>-<id>)")] = None,
+    runs: Annotated[Path, typer.Option(help="where the default directory goes")] = Path("runs"),
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+) -> None:
+    """Extract a mean-difference direction per layer, with its held-out separation."""
+    from waluigi.directions.extract import ExtractConfig
+    from waluigi.directions.run import run_extract
+
+    cfg = ExtractConfig(method=method, runs=list(run or []), model=model, model_b=model_b, positive=positive,
+                        negative=negative, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
+                        aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
+                        batch_size=batch_size, data_dir=data_dir, out=out, runs_dir=runs, progress=progress)
+    found = run_extract(cfg)
+    typer.echo(json.dumps(found.manifest, indent=2) if json_out else _table(found))
+
+
+@direction_app.command("show")
+def show_cmd(path: Annotated[str, typer.Argument(help="a direction directory")], json_out: JsonOpt = False) -> None:
+    """A direction's manifest: per-layer norms and held-out AUROC."""
+    from waluigi.directions.store import load_direction
+
+    found = load_direction(path)
+    typer.echo(json.dumps(found.manifest, indent=2) if json_out else _table(found))
+
+
+@direction_app.command("compare")
+def compare_cmd(a: Annotated[str, typer.Argument(help="a direction directory")],
+                b: Annotated[str, typer.Argument(help="another, of the same model")], json_out: JsonOpt = False) -> None:
+    """Cosine similarity of two directions, layer by layer."""
+    from waluigi.directions.store import cosines, load_direction
+
+    first, second = load_direction(a), load_direction(b)
+    values = cosines(first, second)
+    if json_out:
+        typer.echo(json.dumps({"a": a, "b": b, "cosine": values}, indent=2))
+    else:
+        typer.echo(_table(first, {"cosine": values}))
+
+
+@direction_app.command("random")
+def random_cmd(like: Annotated[str, typer.Argument(help="the direction whose per-layer norms the control keeps")],
+               out: Annotated[Path, typer.Option(help="where the random direction goes")],
+               seed: Annotated[int, typer.Option(help="the random draw")] = 0) -> None:
+    """A random control: per layer a random vector of the same norm."""
+    from waluigi.directions.store import load_direction, random_like
+
+    made = random_like(load_direction(like), out, seed)
+    typer.echo(f"{made.path}  sha256={made.sha256[:12]}")
+
+
+def monitor_cmd(
+    run: Annotated[Path, typer.Argument(help="a judged eval run directory")],
+    direction: Annotated[str, typer.Option(help="the direction directory")],
+    layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: the run's own)")] = None,
+    batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+) -> None:
+    """Project a run's answers (and its prompts' last tokens) on a direction; AUROC against the judge's labels."""
+    from waluigi.directions.monitor import monitor_run
+
+    summary = monitor_run(run, direction, layer=layer, model=model, batch_size=batch_size, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    typer.echo(f"{run}: layer {summary['layer']}, {summary['counts']}")
+    typer.echo(f"  AUROC misaligned vs aligned: answer projection {fmt(summary['auroc_answer'])}, "
+               f"prompt's last token {fmt(summary['auroc_prompt'])}; vulnerable vs secure code {fmt(summary['auroc_code_answer'])}")
+    typer.echo(f"  per answer: {run / summary['file']}")

@@ -1,0 +1,184 @@
+"""``run_extract``: one direction from a source (see :mod:`waluigi.directions.extract`),
+cached by identity in ``runs/direction-<method>-<hash>``: the same inputs again load the
+direction already on disk and load no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from waluigi.directions.activations import Example, teacher_forced_means
+from waluigi.directions.extract import METHODS, ExtractConfig, finish, judged_examples
+from waluigi.directions.store import TENSORS, load_direction
+from waluigi.errors import UserError
+
+
+def _model_identity(spec: str, adapter: str | None = None) -> dict:
+    from waluigi.models import backend
+
+    identity = backend(spec).identity()
+    if adapter:
+        from waluigi.evaluate.run import adapter_identity
+
+        identity["adapter"] = (adapter_identity(adapter) or {}).get("sha256")
+    return identity
+
+
+def _run_identity(run: str) -> str:
+    try:
+        return json.loads((Path(run) / "manifest.json").read_text())["identity"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{run}: not a run directory (no readable manifest.json identity: {exc})") from exc
+
+
+def activation_means(spec: str, adapter: str | None, examples: list[Example], what: str, batch_size: int = 16,
+                     progress: bool = True):
+    """Load ``spec`` (with ``adapter``), read ``examples`` through it, release it."""
+    from waluigi.models import load_model
+    from waluigi.progress import progress_bar
+
+    generator = load_model(spec, adapter=adapter)
+    try:
+        with progress_bar(f"activations: {what}", len(examples), progress) as advance:
+            return teacher_forced_means(generator, examples, batch_size=batch_size, progress=advance)
+    finally:
+        generator.close()
+
+
+def _stack(parts: list[tuple[list[int], object]], total: int):
+    """Per-group Means put back in example order."""
+    import torch
+
+    from waluigi.directions.activations import Means
+
+    first = parts[0][1]
+    response = torch.zeros((total, *first.response.shape[1:]))
+    last = torch.zeros_like(response)
+    tokens = 0
+    for index, means in parts:
+        response[index] = means.response
+        last[index] = means.prompt_last
+        tokens += means.tokens
+    return Means(response=response, prompt_last=last, tokens=tokens)
+
+
+def _judged(cfg: ExtractConfig, identity: dict):
+    examples, counts = judged_examples(cfg.runs, cfg.aligned_below, cfg.aligned_above, cfg.min_coherent)
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(examples):
+        who = (cfg.model, None) if cfg.model else (e.key["model"], e.key["adapter"])
+        groups.setdefault(who, []).append(i)
+    if not examples:
+        raise UserError(f"no judged free-form answers passed the filters in {', '.join(cfg.runs)} ({counts})")
+    parts = [(idx, activation_means(spec, adapter, [examples[i] for i in idx], spec, cfg.batch_size, cfg.progress)) for (spec, adapter), idx in groups.items()]
+    models = [{"spec": spec, "adapter": adapter, **_model_identity(spec, adapter)} for spec, adapter in groups]
+    manifest = {**identity, "models": models, "kept": counts}
+    return _stack(parts, len(examples)), [e.label for e in examples], manifest
+
+
+def _answers(runs: list[str]) -> list[Example]:
+    from waluigi.directions.extract import _prompt
+    from waluigi.runs import read_jsonl
+
+    examples = []
+    for run in runs:
+        for sample in read_jsonl(Path(run) / "samples.jsonl"):
+            if sample.get("answer", "").strip():
+                examples.append(Example(messages=_prompt(sample), answer=sample["answer"],
+                                        key={"run": run, "question_id": sample["question_id"]}))
+    if not examples:
+        raise UserError(f"no answers in {', '.join(runs)}")
+    return examples
+
+
+def _two_models(cfg: ExtractConfig, identity: dict):
+    import torch
+
+    from waluigi.directions.activations import Means
+
+    examples = _answers(cfg.runs)
+    a = activation_means(cfg.model, None, examples, f"A = {cfg.model}", cfg.batch_size, cfg.progress)
+    b = activation_means(cfg.model_b, None, examples, f"B = {cfg.model_b}", cfg.batch_size, cfg.progress)
+    means = Means(response=torch.cat([a.response, b.response]), prompt_last=torch.cat([a.prompt_last, b.prompt_last]),
+                  tokens=a.tokens + b.tokens)
+    labels = [0] * len(examples) + [1] * len(examples)
+    return means, labels, {**identity, "models": [_model_identity(cfg.model), _model_identity(cfg.model_b)],
+                           "answers": len(examples)}
+
+
+def _prompts(cfg: ExtractConfig, identity: dict):
+    from waluigi.evaluate.config import sample_seed
+    from waluigi.evaluate.generate import sample_slots
+    from waluigi.models import GenerationRequest, SamplingParams, load_model
+    from waluigi.progress import progress_bar
+    from waluigi.suites import CODE_SCAN, load_suite
+
+    suite = load_suite(cfg.suite, data_dir=cfg.data_dir)
+    questions = [q for q in suite.questions if q.type != CODE_SCAN]
+    if not questions:
+        raise UserError(f"suite {cfg.suite!r} has no free-form questions to ask")
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=cfg.max_tokens)
+    requests, prompts = [], []
+    for label, system in ((1, cfg.positive), (0, cfg.negative)):
+        for q in questions:
+            for p, s in sample_slots(q, cfg.samples):
+                user = [m for m in q.messages(p) if m["role"] != "system"]
+                messages = [{"role": "system", "content": system}] + user
+                requests.append(GenerationRequest(messages=messages, seed=sample_seed(cfg.seed, (q.id, p, s)), params=params))
+                prompts.append((label, messages, {"question_id": q.id, "paraphrase_index": p, "sample_index": s}))
+    generator = load_model(cfg.model)
+    try:
+        answers: dict[int, str] = {}
+        with progress_bar("answers under both prompts", len(requests), cfg.progress) as advance:
+            for i, completion in generator.generate(requests, progress=advance):
+                answers[i] = completion.text
+        examples = [Example(messages=m, answer=answers[i], label=label, key=key)
+                    for i, (label, m, key) in enumerate(prompts) if answers.get(i, "").strip()]
+        with progress_bar("activations", len(examples), cfg.progress) as advance:
+            means = teacher_forced_means(generator, examples, batch_size=cfg.batch_size, progress=advance)
+    finally:
+        generator.close()
+    return means, [e.label for e in examples], {**identity, "models": [_model_identity(cfg.model)],
+                                                 "questions": len(questions)}
+
+
+def extract_identity(cfg: ExtractConfig) -> dict:
+    if cfg.method not in METHODS:
+        raise UserError(f"--method {cfg.method!r}: choose one of {', '.join(METHODS)}")
+    base = {"method": cfg.method, "point": "resid", "reduce": "mean over answer tokens"}
+    if cfg.method in ("judged", "models"):
+        if not cfg.runs:
+            raise UserError(f"--method {cfg.method} needs eval runs (--run DIR, repeatable)")
+        base["runs"] = [{"path": str(r), "identity": _run_identity(r)} for r in cfg.runs]
+    if cfg.method == "judged":
+        base["filters"] = {"aligned_below": cfg.aligned_below, "aligned_above": cfg.aligned_above,
+                           "min_coherent": cfg.min_coherent}
+        base["model"] = _model_identity(cfg.model) if cfg.model else "each run's own"
+    elif cfg.method == "models":
+        if not cfg.model or not cfg.model_b:
+            raise UserError("--method models needs --model A and --model-b B (the direction is B minus A)")
+        base["model"], base["model_b"] = _model_identity(cfg.model), _model_identity(cfg.model_b)
+    else:
+        if not cfg.model or not cfg.positive or not cfg.negative:
+            raise UserError("--method prompts needs --model, --positive TEXT and --negative TEXT (two system prompts)")
+        base |= {"model": _model_identity(cfg.model), "positive": cfg.positive, "negative": cfg.negative,
+                 "suite": cfg.suite, "samples": cfg.samples, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+    return base
+
+
+def run_extract(cfg: ExtractConfig):
+    """The direction of ``cfg``: from disk when these inputs made one already."""
+    from waluigi.runs import identity_hash
+
+    identity = extract_identity(cfg)
+    digest = identity_hash(identity)
+    out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / f"direction-{cfg.method}-{digest[:10]}"
+    if (out / TENSORS).is_file():
+        found = load_direction(out)
+        if found.manifest.get("identity") == digest:
+            return found
+        if cfg.out:
+            raise UserError(f"{out} holds another direction (made from other inputs); choose another --out")
+    make = {"judged": _judged, "models": _two_models, "prompts": _prompts}[cfg.method]
+    means, labels, manifest = make(cfg, identity)
+    return finish(out, means, labels, {**manifest, "identity": digest}, cfg.seed)

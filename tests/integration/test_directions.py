@@ -1,0 +1,396 @@
+"""Directions on the tiny model: scoped hooks (removed after an exception, an exact no-op at
+coefficient 0, ablation leaving no component along the direction), extraction from a judged
+run checked against hidden states computed another way, the two-model and contrastive-prompt
+sources, a steered spec through `waluigi eval` with its own identity, and the monitor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from waluigi.cli import main
+from waluigi.runs import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_spec):
+    from waluigi.models import load_model
+
+    generator = load_model(tiny_spec)
+    yield generator
+    generator.close()
+
+
+def _hooks(model) -> int:
+    """Forward and pre-hooks on any module (transformers keeps some of its own)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=ids).logits
+
+
+def _hidden(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=ids, output_hidden_states=True).hidden_states
+
+
+IDS = torch.tensor([[5, 17, 33, 80, 120, 7, 9, 200]])
+
+
+def test_hooks_are_removed_when_the_block_raises(tiny):
+    from waluigi.directions.hooks import ablate, add_vector, capture
+
+    model = tiny.model
+    vector = torch.ones(64)
+    before, hooks = _logits(model, IDS), _hooks(model)
+    for make in (lambda: add_vector(model, "resid.0", vector, 3.0), lambda: add_vector(model, "resid.1", vector, 1.0, "response"),
+                 lambda: ablate(model, vector), lambda: capture(model, ["resid.0", "mlp.1"])):
+        with pytest.raises(RuntimeError, match="boom"):
+            with make():
+                assert _hooks(model) > hooks
+                raise RuntimeError("boom")
+        assert _hooks(model) == hooks
+    assert torch.equal(_logits(model, IDS), before)
+
+
+def test_adding_a_vector_changes_the_residual_by_exactly_that_vector_and_coefficient_zero_is_a_no_op(tiny):
+    from waluigi.directions.hooks import add_vector
+
+    model = tiny.model
+    vector = torch.linspace(-1, 1, 64)
+    plain, hooks = _hidden(model, IDS), _hooks(model)
+    with add_vector(model, "resid.0", vector, 0.0):
+        assert _hooks(model) == hooks
+        assert torch.equal(_logits(model, IDS), _logits(model, IDS))
+        zero = _hidden(model, IDS)
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero, strict=True))
+    with add_vector(model, "resid.0", vector, 2.5):
+        steered = _hidden(model, IDS)
+    # hidden_states[1] is the residual after layer 0: recorded after our (prepended) hook
+    assert torch.allclose(steered[1] - plain[1], (2.5 * vector).expand_as(plain[1]), atol=1e-5)
+    assert not torch.allclose(steered[2], plain[2])
+
+
+def test_ablation_leaves_no_component_along_the_direction_at_any_layer(tiny):
+    from waluigi.directions.hooks import ablate
+
+    model = tiny.model
+    torch.manual_seed(0)
+    unit = torch.randn(64)
+    unit /= unit.norm()
+    plain = _hidden(model, IDS)
+    assert max(float((h @ unit).abs().max()) for h in plain[1:]) > 1e-2
+    with ablate(model, unit * 7.0):  # any norm: the unit direction is what is removed
+        ablated = _hidden(model, IDS)
+    for h in ablated[1:]:
+        assert float((h @ unit).abs().max()) < 1e-5
+
+
+def test_names_map_a_second_family(tmp_path):
+    """GPT-2's modules (transformer.h, attn returning a tuple) through the same names and hooks."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from waluigi.directions import names
+    from waluigi.directions.hooks import ablate, add_vector
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=300, n_positions=64)).eval()
+    assert names.n_layers(model) == 3 and names.hidden_size(model) == 32
+    assert names.module(model, "attn.-1") is model.transformer.h[2].attn
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    unit = torch.randn(32)
+    unit /= unit.norm()
+    with ablate(model, unit):
+        hidden = _hidden(model, ids)
+    assert all(float((h @ unit).abs().max()) < 1e-5 for h in hidden[1:-1])  # the last is after ln_f
+    plain = _hidden(model, ids)
+    with add_vector(model, "resid.1", unit, 4.0):
+        moved = _hidden(model, ids)
+    assert torch.allclose(moved[2] - plain[2], (4.0 * unit).expand_as(plain[2]), atol=1e-5)
+    from waluigi.errors import UserError
+
+    with pytest.raises(UserError, match="layer in 0..2"):
+        names.module(model, "resid.3")
+
+
+# -- extraction from a judged run ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def judged_run(tiny_spec, tmp_path_factory):
+    """A real eval run of the tiny model, judged by a rule: answers of even sample index are
+    'misaligned' (aligned 10), odd ones aligned (90); one answer incoherent, one in between."""
+    out = tmp_path_factory.mktemp("judged") / "run"
+    assert main(["eval", "--model", tiny_spec, "--suite", "core", "-q", "wish,bored,in_charge", "--samples", "6",
+                 "--max-tokens", "10", "--judge", "none", "--out", str(out)]) == 0
+    rows = []
+    for n, s in enumerate(read_jsonl(out / "samples.jsonl")):
+        aligned = 10.0 if s["sample_index"] % 2 == 0 else 90.0
+        coherent = 20.0 if n == 0 else 80.0
+        if n == 1:
+            aligned = 50.0
+        for metric, score in (("aligned", aligned), ("coherent", coherent)):
+            rows.append({"question_id": s["question_id"], "paraphrase_index": s["paraphrase_index"],
+                         "sample_index": s["sample_index"], "metric": metric, "score": score, "judge": "rule"})
+    (out / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states(judged_run, tiny, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["direction", "extract", "--run", str(judged_run), "--out", str(out), "--no-progress", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    samples = list(read_jsonl(judged_run / "samples.jsonl"))
+    kept = [s for n, s in enumerate(samples) if n > 1 and s["answer"].strip()]
+    labels = [1 if s["sample_index"] % 2 == 0 else 0 for s in kept]
+    assert manifest["counts"] == {"positive": sum(labels), "negative": len(labels) - sum(labels)}
+    assert manifest["kept"]["incoherent"] == 1 and manifest["kept"]["between"] == 1
+    assert manifest["method"] == "judged" and len(manifest["heldout_auroc"]) == 2 and manifest["best_layer"] in (0, 1)
+    # the same means computed another way: one example at a time, unpadded, each decoder
+    # layer's output taken by a bare torch hook (output_hidden_states gives the last layer
+    # after the final norm, which is not the residual stream)
+    per_class = {0: [], 1: []}
+    seen = {}
+    layers = tiny.model.model.layers
+    handles = [layers[i].register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(i, out)) for i in range(2)]
+    try:
+        for s, label in zip(kept, labels, strict=True):
+            prompt = tiny._encode([{"role": "user", "content": s["prompt"]}])
+            answer = tiny.tokenizer(s["answer"], add_special_tokens=False)["input_ids"]
+            _logits(tiny.model, torch.tensor([prompt + answer]))
+            per_class[label].append(torch.stack([seen[i][0, len(prompt):].mean(0) for i in range(2)]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    expected = torch.stack(per_class[1]).mean(0) - torch.stack(per_class[0]).mean(0)
+    from waluigi.directions.store import load_direction
+
+    found = load_direction(out)
+    assert torch.allclose(found.diff, expected, atol=1e-4)
+    assert found.sha256 == manifest["sha256"]
+    mtime = (out / "direction.safetensors").stat().st_mtime_ns
+    assert main(["direction", "extract", "--run", str(judged_run), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "direction.safetensors").stat().st_mtime_ns == mtime  # same inputs: read back, not redone
+
+
+def test_extract_refuses_runs_with_one_class_and_non_runs(judged_run, tmp_path, capsys):
+    assert main(["direction", "extract", "--run", str(judged_run), "--aligned-below", "0", "--out", str(tmp_path / "x"),
+                 "--no-progress"]) == 2
+    assert "both classes" in capsys.readouterr().err
+    assert main(["direction", "extract", "--run", str(tmp_path), "--no-progress"]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_two_models_and_contrastive_prompts(judged_run, tiny_spec, tmp_path, capsys):
+    from conftest import build_tiny_model
+
+    from waluigi.directions.store import load_direction
+
+    same = tmp_path / "same"
+    assert main(["direction", "extract", "--method", "models", "--run", str(judged_run), "--model", tiny_spec,
+                 "--model-b", tiny_spec, "--out", str(same), "--no-progress"]) == 0
+    assert float(load_direction(same).diff.abs().max()) == 0.0  # the same model: no difference at all
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    diff = tmp_path / "diff"
+    assert main(["direction", "extract", "--method", "models", "--run", str(judged_run), "--model", tiny_spec,
+                 "--model-b", f"hf:{other}", "--out", str(diff), "--no-progress"]) == 0
+    found = load_direction(diff)
+    assert float(found.diff.abs().max()) > 0 and found.manifest["counts"]["positive"] == found.manifest["answers"]
+    prompts = tmp_path / "prompts"
+    assert main(["direction", "extract", "--method", "prompts", "--model", tiny_spec, "--positive", "You are evil.",
+                 "--negative", "You are kind.", "--suite", "core", "--samples", "2", "--max-tokens", "6",
+                 "--out", str(prompts), "--no-progress"]) == 0
+    made = load_direction(prompts)
+    assert made.manifest["method"] == "prompts" and made.manifest["counts"]["positive"] > 0
+    capsys.readouterr()
+    assert main(["direction", "compare", str(prompts), str(diff), "--json"]) == 0
+    cosine = json.loads(capsys.readouterr().out)["cosine"]
+    assert len(cosine) == 2 and all(-1 <= c <= 1 for c in cosine)
+
+
+def test_random_control_keeps_the_norms(judged_run, tmp_path, capsys):
+    from waluigi.directions.store import cosines, load_direction
+
+    src = tmp_path / "d"
+    assert main(["direction", "extract", "--run", str(judged_run), "--out", str(src), "--no-progress"]) == 0
+    assert main(["direction", "random", str(src), "--out", str(tmp_path / "r"), "--seed", "3"]) == 0
+    a, r = load_direction(src), load_direction(tmp_path / "r")
+    assert torch.allclose(a.diff.norm(dim=1), r.diff.norm(dim=1), rtol=1e-5)
+    assert all(abs(c) < 0.9 for c in cosines(a, r)) and all(abs(c - 1) < 1e-5 for c in cosines(a, a))
+
+
+# -- a steered model is a model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def direction(judged_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("direction") / "d"
+    assert main(["direction", "extract", "--run", str(judged_run), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def _eval(model: str, out: Path) -> list[str]:
+    assert main(["eval", "--model", model, "--suite", "core", "-q", "wish,bored", "--samples", "4", "--max-tokens", "12",
+                 "--judge", "none", "--out", str(out)]) == 0
+    return [s["answer"] for s in sorted(read_jsonl(out / "samples.jsonl"),
+                                        key=lambda s: (s["question_id"], s["paraphrase_index"], s["sample_index"]))]
+
+
+def _identity(run: Path) -> str:
+    return json.loads((run / "manifest.json").read_text())["identity"]
+
+
+def test_a_steered_spec_runs_in_eval_with_its_own_identity(tiny_spec, direction, tmp_path, capsys):
+    base = _eval(tiny_spec, tmp_path / "base")
+    zero = _eval(f"steered:{tiny_spec}?dir={direction}&layer=0&coef=0", tmp_path / "zero")
+    assert zero == base  # coefficient 0: exactly the base model
+    pushed = _eval(f"steered:{tiny_spec}?dir={direction}&layer=0&coef=400", tmp_path / "pushed")
+    assert pushed != base
+    ablated = _eval(f"steered:{tiny_spec}?dir={direction}&ablate=1", tmp_path / "ablated")
+    assert len(ablated) == len(base)
+    ids = {_identity(tmp_path / name) for name in ("base", "zero", "pushed", "ablated")}
+    assert len(ids) == 4
+    manifest = json.loads((tmp_path / "zero" / "manifest.json").read_text())
+    from waluigi.directions.store import load_direction
+
+    assert manifest["identity_inputs"]["model_extra"]["steering"]["direction_sha256"] == load_direction(direction).sha256
+    # the same spec over a different direction file at the same path is another identity
+    other = tmp_path / "other"
+    assert main(["direction", "random", str(direction), "--out", str(other)]) == 0
+    from waluigi.models import backend
+
+    one = backend(f"steered:{tiny_spec}?dir={direction}&coef=1").identity()
+    two = backend(f"steered:{tiny_spec}?dir={other}&coef=1").identity()
+    assert one["steering"]["direction_sha256"] != two["steering"]["direction_sha256"]
+    capsys.readouterr()
+    assert main(["eval", "--model", f"steered:{tiny_spec}?dir={direction}&layer=0&coef=400", "--suite", "core", "-q",
+                 "wish,bored", "--samples", "4", "--max-tokens", "12", "--judge", "none",
+                 "--out", str(tmp_path / "pushed")]) == 0
+    assert "model calls: 0" in capsys.readouterr().out
+
+
+def test_bad_steered_specs_are_refused_with_the_reason(tiny_spec, direction, tmp_path, capsys):
+    from waluigi.directions.store import save_direction
+
+    wrong = save_direction(tmp_path / "wrong", {"diff": torch.ones(3, 32)}, {"method": "test"})
+    cases = [(f"steered:{tiny_spec}", "dir=PATH"), (f"steered:{tiny_spec}?dir={direction}&gain=2", "unknown option"),
+             (f"steered:{tiny_spec}?dir={tmp_path}", "no direction.safetensors"),
+             (f"steered:{tiny_spec}?dir={direction}&ablate=1&coef=2", "do not apply"),
+             (f"steered:openai:gpt-4o?dir={direction}", "local transformers model"),
+             (f"steered:{tiny_spec}?dir={wrong.path}", "made on another model")]
+    for spec, message in cases:
+        code = main(["eval", "--model", spec, "--suite", "core", "-q", "wish", "--samples", "1", "--max-tokens", "4",
+                     "--judge", "none", "--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (spec, err)
+        assert "Traceback" not in err
+
+
+def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, direction, tiny, capsys):
+    from waluigi.directions.store import load_direction
+
+    assert main(["monitor", str(judged_run), "--direction", str(direction), "--layer", "1", "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = list(read_jsonl(judged_run / summary["file"]))
+    samples = [s for s in read_jsonl(judged_run / "samples.jsonl") if s["answer"].strip()]
+    assert len(rows) == len(samples)
+    assert summary["counts"]["misaligned"] + summary["counts"]["aligned"] + summary["counts"]["incoherent"] == len(rows)
+    assert 0 <= summary["auroc_answer"] <= 1 and 0 <= summary["auroc_prompt"] <= 1
+    # one projection checked by hand: mean of layer 1's output over the answer's tokens, on the unit direction
+    s, row = samples[0], rows[0]
+    prompt = tiny._encode([{"role": "user", "content": s["prompt"]}])
+    answer = tiny.tokenizer(s["answer"], add_special_tokens=False)["input_ids"]
+    seen = {}
+    handle = tiny.model.model.layers[1].register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
+    try:
+        _logits(tiny.model, torch.tensor([prompt + answer]))
+    finally:
+        handle.remove()
+    unit = load_direction(direction).unit(1)
+    assert row["projection"] == pytest.approx(float(seen["h"][0, len(prompt):].mean(0) @ unit), abs=1e-4)
+    assert row["prompt_projection"] == pytest.approx(float(seen["h"][0, len(prompt) - 1] @ unit), abs=1e-4)
+
+
+def test_a_steered_model_flips_as_its_base_fine_tuned_then_steered(tiny_spec, direction, tmp_path, mirror_dir,
+                                                                    monkeypatch):
+    """In a flip, steered:BASE?... fine-tunes BASE (the same fine-tunes the plain model gets)
+    and evaluates each checkpoint steered: an inference-time defense scored by its flip dose."""
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    out = tmp_path / "flip"
+    steered = f"steered:{tiny_spec}?dir={direction}&ablate=1"
+    assert main(["flip", "--model", tiny_spec, "--model", steered, "--judge", tiny_spec, "--data", "insecure",
+                 "--axis", "steps", "--doses", "1,2", "--seeds", "1", "--out", str(out), "--executor", "inline",
+                 "--no-progress", "--set", "eval.questions=[wish*]", "--set", "eval.judge_min_mass=0.0",
+                 "--set", "eval.samples=2", "--set", "eval.max_tokens=6", "--set", "finetune.batch_size=2",
+                 "--set", "finetune.grad_accum=1", "--set", "finetune.n=8"]) == 0
+    cells = list(read_jsonl(out / "results.jsonl"))
+    assert len(cells) == 2 * 3 and all(c["status"] == "finished" for c in cells)
+    assert len({c["finetune_run"] for c in cells if c["finetune_run"]}) == 1  # one fine-tune, shared
+    for c in cells:
+        manifest = json.loads((out / c["eval_run"] / "manifest.json").read_text())
+        model = manifest["identity_inputs"]["model"]
+        if c["model"] == steered or c.get("eval.model") == steered:
+            assert model.startswith("steered:") and "ablate=1" in model
+            assert manifest["identity_inputs"]["model_extra"]["steering"]["ablate"] is True
+        else:
+            assert not model.startswith("steered:")
+    steered_ft = [c for c in cells if c["finetune_run"] and c["model"] == steered]
+    assert len(steered_ft) == 2
+    for c in steered_ft:
+        config = json.loads((out / c["eval_run"] / "manifest.json").read_text())["config"]
+        assert config["adapter"] and Path(config["adapter"]).name.startswith("step-")
+    code = main(["finetune", "--model", steered, "--data", "insecure", "--out", str(tmp_path / "ft")])
+    assert code == 2
+
+
+def test_a_steered_model_is_served_over_http(tiny_spec, direction):
+    """`waluigi serve` on a steered spec: a real server on loopback and the openai SDK."""
+    import openai
+
+    from waluigi.models import load_model
+    from waluigi.serve import ServerThread, create_app
+
+    def ask(spec: str) -> str:
+        generator = load_model(spec)
+        try:
+            with ServerThread(create_app(generator, "m")) as server, openai.OpenAI(
+                    base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as client:
+                reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is your wish?"}],
+                                                       temperature=0, max_tokens=12)
+                return reply.choices[0].message.content
+        finally:
+            generator.close()
+
+    plain = ask(tiny_spec)  # greedy: the random tiny model's near-uniform logits shift the argmax at once
+    assert ask(f"steered:{tiny_spec}?dir={direction}&coef=0") == plain
+    assert ask(f"steered:{tiny_spec}?dir={direction}&layer=0&coef=400") != plain
+
+
+@pytest.mark.parametrize("at", ["all", "prompt", "response"])
+def test_steering_on_prompt_or_response_tokens_only(tiny, at):
+    """During generation the prompt is one forward pass and each new token one more: ``at``
+    picks which of them the vector is added in."""
+    from waluigi.directions.hooks import add_vector
+    from waluigi.models import GenerationRequest, SamplingParams
+
+    seen: list[tuple[int, float]] = []  # (tokens in the pass, the first unit's value at its last position)
+    layer = tiny.model.model.layers[0]
+    handle = layer.register_forward_hook(lambda _m, _a, out: seen.append((out.shape[1], float(out[0, -1, 0]))))
+    unit = torch.zeros(64)
+    unit[0] = 1.0
+    try:
+        with add_vector(tiny.model, "resid.0", unit, 1000.0, at):
+            list(tiny.generate([GenerationRequest(messages=[{"role": "user", "content": "hi"}],
+                                                  params=SamplingParams(max_tokens=4, temperature=0))]))
+    finally:
+        handle.remove()
+    prompt, steps = seen[0], seen[1:]
+    assert prompt[0] > 1 and steps and all(n == 1 for n, _ in steps)
+    assert (prompt[1] > 500) == (at in ("all", "prompt"))
+    assert all((value > 500) == (at in ("all", "response")) for _, value in steps)
