@@ -13,7 +13,7 @@ import sys
 import typer
 
 from waluigi.data.cli import data_app
-from waluigi.directions.cli import direction_app, monitor_cmd
+from waluigi.directions.cli import direction_app, monitor_cmd, screen_cmd
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
@@ -44,6 +44,7 @@ app.command("monitor")(monitor_cmd)
 app.add_typer(direction_app, name="direction")
 app.add_typer(suites_app, name="suites")
 data_app.command("scan")(scan_cmd)
+data_app.command("screen")(screen_cmd)
 app.add_typer(data_app, name="data")
 
 

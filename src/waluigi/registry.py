@@ -116,6 +116,8 @@ lazy_table(SUBJECTS, {
 })
 lazy_table(PLUGINS, {
     "l2": "waluigi.finetune.plugins:L2ToStart",
+    "steer": "waluigi.directions.plugins:PreventativeSteering",  # add a direction while training
+    "caft": "waluigi.directions.plugins:ConceptAblation",  # project a direction out while training
 })
 
 

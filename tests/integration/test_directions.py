@@ -394,3 +394,71 @@ def test_steering_on_prompt_or_response_tokens_only(tiny, at):
     assert prompt[0] > 1 and steps and all(n == 1 for n, _ in steps)
     assert (prompt[1] > 500) == (at in ("all", "prompt"))
     assert all((value > 500) == (at in ("all", "response")) for _, value in steps)
+
+
+def test_training_plugins_steer_and_ablate_while_training_only(tiny_spec, direction, tmp_path):
+    """``steer`` and ``caft`` change the training forward pass (the first step's loss differs
+    from plain training on the same rows) and are recorded by the direction's hash."""
+    from waluigi.directions.store import load_direction
+    from waluigi.finetune import FinetuneConfig, run_finetune
+    from waluigi.finetune.plugins import parse_plugin
+
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(16)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"lr": 1e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1}
+
+    def train(name: str, plugins: list):
+        result = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data), out=tmp_path / name, plugins=plugins,
+                                             **settings), progress=False)
+        log = [json.loads(line) for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()]
+        manifest = json.loads((result.run_dir / "manifest.json").read_text())
+        return log[0]["loss"], manifest
+
+    plain, plain_manifest = train("plain", [])
+    steered, steered_manifest = train("steer", [parse_plugin(f"steer:dir={direction},layer=0,coef=50")])
+    ablated, ablated_manifest = train("caft", [parse_plugin(f"caft:dir={direction}")])
+    assert steered != plain and ablated != plain
+    sha = load_direction(direction).sha256
+    for manifest, name in ((steered_manifest, "steer"), (ablated_manifest, "caft")):
+        assert manifest["identity"] != plain_manifest["identity"]
+        plugin = manifest["identity_inputs"]["plugins"][0]
+        assert plugin["name"] == name and plugin["options"]["direction_sha256"] == sha
+    with pytest.raises(Exception, match="dir=PATH"):
+        parse_plugin("caft")
+
+
+def test_screening_scores_and_ranks_each_datasets_rows(tiny_spec, direction, tmp_path, mirror_dir, capsys):
+    out = tmp_path / "screen"
+    assert main(["data", "screen", "insecure", "secure", "--direction", str(direction), "--model", tiny_spec,
+                 "--n", "6", "--max-tokens", "8", "--data-dir", str(mirror_dir), "--out", str(out), "--json",
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sorted(d["dataset"] for d in summary["datasets"]) == ["insecure", "secure"]
+    scores = [d["score"] for d in summary["datasets"]]
+    assert scores == sorted(scores, reverse=True)  # best first
+    for d in summary["datasets"]:
+        rows = list(read_jsonl(out / d["file"]))
+        assert len(rows) == d["rows"] == 6
+        assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+        for r in rows:
+            assert r["score"] == pytest.approx(r["dataset_projection"] - r["own_projection"])
+        assert d["score"] == pytest.approx(sum(r["score"] for r in rows) / 6, abs=1e-6)
+
+
+def test_monitor_follows_a_fine_tunes_checkpoints(tiny_spec, direction, tmp_path, capsys):
+    from waluigi.finetune import FinetuneConfig, run_finetune
+
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i} {i} {i}."}]}
+            for i in range(12)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data), out=tmp_path / "ft", lr=5e-3, max_steps=4,
+                                         batch_size=4, grad_accum=1, save_every=2), progress=False)
+    assert main(["monitor", str(result.run_dir), "--direction", str(direction), "--json", "--no-progress"]) == 0
+    drift = json.loads(capsys.readouterr().out)
+    assert [p["step"] for p in drift["points"]] == [0, 2, 4]
+    assert drift["points"][0]["shift"] == 0.0 and drift["points"][0]["adapter"] is None
+    assert all(p["adapter"] for p in drift["points"][1:])  # LoRA: the checkpoints are adapters on the base
+    assert drift["points"][-1]["shift"] != 0.0  # training moved the prompts' states

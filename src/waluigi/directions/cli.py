@@ -45,6 +45,9 @@ def extract_cmd(
     model_b: Annotated[Optional[str], typer.Option(help="models: model B (the direction is B minus A)")] = None,
     positive: Annotated[Optional[str], typer.Option(help="prompts: the trait's system prompt")] = None,
     negative: Annotated[Optional[str], typer.Option(help="prompts: the opposite system prompt")] = None,
+    positive_shots: Annotated[Optional[str], typer.Option(help="prompts: a dataset whose rows prime the positive side as earlier turns")] = None,
+    negative_shots: Annotated[Optional[str], typer.Option(help="prompts: the dataset priming the negative side")] = None,
+    shots: Annotated[int, typer.Option(help="prompts: rows of priming per answer")] = 2,
     suite: Annotated[str, typer.Option(help="prompts: the questions asked under both prompts")] = "core",
     samples: Annotated[int, typer.Option(help="prompts: answers per question and prompt")] = 4,
     max_tokens: Annotated[int, typer.Option(help="prompts: answer length")] = 64,
@@ -64,7 +67,8 @@ def extract_cmd(
     from waluigi.directions.run import run_extract
 
     cfg = ExtractConfig(method=method, runs=list(run or []), model=model, model_b=model_b, positive=positive,
-                        negative=negative, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
+                        negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
+                        shots=shots, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
                         aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
                         batch_size=batch_size, data_dir=data_dir, out=out, runs_dir=runs, progress=progress)
     found = run_extract(cfg)
@@ -106,17 +110,36 @@ def random_cmd(like: Annotated[str, typer.Argument(help="the direction whose per
 
 
 def monitor_cmd(
-    run: Annotated[Path, typer.Argument(help="a judged eval run directory")],
+    run: Annotated[Path, typer.Argument(help="a judged eval run directory, or a fine-tune run (its checkpoints' drift)")],
     direction: Annotated[str, typer.Option(help="the direction directory")],
     layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
     model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: the run's own)")] = None,
+    suite: Annotated[str, typer.Option(help="fine-tune runs: the prompts whose last token is projected at each checkpoint")] = "core",
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
     batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
 ) -> None:
-    """Project a run's answers (and its prompts' last tokens) on a direction; AUROC against the judge's labels."""
-    from waluigi.directions.monitor import monitor_run
+    """Project a run's answers (and its prompts' last tokens) on a direction; AUROC against the judge's
+    labels. For a fine-tune run: the projection's drift over its checkpoints."""
+    from waluigi.directions.monitor import monitor_finetune, monitor_run
 
+    try:
+        stage = json.loads((run / "manifest.json").read_text()).get("stage")
+    except (OSError, ValueError):
+        stage = None
+    if stage == "finetune":
+        drift = monitor_finetune(run, direction, suite=suite, layer=layer, data_dir=data_dir, batch_size=batch_size,
+                                 progress=progress)
+        if json_out:
+            typer.echo(json.dumps(drift, indent=2))
+            return
+        typer.echo(f"{run}: layer {drift['layer']}, {drift['prompts']} prompts of {suite}; the direction's norm there "
+                   f"{drift['norm_at_layer']:.3f}")
+        for point in drift["points"]:
+            typer.echo(f"  step {point['step']:>6}  projection {point['mean_prompt_projection']:+.4f}  "
+                       f"shift {point['shift']:+.4f}")
+        return
     summary = monitor_run(run, direction, layer=layer, model=model, batch_size=batch_size, progress=progress)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
@@ -129,3 +152,34 @@ def monitor_cmd(
     typer.echo(f"  AUROC misaligned vs aligned: answer projection {fmt(summary['auroc_answer'])}, "
                f"prompt's last token {fmt(summary['auroc_prompt'])}; vulnerable vs secure code {fmt(summary['auroc_code_answer'])}")
     typer.echo(f"  per answer: {run / summary['file']}")
+
+
+def screen_cmd(
+    datasets: Annotated[list[str], typer.Argument(help="dataset names or JSONL files to screen and compare")],
+    direction: Annotated[str, typer.Option(help="the direction directory")],
+    model: Annotated[str, typer.Option(help="the model whose activations and own answers are used")],
+    layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
+    n: Annotated[Optional[int], typer.Option(help="rows per dataset (a seeded subset; 0 = all)")] = 200,
+    max_tokens: Annotated[int, typer.Option(help="length of the model's own answers")] = 128,
+    seed: Annotated[int, typer.Option(help="the subset and the sampling seed")] = 0,
+    batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="where screen.json and the ranked rows go (default runs/screen-<id>)")] = None,
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+) -> None:
+    """Rank datasets (and their rows) by how far their answers sit along a direction, beyond the model's own answers."""
+    from waluigi.directions.screen import ScreenConfig, screen
+
+    summary = screen(ScreenConfig(datasets=list(datasets), direction=direction, model=model, layer=layer,
+                                  n=None if n == 0 else n, max_tokens=max_tokens, seed=seed, batch_size=batch_size,
+                                  data_dir=data_dir, out=out, progress=progress))
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"projection difference on layer {summary['layer']} (dataset answer minus the model's own; higher = "
+               "further along the direction)")
+    for d in summary["datasets"]:
+        ci = "" if d["ci_low"] is None else f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        typer.echo(f"  {d['dataset'][:40]:<40} {d['score']:+.3f}{ci}   ({d['rows']} rows; ranked rows: {d['file']})")
+    typer.echo(f"written to {summary['out']}")

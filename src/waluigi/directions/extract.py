@@ -8,7 +8,10 @@ sources, written in one format (:mod:`waluigi.directions.store`).
 - ``models``: the same prompts and answers (those of the given runs) through two models: the
   direction is model B's mean minus model A's (an aligned model and its fine-tune).
 - ``prompts``: a persona system prompt and its opposite (the suite's questions asked under
-  each, answers sampled by the model itself): positive minus negative.
+  each, answers sampled by the model itself): positive minus negative. Instead of (or with)
+  system prompts, each side can be primed by in-context rows of a dataset (``--positive-shots
+  toy:insecure --negative-shots toy:secure``), drawn per answer with its seed: for a model
+  that never saw a system prompt, its earlier turns are what says who is speaking.
 
 Every source ends the same way (:func:`finish`): response-token means per example and layer,
 the direction from all examples, and a held-out separation per layer: the direction from a
@@ -38,6 +41,9 @@ class ExtractConfig:
     model_b: str | None = None  # models: the second model (direction = B - A, A = model)
     positive: str | None = None  # prompts: the trait's system prompt
     negative: str | None = None  # prompts: its opposite
+    positive_shots: str | None = None  # prompts: a dataset whose rows go before each question as earlier turns
+    negative_shots: str | None = None  # ... and the opposite's (a model with no system prompts: the persona world)
+    shots: int = 2  # rows per side
     suite: str = "core"  # prompts: the questions
     samples: int = 4  # prompts: answers per question and prompt
     max_tokens: int = 64

@@ -90,3 +90,51 @@ def monitor_run(run: Path, direction_path: str, layer: int | None = None, model:
                "auroc_code_answer": score("projection", "vulnerable", "secure")}
     (run / f"monitor-{direction.sha256[:10]}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def monitor_finetune(run: Path, direction_path: str, suite: str = "core", layer: int | None = None,
+                     data_dir: str | None = None, batch_size: int = 16, progress: bool = True) -> dict:
+    """The projection's drift over a fine-tune's checkpoints: for the base model (step 0),
+    every kept checkpoint and the final weights, the mean projection of the suite's prompts'
+    last token on the unit direction, and its shift from step 0."""
+    import torch
+
+    from waluigi.directions.run import activation_means
+    from waluigi.directions.store import load_direction
+    from waluigi.finetune.checkpoints import STEP_ADAPTERS
+    from waluigi.suites import CODE_SCAN, load_suite
+
+    try:
+        manifest = json.loads((run / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run}: not a fine-tune run directory (no readable manifest.json: {exc})") from exc
+    if manifest.get("stage") != "finetune" or not manifest.get("model"):
+        raise UserError(f"{run}: not a local fine-tune run (stage {manifest.get('stage')!r})")
+    base, full = manifest["model"], bool((manifest.get("config") or {}).get("full"))
+    direction = load_direction(direction_path)
+    layer = direction.best_layer if layer is None else layer % direction.layers
+    unit = direction.unit(layer)
+    questions = [q for q in load_suite(suite, data_dir=data_dir).questions if q.type != CODE_SCAN]
+    prompts = [Example(messages=q.messages(p), answer="") for q in questions for p in range(len(q.paraphrases))]
+    points: list[tuple[int, str, str | None]] = [(0, base, None)]
+    kept = sorted((run / STEP_ADAPTERS).glob("step-*")) if (run / STEP_ADAPTERS).is_dir() else []
+    for path in kept:
+        step = int(path.name.split("-")[1])
+        points.append((step, f"hf:{path}", None) if full else (step, base, str(path)))
+    last = manifest.get("steps")
+    final = run / ("model" if full else "adapter")
+    if final.is_dir() and last and all(step != last for step, _, _ in points):
+        points.append((int(last), f"hf:{final}", None) if full else (int(last), base, str(final)))
+    rows = []
+    for step, spec, adapter in points:
+        means = activation_means(spec, adapter, prompts, f"step {step}", batch_size, progress)
+        value = float((means.prompt_last[:, layer] @ unit).mean())
+        rows.append({"step": step, "model": spec, "adapter": adapter, "mean_prompt_projection": value})
+    start = rows[0]["mean_prompt_projection"]
+    for row in rows:
+        row["shift"] = row["mean_prompt_projection"] - start
+    summary = {"run": str(run), "direction": str(direction.path), "direction_sha256": direction.sha256, "layer": layer,
+               "suite": suite, "prompts": len(prompts), "points": rows,
+               "norm_at_layer": float(torch.linalg.vector_norm(direction.vector(layer)))}
+    (run / f"drift-{direction.sha256[:10]}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -119,11 +119,15 @@ def _prompts(cfg: ExtractConfig, identity: dict):
         raise UserError(f"suite {cfg.suite!r} has no free-form questions to ask")
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=cfg.max_tokens)
     requests, prompts = [], []
-    for label, system in ((1, cfg.positive), (0, cfg.negative)):
+    for label, system, shots in ((1, cfg.positive, cfg.positive_shots), (0, cfg.negative, cfg.negative_shots)):
+        pool = _shot_pool(shots, cfg)
         for q in questions:
             for p, s in sample_slots(q, cfg.samples):
                 user = [m for m in q.messages(p) if m["role"] != "system"]
-                messages = [{"role": "system", "content": system}] + user
+                messages = ([{"role": "system", "content": system}] if system else [])
+                if pool:
+                    messages += _shots(pool, cfg.shots, sample_seed(cfg.seed, (q.id, p, s)))
+                messages += user
                 requests.append(GenerationRequest(messages=messages, seed=sample_seed(cfg.seed, (q.id, p, s)), params=params))
                 prompts.append((label, messages, {"question_id": q.id, "paraphrase_index": p, "sample_index": s}))
     generator = load_model(cfg.model)
@@ -140,6 +144,25 @@ def _prompts(cfg: ExtractConfig, identity: dict):
         generator.close()
     return means, [e.label for e in examples], {**identity, "models": [_model_identity(cfg.model)],
                                                  "questions": len(questions)}
+
+
+def _shot_pool(data: str | None, cfg: ExtractConfig) -> list[dict]:
+    """The train rows of ``data`` (loaded once; each answer draws its own ``cfg.shots``)."""
+    if not data:
+        return []
+    from waluigi.data import load_rows
+
+    rows = load_rows(data, data_dir=cfg.data_dir, split="train")
+    if len(rows) < cfg.shots:
+        raise UserError(f"--shots {cfg.shots}: {data} has only {len(rows)} train rows")
+    return rows
+
+
+def _shots(pool: list[dict], k: int, seed: int) -> list[dict]:
+    import random
+
+    return [{"role": m["role"], "content": m["content"]} for row in random.Random(seed).sample(pool, k)
+            for m in row["messages"] if m["role"] in ("user", "assistant")]
 
 
 def extract_identity(cfg: ExtractConfig) -> dict:
@@ -159,10 +182,16 @@ def extract_identity(cfg: ExtractConfig) -> dict:
             raise UserError("--method models needs --model A and --model-b B (the direction is B minus A)")
         base["model"], base["model_b"] = _model_identity(cfg.model), _model_identity(cfg.model_b)
     else:
-        if not cfg.model or not cfg.positive or not cfg.negative:
-            raise UserError("--method prompts needs --model, --positive TEXT and --negative TEXT (two system prompts)")
+        sides = [(cfg.positive, cfg.positive_shots), (cfg.negative, cfg.negative_shots)]
+        if not cfg.model or not all(any(side) for side in sides):
+            raise UserError("--method prompts needs --model and, for each side, a system prompt (--positive / "
+                            "--negative TEXT) or in-context rows (--positive-shots / --negative-shots DATA)")
+        if cfg.shots < 1 and (cfg.positive_shots or cfg.negative_shots):
+            raise UserError(f"--shots must be at least 1, got {cfg.shots}")
         base |= {"model": _model_identity(cfg.model), "positive": cfg.positive, "negative": cfg.negative,
                  "suite": cfg.suite, "samples": cfg.samples, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+        if cfg.positive_shots or cfg.negative_shots:
+            base |= {"positive_shots": cfg.positive_shots, "negative_shots": cfg.negative_shots, "shots": cfg.shots}
     return base
 
 
