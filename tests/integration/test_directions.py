@@ -347,6 +347,15 @@ def test_a_steered_model_flips_as_its_base_fine_tuned_then_steered(tiny_spec, di
         assert config["adapter"] and Path(config["adapter"]).name.startswith("step-")
     code = main(["finetune", "--model", steered, "--data", "insecure", "--out", str(tmp_path / "ft")])
     assert code == 2
+    # the eval runs of chosen cells, for `direction extract --sweep DIR --where ...`
+    from waluigi.directions.extract import sweep_runs
+    from waluigi.errors import UserError
+
+    assert len(sweep_runs(out, ["step=2"])) == 2
+    (chosen,) = sweep_runs(out, ["step=2", f"model={steered}"])
+    assert chosen == str(out / next(c["eval_run"] for c in steered_ft if c["step"] == 2))
+    with pytest.raises(UserError, match="no column 'stepp'"):
+        sweep_runs(out, ["stepp=2"])
 
 
 def test_a_steered_model_is_served_over_http(tiny_spec, direction):

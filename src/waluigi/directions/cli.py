@@ -40,6 +40,8 @@ def extract_cmd(
     method: Annotated[str, typer.Option(help="judged (answers of judged eval runs), models (B minus A on the same answers), "
                                              "prompts (a trait system prompt minus its opposite)")] = "judged",
     run: Annotated[Optional[list[str]], typer.Option("--run", help="judged / models: an eval run directory (repeatable)")] = None,
+    sweep: Annotated[Optional[Path], typer.Option(help="judged / models: take the eval runs of this sweep's (or flip's) cells ...")] = None,
+    where: Annotated[Optional[list[str]], typer.Option("--where", help="... whose results.csv column has this value, COLUMN=VALUE (repeatable; e.g. finetune.data=toy:insecure, step=40)")] = None,
     model: Annotated[Optional[str], typer.Option(help="judged: read every answer with this model (default: each run's own); "
                                                       "models: model A; prompts: the model")] = None,
     model_b: Annotated[Optional[str], typer.Option(help="models: model B (the direction is B minus A)")] = None,
@@ -66,7 +68,14 @@ def extract_cmd(
     from waluigi.directions.extract import ExtractConfig
     from waluigi.directions.run import run_extract
 
-    cfg = ExtractConfig(method=method, runs=list(run or []), model=model, model_b=model_b, positive=positive,
+    runs_given = list(run or [])
+    if sweep is not None:
+        from waluigi.directions.extract import sweep_runs
+
+        runs_given += sweep_runs(sweep, list(where or []))
+    elif where:
+        raise typer.BadParameter("--where selects cells of --sweep DIR")
+    cfg = ExtractConfig(method=method, runs=runs_given, model=model, model_b=model_b, positive=positive,
                         negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
                         shots=shots, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
                         aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,

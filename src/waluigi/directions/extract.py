@@ -74,6 +74,37 @@ def _run_model(run: Path) -> tuple[str, str | None]:
     return inputs["model"], adapter
 
 
+def sweep_runs(sweep: Path, where: list[str]) -> list[str]:
+    """The eval run directories of a sweep's (or flip's) finished cells whose ``results.jsonl``
+    columns match every ``COLUMN=VALUE`` (compared as text)."""
+    from waluigi.runs import read_jsonl
+
+    results = Path(sweep) / "results.jsonl"
+    if not results.is_file():
+        raise UserError(f"{sweep}: no results.jsonl (a sweep or flip directory, after it ran)")
+    wanted = []
+    for item in where:
+        column, sep, value = item.partition("=")
+        if not sep or not column.strip():
+            raise UserError(f"--where {item!r}: expected COLUMN=VALUE, e.g. step=40")
+        wanted.append((column.strip(), value.strip()))
+    rows = list(read_jsonl(results))
+    columns = set().union(*(r.keys() for r in rows)) if rows else set()
+    for column, _ in wanted:
+        if column not in columns:
+            raise UserError(f"--where {column}=...: {results} has no column {column!r} "
+                            f"(columns: {', '.join(sorted(c for c in columns if c != 'settings'))})")
+
+    def text(value) -> str:
+        return "" if value is None else (f"{value:g}" if isinstance(value, float) else str(value))
+
+    chosen = [str(Path(sweep) / r["eval_run"]) for r in rows if r.get("status") == "finished" and r.get("eval_run")
+              and all(text(r.get(c)) == v for c, v in wanted)]
+    if not chosen:
+        raise UserError(f"no finished cell of {sweep} matches {' and '.join(where) or 'anything'}")
+    return chosen
+
+
 def _prompt(sample: dict) -> list[dict]:
     head = [{"role": "system", "content": sample["system"]}] if sample.get("system") else []
     return head + [{"role": "user", "content": sample["prompt"]}]
