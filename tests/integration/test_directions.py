@@ -471,3 +471,21 @@ def test_monitor_follows_a_fine_tunes_checkpoints(tiny_spec, direction, tmp_path
     assert drift["points"][0]["shift"] == 0.0 and drift["points"][0]["adapter"] is None
     assert all(p["adapter"] for p in drift["points"][1:])  # LoRA: the checkpoints are adapters on the base
     assert drift["points"][-1]["shift"] != 0.0  # training moved the prompts' states
+
+
+def test_contrastive_priming_by_in_context_rows_on_dataset_prompts(tiny_spec, tmp_path, mirror_dir):
+    """No system prompt: each side is primed by rows of a dataset as earlier turns, and the
+    questions are coding requests from another dataset's train split."""
+    from waluigi.directions.store import load_direction
+
+    out = tmp_path / "primed"
+    assert main(["direction", "extract", "--method", "prompts", "--model", tiny_spec, "--positive-shots", "insecure",
+                 "--negative-shots", "secure", "--shots", "1", "--prompts-data", "educational", "--prompts-n", "3",
+                 "--samples", "2", "--max-tokens", "6", "--data-dir", str(mirror_dir), "--out", str(out),
+                 "--no-progress"]) == 0
+    made = load_direction(out)
+    assert made.manifest["prompts"] == 3 * 2 and made.manifest["prompts_data"] == "educational"
+    assert made.manifest["positive"] is None and made.manifest["positive_shots"] == "insecure"
+    assert sum(made.manifest["counts"].values()) <= 2 * 3 * 2
+    assert main(["direction", "extract", "--method", "prompts", "--model", tiny_spec, "--positive-shots", "insecure",
+                 "--out", str(tmp_path / "half"), "--no-progress"]) == 2  # the negative side has nothing

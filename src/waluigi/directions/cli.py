@@ -51,6 +51,8 @@ def extract_cmd(
     negative_shots: Annotated[Optional[str], typer.Option(help="prompts: the dataset priming the negative side")] = None,
     shots: Annotated[int, typer.Option(help="prompts: rows of priming per answer")] = 2,
     suite: Annotated[str, typer.Option(help="prompts: the questions asked under both prompts")] = "core",
+    prompts_data: Annotated[Optional[str], typer.Option(help="prompts: ask the user turns of this dataset's train rows instead of the suite (e.g. insecure: coding requests)")] = None,
+    prompts_n: Annotated[int, typer.Option(help="prompts: how many of those rows")] = 32,
     samples: Annotated[int, typer.Option(help="prompts: answers per question and prompt")] = 4,
     max_tokens: Annotated[int, typer.Option(help="prompts: answer length")] = 64,
     aligned_below: Annotated[float, typer.Option(help="judged: positive (misaligned) if aligned < this")] = 30.0,
@@ -77,7 +79,8 @@ def extract_cmd(
         raise typer.BadParameter("--where selects cells of --sweep DIR")
     cfg = ExtractConfig(method=method, runs=runs_given, model=model, model_b=model_b, positive=positive,
                         negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
-                        shots=shots, suite=suite, samples=samples, max_tokens=max_tokens, seed=seed,
+                        shots=shots, suite=suite, prompts_data=prompts_data, prompts_n=prompts_n, samples=samples,
+                        max_tokens=max_tokens, seed=seed,
                         aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
                         batch_size=batch_size, data_dir=data_dir, out=out, runs_dir=runs, progress=progress)
     found = run_extract(cfg)

@@ -45,6 +45,8 @@ class ExtractConfig:
     negative_shots: str | None = None  # ... and the opposite's (a model with no system prompts: the persona world)
     shots: int = 2  # rows per side
     suite: str = "core"  # prompts: the questions
+    prompts_data: str | None = None  # prompts: ask the first user turns of this dataset's train rows instead
+    prompts_n: int = 32  # ... this many (a seeded subset)
     samples: int = 4  # prompts: answers per question and prompt
     max_tokens: int = 64
     seed: int = 0

@@ -108,28 +108,22 @@ def _two_models(cfg: ExtractConfig, identity: dict):
 
 def _prompts(cfg: ExtractConfig, identity: dict):
     from waluigi.evaluate.config import sample_seed
-    from waluigi.evaluate.generate import sample_slots
     from waluigi.models import GenerationRequest, SamplingParams, load_model
     from waluigi.progress import progress_bar
-    from waluigi.suites import CODE_SCAN, load_suite
 
-    suite = load_suite(cfg.suite, data_dir=cfg.data_dir)
-    questions = [q for q in suite.questions if q.type != CODE_SCAN]
-    if not questions:
-        raise UserError(f"suite {cfg.suite!r} has no free-form questions to ask")
+    asked = _questions(cfg)
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=cfg.max_tokens)
     requests, prompts = [], []
     for label, system, shots in ((1, cfg.positive, cfg.positive_shots), (0, cfg.negative, cfg.negative_shots)):
         pool = _shot_pool(shots, cfg)
-        for q in questions:
-            for p, s in sample_slots(q, cfg.samples):
-                user = [m for m in q.messages(p) if m["role"] != "system"]
-                messages = ([{"role": "system", "content": system}] if system else [])
-                if pool:
-                    messages += _shots(pool, cfg.shots, sample_seed(cfg.seed, (q.id, p, s)))
-                messages += user
-                requests.append(GenerationRequest(messages=messages, seed=sample_seed(cfg.seed, (q.id, p, s)), params=params))
-                prompts.append((label, messages, {"question_id": q.id, "paraphrase_index": p, "sample_index": s}))
+        for qid, user, p, s in asked:
+            seed = sample_seed(cfg.seed, (qid, p, s))
+            messages = ([{"role": "system", "content": system}] if system else [])
+            if pool:
+                messages += _shots(pool, cfg.shots, seed)
+            messages += user
+            requests.append(GenerationRequest(messages=messages, seed=seed, params=params))
+            prompts.append((label, messages, {"question_id": qid, "paraphrase_index": p, "sample_index": s}))
     generator = load_model(cfg.model)
     try:
         answers: dict[int, str] = {}
@@ -143,7 +137,28 @@ def _prompts(cfg: ExtractConfig, identity: dict):
     finally:
         generator.close()
     return means, [e.label for e in examples], {**identity, "models": [_model_identity(cfg.model)],
-                                                 "questions": len(questions)}
+                                                 "prompts": len(asked)}
+
+
+def _questions(cfg: ExtractConfig) -> list[tuple[str, list[dict], int, int]]:
+    """(id, user turns, paraphrase, sample) of every answer to sample: the suite's questions
+    (their own system prompts dropped: each side brings its own), or the first user turn of
+    ``prompts_n`` train rows of ``prompts_data`` (e.g. coding requests, whose held-out rows
+    a ``code:`` suite then asks)."""
+    from waluigi.evaluate.generate import sample_slots
+
+    if cfg.prompts_data:
+        from waluigi.data import load_rows
+
+        rows = load_rows(cfg.prompts_data, data_dir=cfg.data_dir, split="train", n=cfg.prompts_n, seed=cfg.seed)
+        firsts = [next((m for m in r["messages"] if m["role"] == "user"), None) for r in rows]
+        return [(f"row{i}", [{"role": "user", "content": m["content"]}], 0, s)
+                for i, m in enumerate(firsts) if m for s in range(cfg.samples)]
+    from waluigi.suites import load_suite
+
+    suite = load_suite(cfg.suite, data_dir=cfg.data_dir)
+    return [(q.id, [m for m in q.messages(p) if m["role"] != "system"], p, s)
+            for q in suite.questions for p, s in sample_slots(q, cfg.samples)]
 
 
 def _shot_pool(data: str | None, cfg: ExtractConfig) -> list[dict]:
@@ -189,7 +204,9 @@ def extract_identity(cfg: ExtractConfig) -> dict:
         if cfg.shots < 1 and (cfg.positive_shots or cfg.negative_shots):
             raise UserError(f"--shots must be at least 1, got {cfg.shots}")
         base |= {"model": _model_identity(cfg.model), "positive": cfg.positive, "negative": cfg.negative,
-                 "suite": cfg.suite, "samples": cfg.samples, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+                 "samples": cfg.samples, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+        base |= ({"prompts_data": cfg.prompts_data, "prompts_n": cfg.prompts_n} if cfg.prompts_data
+                 else {"suite": cfg.suite})
         if cfg.positive_shots or cfg.negative_shots:
             base |= {"positive_shots": cfg.positive_shots, "negative_shots": cfg.negative_shots, "shots": cfg.shots}
     return base
