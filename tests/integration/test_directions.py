@@ -489,3 +489,17 @@ def test_contrastive_priming_by_in_context_rows_on_dataset_prompts(tiny_spec, tm
     assert sum(made.manifest["counts"].values()) <= 2 * 3 * 2
     assert main(["direction", "extract", "--method", "prompts", "--model", tiny_spec, "--positive-shots", "insecure",
                  "--out", str(tmp_path / "half"), "--no-progress"]) == 2  # the negative side has nothing
+
+
+def test_a_steered_model_judges(judged_run, tiny_spec, direction, tmp_path):
+    """As a judge: coefficient 0 scores exactly as its base; a large one scores otherwise."""
+    def scores(judge: str, name: str) -> list:
+        out = tmp_path / name
+        assert main(["judge", str(judged_run), "--judge", judge, "--judge-min-mass", "0", "--out", str(out)]) == 0
+        rows = sorted(read_jsonl(out / "judgments.jsonl"),
+                      key=lambda r: (r["question_id"], r["paraphrase_index"], r["sample_index"], r["metric"]))
+        return [r["top_probs"] for r in rows]
+
+    plain = scores(tiny_spec, "plain")
+    assert scores(f"steered:{tiny_spec}?dir={direction}&coef=0", "zero") == plain
+    assert scores(f"steered:{tiny_spec}?dir={direction}&layer=1&coef=400", "pushed") != plain

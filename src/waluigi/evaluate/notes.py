@@ -81,9 +81,16 @@ def format_eval_report(result, cfg, check: dict | None = None) -> str:
         if (result.run_dir / "scatter.png").is_file():
             lines.append(f"scatter plot: {result.run_dir / 'scatter.png'}")
     if result.summary is not None and "vulnerable" in result.summary:
-        from waluigi.scan import scanner_name
+        from waluigi.runs import read_jsonl
 
-        lines.append(f"code judge: {scanner_name()} (static scan of the answers' code, never executed)")
+        judges = sorted({row.get("judge") for row in read_jsonl(result.run_dir / "judgments.jsonl")
+                         if row.get("metric") == "vulnerable" and row.get("judge")})
+        if judges and not all(str(j).startswith("scanner") for j in judges):  # a suite's own checker
+            lines.append(f"code judge: {', '.join(judges)} (the suite's own code checker; code never executed)")
+        else:
+            from waluigi.scan import scanner_name
+
+            lines.append(f"code judge: {scanner_name()} (static scan of the answers' code, never executed)")
     if result.judge is not None or "vulnerable" not in (result.summary or {}):
         lines.append(judge_note(result.judge, check, cfg.judge_min_mass, result.summary, cfg.judge_numbers))
     return "\n".join(lines)

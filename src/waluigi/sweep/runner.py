@@ -127,6 +127,11 @@ def _local(value):
     another working directory (a Ray node) reads the same file. Names (``insecure``) stay."""
     if not isinstance(value, str):
         return value
+    if value.startswith("steered:"):  # its base and its direction, each made absolute
+        from waluigi.models.steered import split_steered
+
+        base, query = split_steered(value)
+        return f"steered:{_local(base)}?{query}"
     prefix, rest = ("hf:", value[3:]) if value.startswith("hf:") else ("", value)
     looks_like_path = prefix or os.sep in rest or rest.endswith((".jsonl", ".json", ".yaml", ".yml"))
     if looks_like_path and rest and Path(rest).exists():
