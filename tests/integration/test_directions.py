@@ -283,7 +283,8 @@ def test_bad_steered_specs_are_refused_with_the_reason(tiny_spec, direction, tmp
              (f"steered:{tiny_spec}?dir={tmp_path}", "no direction.safetensors"),
              (f"steered:{tiny_spec}?dir={direction}&ablate=1&coef=2", "do not apply"),
              (f"steered:openai:gpt-4o?dir={direction}", "local transformers model"),
-             (f"steered:{tiny_spec}?dir={wrong.path}", "made on another model")]
+             (f"steered:{tiny_spec}?dir={wrong.path}", "made on another model"),
+             (f"steered:{tiny_spec}?dir={direction}&layer=all&coef=1", "is for ablate=1")]
     for spec, message in cases:
         code = main(["eval", "--model", spec, "--suite", "core", "-q", "wish", "--samples", "1", "--max-tokens", "4",
                      "--judge", "none", "--out", str(tmp_path / "never")])
@@ -503,3 +504,17 @@ def test_a_steered_model_judges(judged_run, tiny_spec, direction, tmp_path):
     plain = scores(tiny_spec, "plain")
     assert scores(f"steered:{tiny_spec}?dir={direction}&coef=0", "zero") == plain
     assert scores(f"steered:{tiny_spec}?dir={direction}&layer=1&coef=400", "pushed") != plain
+
+
+def test_ablating_a_subspace_removes_every_direction_in_it(tiny, direction):
+    from waluigi.directions.hooks import ablate, orthonormal
+    from waluigi.directions.store import load_direction
+
+    both = load_direction(direction).diff  # 2 x 64: one direction per layer
+    basis = orthonormal(both)
+    assert torch.allclose(basis @ basis.T, torch.eye(2), atol=1e-5)
+    with ablate(tiny.model, both):
+        hidden = _hidden(tiny.model, IDS)
+    for h in hidden[1:]:
+        for v in both:
+            assert float((h @ (v / v.norm())).abs().max()) < 1e-4

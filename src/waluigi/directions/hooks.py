@@ -136,20 +136,32 @@ def add_vector(model: Any, point: str, vector: Any, coef: float, at: str = "all"
         yield
 
 
-def project_out(hidden: Any, unit: Any) -> Any:
-    """``hidden - (hidden . unit) unit`` along the last axis, computed in float32."""
-    h32, u32 = hidden.float(), unit.to(hidden.device).float()
-    return (h32 - (h32 @ u32).unsqueeze(-1) * u32).to(hidden.dtype)
+def project_out(hidden: Any, basis: Any) -> Any:
+    """``hidden`` minus its projection on the orthonormal rows of ``basis`` (k x hidden; a
+    single unit vector is k = 1) along the last axis, computed in float32."""
+    h32, b32 = hidden.float(), basis.to(hidden.device).float()
+    if b32.ndim == 1:
+        return (h32 - (h32 @ b32).unsqueeze(-1) * b32).to(hidden.dtype)
+    return (h32 - (h32 @ b32.T) @ b32).to(hidden.dtype)
+
+
+def orthonormal(vectors: Any) -> Any:
+    """Orthonormal rows spanning ``vectors`` (k x hidden, or one vector)."""
+    import torch
+
+    v = vectors.float()
+    if v.ndim == 1:
+        return v / torch.linalg.vector_norm(v)
+    q, _ = torch.linalg.qr(v.T)  # hidden x k, orthonormal columns
+    return q.T.contiguous()
 
 
 @contextlib.contextmanager
 def ablate(model: Any, unit: Any) -> Iterator[None]:
-    """Project the unit direction out of the residual stream everywhere (see the module
-    docstring) while the block runs."""
-    import torch
-
-    u = unit.float()
-    u = u / torch.linalg.vector_norm(u)
+    """Project the direction (a vector of any norm), or the subspace spanned by several
+    (k x hidden), out of the residual stream everywhere (see the module docstring) while the
+    block runs."""
+    u = orthonormal(unit)
 
     def out_hook(_module, _args, output):
         hidden, rebuild = _split(output)

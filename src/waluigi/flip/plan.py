@@ -175,6 +175,16 @@ def _label(text: str, data: bool = False) -> str:
     """A short name for a model spec or a dataset: ``hf:runs/x/model`` -> ``x``, ``a/b.jsonl``
     -> ``b``, ``toy:insecure`` -> ``toy-insecure``, ``insecure`` -> ``insecure``."""
     kind, sep, rest = text.partition(":")
+    if kind == "steered" and not data:  # the base's name and what is done: x ablate d, x +2 d
+        from urllib.parse import parse_qs
+
+        base, _, query = rest.rpartition("?")
+        options = {k: v[-1] for k, v in parse_qs(query).items()}
+        direction = Path(options.get("dir", "?")).name
+        layer = f"@{options['layer']}" if options.get("layer") else ""
+        done = "ablate" if options.get("ablate") in ("1", "true", "yes", "on") else f"+{options.get('coef', '0')}x"
+        at = f" ({options['at']})" if options.get("at") not in (None, "all") else ""
+        return f"{_label(base)} {done} {direction}{layer}{at}"
     if sep and kind in ("hf", "toy", "vllm", "openai") and not data:
         text = rest
     path = Path(text)

@@ -9,7 +9,8 @@ what is done to its residual stream while it generates, scores or judges:
   ``coef=1`` moves an average negative example's activation to the positive mean), ``at=`` one of
   ``all`` (default), ``prompt``, ``response``;
 - ``ablate=1``: the unit direction at ``layer`` projected out of the residual stream everywhere
-  (Arditi et al.'s directional ablation); ``coef`` and ``at`` do not apply.
+  (Arditi et al.'s directional ablation); with ``layer=all``, the subspace spanned by every
+  layer's direction; ``coef`` and ``at`` do not apply.
 
 Everything that takes a model spec takes this one: ``eval``, ``judge``, ``serve``, ``sweep``
 and ``flip`` cells. Its identity holds the direction file's sha256 and the base's own
@@ -43,7 +44,10 @@ def parse_steering(name: str) -> tuple[str, dict[str, Any]]:
     if not one.get("dir"):
         raise UserError(f"steered:{name}: dir=PATH (a direction directory) is required")
     try:
-        layer = int(one["layer"]) if one.get("layer") not in (None, "") else None
+        if str(one.get("layer")).lower() == "all":  # ablate=1&layer=all: the span of every layer's direction
+            layer = "all"
+        else:
+            layer = int(one["layer"]) if one.get("layer") not in (None, "") else None
         coef = float(one.get("coef") or 0.0)
     except ValueError as exc:
         raise UserError(f"steered:{name}: layer must be an integer and coef a number ({exc})") from None
@@ -51,6 +55,8 @@ def parse_steering(name: str) -> tuple[str, dict[str, Any]]:
     at = one.get("at") or "all"
     if at not in ("all", "prompt", "response"):
         raise UserError(f"steered:{name}: at={at!r}; choose all, prompt or response")
+    if layer == "all" and not ablate:
+        raise UserError(f"steered:{name}: layer=all (the span of every layer's direction) is for ablate=1")
     if ablate and ("coef" in one or "at" in one):
         raise UserError(f"steered:{name}: ablate=1 projects the direction out; coef and at do not apply")
     return base, {"dir": one["dir"], "layer": layer, "coef": coef, "at": at, "ablate": ablate}
@@ -72,6 +78,13 @@ def split_steered(spec: str) -> tuple[str, str]:
     else:
         query |= {"coef": repr(options["coef"]), "at": options["at"]}
     return base, urlencode(query, safe="/")
+
+
+def _layer(layer, direction):
+    """The layer a steering uses: the direction's suggested one by default, ``"all"`` kept."""
+    if layer == "all":
+        return "all"
+    return direction.best_layer if layer is None else layer % direction.layers
 
 
 class SteeredBackend(Backend):
@@ -100,7 +113,7 @@ class SteeredBackend(Backend):
 
     def steering_identity(self) -> dict:
         found = self.direction()
-        layer = found.best_layer if self.options["layer"] is None else self.options["layer"] % found.layers
+        layer = _layer(self.options["layer"], found)
         what = {"direction_sha256": found.sha256, "layer": layer, "ablate": self.options["ablate"]}
         if not self.options["ablate"]:
             what |= {"coef": self.options["coef"], "at": self.options["at"]}
@@ -132,7 +145,7 @@ class SteeredGenerator(Generator):
         if direction.layers != count or direction.diff.shape[1] != names.hidden_size(model):
             raise UserError(f"{spec}: the direction in {dir} is {direction.layers} layers x {direction.diff.shape[1]}, "
                             f"the model {count} layers x {names.hidden_size(model)}: it was made on another model")
-        self.layer = direction.best_layer if layer is None else layer % count
+        self.layer = _layer(layer, direction)
         self.coef, self.at, self.ablate = coef, at, ablate
 
     @contextlib.contextmanager
@@ -141,7 +154,8 @@ class SteeredGenerator(Generator):
 
         model = self.base.model
         if self.ablate:
-            with ablate(model, self.direction.unit(self.layer)):
+            basis = self.direction.diff if self.layer == "all" else self.direction.unit(self.layer)
+            with ablate(model, basis):
                 yield
         else:
             with add_vector(model, f"resid.{self.layer}", self.direction.vector(self.layer), self.coef, self.at):
