@@ -297,7 +297,9 @@ def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, directio
     from waluigi.directions.store import load_direction
 
     assert main(["monitor", str(judged_run), "--direction", str(direction), "--layer", "1", "--json", "--no-progress"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    result = json.loads(capsys.readouterr().out)
+    (summary,) = result["runs"]
+    assert result["pooled"]["counts"] == summary["counts"] and result["pooled"]["auroc_answer"] == summary["auroc_answer"]
     rows = list(read_jsonl(judged_run / summary["file"]))
     samples = [s for s in read_jsonl(judged_run / "samples.jsonl") if s["answer"].strip()]
     assert len(rows) == len(samples)

@@ -122,25 +122,43 @@ def random_cmd(like: Annotated[str, typer.Argument(help="the direction whose per
 
 
 def monitor_cmd(
-    run: Annotated[Path, typer.Argument(help="a judged eval run directory, or a fine-tune run (its checkpoints' drift)")],
-    direction: Annotated[str, typer.Option(help="the direction directory")],
+    runs: Annotated[Optional[list[Path]], typer.Argument(help="judged eval run directories, or one fine-tune run (its checkpoints' drift)")] = None,
+    direction: Annotated[str, typer.Option(help="the direction directory")] = "",
+    sweep: Annotated[Optional[Path], typer.Option(help="also the eval runs of this sweep's (or flip's) cells ...")] = None,
+    where: Annotated[Optional[list[str]], typer.Option("--where", help="... whose results.csv column has this value, COLUMN=VALUE (repeatable)")] = None,
     layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: the run's own)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: each run's own)")] = None,
     suite: Annotated[str, typer.Option(help="fine-tune runs: the prompts whose last token is projected at each checkpoint")] = "core",
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
     batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
 ) -> None:
-    """Project a run's answers (and its prompts' last tokens) on a direction; AUROC against the judge's
-    labels. For a fine-tune run: the projection's drift over its checkpoints."""
-    from waluigi.directions.monitor import monitor_finetune, monitor_run
+    """Project runs' answers (and their prompts' last tokens) on a direction; AUROC against the judge's
+    labels, per run and pooled. For a fine-tune run: the projection's drift over its checkpoints."""
+    from waluigi.directions.monitor import monitor_finetune, monitor_runs
 
-    try:
-        stage = json.loads((run / "manifest.json").read_text()).get("stage")
-    except (OSError, ValueError):
-        stage = None
-    if stage == "finetune":
+    if not direction:
+        raise typer.BadParameter("--direction DIR is required")
+    chosen = list(runs or [])
+    if sweep is not None:
+        from waluigi.directions.extract import sweep_runs
+
+        chosen += [Path(r) for r in sweep_runs(sweep, list(where or []))]
+    elif where:
+        raise typer.BadParameter("--where selects cells of --sweep DIR")
+    if not chosen:
+        raise typer.BadParameter("give eval run directories (or --sweep DIR)")
+    stages = []
+    for run in chosen:
+        try:
+            stages.append(json.loads((run / "manifest.json").read_text()).get("stage"))
+        except (OSError, ValueError):
+            stages.append(None)
+    if "finetune" in stages:
+        if len(chosen) > 1:
+            raise typer.BadParameter("a fine-tune run's drift is monitored one run at a time")
+        run = chosen[0]
         drift = monitor_finetune(run, direction, suite=suite, layer=layer, data_dir=data_dir, batch_size=batch_size,
                                  progress=progress)
         if json_out:
@@ -152,18 +170,20 @@ def monitor_cmd(
             typer.echo(f"  step {point['step']:>6}  projection {point['mean_prompt_projection']:+.4f}  "
                        f"shift {point['shift']:+.4f}")
         return
-    summary = monitor_run(run, direction, layer=layer, model=model, batch_size=batch_size, progress=progress)
+    result = monitor_runs(chosen, direction, layer=layer, model=model, batch_size=batch_size, progress=progress)
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(result, indent=2))
         return
 
     def fmt(value):
         return "-" if value is None else f"{value:.3f}"
 
-    typer.echo(f"{run}: layer {summary['layer']}, {summary['counts']}")
-    typer.echo(f"  AUROC misaligned vs aligned: answer projection {fmt(summary['auroc_answer'])}, "
-               f"prompt's last token {fmt(summary['auroc_prompt'])}; vulnerable vs secure code {fmt(summary['auroc_code_answer'])}")
-    typer.echo(f"  per answer: {run / summary['file']}")
+    for summary in result["runs"] + [result["pooled"]]:
+        typer.echo(f"{summary['run']}: layer {summary['layer']}, {summary['counts']}")
+        typer.echo(f"  AUROC misaligned vs aligned: answer projection {fmt(summary['auroc_answer'])}, prompt's last "
+                   f"token {fmt(summary['auroc_prompt'])}; vulnerable vs secure code {fmt(summary['auroc_code_answer'])}")
+        if summary.get("file"):
+            typer.echo(f"  per answer: {Path(summary['run']) / summary['file']}")
 
 
 def screen_cmd(

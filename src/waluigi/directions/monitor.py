@@ -48,9 +48,10 @@ def _thresholds(run: Path) -> tuple[float, float]:
 
 
 def monitor_run(run: Path, direction_path: str, layer: int | None = None, model: str | None = None,
-                batch_size: int = 16, progress: bool = True) -> dict:
-    """Project a run's answers on a direction; write the projections and the AUROCs."""
-    from waluigi.directions.extract import _prompt, _run_model, auroc
+                batch_size: int = 16, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Project a run's answers on a direction; write the projections and the AUROCs; return
+    the summary and the per-answer rows."""
+    from waluigi.directions.extract import _prompt, _run_model
     from waluigi.directions.run import activation_means
     from waluigi.directions.store import load_direction
     from waluigi.runs import read_jsonl
@@ -75,21 +76,42 @@ def monitor_run(run: Path, direction_path: str, layer: int | None = None, model:
         rows.append({"question_id": key[0], "paraphrase_index": key[1], "sample_index": key[2],
                      "label": labels.get(key, "unscored"), "projection": a, "prompt_projection": b})
     out = run / f"projections-{direction.sha256[:10]}.jsonl"
+    summary = _summary(rows, layer, direction)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out)
+    summary |= {"run": str(run), "model": spec, "adapter": adapter, "file": out.name}
+    (run / f"monitor-{direction.sha256[:10]}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, rows
+
+
+def _summary(rows: list[dict], layer: int, direction) -> dict:
+    from waluigi.directions.extract import auroc
 
     def score(field: str, positive: str, negative: str) -> float | None:
         return auroc([r[field] for r in rows if r["label"] == positive], [r[field] for r in rows if r["label"] == negative])
 
-    summary = {"run": str(run), "model": spec, "adapter": adapter, "direction": str(direction.path),
-               "direction_sha256": direction.sha256, "layer": layer, "file": out.name,
-               "counts": {lab: sum(1 for r in rows if r["label"] == lab) for lab in sorted({r["label"] for r in rows})},
-               "auroc_answer": score("projection", "misaligned", "aligned"),
-               "auroc_prompt": score("prompt_projection", "misaligned", "aligned"),
-               "auroc_code_answer": score("projection", "vulnerable", "secure")}
-    (run / f"monitor-{direction.sha256[:10]}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {"direction": str(direction.path), "direction_sha256": direction.sha256, "layer": layer,
+            "counts": {lab: sum(1 for r in rows if r["label"] == lab) for lab in sorted({r["label"] for r in rows})},
+            "auroc_answer": score("projection", "misaligned", "aligned"),
+            "auroc_prompt": score("prompt_projection", "misaligned", "aligned"),
+            "auroc_code_answer": score("projection", "vulnerable", "secure")}
+
+
+def monitor_runs(runs: list[Path], direction_path: str, layer: int | None = None, model: str | None = None,
+                 batch_size: int = 16, progress: bool = True) -> dict:
+    """:func:`monitor_run` for each run, and the AUROCs of all their answers pooled."""
+    from waluigi.directions.store import load_direction
+
+    direction = load_direction(direction_path)
+    per_run, pooled = [], []
+    for run in runs:
+        summary, rows = monitor_run(Path(run), direction_path, layer=layer, model=model, batch_size=batch_size,
+                                    progress=progress)
+        per_run.append(summary)
+        pooled += rows
+    used = per_run[0]["layer"]
+    return {"runs": per_run, "pooled": {"run": f"pooled over {len(runs)} run(s)", **_summary(pooled, used, direction)}}
 
 
 def monitor_finetune(run: Path, direction_path: str, suite: str = "core", layer: int | None = None,

@@ -142,6 +142,15 @@ def _pct(value: Any) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
 
 
+def _middle(text: str, limit: int = 56) -> str:
+    """A long setting cut in the middle, so that both its start and its end show (model specs
+    that differ only in their last characters, e.g. ``...&coef=0.5``)."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[-(limit - 1 - head):]}"
+
+
 def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
     """The summary as a plain-text rich table: one row per group of seeds."""
     from rich import box
@@ -158,7 +167,7 @@ def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
         table.add_column(LABELS[metric], justify="right")
         table.add_column("95% CI", justify="right")
     for entry in summary:
-        cells = [show_value(entry.get(k)) for k in columns]
+        cells = [_middle(show_value(entry.get(k))) for k in columns]
         cells.append(f"{entry['finished']}/{entry['cells']}")
         for metric in metrics:
             cells.append(_pct(entry.get(metric)))
