@@ -173,18 +173,29 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
     return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
-def separation(response, labels, seed: int = 0) -> list[float | None]:
-    """Held-out AUROC per layer: direction from a seeded half of each class, the other half projected."""
+def separation(response, labels, seed: int = 0, groups: Sequence | None = None) -> list[float | None]:
+    """Held-out AUROC per layer: the direction from a seeded half, the other half projected on it.
+
+    The halves split *groups* (the question an answer is to; an answer read by two models),
+    not answers, so that both classes of one question fall on the same side. Splitting answers
+    of the same questions independently per class would let question content, which dwarfs a
+    trait in the activations, decide the held-out projections."""
     import numpy as np
     import torch
 
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    train = np.zeros(labels.size, bool)
-    for cls in (0, 1):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        train[idx[: (idx.size + 1) // 2]] = True
+    keys = list(range(labels.size)) if groups is None else [str(g) for g in groups]
+    unique = sorted(set(keys))
+    rng.shuffle(unique)
+    chosen = set(unique[: (len(unique) + 1) // 2])
+    train = np.array([k in chosen for k in keys])
+    if groups is None:  # no groups: a seeded half of each class
+        train = np.zeros(labels.size, bool)
+        for cls in (0, 1):
+            idx = np.flatnonzero(labels == cls)
+            rng.shuffle(idx)
+            train[idx[: (idx.size + 1) // 2]] = True
     test = ~train
     if min(((labels == c) & train).sum() for c in (0, 1)) == 0 or min(((labels == c) & test).sum() for c in (0, 1)) == 0:
         return [None] * response.shape[1]
@@ -212,7 +223,8 @@ def direction_from(means: Means, labels: Sequence[int]) -> dict:
     return {"diff": pos - neg, "pos_mean": pos, "neg_mean": neg}
 
 
-def finish(out: Path, means: Means, labels: Sequence[int], manifest: dict, seed: int = 0):
+def finish(out: Path, means: Means, labels: Sequence[int], manifest: dict, seed: int = 0,
+           groups: Sequence | None = None):
     """Write the direction and its manifest (norms, separation, suggested layer)."""
     import torch
 
@@ -223,11 +235,12 @@ def finish(out: Path, means: Means, labels: Sequence[int], manifest: dict, seed:
         raise UserError(f"a direction needs examples of both classes: {n_pos} positive, {len(labels) - n_pos} negative "
                         "(loosen the score filters, or add runs whose answers differ)")
     tensors = direction_from(means, labels)
-    aucs = separation(means.response, labels, seed)
+    aucs = separation(means.response, labels, seed, groups)
     valid = [(a, i) for i, a in enumerate(aucs) if a is not None]
     best = max(valid, key=lambda t: (t[0], -abs(t[1] - len(aucs) / 2)))[1] if valid else len(aucs) // 2
     manifest = {**manifest, "counts": {"positive": int(sum(labels)), "negative": int(len(labels) - sum(labels))},
                 "answer_tokens": means.tokens,
                 "norms": [float(torch.linalg.vector_norm(v)) for v in tensors["diff"]],
-                "heldout_auroc": aucs, "best_layer": int(best), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "heldout_auroc": aucs, "heldout_split": "by question" if groups is not None else "by example",
+                "best_layer": int(best), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return save_direction(out, tensors, manifest)

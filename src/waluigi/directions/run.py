@@ -64,16 +64,18 @@ def _stack(parts: list[tuple[list[int], object]], total: int):
 
 def _judged(cfg: ExtractConfig, identity: dict):
     examples, counts = judged_examples(cfg.runs, cfg.aligned_below, cfg.aligned_above, cfg.min_coherent)
-    groups: dict[tuple, list[int]] = {}
+    by_model: dict[tuple, list[int]] = {}
     for i, e in enumerate(examples):
         who = (cfg.model, None) if cfg.model else (e.key["model"], e.key["adapter"])
-        groups.setdefault(who, []).append(i)
+        by_model.setdefault(who, []).append(i)
     if not examples:
         raise UserError(f"no judged free-form answers passed the filters in {', '.join(cfg.runs)} ({counts})")
-    parts = [(idx, activation_means(spec, adapter, [examples[i] for i in idx], spec, cfg.batch_size, cfg.progress)) for (spec, adapter), idx in groups.items()]
-    models = [{"spec": spec, "adapter": adapter, **_model_identity(spec, adapter)} for spec, adapter in groups]
+    parts = [(idx, activation_means(spec, adapter, [examples[i] for i in idx], spec, cfg.batch_size, cfg.progress))
+             for (spec, adapter), idx in by_model.items()]
+    models = [{"spec": spec, "adapter": adapter, **_model_identity(spec, adapter)} for spec, adapter in by_model]
     manifest = {**identity, "models": models, "kept": counts}
-    return _stack(parts, len(examples)), [e.label for e in examples], manifest
+    groups = [e.key["question_id"] for e in examples]  # the held-out split keeps a question's answers together
+    return _stack(parts, len(examples)), [e.label for e in examples], manifest, groups
 
 
 def _answers(runs: list[str]) -> list[Example]:
@@ -102,8 +104,9 @@ def _two_models(cfg: ExtractConfig, identity: dict):
     means = Means(response=torch.cat([a.response, b.response]), prompt_last=torch.cat([a.prompt_last, b.prompt_last]),
                   tokens=a.tokens + b.tokens)
     labels = [0] * len(examples) + [1] * len(examples)
+    groups = list(range(len(examples))) * 2  # an answer read by A and by B: one group
     return means, labels, {**identity, "models": [_model_identity(cfg.model), _model_identity(cfg.model_b)],
-                           "answers": len(examples)}
+                           "answers": len(examples)}, groups
 
 
 def _prompts(cfg: ExtractConfig, identity: dict):
@@ -136,8 +139,9 @@ def _prompts(cfg: ExtractConfig, identity: dict):
             means = teacher_forced_means(generator, examples, batch_size=cfg.batch_size, progress=advance)
     finally:
         generator.close()
+    groups = [e.key["question_id"] for e in examples]
     return means, [e.label for e in examples], {**identity, "models": [_model_identity(cfg.model)],
-                                                 "prompts": len(asked)}
+                                                 "prompts": len(asked)}, groups
 
 
 def _questions(cfg: ExtractConfig) -> list[tuple[str, list[dict], int, int]]:
@@ -226,5 +230,5 @@ def run_extract(cfg: ExtractConfig):
         if cfg.out:
             raise UserError(f"{out} holds another direction (made from other inputs); choose another --out")
     make = {"judged": _judged, "models": _two_models, "prompts": _prompts}[cfg.method]
-    means, labels, manifest = make(cfg, identity)
-    return finish(out, means, labels, {**manifest, "identity": digest}, cfg.seed)
+    means, labels, manifest, groups = make(cfg, identity)
+    return finish(out, means, labels, {**manifest, "identity": digest}, cfg.seed, groups)
