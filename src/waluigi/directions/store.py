@@ -13,7 +13,6 @@ always means the same vectors; a steered model's identity holds the file's sha25
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -56,11 +55,9 @@ class Direction:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    from waluigi.models.kinds import _file_sha256
+
+    return _file_sha256(path)
 
 
 def save_direction(out: Path, tensors: dict[str, Any], manifest: dict) -> Direction:

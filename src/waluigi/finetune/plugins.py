@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -96,21 +96,16 @@ def plugin_identities(plugins: list[TrainingPlugin]) -> list[dict]:
     return [{"name": plugin_name(p), "options": p.identity()} for p in plugins]
 
 
-@contextlib.contextmanager
-def forward_hooks(pairs: Iterable[tuple[Any, Callable]]) -> Iterator[list]:
+def forward_hooks(pairs: Iterable[tuple[Any, Callable]]):
     """Attach ``(module, hook)`` forward hooks for the duration of the block.
 
     ``prepend=True``: transformers 5 records ``output_hidden_states`` with forward hooks of
     its own, and a hook added after them would run too late to change what they record.
-    The handles are removed on the way out, also when the block raises."""
-    handles: list = []
-    try:
-        for module, hook in pairs:
-            handles.append(module.register_forward_hook(hook, prepend=True))
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
+    The handles are removed on the way out, also when the block raises (one mechanism:
+    :func:`waluigi.directions.hooks.scoped_hooks`)."""
+    from waluigi.directions.hooks import scoped_hooks
+
+    return scoped_hooks(forward=list(pairs))
 
 
 # --------------------------------------------------------------------------------------
