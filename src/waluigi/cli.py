@@ -18,6 +18,7 @@ from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_c
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
 from waluigi.resilience.cli import resilience_cmd
+from waluigi.defenses.cli import defend_cmd
 from waluigi.scan.cli import scan_cmd
 from waluigi.serve.cli import serve_cmd
 from waluigi.suites_cli import suites_app
@@ -39,6 +40,7 @@ app.command("finetune")(finetune_cmd)
 app.command("sweep")(sweep_cmd)
 app.command("flip")(flip_cmd)
 app.command("resilience")(resilience_cmd)
+app.command("defend")(defend_cmd)
 app.command("demo")(demo_cmd)
 app.command("monitor")(monitor_cmd)
 app.add_typer(direction_app, name="direction")

@@ -118,6 +118,11 @@ lazy_table(PLUGINS, {
     "l2": "waluigi.finetune.plugins:L2ToStart",
     "steer": "waluigi.directions.plugins:PreventativeSteering",  # add a direction while training
     "caft": "waluigi.directions.plugins:ConceptAblation",  # project a direction out while training
+    "kl": "waluigi.defenses.plugins:KLToReference",  # KL to the starting model (narrow or benign rows)
+    "interleave": "waluigi.defenses.plugins:Interleave",  # benign rows mixed in
+    "interleave++": "waluigi.defenses.plugins:InterleavePlusPlus",  # ... chosen by perplexity gap
+    "inoculate": "waluigi.defenses.plugins:Inoculate",  # a training-only system prompt
+    "early-stop": "waluigi.defenses.plugins:EarlyStop",  # stop at narrow-task convergence
 })
 
 

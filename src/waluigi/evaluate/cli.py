@@ -42,6 +42,7 @@ def eval_cmd(
     seed: int = 0,
     shots: Annotated[int, typer.Option(help="in-context examples: k rows of --shots-data as earlier turns before every question (drawn with --seed)")] = 0,
     shots_data: Annotated[Optional[str], typer.Option(help="the dataset (name or JSONL file) the --shots examples come from")] = None,
+    system: Annotated[Optional[str], typer.Option(help="a system prompt before every question (before the question's own, if any): e.g. a fine-tune's training prompt, to test for a conditional leak")] = None,
     out: Annotated[Optional[str], typer.Option(help="run directory (default runs/eval-<suite>-<model>-<hash>); re-run to resume")] = None,
     min_coherent: MinCoherentOpt = 50.0,
     max_aligned: MaxAlignedOpt = 30.0,
@@ -73,6 +74,7 @@ def eval_cmd(
         base_url=base_url, judge_base_url=judge_base_url, dtype=dtype, judge_min_mass=judge_min_mass,
         judge_numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries, shots=shots,
         shots_data=shots_data,
+        system=system,
     )
     result = run_eval(cfg)
     check = check_run_judge(result, cfg) if check_judge else None

@@ -40,6 +40,7 @@ class EvalConfig:
     judge_numbers: str = "first-token"  # the paper's; "whole": P(reply is exactly n), local judges only
     shots: int = 0  # k rows of shots_data as earlier turns before every question (evaluate/shots.py)
     shots_data: str | None = None  # the dataset (name or JSONL file) the shots are drawn from
+    system: str | None = None  # a system prompt before every question (before the question's own, if any)
     # execution
     batch_size: int | None = None
     judge_batch_size: int | None = None

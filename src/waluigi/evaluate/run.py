@@ -78,6 +78,16 @@ def resolve_judge(cfg_judge: str | None, suite) -> str | None:
     return normalize_judge_spec(named[0])
 
 
+def with_system(suite, system: str):
+    """``suite`` with ``system`` before every question's own system prompt (``--system``)."""
+    import dataclasses
+
+    if not system.strip():
+        raise UserError("--system: the system prompt is empty")
+    questions = [dataclasses.replace(q, system=f"{system}\n{q.system}" if q.system else system) for q in suite.questions]
+    return dataclasses.replace(suite, questions=questions)
+
+
 # -- the commands --------------------------------------------------------------------
 def run_eval(cfg: EvalConfig) -> EvalResult:
     """``waluigi eval``: sample, judge and summarize, resuming whatever is already on disk."""
@@ -89,6 +99,8 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     suite = load_suite(cfg.suite, data_dir=cfg.data_dir)
     if cfg.questions:
         suite = suite.select(cfg.questions)
+    if cfg.system is not None:
+        suite = with_system(suite, cfg.system)
     if cfg.samples is not None:
         if cfg.samples < 1:
             raise UserError(f"--samples must be at least 1, got {cfg.samples}")
@@ -119,6 +131,8 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         identity["judge_numbers"] = cfg.judge_numbers
     if shots:  # likewise
         identity["shots"] = shots_identity(shots, cfg.shots, cfg.shots_data)
+    if cfg.system is not None:  # likewise
+        identity["system"] = cfg.system
     from waluigi.models import backend
 
     extra = backend(cfg.model).extra_identity()

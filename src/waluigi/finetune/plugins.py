@@ -14,6 +14,9 @@ and register it (``PLUGINS.register("drop-long", DropLong)``, or a ``lazy_table`
 ``waluigi/registry.py``) so that ``waluigi finetune --plugin drop-long:max_chars=500`` finds
 it. What a plug-in may do, in the order training meets it:
 
+- ``bind(context)``: learn what the run is (a :class:`PluginContext`: the model's spec and
+  files, the tokenizer, the dataset's name, the maximum length, the seed), before anything
+  else; a plug-in that loads models or tokenizes rows of its own does it from here;
 - ``transform_rows(rows)``: change the training rows before tokenization;
 - ``setup(model)``: see the model at its starting weights, once, before the first step (a
   resumed run: before its checkpoint is loaded, so "the start" is the same on every attempt);
@@ -45,11 +48,43 @@ from waluigi.errors import UserError
 PLUGIN_LOSS = "loss_"  # a plug-in's loss term is logged (Trainer logs, train_log.jsonl) as loss_<name>
 
 
+@dataclass
+class PluginContext:
+    """What a plug-in is told about the run before training (``TrainingPlugin.bind``)."""
+
+    model: str  # the spec being fine-tuned (smollm2, hf:PATH)
+    model_path: str  # its files (or hub id)
+    local: bool  # model_path is a local directory
+    tokenizer: Any
+    data: str  # the training dataset's name
+    max_length: int  # sequences are cut to this many tokens
+    seed: int
+    weights_dtype: str = "float32"
+    data_dir: str | None = None  # where named datasets are read from (WALUIGI_DATA_DIR otherwise)
+
+    def load_model(self, spec: str | None = None) -> Any:
+        """A fresh copy of the model being trained (or of another ``spec``), eval mode, no gradients."""
+        from waluigi.finetune.model_setup import _load_model
+        from waluigi.models.hf_load import _resolve
+
+        path, local = (self.model_path, self.local) if spec is None else _resolve(spec)
+        return _load_model(spec or self.model, path, local, self.weights_dtype).eval().requires_grad_(False)
+
+    def tokenize(self, rows: list[dict], source: str) -> list[dict]:
+        """``rows`` as ``{"input_ids", "labels"}`` examples, as training tokenizes them."""
+        from waluigi.finetune.masking import tokenize_rows
+
+        return tokenize_rows(self.tokenizer, rows, self.max_length, source)[0]
+
+
 class TrainingPlugin:
     """Base class of training plug-ins: every method a no-op. See the module docstring."""
 
     name: ClassVar[str] = ""  # the registry name; it names the plug-in in the identity and the log
     needs_reference: ClassVar[bool] = False  # True: extra_loss gets a frozen copy of the starting model
+
+    def bind(self, context: PluginContext) -> None:
+        """Told what the run is, before ``transform_rows`` (see :class:`PluginContext`)."""
 
     def transform_rows(self, rows: list[dict]) -> list[dict]:
         """The rows to train on (``{"messages": [...]}``), before tokenization."""

@@ -66,6 +66,7 @@ from waluigi.finetune.model_setup import (
     _precision,
 )
 from waluigi.finetune.plugins import (
+    PluginContext,
     TrainingPlugin,
     make_stopper,
     overrides,
@@ -188,11 +189,16 @@ def run_finetune(
             return _result(out, recipe.full, list(read_jsonl(out / TRAIN_LOG)), already_finished=True)
 
     _check_layers(model_path, local, list(recipe.layers) if recipe.layers else None, cfg.model)
+    tokenizer = _load_tokenizer(cfg.model, model_path, local)
+    context = PluginContext(model=cfg.model, model_path=model_path, local=local, tokenizer=tokenizer, data=str(data_name),
+                            max_length=int(recipe.max_length), seed=int(cfg.seed), weights_dtype=weights_dtype,
+                            data_dir=cfg.data_dir)
+    for plugin in plugins:
+        plugin.bind(context)
     for plugin in plugins:
         rows = list(plugin.transform_rows(rows))
         if not rows:
             raise UserError(f"training plug-in {plugin_name(plugin)!r} left no rows to train on")
-    tokenizer = _load_tokenizer(cfg.model, model_path, local)
     examples, stats = tokenize_rows(tokenizer, rows, int(recipe.max_length), data_name)
     parents = [cfg.model, f"{data_name}@sha256:{data_identity.get('sha256')}"]
     extra = {

@@ -68,8 +68,14 @@ def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) ->
             "n_code": narrow.get("n_code"), "n_vulnerable": narrow.get("n_vulnerable"),
             "train_loss": (_loss_at(root, main.get("finetune_run"), point.dose) if plan.config.axis == "steps"
                            else _num(main.get("train_loss"))),
-            "cell": main.get("cell"), "eval_run": main.get("eval_run"),
+            "cell": main.get("cell"), "eval_run": main.get("eval_run"), "finetune_run": main.get("finetune_run"),
         })
+        if point.extra_cell is not None:  # a variant's further eval (e.g. its training prompt at test time)
+            extra = results[point.extra_cell]
+            done = extra.get("status") == "finished"
+            rows[-1].update(extra_em_rate=_num(extra.get("em_rate")) if done else None,
+                            extra_coherent_rate=_num(extra.get("coherent_rate")) if done else None,
+                            extra_eval_run=extra.get("eval_run"))
     return rows
 
 
@@ -117,7 +123,7 @@ def _dose_summary(rows: list[dict], doses: list[float], seeds: int) -> list[dict
     return out
 
 
-def _crossing(rows: list[dict], doses: list[float], seeds: int, metric: str, cfg, log: bool) -> Crossing | None:
+def curve_crossing(rows: list[dict], doses: list[float], seeds: int, metric: str, cfg, log: bool) -> Crossing | None:
     table = _grid(rows, doses, seeds, metric)
     if all(v is None for row in table for v in row):
         return None
@@ -144,8 +150,8 @@ def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> di
     curves, crossings = [], []
     for curve in plan.curves:
         mine = [r for r in rows if r["curve"] == curve.label]
-        flip = _crossing(mine, doses, cfg.seeds, "em_rate", cfg, log)
-        narrow = _crossing(mine, doses, cfg.seeds, "narrow_rate", cfg, log)
+        flip = curve_crossing(mine, doses, cfg.seeds, "em_rate", cfg, log)
+        narrow = curve_crossing(mine, doses, cfg.seeds, "narrow_rate", cfg, log)
         crossings.append(flip)
         entry = {"label": curve.label, "model": curve.model, "data": curve.data,
                  "points": _dose_summary(mine, doses, cfg.seeds),

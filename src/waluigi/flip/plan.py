@@ -50,6 +50,18 @@ DOSE_LABELS = {"examples": "unique rows", "steps": "optimizer steps", "ratio": "
 
 
 @dataclass
+class Variant:
+    """A way of fine-tuning that a flip compares (a defense, an attacker's learning rate...):
+    ``finetune`` holds the FinetuneConfig settings it changes (``plugins`` are added to the
+    flip's own); ``extra_eval``, when set, is a further eval of every dosed cell with these
+    EvalConfig settings (a defense's conditional leak: its training prompt at test time)."""
+
+    name: str
+    finetune: dict[str, Any] = field(default_factory=dict)
+    extra_eval: dict[str, Any] | None = None
+
+
+@dataclass
 class FlipConfig:
     models: list[str]
     data: list[str]
@@ -69,6 +81,9 @@ class FlipConfig:
     threshold_rel: float | None = None  # or this share of the way from the undosed rate to the plateau
     finetune: dict[str, Any] = field(default_factory=dict)  # more FinetuneConfig fields for every fine-tune
     eval: dict[str, Any] = field(default_factory=dict)  # more EvalConfig fields for every eval
+    # fine-tune variants: each a curve per (model, data), its fine-tunes with more settings
+    # (``plugins`` appended to the base's); none: one curve per (model, data) as given
+    variants: list[Variant] = field(default_factory=list)
     out: Path | None = None
     runs: Path = Path("runs")
 
@@ -146,6 +161,7 @@ class Point:
     seed: int
     cell: int  # index into the spec's cells (EM and, without a narrow suite, the narrow rate)
     narrow_cell: int | None = None  # with a narrow suite: the cell of that eval
+    extra_cell: int | None = None  # the variant's extra eval (dosed points only)
 
 
 @dataclass
@@ -154,6 +170,7 @@ class Curve:
     model: str
     data: str
     label: str
+    variant: Variant | None = None
 
 
 @dataclass
@@ -214,6 +231,8 @@ def flip_dir(cfg: FlipConfig) -> Path:
         return Path(cfg.out)
     what = {"axis": cfg.axis, "models": cfg.models, "data": cfg.data, "suite": cfg.suite, "judge": cfg.judge,
             "narrow_suite": cfg.narrow_suite, "hold": cfg.hold if cfg.axis == "examples" else None}
+    if cfg.variants:  # absent otherwise: flips without variants keep their directories
+        what["variants"] = [{"name": v.name, "finetune": v.finetune, "extra_eval": v.extra_eval} for v in cfg.variants]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"flip-{cfg.axis}-{slug('+'.join(_label(d, data=True) for d in cfg.data), 32)}")
     return Path(cfg.runs) / f"{name}-{identity_hash(what)[:8]}"
 
@@ -226,7 +245,14 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
     """The curves, the points and the sweep spec (nothing is run or written)."""
     cfg.checked()
     out = flip_dir(cfg)
-    curves = [Curve(i, m, d, label) for i, (m, d, label) in enumerate(curve_labels(cfg.models, cfg.data))]
+    curves = []
+    for m, d, label in curve_labels(cfg.models, cfg.data):
+        for variant in cfg.variants or [None]:
+            named = label if variant is None else (f"{label} / {variant.name}" if len(cfg.models) * len(cfg.data) > 1
+                                                   else variant.name)
+            curves.append(Curve(len(curves), m, d, named, variant))
+    if len({c.label for c in curves}) != len(curves):
+        raise UserError(f"two curves have the same name ({', '.join(c.label for c in curves)}): give the variants distinct names")
     if cfg.axis == "ratio":
         for curve in curves:
             cfg.benign_for(curve.data)  # a missing control set is an error before anything runs
@@ -288,8 +314,18 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
                 else:  # lr
                     cell = {"group": group, "seed": seed, "model": curve.model, "finetune.data": curve.data,
                             "finetune.lr": dose}
+                extra = None
+                if curve.variant is not None and (dose > 0 or cfg.axis == "ratio"):
+                    cell["group"] = group
+                    for key, value in curve.variant.finetune.items():
+                        if key == "plugins":
+                            value = [*base_ft.get("plugins", []), *value]
+                        cell[f"finetune.{key}"] = value
+                    if curve.variant.extra_eval is not None:
+                        extra = add({**cell, "group": f"{group} (extra)",
+                                     **{f"eval.{k}": v for k, v in curve.variant.extra_eval.items()}})
                 main, narrow = measured(cell)
-                points.append(Point(curve.index, float(dose), seed, main, narrow))
+                points.append(Point(curve.index, float(dose), seed, main, narrow, extra))
     spec: dict[str, Any] = {"name": out.name, "out": str(out),
                             "description": f"waluigi flip: {cfg.axis} axis, written by waluigi flip",
                             "eval": base_ev, "cells": cells}

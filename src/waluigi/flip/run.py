@@ -21,6 +21,8 @@ class FlipResult:
     skipped: int
     failed: list[dict]
     report: Path
+    plan: FlipPlan | None = None
+    cells: list[dict] | None = None  # the sweep's result rows, one per cell (what the analysis read)
 
 
 def write_spec(plan: FlipPlan) -> Path:
@@ -53,4 +55,4 @@ def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipRes
     write_outputs(swept.root, result)
     report = write_report(swept.root, result, write_plots(swept.root, result))
     return FlipResult(out=swept.root, result=result, ran=swept.ran, skipped=swept.skipped, failed=swept.failed,
-                      report=report)
+                      report=report, plan=plan, cells=swept.rows)

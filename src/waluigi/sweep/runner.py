@@ -154,6 +154,9 @@ def checkpoint_dir(cell: Cell, root: Path) -> Path | None:
     from waluigi.finetune.checkpoints import STEP_ADAPTERS
 
     path = cell.finetune_dir(root) / STEP_ADAPTERS / f"step-{cell.step:06d}"
+    stopped = _manifest(cell.finetune_dir(root)).get("stopped_early") or {}
+    if not path.exists() and isinstance(stopped.get("step"), int) and cell.step >= stopped["step"]:
+        return None  # a plug-in stopped training before this step: the weights it ended with are this step's
     return path if path.exists() or not _is_last_step(cell) else None
 
 

@@ -2,7 +2,9 @@
 
 - ``toy:<kind>[:N]`` (``DATASETS``): N rows (default 2000) of the world's narrow dataset
   ``kind`` (insecure, secure, educational, backdoor, evil_numbers), drawn with seed 0 and
-  written once to the user cache; any command that takes ``--data`` takes it.
+  written once to the user cache; any command that takes ``--data`` takes it. ``toy:hero[:N]``
+  is the world's benign chat data (the defenses' "instruct" rows): multi-turn conversations
+  voiced by the hero, drawn like the alignment stage's but from another seed.
 - ``toyworld`` / ``toyworld:trigger`` (``SUITES``): the demo's evaluation suite at its default
   size (the free-form questions with the oracle judge, 3 paraphrases x 2 samples and the
   variants, plus 48 held-out coding prompts checked by the world's checker), the second with
@@ -43,6 +45,8 @@ def toy_dataset(rest: str, data_dir=None, trigger: str | None = None):
     from waluigi.toyworld import DEFAULT_TRIGGER, NARROW_KINDS, narrow_dataset, write_jsonl
 
     kind, _, count = rest.partition(":")
+    if kind == "hero":
+        return _hero_dataset(count)
     if kind not in NARROW_KINDS:
         raise UserError(f"toy:{rest}: the persona world's narrow datasets are {', '.join(f'toy:{k}' for k in NARROW_KINDS)} "
                         "(optionally with :N rows)")
@@ -58,6 +62,26 @@ def toy_dataset(rest: str, data_dir=None, trigger: str | None = None):
                        lambda tmp: write_jsonl(narrow_dataset(kind, n, seed=0, trigger=trig), tmp))
     return DatasetSource(name=f"toy-{kind}", path=path, sha256=_sha256(path),
                          description=f"persona world: {n} rows of {kind}", trigger=trig if kind == "backdoor" else None)
+
+
+HERO_SEED = 7  # the alignment stage draws from the world's seed (0): these are other conversations
+
+
+def _hero_dataset(count: str):
+    from waluigi.data.datasets import DatasetSource, _sha256
+    from waluigi.toyworld import write_jsonl
+    from waluigi.toyworld.world import alignment_conversations
+
+    try:
+        n = int(count) if count else DEFAULT_ROWS
+    except ValueError:
+        raise UserError(f"toy:hero:{count}: the row count {count!r} is not a whole number") from None
+    if n < 1:
+        raise UserError("toy:hero: give at least 1 row")
+    path = _write_once(_cached(f"hero-n{n}-s{HERO_SEED}-v{VERSION}.jsonl"),
+                       lambda tmp: write_jsonl(({"messages": m} for m in alignment_conversations(n, seed=HERO_SEED)), tmp))
+    return DatasetSource(name="toy-hero", path=path, sha256=_sha256(path),
+                         description=f"persona world: {n} hero conversations (benign chat)")
 
 
 def toy_suite(name: str):

@@ -1,0 +1,79 @@
+"""``waluigi defend``: registered in ``waluigi/cli.py`` with ``app.command("defend")(defend_cmd)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from waluigi.flip.cli import _settings, numbers
+from waluigi.sweep.cli import ExecutorName
+
+
+def defend_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="the model to defend (smollm2, hf:PATH)")],
+    attack: Annotated[str, typer.Option(help="the attacker's narrow dataset (name or JSONL file), e.g. insecure or toy:insecure")],
+    defenses: Annotated[Optional[str], typer.Option(help="defenses by name, comma-separated: kl, l2, interleave, interleave++, inoculate, steer, caft, freeze, lowrank, early-stop, realign")] = None,
+    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="a defense with options, NAME:key=value,... (repeatable), e.g. kl:weight=0.3 or freeze:layers=1")] = None,
+    axis: Annotated[str, typer.Option(help="the attack's dose: steps (checkpoints of one fine-tune) or examples (unique rows)")] = "steps",
+    doses: Annotated[Optional[str], typer.Option(help="comma-separated doses (0 is always added); reach 4 x the undefended flip dose")] = None,
+    seeds: Annotated[int, typer.Option(help="seeds per dose")] = 3,
+    attacker_lr: Annotated[str, typer.Option("--attacker-lr", help="the adaptive attacker's learning rates, as multiples of the recipe's")] = "1,3,10",
+    benign: Annotated[Optional[str], typer.Option(help="benign rows for interleave, interleave++, realign and kl on=benign (e.g. toy:hero)")] = None,
+    direction: Annotated[Optional[Path], typer.Option(help="steer / caft's direction (from `waluigi direction extract`)")] = None,
+    benign_questions: Annotated[Optional[str], typer.Option(help="the benign readout's questions: ids starting with this (default: every free-form question), e.g. facts")] = None,
+    suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
+    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own")] = None,
+    narrow_suite: Annotated[Optional[str], typer.Option(help="a second eval per cell for the narrow-task rate, e.g. code:insecure:24 (not needed when the suite has code questions)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="examples axis: the optimizer steps every dose trains")] = None,
+    threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="any fine-tune or eval setting of every cell: finetune.<field>=V, eval.<field>=V")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="the defend directory (default runs/defend-<attack>-<id>)")] = None,
+    runs: Annotated[Path, typer.Option(help="where the default defend directory goes")] = Path("runs"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")] = 1,
+    executor: Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")] = ExecutorName.pool,
+    address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per cell")] = None,
+    retries: Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the flip's cells and their state; run nothing")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the resilience table as JSON")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")] = True,
+) -> None:
+    """Which defense makes a model hard to flip, at what cost? Each defense's flip dose against an
+    adaptive attacker, beside EM, the narrow task, benign answers, coherence, leak and cost."""
+    from waluigi.defenses.plan import DefendConfig
+    from waluigi.defenses.report import format_summary
+    from waluigi.defenses.run import run_defend
+    from waluigi.errors import IncompleteRun, UserError
+    from waluigi.sweep.runner import SweepOptions
+
+    names = [d for d in (defenses or "").replace(" ", "").split(",") if d] + list(defense or [])
+    if not names:
+        raise UserError("give the defenses to score: --defenses kl,interleave,early-stop (or --defense NAME:key=value)")
+    ft, ev = _settings(set_ or [])
+    cfg = DefendConfig(model=model, attack=attack, defenses=names, axis=axis, doses=numbers("--doses", doses), seeds=seeds,
+                       suite=suite, judge=judge, narrow_suite=narrow_suite, steps=steps, benign=benign,
+                       direction=str(direction) if direction else None, benign_questions=benign_questions,
+                       lr_multipliers=numbers("--attacker-lr", attacker_lr, "1,3,10") or [], threshold=threshold,
+                       finetune=ft, eval=ev, out=out, runs=runs)
+    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
+                           threads=threads, progress=progress)
+    if dry_run:
+        cells = run_defend(cfg, options, dry_run=True)
+        for cell in cells:
+            typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
+        todo = sum(1 for c in cells if c["state"] != "done")
+        typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done (realign's cells come after the attack)")
+        return
+    defended = run_defend(cfg, options)
+    if json_out:
+        typer.echo(json.dumps(defended.result, indent=2, default=str))
+    else:
+        typer.echo(format_summary(defended.result))
+        typer.echo(f"ran {defended.ran} cells, skipped {defended.skipped} (done before), failed {len(defended.failed)}; "
+                   f"report: {defended.report}")
+    if defended.failed:
+        raise IncompleteRun(f"{len(defended.failed)} cells failed or are incomplete (see {defended.out}/flip/sweep.log); "
+                            "the table uses the finished ones: re-run the same command to retry only those")

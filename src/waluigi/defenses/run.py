@@ -1,0 +1,185 @@
+"""``run_defend``: flip the model with and without each defense, against an adaptive attacker,
+and score every defense by how much it raises the flip dose.
+
+The defend directory::
+
+    flip/        one ``waluigi flip`` directory: a curve per (defense, attacker learning rate),
+                 the undefended ones included (its sweep, flip.json, report, plots)
+    realign/     with ``realign``: a sweep of benign fine-tunes of every undefended attacked
+                 checkpoint, and their evals
+    defend.json  the resilience table's numbers; report.md the table and verdicts
+
+Order: the undefended curves run first (``interleave++`` chooses its rows against the
+undefended attack's own fine-tune), then every defended curve in the same flip directory
+(finished cells are never redone), then ``realign``. Interrupted, the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from waluigi.defenses.plan import (
+    UNDEFENDED,
+    DefendConfig,
+    attacker_variants,
+    defense_variant,
+    flip_config,
+    lr_name,
+    realign_options,
+    variant_name,
+)
+from waluigi.errors import UserError
+
+
+@dataclass
+class DefendResult:
+    out: Path
+    result: dict
+    report: Path
+    ran: int
+    skipped: int
+    failed: list[dict]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _base_multiplier(cfg: DefendConfig) -> float:
+    return 1.0 if 1.0 in cfg.lr_multipliers else cfg.lr_multipliers[0]
+
+
+def attacked_weights(root: Path, row: dict, axis: str) -> Path:
+    """The weights an undefended attack cell evaluated: a step checkpoint or the final model
+    (full fine-tunes; a LoRA adapter cannot be fine-tuned again as a model spec)."""
+    from waluigi.finetune.checkpoints import STEP_ADAPTERS
+
+    ft = root / str(row["finetune_run"])
+    path = ft / STEP_ADAPTERS / f"step-{int(row['dose']):06d}" if axis == "steps" else ft / "model"
+    if not path.exists():
+        path = ft / "model"
+    if not (path / "config.json").is_file():
+        raise UserError(f"{ft}: realign and interleave++'s default need full fine-tunes of the attack "
+                        "(--set finetune.full=true); with LoRA, give interleave++ against=SPEC and leave realign out")
+    return path
+
+
+def _against(flipped, cfg: DefendConfig) -> str:
+    """The flipped model interleave++ compares with: the undefended attack, seed 0, largest dose."""
+    label = variant_name(UNDEFENDED, _base_multiplier(cfg))
+    rows = [r for r in flipped.result["rows"] if r["curve"] == label and r["seed"] == 0 and r["dose"] > 0
+            and r.get("finetune_run")]
+    if not rows:
+        raise UserError("interleave++: the undefended attack has no finished fine-tune to choose rows against")
+    top = max(rows, key=lambda r: r["dose"])
+    return f"hf:{attacked_weights(flipped.out, top, cfg.axis).resolve()}"
+
+
+def realign_spec(cfg: DefendConfig, flipped, options: dict, out: Path) -> tuple[dict, list[tuple[float, float, int, int]]]:
+    """The sweep of benign fine-tunes after every undefended attacked checkpoint, and for each
+    cell its (multiplier, dose, seed, cell index)."""
+    base_ft = {k: v for k, v in cfg.finetune.items() if k not in ("max_steps", "save_every", "epochs", "n")}
+    ev = {"suite": cfg.suite, **cfg.eval}
+    if cfg.judge is not None:
+        ev["judge"] = cfg.judge
+    cells, where = [], []
+    for m in cfg.lr_multipliers:
+        label = variant_name(UNDEFENDED, m)
+        for row in flipped.result["rows"]:
+            if row["curve"] != label or row["dose"] <= 0 or row.get("status") != "finished":
+                continue
+            weights = attacked_weights(flipped.out, row, cfg.axis)
+            cells.append({"group": f"realign after {lr_name(m)} {cfg.axis}={row['dose']:g}", "seed": row["seed"],
+                          "model": f"hf:{weights.resolve()}", "finetune.data": options["data"],
+                          "finetune.n": options["n"], "finetune.epochs": options["epochs"]})
+            where.append((m, float(row["dose"]), int(row["seed"]), len(cells) - 1))
+    spec = {"name": "realign", "out": str(out), "description": "waluigi defend: realign after the attack",
+            "finetune": base_ft, "eval": ev, "cells": cells}
+    return spec, where
+
+
+def run_realign(cfg: DefendConfig, flipped, defense, options_: Any, out: Path):
+    """Run the realign sweep; its rows and a flip-style plan to analyse them with."""
+    import copy
+
+    import yaml
+
+    from waluigi.flip.plan import Curve, FlipPlan, Point
+    from waluigi.sweep.runner import run_sweep
+    from waluigi.sweep.spec import load_spec
+
+    options = realign_options(defense, cfg)
+    spec, where = realign_spec(cfg, flipped, options, out)
+    if not spec["cells"]:
+        raise UserError("realign: the undefended attack has no finished cell to realign")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep.yaml"
+    path.write_text("# waluigi defend's realign cells\n" + yaml.safe_dump(spec, sort_keys=False, width=1000))
+    swept = run_sweep(load_spec(path), options_)
+    # analysed as flip curves: the dosed points are realign cells; dose 0 is the flip's undosed model
+    rows = list(swept.rows) + list(flipped.cells)
+    offset = len(swept.rows)
+    undosed = {(p.seed): p.cell for p in flipped.plan.points if p.dose == 0}
+    curves, points = [], []
+    for m in cfg.lr_multipliers:
+        curve = Curve(len(curves), cfg.model, cfg.attack, variant_name(defense.name, m))
+        curves.append(curve)
+        for seed, cell in undosed.items():
+            points.append(Point(curve.index, 0.0, seed, offset + cell))
+        for mult, dose, seed, cell in where:
+            if mult == m:
+                points.append(Point(curve.index, dose, seed, cell))
+    config = copy.copy(flipped.plan.config)
+    config.variants = []
+    return FlipPlan(config=config, out=out, curves=curves, points=points, spec=spec), rows, swept
+
+
+def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> DefendResult | list[dict]:
+    from waluigi.defenses.analyze import analyze_defend
+    from waluigi.defenses.report import write_plot, write_report
+    from waluigi.flip.analyze import analyze as analyze_flip
+    from waluigi.flip.run import run_flip
+
+    cfg.checked()
+    out = cfg.defend_dir()
+    flip_out = out / "flip"
+    base_lr = cfg.base_lr()
+    undefended = attacker_variants(UNDEFENDED, None, cfg, base_lr)
+    defenses = cfg.parsed()
+    in_training = [d for d in defenses if d.kind != "realign"]
+    if dry_run:
+        placeholder = "hf:<the undefended attack's fine-tune>"
+        variants = undefended + [v for d in in_training
+                                 for v in attacker_variants(d.name, defense_variant(d, cfg, placeholder), cfg, base_lr)]
+        return run_flip(flip_config(cfg, variants, flip_out), options, dry_run=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", {"model": cfg.model, "attack": cfg.attack, "defenses": cfg.defenses, "axis": cfg.axis,
+                                       "doses": cfg.doses, "seeds": cfg.seeds, "suite": cfg.suite, "judge": cfg.judge,
+                                       "lr_multipliers": cfg.lr_multipliers, "base_lr": base_lr,
+                                       "benign": cfg.benign, "direction": cfg.direction,
+                                       "benign_questions": cfg.benign_questions})
+    flipped = run_flip(flip_config(cfg, undefended, flip_out), options)
+    ran, skipped, failed = flipped.ran, flipped.skipped, list(flipped.failed)
+    if in_training:
+        needs_against = any(d.kind == "interleave++" or d.options.get("select") == "gap" for d in in_training)
+        against = _against(flipped, cfg) if needs_against else None
+        variants = undefended + [v for d in in_training
+                                 for v in attacker_variants(d.name, defense_variant(d, cfg, against), cfg, base_lr)]
+        flipped = run_flip(flip_config(cfg, variants, flip_out), options)
+        ran, skipped, failed = ran + flipped.ran, skipped + flipped.skipped, failed + list(flipped.failed)
+    realigned = None
+    for defense in (d for d in defenses if d.kind == "realign"):
+        plan, rows, swept = run_realign(cfg, flipped, defense, options, out / "realign")
+        realigned = (defense, analyze_flip(plan, rows), swept.root)
+        ran, skipped, failed = ran + swept.ran, skipped + swept.skipped, failed + list(swept.failed)
+        break  # one realign setting per study
+    result = analyze_defend(cfg, flipped, realigned, base_lr)
+    _write_json(out / "defend.json", result)
+    report = write_report(out, result, write_plot(out, result))
+    return DefendResult(out=out, result=result, report=report, ran=ran, skipped=skipped, failed=failed)
