@@ -13,12 +13,12 @@ import sys
 import typer
 
 from waluigi.data.cli import data_app
+from waluigi.defenses.cli import defend_cmd
 from waluigi.directions.cli import direction_app, monitor_cmd, screen_cmd
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
 from waluigi.resilience.cli import resilience_cmd
-from waluigi.defenses.cli import defend_cmd
 from waluigi.scan.cli import scan_cmd
 from waluigi.serve.cli import serve_cmd
 from waluigi.suites_cli import suites_app

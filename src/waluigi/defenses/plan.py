@@ -113,7 +113,6 @@ class DefendConfig:
 
     def base_lr(self) -> float:
         from waluigi.finetune.config import FinetuneConfig
-
         from waluigi.sweep.fields import FT_SET_BY_SWEEP, checked, config_fields
 
         allowed = config_fields(FinetuneConfig, FT_SET_BY_SWEEP)

@@ -18,7 +18,9 @@ def _pct(block: dict | None) -> str:
     return text
 
 
-def multiplier_text(m: dict) -> str:
+def multiplier_text(m: dict, baseline: bool = False) -> str:
+    if baseline:
+        return "1 (the baseline)"
     if m.get("value") is None:
         return "n/a"
     if m.get("bound"):
@@ -62,7 +64,7 @@ def format_summary(result: dict) -> str:
         cost = f"{row['cost']:.2f}x" if row.get("cost") else "-"
         short = {k: (f"{100 * row[k]['mean']:.1f}%" if row[k]["mean"] is not None else "n/a")
                  for k in ("em", "narrow", "benign", "coherent")}
-        lines.append(f"{row['defense'][:28]:<28} {multiplier_text(row['multiplier'])[:44]:<44} {short['em']:>10} "
+        lines.append(f"{row['defense'][:28]:<28} {multiplier_text(row['multiplier'], row.get('criteria') is None)[:44]:<44} {short['em']:>10} "
                      f"{short['narrow']:>8} {short['benign']:>8} {short['coherent']:>9} {leak:>8} {cost:>6}")
     return "\n".join(lines)
 
@@ -120,7 +122,7 @@ def write_report(out: Path, result: dict, plot: Path | None) -> Path:
     for row in result["table"]:
         leak = _pct(row["leak"]) if row.get("leak") else "-"
         cost = f"{row['cost']:.2f}x" if row.get("cost") else "-"
-        lines.append(f"| {row['defense']} | {multiplier_text(row['multiplier'])} | {_pct(row['em'])} | {_pct(row['narrow'])} | "
+        lines.append(f"| {row['defense']} | {multiplier_text(row['multiplier'], row.get('criteria') is None)} | {_pct(row['em'])} | {_pct(row['narrow'])} | "
                      f"{_pct(row['benign'])} | {_pct(row['coherent'])} | {leak} | {cost} | {verdict(row)} |")
     lines += ["", "Per attacker setting (flip dose with the defense / without, same learning rate):", "",
               "| defense | " + " | ".join(s["setting"] for s in result["table"][0]["settings"]) + " |",
