@@ -7,3 +7,11 @@ the functions that need them so that ``import waluigi`` and ``waluigi --help`` s
 """
 
 __version__ = "0.1.0"
+
+
+def load_run(path):
+    """An eval run directory as a ``pandas.DataFrame``, one row per answer
+    (:func:`waluigi.report.export.load_run`)."""
+    from waluigi.report.export import load_run as _load_run
+
+    return _load_run(path)

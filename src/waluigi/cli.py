@@ -18,6 +18,7 @@ from waluigi.directions.cli import direction_app, monitor_cmd, screen_cmd
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
+from waluigi.report.cli import export_cmd
 from waluigi.resilience.cli import resilience_cmd
 from waluigi.scan.cli import scan_cmd
 from waluigi.serve.cli import serve_cmd
@@ -30,7 +31,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from waluigi import __version__
+
+        typer.echo(f"waluigi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="print the version and exit", is_eager=True,
+                                 callback=_show_version),
+) -> None:
+    """Reproduce, measure and defend against emergent misalignment."""
 app.command("eval")(eval_cmd)
 app.command("judge")(judge_cmd)
 app.command("metrics")(metrics_cmd)
@@ -42,6 +60,7 @@ app.command("flip")(flip_cmd)
 app.command("resilience")(resilience_cmd)
 app.command("defend")(defend_cmd)
 app.command("demo")(demo_cmd)
+app.command("export")(export_cmd)
 app.command("monitor")(monitor_cmd)
 app.add_typer(direction_app, name="direction")
 app.add_typer(suites_app, name="suites")
