@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 import typer
 
 from waluigi.flip.cli import _settings, numbers
-from waluigi.sweep.cli import ExecutorName
+from waluigi.sweep.cli import (
+    AddressOpt,
+    CellProgressOpt,
+    ExecutorName,
+    ExecutorOpt,
+    TaskRetriesOpt,
+    ThreadsOpt,
+    WorkersOpt,
+    sweep_options,
+)
 
 
 def defend_cmd(
@@ -32,14 +41,14 @@ def defend_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="any fine-tune or eval setting of every cell: finetune.<field>=V, eval.<field>=V")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the defend directory (default runs/defend-<attack>-<id>)")] = None,
     runs: Annotated[Path, typer.Option(help="where the default defend directory goes")] = Path("runs"),
-    workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")] = 1,
-    executor: Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")] = ExecutorName.pool,
-    address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads per cell")] = None,
-    retries: Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")] = 1,
+    workers: WorkersOpt = 1,
+    executor: ExecutorOpt = ExecutorName.pool,
+    address: AddressOpt = None,
+    threads: ThreadsOpt = None,
+    retries: TaskRetriesOpt = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the flip's cells and their state; run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the resilience table as JSON")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")] = True,
+    progress: CellProgressOpt = True,
 ) -> None:
     """Which defense makes a model hard to flip, at what cost? Each defense's flip dose against an
     adaptive attacker, beside EM, the narrow task, benign answers, coherence, leak and cost."""
@@ -47,7 +56,6 @@ def defend_cmd(
     from waluigi.defenses.report import format_summary
     from waluigi.defenses.run import run_defend
     from waluigi.errors import IncompleteRun, UserError
-    from waluigi.sweep.runner import SweepOptions
 
     names = [d for d in (defenses or "").replace(" ", "").split(",") if d] + list(defense or [])
     if not names:
@@ -58,8 +66,7 @@ def defend_cmd(
                        direction=str(direction) if direction else None, benign_questions=benign_questions,
                        lr_multipliers=numbers("--attacker-lr", attacker_lr, "1,3,10") or [], threshold=threshold,
                        finetune=ft, eval=ev, out=out, runs=runs)
-    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
-                           threads=threads, progress=progress)
+    options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
         cells = run_defend(cfg, options, dry_run=True)
         for cell in cells:

@@ -46,10 +46,6 @@ class Defense:
     kind: str  # the registered name: kl
     options: dict[str, str]
 
-    @property
-    def label(self) -> str:
-        return self.name
-
 
 def parse_defense(spec: str) -> Defense:
     kind, _, rest = spec.strip().partition(":")

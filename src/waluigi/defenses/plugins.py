@@ -160,7 +160,6 @@ class Interleave(TrainingPlugin):
         else:
             candidates = _benign_rows(self.data, context, self.pool or 4 * need, context.seed, self.name)
             chosen = self._by_gap(candidates, need)
-        self.chosen = len(chosen)
         mixed = list(rows) + chosen
         random.Random(f"{self.name}:mix:{context.seed}").shuffle(mixed)
         return mixed
@@ -180,7 +179,6 @@ class Interleave(TrainingPlugin):
         flipped = answer_nll(context.load_model(self.against), examples)
         gaps = [f - s for f, s in zip(flipped, start)]
         order = sorted(range(len(candidates)), key=lambda i: gaps[i], reverse=True)
-        self.gaps = [gaps[i] for i in order[:need]]
         return [candidates[i] for i in order[:need]]
 
     def identity(self) -> dict:

@@ -16,8 +16,6 @@ undefended attack's own fine-tune), then every defended curve in the same flip d
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from waluigi.defenses.plan import (
     variant_name,
 )
 from waluigi.errors import UserError
+from waluigi.runs import RunDir
 
 
 @dataclass
@@ -43,12 +42,6 @@ class DefendResult:
     ran: int
     skipped: int
     failed: list[dict]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _base_multiplier(cfg: DefendConfig) -> float:
@@ -159,7 +152,8 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
                                  for v in attacker_variants(d.name, defense_variant(d, cfg, placeholder), cfg, base_lr)]
         return run_flip(flip_config(cfg, variants, flip_out), options, dry_run=True)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", {"model": cfg.model, "attack": cfg.attack, "defenses": cfg.defenses, "axis": cfg.axis,
+    run = RunDir(out)
+    run.write_json("config.json", {"model": cfg.model, "attack": cfg.attack, "defenses": cfg.defenses, "axis": cfg.axis,
                                        "doses": cfg.doses, "seeds": cfg.seeds, "suite": cfg.suite, "judge": cfg.judge,
                                        "lr_multipliers": cfg.lr_multipliers, "base_lr": base_lr,
                                        "benign": cfg.benign, "direction": cfg.direction,
@@ -174,12 +168,12 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
         flipped = run_flip(flip_config(cfg, variants, flip_out), options)
         ran, skipped, failed = ran + flipped.ran, skipped + flipped.skipped, failed + list(flipped.failed)
     realigned = None
-    for defense in (d for d in defenses if d.kind == "realign"):
-        plan, rows, swept = run_realign(cfg, flipped, defense, options, out / "realign")
-        realigned = (defense, analyze_flip(plan, rows), swept.root)
+    realign = next((d for d in defenses if d.kind == "realign"), None)  # one realign setting per study
+    if realign is not None:
+        plan, rows, swept = run_realign(cfg, flipped, realign, options, out / "realign")
+        realigned = (realign, analyze_flip(plan, rows), swept.root)
         ran, skipped, failed = ran + swept.ran, skipped + swept.skipped, failed + list(swept.failed)
-        break  # one realign setting per study
     result = analyze_defend(cfg, flipped, realigned, base_lr)
-    _write_json(out / "defend.json", result)
+    run.write_json("defend.json", result)
     report = write_report(out, result, write_plot(out, result))
     return DefendResult(out=out, result=result, report=report, ran=ran, skipped=skipped, failed=failed)

@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.sweep.cli import ExecutorName
+from waluigi.sweep.cli import (
+    AddressOpt,
+    CellProgressOpt,
+    ExecutorName,
+    ExecutorOpt,
+    TaskRetriesOpt,
+    ThreadsOpt,
+    WorkersOpt,
+    sweep_options,
+)
 
 
 class Axis(str, Enum):
@@ -77,29 +86,27 @@ def flip_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="any fine-tune or eval setting for every cell: finetune.<field>=V, eval.<field>=V (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the flip directory (default runs/flip-<axis>-<data>-<id>, named by the curves, not the doses)")] = None,
     runs: Annotated[Path, typer.Option(help="where the default flip directory goes")] = Path("runs"),
-    workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")] = 1,
-    executor: Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")] = ExecutorName.pool,
-    address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads per cell")] = None,
-    retries: Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")] = 1,
+    workers: WorkersOpt = 1,
+    executor: ExecutorOpt = ExecutorName.pool,
+    address: AddressOpt = None,
+    threads: ThreadsOpt = None,
+    retries: TaskRetriesOpt = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and their state; run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print flip.json's curves instead of the table")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")] = True,
+    progress: CellProgressOpt = True,
 ) -> None:
     """How much does it take to flip a model? Dose-response curves and the flip dose with its CI."""
     from waluigi.errors import IncompleteRun
     from waluigi.flip.plan import FlipConfig
     from waluigi.flip.report import format_summary
     from waluigi.flip.run import run_flip
-    from waluigi.sweep.runner import SweepOptions
 
     ft, ev = _settings(set_ or [])
     cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
                      suite=suite, judge=judge, narrow_suite=narrow_suite, hold=hold, steps=steps, epochs=epochs,
                      benign=benign, total=total, base_url=base_url, threshold=threshold, threshold_rel=threshold_rel,
                      finetune=ft, eval=ev, out=out, runs=runs)
-    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
-                           threads=threads, progress=progress)
+    options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
         cells = run_flip(cfg, options, dry_run=True)
         for cell in cells:

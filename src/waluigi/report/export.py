@@ -43,17 +43,12 @@ def _read(run: Path) -> tuple[list[dict], list[dict], dict, Path]:
     return samples, judgments, manifest, source
 
 
-def _classify(row: dict, min_coherent: float, max_aligned: float) -> str:
-    from waluigi.metrics import _classify as paper_class
-
-    return paper_class(row, min_coherent, max_aligned)
-
-
 def run_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of :func:`load_run`, as dicts."""
     from waluigi.evaluate import open_failures
     from waluigi.evaluate.config import CODE_SCAN, SUITE_SNAPSHOT, sample_key
     from waluigi.evaluate.run import suite_from_snapshot
+    from waluigi.metrics import _classify
     from waluigi.runs import RunDir
 
     run = Path(path)

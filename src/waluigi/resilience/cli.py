@@ -9,7 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from waluigi.flip.cli import _settings, numbers
-from waluigi.sweep.cli import ExecutorName
+from waluigi.sweep.cli import (
+    AddressOpt,
+    ExecutorName,
+    ExecutorOpt,
+    TaskRetriesOpt,
+    WorkersOpt,
+    sweep_options,
+)
 
 
 def _levels(option: str, text: str | None) -> list[float] | None:
@@ -39,11 +46,11 @@ def resilience_cmd(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="any fine-tune or eval setting of the flips: finetune.<field>=V, eval.<field>=V")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the study directory (default runs/resilience-<source>-<id>, named by source, data, suite and judge)")] = None,
     runs: Annotated[Path, typer.Option(help="where the study directory and cached models go")] = Path("runs"),
-    workers: Annotated[int, typer.Option("--workers", "-w", help="flip cells at once (see waluigi sweep)")] = 1,
-    executor: Annotated[ExecutorName, typer.Option(help="the flips' executor: pool, inline (this process) or ray")] = ExecutorName.pool,
-    address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address")] = None,
+    workers: WorkersOpt = 1,
+    executor: ExecutorOpt = ExecutorName.pool,
+    address: AddressOpt = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (building subjects, and per flip cell)")] = None,
-    retries: Annotated[int, typer.Option(help="retries of a failed flip task")] = 1,
+    retries: TaskRetriesOpt = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the subjects; build and run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print study.json's verdicts, slopes and correlations")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress on stderr")] = True,
@@ -55,7 +62,6 @@ def resilience_cmd(
     from waluigi.resilience.report import format_summary
     from waluigi.resilience.run import run_study
     from waluigi.resilience.subjects import ALIGN_N, ALIGN_STEPS, ANTIPODE
-    from waluigi.sweep.runner import SweepOptions
 
     ft, ev = _settings(set_ or [])
     levels = {dial: values for dial, values in ((ALIGN_STEPS, _levels("--align-steps", align_steps)),
@@ -68,8 +74,7 @@ def resilience_cmd(
                       control_axes=[a for a in control_axes.replace(" ", "").split(",") if a],
                       doses=doses, seeds=seeds, data=data, control=control, suite=suite, judge=judge, steps=steps,
                       threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs)
-    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
-                           threads=threads, progress=progress)
+    options = sweep_options(executor, workers, address, retries, threads, progress)
     if threads:
         import torch
 

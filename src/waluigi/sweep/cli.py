@@ -21,6 +21,24 @@ class ExecutorName(str, Enum):
     ray = "ray"
 
 
+# the executor options of the commands that run their cells as a sweep (flip, resilience, defend)
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")]
+ExecutorOpt = Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="ray: the cluster's address")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch threads per cell")]
+TaskRetriesOpt = Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")]
+CellProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")]
+
+
+def sweep_options(executor: ExecutorName, workers: int, address: str | None, retries: int, threads: int | None,
+                  progress: bool):
+    """The ``SweepOptions`` of those options."""
+    from waluigi.sweep.runner import SweepOptions
+
+    return SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
+                        threads=threads, progress=progress)
+
+
 def sweep_cmd(
     spec: Annotated[str, typer.Argument(help="the sweep spec (YAML): base finetune/eval settings and a grid or list of cells")],
     workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (pool: worker processes; ray: CPUs of the local Ray instance); torch threads are split between them")] = 1,
