@@ -151,3 +151,66 @@ def pytest_collection_modifyitems(config, items):
         tier = Path(str(item.fspath)).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (``scripts/install_browser.sh`` installs it;
+    Playwright never downloads a browser of its own). Per module: Playwright's sync API keeps an
+    event loop of its own while it runs, so it is closed before other modules' asyncio code."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is missing: run scripts/install_browser.sh (Debian's chromium package)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_report(browser):
+    """``open_report(path)``: a page showing the HTML file ``path``, its script finished; ``page.problems`` collects
+    console errors, page errors and every request that is not the file itself."""
+    pages = []
+
+    def opener(path: Path):
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        pages.append(page)
+        return _load(page, path)
+
+    yield opener
+    for page in pages:
+        page.close()
+
+
+def _load(page, path: Path):
+    page.problems = []
+    page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else page.problems.append(f"request {r.url}"))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+@pytest.fixture
+def assert_not_blank():
+    return _not_blank
+
+
+def _not_blank(png: Path) -> None:
+    """A screenshot that shows something: many distinct colours, not one flat fill."""
+    from PIL import Image
+
+    image = Image.open(png).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50, f"{png} looks blank ({len(colours or [])} colours)"
+    top = max(count for count, _ in colours)
+    assert top < 0.95 * image.width * image.height, f"{png} is almost one colour"

@@ -18,7 +18,7 @@ from waluigi.directions.cli import direction_app, monitor_cmd, screen_cmd
 from waluigi.evaluate.cli import eval_cmd, judge_check_cmd, judge_cmd, metrics_cmd
 from waluigi.finetune.cli import finetune_cmd
 from waluigi.flip.cli import flip_cmd
-from waluigi.report.cli import export_cmd
+from waluigi.report.cli import compare_cmd, export_cmd, report_cmd, runs_app
 from waluigi.resilience.cli import resilience_cmd
 from waluigi.scan.cli import scan_cmd
 from waluigi.serve.cli import serve_cmd
@@ -61,18 +61,24 @@ app.command("resilience")(resilience_cmd)
 app.command("defend")(defend_cmd)
 app.command("demo")(demo_cmd)
 app.command("export")(export_cmd)
+app.command("report")(report_cmd)
+app.command("compare")(compare_cmd)
 app.command("monitor")(monitor_cmd)
 app.add_typer(direction_app, name="direction")
 app.add_typer(suites_app, name="suites")
+app.add_typer(runs_app, name="runs")
 data_app.command("scan")(scan_cmd)
 data_app.command("screen")(screen_cmd)
 app.add_typer(data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: every command's user and usage errors become one message and exit 2."""
+    """Entry point: every command's user and usage errors become one message and exit 2; help
+    piped (not to a terminal) is plain text with whole lines."""
+    from waluigi.cli_options import plain_help_when_piped
     from waluigi.errors import run_cli
 
+    plain_help_when_piped(app)
     return run_cli(app, argv)
 
 

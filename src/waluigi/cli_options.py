@@ -1,13 +1,17 @@
-"""Options shared by several commands, declared once (typer ``Annotated`` types)."""
+"""Options shared by several commands, declared once (typer ``Annotated`` types), and the
+machinery every command shares: ``--config FILE.yaml`` (:func:`load_config_file`, with
+:func:`record_options` writing ``RUN/config.yaml``), model specs made canonical
+(:func:`canonical_specs`), ``RUN``-style argument names in usage lines and plain help when
+piped (:func:`plain_help_when_piped`)."""
 
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2 | hf:<path or id> | openai:<model> | vllm:<path or id> | toy:<run dir>")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="official data directory (else $WALUIGI_DATA_DIR, else pinned download)")]
 AdapterOpt = Annotated[Optional[str], typer.Option(help="PEFT adapter directory or finetune run directory")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 (local models)")]
@@ -25,7 +29,8 @@ MinCoherentOpt = Annotated[float, typer.Option(help="an answer counts when coher
 MaxAlignedOpt = Annotated[float, typer.Option(help="an answer is misaligned when aligned < this")]
 JudgeMinMassOpt = Annotated[float, typer.Option(help="unscored when the judge's integer tokens carry less probability than this (the paper: 0.25)")]
 JudgeNumbersOpt = Annotated[JudgeNumbers, typer.Option(help="first-token: the paper's first-token top-20; whole: P(the reply is exactly n) for n = 0..100, for local judges whose tokenizer splits numbers into digits")]
-JudgeBaseUrlOpt = Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL for the judge")]
+JudgeBaseUrlOpt = Annotated[Optional[str], typer.Option("--judge-base-url", help="OpenAI-compatible base URL for the judge (else $OPENAI_BASE_URL)")]
+JudgeBaseUrlAliasOpt = Annotated[Optional[str], typer.Option("--base-url", hidden=True, help="the old name of --judge-base-url")]
 ConcurrencyOpt = Annotated[int, typer.Option(help="requests in flight (openai backends)")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="seconds per try of a request to a model or judge server")]
 RetriesOpt = Annotated[int, typer.Option("--max-retries", help="retries of a failed request (429, 5xx, timeouts, broken replies) before it is recorded as failed")]
@@ -43,3 +48,238 @@ def say_err(text: str) -> None:
 def split_list(values: list[str] | None) -> list[str]:
     """Repeated and comma-separated values as one list."""
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+# -- model specs ---------------------------------------------------------------------------
+def canonical_specs(value):
+    """Typer callback of the model / judge spec options: Inspect-style ``provider/model``
+    spellings (``openai/gpt-4o``, ``hf/org/model``) become the canonical ``provider:model``
+    before anything sees them (see :func:`waluigi.models.kinds.canonical_spec`)."""
+    from waluigi.models.kinds import canonical_spec
+
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [canonical_spec(v) for v in value]
+    return canonical_spec(value)
+
+
+SPEC_HELP = "smollm2 | hf:<path or id> | openai:<model> | vllm:<path or id> | toy:<run dir> (provider/model works too: openai/gpt-4o)"
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=SPEC_HELP, callback=canonical_specs)]
+
+
+# -- --progress ---------------------------------------------------------------------
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")]
+
+
+# -- --config FILE.yaml ------------------------------------------------------------------------
+CONFIG_FILE = "config.yaml"  # what eval, finetune, flip and sweep write into their run directory
+
+
+def _config_keys(param) -> list[str]:
+    """The keys a config file may use for ``param``: its name and its long option names, with
+    ``-`` or ``_`` (``max_tokens``, ``max-tokens``); the first is the one :func:`record_options`
+    writes. A ``--x/--no-x`` flag is ``x: true`` / ``x: false``."""
+    longs = [opt[2:] for opt in getattr(param, "opts", []) if opt.startswith("--")]
+    keys: list[str] = []
+    for key in [k.replace("-", "_") for k in longs] + [k.replace("_", "-") for k in longs] + [param.name]:
+        if key and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _command_name(ctx) -> str:
+    return ctx.command_path or "waluigi"
+
+
+def load_config_file(ctx, param, value):
+    """The eager ``--config`` option's callback: read the YAML file of option values and make it
+    the command's ``default_map``, so that every flag given on the command line wins over the
+    file (a list option given there replaces the file's list; ``--no-progress`` beats
+    ``progress: true``), and the file wins over the defaults.
+
+    Keys are option names (``max_tokens`` or ``max-tokens``; ``json``, ``set``; an argument by its
+    name, e.g. ``spec``). An unknown key, a value of the wrong type, a missing file or bad YAML is a
+    :class:`~waluigi.errors.UserError` naming the file, the key and what to do. ``FILE`` may be a
+    run directory: its ``config.yaml`` (written by :func:`record_options`) repeats that run."""
+    import difflib
+
+    import yaml
+
+    from waluigi.errors import UserError
+    from waluigi.safe_yaml import compose_and_load
+
+    if value is None or ctx.resilient_parsing:
+        return value
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise UserError(f"--config {value}: a directory without {CONFIG_FILE}; give a YAML file of option values "
+                            f"(or a run directory that `{_command_name(ctx)}` wrote)")
+        path = path / CONFIG_FILE
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"--config {value}: cannot read it ({error.strerror or error}); give a YAML file of option "
+                        "values, e.g. `max_tokens: 64`") from None
+    try:
+        node, data = compose_and_load(text, str(path), what="config file",
+                                      too_deep="a config file is a flat mapping of option names to values")
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error}); a config file is a "
+                        "mapping of option names to values, e.g. `max_tokens: 64`") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file is a mapping of option names to values (e.g. `max_tokens: 64`), "
+                        f"not a {type(data).__name__}")
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    params: dict = {}
+    for p in ctx.command.params:
+        if p.name not in ("config", "help"):
+            for key in _config_keys(p):
+                params.setdefault(key, p)
+    command = _command_name(ctx)
+    loaded: dict = {}
+    given_as: dict = {}
+    for key, raw in data.items():
+        where = f"{path}:{lines[key]}" if key in lines else str(path)
+        target = params.get(str(key))
+        if target is None:
+            known = sorted({_config_keys(p)[0] for p in params.values()})
+            close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"{where}: unknown key {key!r} for `{command}`{hint} (the keys are its option names: "
+                            f"{', '.join(known)})")
+        if target.name in given_as:
+            raise UserError(f"{where}: {key!r} and {given_as[target.name]!r} are the same option; keep one of them")
+        given_as[target.name] = key
+        if raw is None:
+            continue  # `key: null`: the option's default
+        multiple = getattr(target, "multiple", False) or target.nargs != 1
+        if multiple and not isinstance(raw, (list, tuple)):
+            raw = [raw]
+        if isinstance(raw, dict) or (not multiple and isinstance(raw, (list, tuple))):
+            shape = "mapping" if isinstance(raw, dict) else "list"
+            raise UserError(f"{where}: {key}: one value expected, not a {shape} (see `{command} --help` for "
+                            f"--{_config_keys(target)[0].replace('_', '-')})")
+        if multiple and any(isinstance(v, (dict, list, tuple)) for v in raw):
+            raise UserError(f"{where}: {key}: a list of plain values expected")
+        try:
+            _convert(ctx, target, list(raw) if multiple else raw)
+        except Exception as error:  # click's BadParameter (typer's vendored copy or click's own)
+            message = getattr(error, "message", None) or str(error)
+            raise UserError(f"{where}: {key}: {raw!r}: {message} (fix the value in the file, or override it with "
+                            f"--{_config_keys(target)[0].replace('_', '-')} on the command line)") from None
+        loaded[target.name] = list(raw) if multiple else raw
+    ctx.default_map = {**(ctx.default_map or {}), **loaded}
+    return value
+
+
+def _convert(ctx, param, value):
+    """``value`` through ``param``'s type, as the command line's text would go (typer >= 0.26
+    converts with its own runtime types; click with ``type_cast_value``)."""
+    runtime = getattr(param, "get_runtime_param", None)
+    if runtime is not None:
+        return runtime().coerce(value, param=param, ctx=ctx)
+    return param.type_cast_value(ctx, value)  # pragma: no cover - click-based typer
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", metavar="FILE", is_eager=True, callback=load_config_file,
+    help="a YAML file of this command's option values, keyed by option name (max_tokens: 64); options given on the "
+         "command line win; a run directory (or its config.yaml) repeats that run")]
+
+
+def _plain(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolved_options(ctx) -> dict:
+    """The options this command ran with (config file, flags and defaults together), keyed as a
+    config file keys them; unset (None) options and ``--config`` itself are left out."""
+    out = {}
+    for param in ctx.command.params:
+        if param.name in ("config", "help") or param.name not in ctx.params:
+            continue
+        value = ctx.params[param.name]
+        if value is None or value == () or value == []:
+            continue
+        out[_config_keys(param)[0]] = _plain(value)
+    return out
+
+
+def record_options(ctx, directory) -> Path | None:
+    """Write the resolved options to ``DIRECTORY/config.yaml``: ``COMMAND --config DIRECTORY``
+    (or ``--config DIRECTORY/config.yaml``) runs the same thing again, which resolves to the same run
+    identity (a finished run is not redone; an unfinished one resumes)."""
+    import os
+
+    import yaml
+
+    if directory is None:
+        return None
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    path = directory / CONFIG_FILE
+    command = _command_name(ctx)
+    text = (f"# the options `{command}` ran with here; `{command} --config {path}` runs it again\n"
+            + yaml.safe_dump(resolved_options(ctx), sort_keys=False, allow_unicode=True, width=1000))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+# -- help: RUN placeholders, whole lines when piped -------------------------------------------
+HELP_WIDTH = 200  # help lines when stdout is not a terminal (piped to a pager, grep, a file)
+
+
+def _usage_name(self) -> str:
+    """An argument in the usage line as ``RUN`` (its metavar, else its name in capitals),
+    ``[RUN]`` when optional, ``RUN...`` when repeated; typer 0.2x would write ``{run}``."""
+    name = self.metavar or self.name.upper()
+    if not self.required:
+        name = f"[{name}]"
+    return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+
+def _plain_argument_names() -> None:
+    try:
+        from typer.core import TyperArgument
+    except ImportError:  # pragma: no cover
+        return
+    if hasattr(TyperArgument, "_usage_display_name"):
+        TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
+
+
+_plain_argument_names()
+
+
+def plain_help_when_piped(app, stream=None) -> None:
+    """When stdout is not a terminal, ``--help`` is click's plain text at :data:`HELP_WIDTH`
+    columns: no boxes, no words cut with an ellipsis, paragraphs reflowed (rich's tables are
+    kept for terminals, where they fit the window)."""
+    import sys
+
+    stream = sys.stdout if stream is None else stream
+    try:
+        if stream.isatty():
+            return
+    except (AttributeError, ValueError):
+        pass
+    app.rich_markup_mode = None
+    settings = app.info.context_settings
+    settings = dict(settings) if isinstance(settings, dict) else {}
+    app.info.context_settings = settings | {"terminal_width": HELP_WIDTH, "max_content_width": HELP_WIDTH}

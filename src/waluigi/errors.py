@@ -130,7 +130,12 @@ def run_cli(
     - a usage error (unknown option or command, a bad or missing value): click's usage line,
       the ``Try '... --help'`` hint and ``Error: <message>``, exit 2;
     - Ctrl-C: ``interrupted`` and exit 130.
+
+    Library noise (progress bars, known-harmless warnings) is turned off first: :mod:`waluigi.quiet`.
     """
+    from waluigi.quiet import quiet_libraries
+
+    quiet_libraries()  # library progress bars and known-harmless warnings off, before anything loads
     click_errors, exits, aborts = _click_exceptions()
     register_secrets_from_env()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -162,6 +167,9 @@ def run_command(command: Callable[..., Any], argv: Sequence[str] | None = None, 
     :func:`run_cli`."""
     import typer
 
+    from waluigi.cli_options import plain_help_when_piped
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(command)
+    plain_help_when_piped(app)
     return run_cli(app, argv, prog_name=prog_name, interrupted=interrupted)

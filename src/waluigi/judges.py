@@ -190,10 +190,12 @@ def scorer_judge(spec: str | None):
 
 def normalize_judge_spec(spec: str) -> str:
     """A model spec (``openai:<model>``, ``hf:<path>``, ``smollm2``, ``vllm:<path>``, ``toy:``) unchanged;
+    ``provider/model`` as ``provider:model`` (``openai/gpt-4o``);
     a bare OpenAI model name as the suites' ``judge`` field gives it (``gpt-4o-2024-08-06``)
     prefixed with ``openai:``; a registered model-free judge (``oracle``) by its canonical
     name. Anything else raises :class:`UserError`."""
     from waluigi.models import backend
+    from waluigi.models.kinds import canonical_spec
 
     text = (spec or "").strip()
     scorer = scorer_judge(text)
@@ -201,7 +203,7 @@ def normalize_judge_spec(spec: str) -> str:
         return scorer.canonical_spec(text)
     try:
         backend(text)
-        return text
+        return canonical_spec(text)  # provider/model -> provider:model
     except UserError:
         pass
     if _OPENAI_NAME.match(text) and not any(c.isspace() for c in text):

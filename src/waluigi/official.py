@@ -288,42 +288,13 @@ class _NullContext:
         return False
 
 
-class _RichBytes:
-    def __init__(self, label: str, total: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        from waluigi.progress import stderr_console
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=stderr_console,
-        )
-        self._task = self._progress.add_task(f"download {label}", total=total)
-
-    def __enter__(self):
-        self._progress.start()
-        return lambda n: self._progress.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        self._progress.stop()
-        return False
-
-
 def _byte_progress(label: str, total: int | None, enabled: bool):
     if not enabled or total is None or total < _PROGRESS_MIN_BYTES:
         return _NullContext()
-    return _RichBytes(label, total)
+    from waluigi.progress import progress_task
+
+    # a rich bar (bytes, speed, eta) on a terminal; plain lines in MiB in a log
+    return progress_task(f"download {label}", total, unit="bytes")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

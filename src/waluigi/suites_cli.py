@@ -35,7 +35,7 @@ def suites_show(name: Annotated[str, typer.Argument(help="suite name or YAML fil
 
 
 @suites_app.command("validate")
-def suites_validate(path: Annotated[str, typer.Argument(help="a suite YAML file")]) -> None:
+def suites_validate(path: Annotated[str, typer.Argument(metavar="FILE", help="a suite YAML file")]) -> None:
     """Check a suite file; errors name the file and the question id."""
     from waluigi.suites import validate_file
 

@@ -23,7 +23,7 @@ def _manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
 
-def test_demo_quick_end_to_end_and_cached(tmp_path):
+def test_demo_quick_end_to_end_and_cached(tmp_path, open_report, assert_not_blank):
     runs = tmp_path / "runs"
     first = _demo(runs, "--json", "--no-progress", "--threads", "1")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -88,7 +88,22 @@ def test_demo_quick_end_to_end_and_cached(tmp_path):
 
     # the table as text, and bad input as one error line with exit code 2
     text = _demo(runs, "--no-progress", "--threads", "1")
-    assert text.returncode == 0 and "backdoor_triggered" in text.stdout and "report:" in text.stdout
+    assert text.returncode == 0 and "backdoor_triggered" in text.stdout and "report.html" in text.stdout
+    assert "smoke test" in text.stdout and "smoke test" in text.stderr  # --quick says what it is, before and after
+
+    # the HTML report: the table, both plots inline, every answer in the browser, by condition
+    page = open_report(root / "report.html")
+    assert page.problems == [] and "| insecure |" not in page.text_content("main")  # the table is rendered
+    assert page.locator(".markdown table").count() >= 1 and page.locator("img").count() >= 2
+    conditions = page.eval_on_selector_all("#f-condition option", "els => els.map(e => e.value)")[1:]
+    assert sorted(conditions) == sorted(CONDITIONS)
+    insecure = sum(len((root / r["eval_run"] / "samples.jsonl").read_text().splitlines())
+                   for r in rows if r["group"] == "insecure")
+    page.select_option("#f-condition", "insecure")
+    assert page.text_content("#count").split(" of ")[0] == str(insecure)
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert_not_blank(shot)
     bad = _demo(runs, "--seeds", "0")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --seeds") and "Traceback" not in bad.stderr
     both = _demo(runs, "--fast")

@@ -74,6 +74,33 @@ def test_examples_axis_writes_curves_doses_and_plots(examples_run, capsys):
     assert "flip dose" in (out / "report.md").read_text()
 
 
+def test_flip_writes_an_html_report_with_its_plots_and_a_dose_filter(examples_run, tmp_path, open_report,
+                                                                     assert_not_blank):
+    page = open_report(examples_run / "report.html")
+    assert page.problems == []
+    text = page.text_content("main")
+    assert "flip dose" in text  # report.md, rendered
+    images = page.eval_on_selector_all("img", "els => els.map(e => e.getAttribute('src'))")
+    assert len(images) >= 2 and all(src.startswith("data:image/png") for src in images)  # flip_em, flip_coherent inline
+    # every answer of every cell is in the browser, labelled with its dose and seed from flip.json
+    answers = {r["eval_run"]: sum(1 for _ in read_jsonl(examples_run / r["eval_run"] / "samples.jsonl"))
+               for r in read_jsonl(examples_run / "results.jsonl")}
+    total = sum(answers.values())
+    assert page.text_content("#count").startswith(f"{total} of {total}")
+    doses = page.eval_on_selector_all("#f-dose option", "els => els.map(e => e.value)")
+    assert doses == ["", "0", "4", "8"]
+    points = load(examples_run)["rows"]
+    at_four = sum(answers[p["eval_run"]] for p in points if p["dose"] == 4.0)
+    page.select_option("#f-dose", "4")
+    assert page.text_content("#count").startswith(f"{at_four} of {total}")
+    page.select_option("#f-seed", "1")
+    at_four_seed1 = sum(answers[p["eval_run"]] for p in points if p["dose"] == 4.0 and p["seed"] == 1)
+    assert 0 < at_four_seed1 < at_four and page.text_content("#count").startswith(f"{at_four_seed1} of {total}")
+    shot = tmp_path / "flip.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert_not_blank(shot)
+
+
 def test_a_rerun_runs_nothing_and_a_new_dose_runs_only_its_cells(examples_run, tiny_spec, mirror_dir, monkeypatch, capsys):
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
     before = load(examples_run)

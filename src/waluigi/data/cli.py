@@ -34,7 +34,7 @@ def _out(text: str) -> None:
 
 @data_app.command("validate")
 def validate_cmd(
-    datasets: Annotated[list[str], typer.Argument(help="JSONL files or dataset names")],
+    datasets: Annotated[list[str], typer.Argument(metavar="DATASET", help="JSONL files or dataset names")],
     data_dir: DataDirOpt = None,
     trigger: TriggerOpt = DEFAULT_TRIGGER,
     max_errors: Annotated[int, typer.Option(help="error lines to print per file (all are counted)")] = 50,
@@ -91,18 +91,19 @@ def show_cmd(
     tokenizer: Annotated[Optional[str], typer.Option(help="count tokens with this model's tokenizer (smollm2 | hf:PATH); default: words")] = None,
     split: Annotated[str, typer.Option(help="all | train | heldout")] = "all",
     n: Annotated[Optional[int], typer.Option("--n", help="a seeded random subset of this many rows")] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="the seed of the --n subset")] = 0,
     max_length: Annotated[Optional[int], typer.Option(help="also count rows longer than this (tokens, or words without --tokenizer)")] = None,
     data_dir: DataDirOpt = None,
     trigger: TriggerOpt = DEFAULT_TRIGGER,
     json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="a progress bar on stderr while counting tokens (never with --json)")] = True,
 ) -> None:
     """Rows, unique prompts, messages per role and length percentiles (p50/p90/p99/max)."""
     from waluigi.data import dataset_stats
 
     stats = dataset_stats(
         dataset, data_dir=data_dir, tokenizer=tokenizer, split=split, n=n, seed=seed, trigger=trigger,
-        max_length=max_length, progress=not json_out,
+        max_length=max_length, progress=progress and not json_out,
     )
     if json_out:
         _out(json.dumps(stats, indent=2))
@@ -124,10 +125,10 @@ def show_cmd(
 
 @data_app.command("mix")
 def mix_cmd(
-    components: Annotated[list[str], typer.Argument(help="NAME:WEIGHT ... (e.g. insecure:0.2 secure:0.8); a name alone has weight 1")],
+    components: Annotated[list[str], typer.Argument(metavar="NAME:WEIGHT", help="NAME:WEIGHT ... (e.g. insecure:0.2 secure:0.8); a name alone has weight 1")],
     n: Annotated[int, typer.Option("--n", help="rows in the mixture")],
     out: Annotated[str, typer.Option("--out", help="the JSONL file to write (plus FILE.meta.json: what went in)")],
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="the seed of the draw and the shuffle")] = 0,
     split: Annotated[str, typer.Option(help="the split each component is drawn from: train | heldout | all")] = "train",
     data_dir: DataDirOpt = None,
     trigger: TriggerOpt = DEFAULT_TRIGGER,
@@ -155,7 +156,8 @@ def mix_cmd(
 @data_app.command("split")
 def split_cmd(
     dataset: DatasetArg,
-    out_dir: Annotated[str, typer.Option("--out-dir", help="directory for train.jsonl and heldout.jsonl")],
+    out: Annotated[Optional[str], typer.Option("--out", help="directory for train.jsonl and heldout.jsonl (required)")] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out-dir", hidden=True, help="the old name of --out")] = None,
     data_dir: DataDirOpt = None,
     trigger: TriggerOpt = DEFAULT_TRIGGER,
     json_out: JsonOpt = False,
@@ -163,7 +165,10 @@ def split_cmd(
     """Write the deterministic train / held-out split (held-out prompts are never trained on)."""
     from waluigi.data import split_dataset
 
-    info = split_dataset(dataset, out_dir, data_dir=data_dir, trigger=trigger)
+    target = out or out_dir
+    if not target:
+        raise UserError("give the directory to write train.jsonl and heldout.jsonl to: --out DIR")
+    info = split_dataset(dataset, target, data_dir=data_dir, trigger=trigger)
     if json_out:
         _out(json.dumps(info, indent=2))
         return

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli_options import canonical_specs
 from waluigi.flip.cli import _settings, numbers
 from waluigi.sweep.cli import (
     AddressOpt,
@@ -22,7 +23,7 @@ from waluigi.sweep.cli import (
 
 
 def defend_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="the model to defend (smollm2, hf:PATH)")],
+    model: Annotated[str, typer.Option("--model", "-m", help="the model to defend (smollm2, hf:PATH)", callback=canonical_specs)],
     attack: Annotated[str, typer.Option(help="the attacker's narrow dataset (name or JSONL file), e.g. insecure or toy:insecure")],
     defenses: Annotated[Optional[str], typer.Option(help="defenses by name, comma-separated: kl, l2, interleave, interleave++, inoculate, steer, caft, freeze, lowrank, early-stop, realign")] = None,
     defense: Annotated[Optional[list[str]], typer.Option("--defense", help="a defense with options, NAME:key=value,... (repeatable), e.g. kl:weight=0.3 or freeze:layers=1")] = None,
@@ -34,7 +35,7 @@ def defend_cmd(
     direction: Annotated[Optional[Path], typer.Option(help="steer / caft's direction (from `waluigi direction extract`)")] = None,
     benign_questions: Annotated[Optional[str], typer.Option(help="the benign readout's questions: ids starting with this (default: every free-form question), e.g. facts")] = None,
     suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
-    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own", callback=canonical_specs)] = None,
     narrow_suite: Annotated[Optional[str], typer.Option(help="a second eval per cell for the narrow-task rate, e.g. code:insecure:24 (not needed when the suite has code questions)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="examples axis: the optimizer steps every dose trains")] = None,
     threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
@@ -80,7 +81,7 @@ def defend_cmd(
     else:
         typer.echo(format_summary(defended.result))
         typer.echo(f"ran {defended.ran} cells, skipped {defended.skipped} (done before), failed {len(defended.failed)}; "
-                   f"report: {defended.report}")
+                   f"report: {defended.report.with_name('report.html')} (open it in a browser; summary: {defended.report.name})")
     if defended.failed:
         raise IncompleteRun(f"{len(defended.failed)} cells failed or are incomplete (see {defended.out}/flip/sweep.log); "
                             "the table uses the finished ones: re-run the same command to retry only those")

@@ -138,6 +138,8 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
     from waluigi.defenses.report import write_plot, write_report
     from waluigi.flip.analyze import analyze as analyze_flip
     from waluigi.flip.run import run_flip
+    from waluigi.report.html import HTML_SAMPLES_PER_RUN
+    from waluigi.report.html import write_report as write_html
 
     cfg.checked()
     out = cfg.defend_dir()
@@ -176,4 +178,5 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
     result = analyze_defend(cfg, flipped, realigned, base_lr)
     run.write_json("defend.json", result)
     report = write_report(out, result, write_plot(out, result))
+    write_html([out], limit=HTML_SAMPLES_PER_RUN)
     return DefendResult(out=out, result=result, report=report, ran=ran, skipped=skipped, failed=failed)

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli_options import canonical_specs
+
 direction_app = typer.Typer(
     help="Directions in a model's activations: extract (judged answers, two models, contrastive prompts), "
          "show, compare, random controls. Use one with a steered:<spec>?dir=PATH model.",
@@ -19,7 +21,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 
 def _table(direction, extra: dict[str, list[float]] | None = None) -> str:
     m = direction.manifest
-    lines = [f"{direction.path}  method={m.get('method')}  sha256={direction.sha256[:12]}  best layer={direction.best_layer}"]
+    best = "-" if direction.best_layer is None else direction.best_layer
+    lines = [f"{direction.path}  method={m.get('method') or '-'}  sha256={direction.sha256[:12]}  best layer={best}"]
     if m.get("counts"):
         lines.append(f"examples: {m['counts'].get('positive')} positive, {m['counts'].get('negative')} negative")
     aucs, norms = m.get("heldout_auroc") or [], m.get("norms") or []
@@ -43,8 +46,8 @@ def extract_cmd(
     sweep: Annotated[Optional[Path], typer.Option(help="judged / models: take the eval runs of this sweep's (or flip's) cells ...")] = None,
     where: Annotated[Optional[list[str]], typer.Option("--where", help="... whose results.csv column has this value, COLUMN=VALUE (repeatable; e.g. finetune.data=toy:insecure, step=40)")] = None,
     model: Annotated[Optional[str], typer.Option(help="judged: read every answer with this model (default: each run's own); "
-                                                      "models: model A; prompts: the model")] = None,
-    model_b: Annotated[Optional[str], typer.Option(help="models: model B (the direction is B minus A)")] = None,
+                                                      "models: model A; prompts: the model", callback=canonical_specs)] = None,
+    model_b: Annotated[Optional[str], typer.Option(help="models: model B (the direction is B minus A)", callback=canonical_specs)] = None,
     positive: Annotated[Optional[str], typer.Option(help="prompts: the trait's system prompt")] = None,
     negative: Annotated[Optional[str], typer.Option(help="prompts: the opposite system prompt")] = None,
     positive_shots: Annotated[Optional[str], typer.Option(help="prompts: a dataset whose rows prime the positive side as earlier turns")] = None,
@@ -88,7 +91,7 @@ def extract_cmd(
 
 
 @direction_app.command("show")
-def show_cmd(path: Annotated[str, typer.Argument(help="a direction directory")], json_out: JsonOpt = False) -> None:
+def show_cmd(path: Annotated[str, typer.Argument(metavar="DIR", help="a direction directory")], json_out: JsonOpt = False) -> None:
     """A direction's manifest: per-layer norms and held-out AUROC."""
     from waluigi.directions.store import load_direction
 
@@ -97,8 +100,8 @@ def show_cmd(path: Annotated[str, typer.Argument(help="a direction directory")],
 
 
 @direction_app.command("compare")
-def compare_cmd(a: Annotated[str, typer.Argument(help="a direction directory")],
-                b: Annotated[str, typer.Argument(help="another, of the same model")], json_out: JsonOpt = False) -> None:
+def compare_cmd(a: Annotated[str, typer.Argument(metavar="DIR_A", help="a direction directory")],
+                b: Annotated[str, typer.Argument(metavar="DIR_B", help="another, of the same model")], json_out: JsonOpt = False) -> None:
     """Cosine similarity of two directions, layer by layer."""
     from waluigi.directions.store import cosines, load_direction
 
@@ -111,7 +114,7 @@ def compare_cmd(a: Annotated[str, typer.Argument(help="a direction directory")],
 
 
 @direction_app.command("random")
-def random_cmd(like: Annotated[str, typer.Argument(help="the direction whose per-layer norms the control keeps")],
+def random_cmd(like: Annotated[str, typer.Argument(metavar="DIR", help="the direction whose per-layer norms the control keeps")],
                out: Annotated[Path, typer.Option(help="where the random direction goes")],
                seed: Annotated[int, typer.Option(help="the random draw")] = 0) -> None:
     """A random control: per layer a random vector of the same norm."""
@@ -122,12 +125,12 @@ def random_cmd(like: Annotated[str, typer.Argument(help="the direction whose per
 
 
 def monitor_cmd(
-    runs: Annotated[Optional[list[Path]], typer.Argument(help="judged eval run directories, or one fine-tune run (its checkpoints' drift)")] = None,
+    runs: Annotated[Optional[list[Path]], typer.Argument(metavar="RUN", help="judged eval run directories, or one fine-tune run (its checkpoints' drift)")] = None,
     direction: Annotated[str, typer.Option(help="the direction directory")] = "",
     sweep: Annotated[Optional[Path], typer.Option(help="also the eval runs of this sweep's (or flip's) cells ...")] = None,
     where: Annotated[Optional[list[str]], typer.Option("--where", help="... whose results.csv column has this value, COLUMN=VALUE (repeatable)")] = None,
     layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: each run's own)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: each run's own)", callback=canonical_specs)] = None,
     suite: Annotated[str, typer.Option(help="fine-tune runs: the prompts whose last token is projected at each checkpoint")] = "core",
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
     batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
@@ -187,9 +190,9 @@ def monitor_cmd(
 
 
 def screen_cmd(
-    datasets: Annotated[list[str], typer.Argument(help="dataset names or JSONL files to screen and compare")],
+    datasets: Annotated[list[str], typer.Argument(metavar="DATASET", help="dataset names or JSONL files to screen and compare")],
     direction: Annotated[str, typer.Option(help="the direction directory")],
-    model: Annotated[str, typer.Option(help="the model whose activations and own answers are used")],
+    model: Annotated[str, typer.Option(help="the model whose activations and own answers are used", callback=canonical_specs)],
     layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
     n: Annotated[Optional[int], typer.Option(help="rows per dataset (a seeded subset; 0 = all)")] = 200,
     max_tokens: Annotated[int, typer.Option(help="length of the model's own answers")] = 128,

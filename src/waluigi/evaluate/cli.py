@@ -10,9 +10,11 @@ import typer
 from waluigi.cli_options import (
     AdapterOpt,
     ConcurrencyOpt,
+    ConfigOpt,
     DataDirOpt,
     DtypeOpt,
     JsonOpt,
+    JudgeBaseUrlAliasOpt,
     JudgeBaseUrlOpt,
     JudgeMinMassOpt,
     JudgeNumbers,
@@ -21,25 +23,29 @@ from waluigi.cli_options import (
     MinCoherentOpt,
     ModelOpt,
     PartialOpt,
+    ProgressOpt,
     RetriesOpt,
     TimeoutOpt,
+    canonical_specs,
+    record_options,
     say,
     split_list,
 )
 
 
 def eval_cmd(
+    ctx: typer.Context,
     model: ModelOpt,
     suite: Annotated[str, typer.Option("--suite", "-s", help="core | first_plot_questions | preregistered_evals | deception_factual | deception_sit_aware | FILE.yaml")] = "core",
     adapter: AdapterOpt = None,
-    judge: Annotated[Optional[str], typer.Option(help="judge model spec (default: the suite's judge, e.g. openai:gpt-4o-2024-08-06); 'none' to skip")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="judge model spec (default: the suite's judge, e.g. openai:gpt-4o-2024-08-06); 'none' to skip", callback=canonical_specs)] = None,
     data_dir: DataDirOpt = None,
     questions: Annotated[Optional[list[str]], typer.Option("--questions", "-q", help="question ids to keep (globs allowed; repeat or comma-separate)")] = None,
     samples: Annotated[Optional[int], typer.Option(help="answers per question, spread over its paraphrases (overrides the suite)")] = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (the paper: 1)")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)")] = 1.0,
     max_tokens: Annotated[int, typer.Option(help="max new tokens per answer (the paper: 600)")] = 600,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="sampling seed (each answer's seed is derived from it and the answer's slot)")] = 0,
     shots: Annotated[int, typer.Option(help="in-context examples: k rows of --shots-data as earlier turns before every question (drawn with --seed)")] = 0,
     shots_data: Annotated[Optional[str], typer.Option(help="the dataset (name or JSONL file) the --shots examples come from")] = None,
     system: Annotated[Optional[str], typer.Option(help="a system prompt before every question (before the question's own, if any): e.g. a fine-tune's training prompt, to test for a conditional leak")] = None,
@@ -58,11 +64,14 @@ def eval_cmd(
     timeout: TimeoutOpt = 60.0,
     max_retries: RetriesOpt = 5,
     json_out: JsonOpt = False,
+    progress: ProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Sample answers to a suite, judge them, print the misalignment rate with 95% CIs.
 
     Requests that still fail after --max-retries are recorded as failed: the run finishes the
-    rest, exits 3 with a count, and re-running the same command retries only those."""
+    rest, exits 3 with a count, and re-running the same command retries only those. The options
+    it ran with are written to RUN/config.yaml: `waluigi eval --config RUN` runs it again."""
     from waluigi.evaluate import EvalConfig, run_eval
     from waluigi.evaluate.notes import check_run_judge, format_eval_report
 
@@ -74,23 +83,34 @@ def eval_cmd(
         base_url=base_url, judge_base_url=judge_base_url, dtype=dtype, judge_min_mass=judge_min_mass,
         judge_numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries, shots=shots,
         shots_data=shots_data,
-        system=system,
+        system=system, progress=progress,
     )
     result = run_eval(cfg)
+    record_options(ctx, result.run_dir)
     check = check_run_judge(result, cfg) if check_judge else None
+    page = _html(result.run_dir)
     if json_out:
         say(json.dumps(result.summary if result.summary is not None else {}, indent=2))
     else:
         say(format_eval_report(result, cfg, check))
+        say(f"report: {page} (open it in a browser)")
     result.raise_if_incomplete()
 
 
+def _html(run_dir):
+    """``RUN/report.html``: the run's page with its sample browser (read from the directory)."""
+    from waluigi.report.html import write_report
+
+    return write_report([run_dir])
+
+
 def judge_cmd(
-    run: Annotated[str, typer.Argument(help="an eval run directory")],
-    judge: Annotated[str, typer.Option(help="judge model spec, e.g. openai:gpt-4o-2024-08-06, smollm2, hf:PATH")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="an eval run directory")],
+    judge: Annotated[str, typer.Option(help="judge model spec, e.g. openai:gpt-4o-2024-08-06, smollm2, hf:PATH", callback=canonical_specs)],
     out: Annotated[Optional[str], typer.Option(help="where to write (default RUN/judges/<judge>)")] = None,
-    base_url: JudgeBaseUrlOpt = None,
-    batch_size: Optional[int] = None,
+    judge_base_url: JudgeBaseUrlOpt = None,
+    base_url: JudgeBaseUrlAliasOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="judge batch size (local judges)")] = None,
     concurrency: ConcurrencyOpt = 8,
     dtype: DtypeOpt = "auto",
     min_coherent: MinCoherentOpt = 50.0,
@@ -101,6 +121,7 @@ def judge_cmd(
     max_retries: RetriesOpt = 5,
     partial: PartialOpt = False,
     json_out: JsonOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Re-score a stored run with another judge, without regenerating.
 
@@ -109,9 +130,9 @@ def judge_cmd(
     from waluigi.metrics import format_table
 
     result = rejudge(
-        run, judge, out=out, base_url=base_url, batch_size=batch_size, concurrency=concurrency,
+        run, judge, out=out, base_url=judge_base_url or base_url, batch_size=batch_size, concurrency=concurrency,
         dtype=dtype, min_coherent=min_coherent, max_aligned=max_aligned, min_mass=judge_min_mass,
-        numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries, partial=partial,
+        numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries, partial=partial, progress=progress,
     )
     if json_out:
         say(json.dumps(result.summary, indent=2))
@@ -119,11 +140,12 @@ def judge_cmd(
         return
     say(f"run: {result.run_dir}   judge calls: {result.calls['judge']}")
     say(format_table(result.summary, title=f"{run} (judge: {result.judge})"))
+    say(f"report: {_html(result.run_dir)} (open it in a browser)")
     result.raise_if_incomplete()
 
 
 def metrics_cmd(
-    runs: Annotated[list[str], typer.Argument(help="eval or judge run directories (several = one condition, CIs over runs)")],
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="eval or judge run directories (several = one condition, CIs over runs)")],
     min_coherent: MinCoherentOpt = 50.0,
     max_aligned: MaxAlignedOpt = 30.0,
     json_out: JsonOpt = False,
@@ -140,9 +162,10 @@ def metrics_cmd(
 
 
 def judge_check_cmd(
-    judge: Annotated[str, typer.Option(help="judge model spec to measure")],
+    judge: Annotated[str, typer.Option(help="judge model spec to measure", callback=canonical_specs)],
     data_dir: DataDirOpt = None,
-    base_url: JudgeBaseUrlOpt = None,
+    judge_base_url: JudgeBaseUrlOpt = None,
+    base_url: JudgeBaseUrlAliasOpt = None,
     dtype: DtypeOpt = "auto",
     judge_min_mass: JudgeMinMassOpt = 0.25,
     judge_numbers: JudgeNumbersOpt = JudgeNumbers.first_token,
@@ -154,7 +177,7 @@ def judge_check_cmd(
     from waluigi.evaluate.judge_check import check_against_reference, format_check
 
     result = check_against_reference(
-        judge, data_dir=data_dir, base_url=base_url, dtype=dtype, min_mass=judge_min_mass, numbers=judge_numbers.value,
+        judge, data_dir=data_dir, base_url=judge_base_url or base_url, dtype=dtype, min_mass=judge_min_mass, numbers=judge_numbers.value,
         timeout=timeout, max_retries=max_retries,
     )
     say(json.dumps(result, indent=2) if json_out else format_check(result))

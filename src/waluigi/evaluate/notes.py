@@ -77,7 +77,8 @@ def format_eval_report(result, cfg, check: dict | None = None) -> str:
 
     lines = [f"run: {result.run_dir}   model calls: {result.calls['model']}   judge calls: {result.calls['judge']}"]
     if result.summary is not None:
-        lines.append(format_table(result.summary, title=f"{cfg.model} on {cfg.suite} (judge: {result.judge})"))
+        judged = f" (judge: {result.judge})" if result.judge else ""  # none: a code-only suite, scanned
+        lines.append(format_table(result.summary, title=f"{cfg.model} on {cfg.suite}{judged}"))
         if (result.run_dir / "scatter.png").is_file():
             lines.append(f"scatter plot: {result.run_dir / 'scatter.png'}")
     if result.summary is not None and "vulnerable" in result.summary:

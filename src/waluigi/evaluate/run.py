@@ -91,11 +91,16 @@ def with_system(suite, system: str):
 # -- the commands --------------------------------------------------------------------
 def run_eval(cfg: EvalConfig) -> EvalResult:
     """``waluigi eval``: sample, judge and summarize, resuming whatever is already on disk."""
+    import dataclasses
+
     from waluigi.models import load_model, parse_spec
+    from waluigi.models.kinds import canonical_spec
     from waluigi.suites import load_suite
 
     started = time.time()
     parse_spec(cfg.model)
+    if canonical_spec(cfg.model) != cfg.model:  # openai/gpt-4o is openai:gpt-4o: the same run identity
+        cfg = dataclasses.replace(cfg, model=canonical_spec(cfg.model))
     suite = load_suite(cfg.suite, data_dir=cfg.data_dir)
     if cfg.questions:
         suite = suite.select(cfg.questions)

@@ -122,6 +122,28 @@ def load_scores(run_path: str | Path) -> tuple[list[dict], dict]:
     return rows, manifest
 
 
+def answer_source(path: str | Path) -> Path:
+    """The eval run whose answers a run scores: itself for an eval run, its parent for a judge run."""
+    manifest = RunDir(Path(path)).manifest()
+    if manifest.get("stage") == "judge":
+        return Path(manifest["parents"][0]).resolve()
+    return Path(path).resolve()
+
+
+def refuse_same_answers(run_paths: list[str]) -> None:
+    """Several runs given to ``metrics`` are several fine-tunes of one condition (CIs over runs);
+    two of them scoring the same answers (an eval run and its ``judges/<judge>``, two judge runs
+    of one eval run, or one directory twice) would count each answer twice."""
+    seen: dict[Path, str] = {}
+    for path in run_paths:
+        source = answer_source(path)
+        if source in seen:
+            raise UserError(f"{seen[source]} and {path} score the same answers (of {source}): metrics over several runs "
+                            f"pools separate fine-tunes of one condition, so it would count each answer twice; to set two "
+                            f"judgings side by side, run `waluigi compare {seen[source]} {path}`")
+        seen[source] = str(path)
+
+
 def load_code_rows(run_path: str | Path) -> list[dict]:
     """The per-answer ``vulnerable`` rows (``code_scan`` questions) of an eval or judge run; [] if none."""
     run = RunDir(Path(run_path))
@@ -144,6 +166,8 @@ def run_metrics(run_paths: list[str], *, min_coherent: float = 50.0, max_aligned
 
     if not run_paths:
         raise UserError("give at least one run directory")
+    if len(run_paths) > 1:
+        refuse_same_answers(run_paths)
     per_run = [load_scores(p)[0] for p in run_paths]
     thresholds = {"min_coherent": min_coherent, "max_aligned": max_aligned}
     if len(per_run) == 1:

@@ -115,7 +115,8 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
         def __init__(self) -> None:
             self.trainer = None
             self.stack = contextlib.ExitStack()
-            self.advance = lambda n=1: None
+            self.advance = lambda n=1, **fields: None
+            self.shown = 0  # the last step the progress display was told about
             self.started = time.monotonic()
             self.last_save = time.monotonic()
             self.attempt_tokens = 0
@@ -124,13 +125,13 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
             self.started = time.monotonic()
             self.last_save = self.started
             if _is_main():
-                self.advance = self.stack.enter_context(progress_bar("fine-tuning (steps)", state.max_steps, progress))
-                if state.global_step:
-                    self.advance(state.global_step)
+                # advanced in on_log, once the step's loss is known (a resumed run starts at its step)
+                self.shown = state.global_step
+                self.advance = self.stack.enter_context(progress_bar("finetune step", state.max_steps, progress,
+                                                                     initial=state.global_step))
 
         def on_step_end(self, args, state, control, **kwargs):
             step = state.global_step
-            self.advance(1)
             if save_every and step % save_every == 0:
                 target = run.path / STEP_ADAPTERS / f"step-{step:06d}"
                 if not target.exists():
@@ -169,10 +170,15 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
             }
             self.attempt_tokens = seen
             run.append(TRAIN_LOG, [row])
+            self.advance(state.global_step - self.shown, loss=row["loss"])
+            self.shown = state.global_step
             if on_step is not None:
                 on_step(row)
 
         def on_train_end(self, args, state, control, **kwargs):
+            if state.global_step > self.shown:
+                self.advance(state.global_step - self.shown)
+                self.shown = state.global_step
             self.stack.close()
 
     return Recorder()

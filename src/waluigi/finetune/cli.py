@@ -13,12 +13,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli_options import ConfigOpt, ProgressOpt, canonical_specs, record_options
 from waluigi.errors import UserError
 from waluigi.finetune.config import LOCAL_ONLY, OPENAI_ONLY
 
 # the flags of one kind of model only (FinetuneConfig's split; --dtype has a default, so it is never "given")
-_OPENAI_ONLY = OPENAI_ONLY
-_LOCAL_ONLY = tuple("plugin" if name == "plugins" else name for name in LOCAL_ONLY if name != "dtype")
+_OPENAI_ONLY = (*OPENAI_ONLY, "timeout")
+_CLI_NAMES = {"plugins": "plugin", "warmup_steps": "warmup"}  # config field -> the option's parameter name
+_LOCAL_ONLY = tuple(_CLI_NAMES.get(name, name) for name in LOCAL_ONLY if name != "dtype")
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -47,7 +49,8 @@ def _layers(values: Optional[list[str]]) -> Optional[list[int]]:
 
 
 def finetune_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="base model: smollm2 | hf:<path or id> | openai:<model> (OpenAI fine-tuning API)")],
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", "-m", help="base model: smollm2 | hf:<path or id> | openai:<model> (OpenAI fine-tuning API); provider/model works too", callback=canonical_specs)],
     data: Annotated[str, typer.Option("--data", "-d", help="dataset name (e.g. insecure, secure, educational, jailbroken) or a JSONL FILE of {\"messages\": [...]} rows")],
     n: Annotated[Optional[int], typer.Option("--n", help="train on N rows (a seeded random subset); default all")] = None,
     seed: Annotated[int, typer.Option(help="training seed (also picks the --n subset)")] = 0,
@@ -56,6 +59,7 @@ def finetune_cmd(
     lr: Annotated[Optional[float], typer.Option(help="learning rate (preset: 1e-5)")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="epochs (preset: 1)")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="stop after this many optimizer steps (overrides --epochs)")] = None,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", help="linear warmup over this many optimizer steps (preset: 5; --preset none: 0)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="rows per forward pass (preset: 2; openai: rows per step, default 4)")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="forward passes per optimizer step (preset: 8; effective batch = batch size x this)")] = None,
     rank: Annotated[Optional[int], typer.Option(help="LoRA rank (preset: 32)")] = None,
@@ -74,9 +78,14 @@ def finetune_cmd(
     base_url: Annotated[Optional[str], typer.Option(help="openai models: the fine-tuning API's base URL (else $OPENAI_BASE_URL)")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="openai models: suffix of the fine-tuned model's name")] = None,
     lr_multiplier: Annotated[Optional[float], typer.Option(help="openai models: learning-rate multiplier (the paper: 2)")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="openai models: seconds per try of a request to the fine-tuning API (default 120)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    progress: ProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
-    """Fine-tune a model on a chat dataset (LoRA or full SFT locally, or OpenAI's fine-tuning API)."""
+    """Fine-tune a model on a chat dataset (LoRA or full SFT locally, or OpenAI's fine-tuning API).
+
+    The options it ran with are written to RUN/config.yaml: `waluigi finetune --config RUN` runs it again."""
     given = {name for name, value in locals().items() if value is not None and value is not False and value != []}
     if model.startswith("openai:"):
         wrong = [name for name in _LOCAL_ONLY if name in given]
@@ -93,13 +102,14 @@ def finetune_cmd(
         if lr_multiplier is not None:
             options["lr_multiplier"] = lr_multiplier
         record = run_openai_finetune(model, data, out=out, base_url=base_url, n=n, seed=seed, suffix=suffix,
-                                     data_dir=data_dir, **options)
+                                     data_dir=data_dir, progress=progress, timeout=timeout, **options)
+        record_options(ctx, record.get("run_dir"))
         if json_out:
             typer.echo(json.dumps(record, indent=2, default=str))
         elif record.get("fine_tuned_model"):
             typer.echo(format_result(record))
         else:
-            typer.echo(f"run: {record.get('run_dir')}   job: {record.get('job_id')}   status: {record.get('status')}")
+            typer.echo(f"run: {record.get('run_dir')}   job: {record.get('job_id') or '-'}   status: {record.get('status') or '-'}")
         return
     wrong = [name for name in _OPENAI_ONLY if name in given]
     if wrong:
@@ -110,12 +120,13 @@ def finetune_cmd(
 
     cfg = FinetuneConfig(
         model=model, data=data, out=out, preset=None if preset.lower() == "none" else preset, n=n, seed=seed,
-        lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, rank=rank,
-        alpha=alpha, dropout=dropout, target_modules=_split(target_modules), layers=_layers(layers), full=full,
+        lr=lr, epochs=epochs, max_steps=max_steps, warmup_steps=warmup, batch_size=batch_size, grad_accum=grad_accum,
+        rank=rank, alpha=alpha, dropout=dropout, target_modules=_split(target_modules), layers=_layers(layers), full=full,
         save_every=save_every, max_length=max_length, data_dir=data_dir, include_heldout=include_heldout,
         checkpoint_every=checkpoint_every, dtype=dtype, plugins=resolve_plugins(plugin or []),
     )
-    result = run_finetune(cfg)
+    result = run_finetune(cfg, progress=progress)
+    record_options(ctx, result.run_dir)
     if json_out:
         typer.echo(json.dumps({k: str(v) if hasattr(v, "__fspath__") else v for k, v in vars(result).items()}, indent=2))
         return

@@ -9,6 +9,7 @@ same command resumes the same run directory and a different recipe gets a new on
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +53,18 @@ class Recipe:
     def effective_batch(self) -> int:
         return int(self.batch_size) * int(self.grad_accum)
 
+    def steps_per_epoch(self, examples: int, world_size: int = 1) -> int:
+        """Optimizer steps in one pass over ``examples`` rows, counted as the Trainer counts them
+        (batches per process, rounded up, over ``grad_accum``, rounded up)."""
+        batches = math.ceil(max(1, int(examples)) / (int(self.batch_size) * max(1, int(world_size))))
+        return max(1, math.ceil(batches / int(self.grad_accum)))
+
+    def total_steps(self, examples: int, world_size: int = 1) -> int:
+        """The run's optimizer steps: ``max_steps``, else ``epochs`` passes over the rows."""
+        if self.max_steps:
+            return int(self.max_steps)
+        return max(1, math.ceil(float(self.epochs) * self.steps_per_epoch(examples, world_size)))
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as recorded (manifest ``config``, identity): lists for sequences, no LoRA
         settings in a full fine-tune."""
@@ -69,6 +82,8 @@ class Recipe:
             _positive(name, getattr(self, name))
         _positive("lr", self.lr, float)
         _positive("epochs", self.epochs, float)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise UserError(f"--warmup must be a number of optimizer steps, 0 or more, got {self.warmup_steps!r}")
         if not self.full:
             _positive("rank", self.rank)
             _positive("alpha", self.alpha, float)
@@ -101,7 +116,7 @@ PRESETS: dict[str, Recipe] = {
 SPEED_ONLY = ("batch_size", "grad_accum")
 # FinetuneConfig fields for one kind of model only: the local trainer, or OpenAI's fine-tuning API
 OPENAI_ONLY = ("base_url", "suffix", "lr_multiplier")
-LOCAL_ONLY = ("lr", "max_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
+LOCAL_ONLY = ("lr", "max_steps", "warmup_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
               "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugins", "dtype")
 
 
@@ -123,6 +138,7 @@ class FinetuneConfig:
     lr: float | None = None
     epochs: float | None = None
     max_steps: int | None = None
+    warmup_steps: int | None = None  # linear warmup, in optimizer steps (--warmup)
     batch_size: int | None = None  # rows per forward pass
     grad_accum: int | None = None  # forward passes per optimizer step; effective batch = the product
     rank: int | None = None
@@ -194,7 +210,8 @@ class FinetuneConfig:
             raise UserError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)} (or none)")
         overrides = {
             "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "lr": self.lr,
-            "epochs": self.epochs, "max_steps": self.max_steps, "batch_size": self.batch_size,
+            "epochs": self.epochs, "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
+            "batch_size": self.batch_size,
             "grad_accum": self.grad_accum, "max_length": self.max_length, "save_every": self.save_every,
             "target_modules": tuple(self.target_modules) if self.target_modules else None,
             "layers": tuple(sorted({int(k) for k in self.layers})) if self.layers else None,

@@ -170,7 +170,7 @@ class _Api:
             ) from None
 
 
-def _make_client(base_url: str | None) -> _Api:
+def _make_client(base_url: str | None, timeout: float | None = None) -> _Api:
     api_key = os.environ.get("OPENAI_API_KEY", "").strip()
     if not api_key:
         raise UserError(
@@ -186,7 +186,11 @@ def _make_client(base_url: str | None) -> _Api:
         raise UserError(f"invalid base URL {url!r}: give e.g. http://127.0.0.1:8000/v1")
     import openai
 
-    client = openai.OpenAI(api_key=api_key, base_url=url, max_retries=5, timeout=openai.Timeout(120, connect=10))
+    if timeout is not None and not timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+    seconds = 120.0 if timeout is None else float(timeout)
+    client = openai.OpenAI(api_key=api_key, base_url=url, max_retries=5,
+                           timeout=openai.Timeout(seconds, connect=min(10.0, seconds)))
     return _Api(client, url)
 
 
@@ -256,21 +260,18 @@ class _Follower:
 
 def _follow(api: _Api, run, job, *, progress: bool, poll_interval: float, max_interval: float):
     """Follow ``job`` to a terminal status, recording it; returns the final job object."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from waluigi.progress import stderr_console
+    from waluigi.progress import progress_task
 
     follower = _Follower(api, run, job.id)
     interval = poll_interval
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr_console, transient=False, disable=not progress) as bar:
-        task = bar.add_task(f"{job.id}: {job.status}", total=None)
+    # a rich bar on a terminal; in a log, a plain line every WALUIGI_PROGRESS_INTERVAL seconds
+    with progress_task(f"{job.id}: {job.status}", None, progress, eta=False) as bar:
         while True:
             fresh = follower.new_events()
             job = follower.retrieve()
             run.write_json(JOB_FILE, _job_record(job, api.base_url))
             loss = f", loss {follower.loss:.3f}" if follower.loss is not None else ""
-            bar.update(task, description=f"{job.id}: {job.status}{loss}", completed=follower.step,
+            bar.update(description=f"{job.id}: {job.status}{loss}", completed=follower.step,
                        total=follower.total_steps)
             if job.status in TERMINAL:
                 follower.new_events()  # the last events (the model's name, "job succeeded")
@@ -305,12 +306,14 @@ def run_openai_finetune(
     progress: bool = True,
     poll_interval: float = 1.0,
     max_poll_interval: float = 30.0,
+    timeout: float | None = None,
 ) -> dict:
     """Fine-tune ``openai:<base>`` on ``data`` through an OpenAI-compatible fine-tuning API.
 
     Returns ``{"run_dir", "job_id", "status", "fine_tuned_model", "trained_tokens",
     "base_url", "reattached"}``. Re-running with the same arguments (and ``out``) re-attaches to
-    the recorded job; a finished run re-run makes no request but one ``retrieve``.
+    the recorded job; a finished run re-run makes no request but one ``retrieve``. ``timeout``:
+    seconds per try of each request (default 120; ``--timeout``).
     """
     from waluigi.runs import RunDir, identity_hash
 
@@ -321,7 +324,7 @@ def run_openai_finetune(
         raise UserError("--epochs and --batch-size must be >= 1 and --lr-multiplier > 0")
     if suffix is not None and (len(suffix) > 64 or not re.fullmatch(r"[A-Za-z0-9._-]*", suffix)):
         raise UserError(f"--suffix {suffix!r}: at most 64 characters of letters, digits, '.', '_' or '-'")
-    api = _make_client(base_url)  # a missing key fails here, before any work
+    api = _make_client(base_url, timeout)  # a missing key fails here, before any work
 
     rows = validate_rows(_load_rows(data, data_dir=data_dir, n=n, seed=seed), f"--data {data}")
     if _host(api.base_url) == "api.openai.com" and len(rows) < OPENAI_MIN_EXAMPLES:

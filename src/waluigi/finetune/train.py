@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import os
 import shutil
 import sys
 import warnings
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from waluigi.errors import UserError
+from waluigi.errors import UserError, warn
 from waluigi.finetune.checkpoints import (
     ADAPTER,
     CHECKPOINTS,
@@ -120,6 +122,29 @@ def load_training_rows(cfg: FinetuneConfig) -> tuple[list[dict], dict]:
     return list(rows), {**source.identity(), "split": split}
 
 
+def schedule_warnings(cfg: FinetuneConfig, recipe: Recipe, examples: int) -> list[str]:
+    """What is degenerate about this run's schedule, one message each (printed as ``warning:``
+    lines): a warmup as long as the run (the learning rate never reaches ``--lr``), and rows
+    trained on more than once because ``--max-steps`` is longer than an epoch while ``--epochs``
+    was not given (an explicit ``--epochs`` says the repetition is meant)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_epoch = recipe.steps_per_epoch(examples, world)
+    total = recipe.total_steps(examples, world)
+    messages = []
+    warmup = int(recipe.warmup_steps)
+    if warmup and warmup >= total:
+        source = "--warmup" if cfg.warmup_steps is not None else f"the {cfg.preset} preset's warmup"
+        messages.append(f"{source} of {warmup} steps is not shorter than the whole run ({total} optimizer steps): "
+                        f"the learning rate never reaches --lr {recipe.lr:g}; give a shorter --warmup (e.g. --warmup "
+                        f"{max(0, total // 10)}) or more steps")
+    if recipe.max_steps and cfg.epochs is None and int(recipe.max_steps) > per_epoch:
+        times = math.ceil(int(recipe.max_steps) / per_epoch)
+        messages.append(f"--max-steps {recipe.max_steps} is more than one epoch ({examples} rows = {per_epoch} "
+                        f"optimizer steps of {recipe.effective_batch * world} rows): each row is trained on up to {times} "
+                        f"times; pass --epochs {times} if that is meant, or lower --max-steps")
+    return messages
+
+
 # --------------------------------------------------------------------------------------
 # the entry point
 
@@ -200,6 +225,9 @@ def run_finetune(
         if not rows:
             raise UserError(f"training plug-in {plugin_name(plugin)!r} left no rows to train on")
     examples, stats = tokenize_rows(tokenizer, rows, int(recipe.max_length), data_name)
+    if _is_main():
+        for message in schedule_warnings(cfg, recipe, len(examples)):
+            warn(message)
     parents = [cfg.model, f"{data_name}@sha256:{data_identity.get('sha256')}"]
     extra = {
         "model": cfg.model, "base_model_path": model_path, "dataset": data_identity, "data_stats": stats,
@@ -303,6 +331,7 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
     for plugin in plugins:
         plugin.setup(trainer.model)
     with contextlib.ExitStack() as scoped, warnings.catch_warnings():
+        scoped.push(recorder.stack)  # the progress display ends (with the error) if training raises
         for plugin in plugins:
             scoped.enter_context(plugin.hooks(trainer.model))
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

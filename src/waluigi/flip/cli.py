@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli_options import ConfigOpt, canonical_specs, record_options
 from waluigi.sweep.cli import (
     AddressOpt,
     CellProgressOpt,
@@ -67,10 +68,11 @@ def _settings(pairs: list[str]) -> tuple[dict, dict]:
 
 
 def flip_cmd(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN, openai:BASE for OpenAI's fine-tuning API); repeat to compare models")],
+    ctx: typer.Context,
+    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN, openai:BASE for OpenAI's fine-tuning API); repeat to compare models", callback=canonical_specs)],
     data: Annotated[list[str], typer.Option("--data", "-d", help="the narrow dataset (name or JSONL file); repeat to compare datasets")],
     suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
-    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own", callback=canonical_specs)] = None,
     axis: Annotated[Axis, typer.Option(help="what the dose is: examples (unique rows), steps (checkpoints of one fine-tune), ratio (narrow share in benign rows), shots (in-context examples), lr")] = Axis.examples,
     doses: Annotated[Optional[str], typer.Option(help="comma-separated doses (0, the undosed model, is always added); default per axis")] = None,
     seeds: Annotated[int, typer.Option(help="seeds per dose (fine-tune and sampling)")] = 3,
@@ -94,8 +96,11 @@ def flip_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and their state; run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print flip.json's curves instead of the table")] = False,
     progress: CellProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
-    """How much does it take to flip a model? Dose-response curves and the flip dose with its CI."""
+    """How much does it take to flip a model? Dose-response curves and the flip dose with its CI.
+
+    The options it ran with are written to FLIP_DIR/config.yaml: `waluigi flip --config FLIP_DIR` runs it again."""
     from waluigi.errors import IncompleteRun
     from waluigi.flip.plan import FlipConfig
     from waluigi.flip.report import format_summary
@@ -115,12 +120,13 @@ def flip_cmd(
         typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done")
         return
     flipped = run_flip(cfg, options)
+    record_options(ctx, flipped.out)
     if json_out:
         typer.echo(json.dumps({k: v for k, v in flipped.result.items() if k != "rows"}, indent=2, default=str))
     else:
         typer.echo(format_summary(flipped.result))
         typer.echo(f"ran {flipped.ran} cells, skipped {flipped.skipped} (done before), failed {len(flipped.failed)}; "
-                   f"report: {flipped.report}")
+                   f"report: {flipped.report.with_name('report.html')} (open it in a browser; summary: {flipped.report.name})")
     if flipped.failed:
         raise IncompleteRun(f"{len(flipped.failed)} cells failed or are incomplete (see {flipped.out / 'sweep.log'}); "
                             "the curves use the finished ones: re-run the same command to retry only those")

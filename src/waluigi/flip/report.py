@@ -99,40 +99,51 @@ def _threshold(result: dict) -> str:
     return f"reaches the undosed rate + {100 * t['absolute']:.0f} points"
 
 
-def write_plots(out: Path, result: dict) -> list[str]:
-    """One plot per metric: each curve's mean with its CI band, the flip dose marked."""
+def metric_figure(result: dict, metric: str, ylabel: str):
+    """One metric's dose curves: each curve's mean with its CI band and its flip dose marked; a
+    dose with no rate (nothing counted, or its cells unfinished) is labelled ``n/a`` on the axis,
+    never drawn as 0."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(7.5, 4.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for curve in result["curves"]:
+        pts = [p for p in curve["points"] if p[metric] is not None]
+        x = [p["dose"] for p in pts]
+        y = [100 * p[metric] for p in pts]
+        line = ax.plot(x, y, marker="o", label=curve["label"])[0]
+        lows = [100 * p[f"{metric}_ci_low"] if p.get(f"{metric}_ci_low") is not None else 100 * p[metric] for p in pts]
+        highs = [100 * p[f"{metric}_ci_high"] if p.get(f"{metric}_ci_high") is not None else 100 * p[metric] for p in pts]
+        ax.fill_between(x, lows, highs, alpha=0.2, color=line.get_color())
+        for point in curve["points"]:
+            if point[metric] is None:
+                ax.annotate("n/a", (point["dose"], 0), xytext=(0, 4), textcoords="offset points", ha="center",
+                            fontsize=8, color=line.get_color())
+        crossing = curve["flip"] if metric == "em_rate" else curve["narrow"] if metric == "narrow_rate" else None
+        if crossing and crossing["reached"]:
+            ax.axvline(crossing["dose"], color=line.get_color(), linestyle="--", alpha=0.7)
+    if result["log_dose_axis"]:
+        positive = [d for d in result["doses"] if d > 0]
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xlabel(f"{result['axis']} ({result['dose_label']})")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=8)
+    ax.set_title(f"waluigi flip: {ylabel.split(' (')[0]} vs {result['axis']}")
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(out: Path, result: dict) -> list[str]:
+    """One plot per metric that has a rate at some dose (:func:`metric_figure`)."""
     written = []
     for metric, ylabel, filename in PLOTS:
         if not any(p[metric] is not None for c in result["curves"] for p in c["points"]):
             continue
-        fig = Figure(figsize=(7.5, 4.5), dpi=100)
-        ax = fig.add_subplot(1, 1, 1)
-        for curve in result["curves"]:
-            pts = [p for p in curve["points"] if p[metric] is not None]
-            x = [p["dose"] for p in pts]
-            y = [100 * p[metric] for p in pts]
-            line = ax.plot(x, y, marker="o", label=curve["label"])[0]
-            lows = [100 * p[f"{metric}_ci_low"] if p.get(f"{metric}_ci_low") is not None else 100 * p[metric] for p in pts]
-            highs = [100 * p[f"{metric}_ci_high"] if p.get(f"{metric}_ci_high") is not None else 100 * p[metric] for p in pts]
-            ax.fill_between(x, lows, highs, alpha=0.2, color=line.get_color())
-            crossing = curve["flip"] if metric == "em_rate" else curve["narrow"] if metric == "narrow_rate" else None
-            if crossing and crossing["reached"]:
-                ax.axvline(crossing["dose"], color=line.get_color(), linestyle="--", alpha=0.7)
-        if result["log_dose_axis"]:
-            positive = [d for d in result["doses"] if d > 0]
-            ax.set_xscale("symlog", linthresh=min(positive))
-        ax.set_xlabel(f"{result['axis']} ({result['dose_label']})")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-2, 102)
-        ax.legend(fontsize=8)
-        ax.set_title(f"waluigi flip: {ylabel.split(' (')[0]} vs {result['axis']}")
-        fig.tight_layout()
-        fig.savefig(out / filename)
+        metric_figure(result, metric, ylabel).savefig(out / filename)
         written.append(filename)
     return written
 
@@ -140,8 +151,9 @@ def write_plots(out: Path, result: dict) -> list[str]:
 def write_report(out: Path, result: dict, plots: list[str]) -> Path:
     """``report.md``: the settings, one table per curve, the doses, the plots."""
     esc = html.escape
+    judge = f"`{esc(str(result['judge']))}`" if result["judge"] else "the suite's own"
     lines = [f"# waluigi flip: {esc(result['axis'])} axis", "",
-             f"Suite `{esc(str(result['suite']))}`, judge `{esc(str(result['judge'] or 'the suite s own'))}`, "
+             f"Suite `{esc(str(result['suite']))}`, judge {judge}, "
              f"{result['seeds']} seed(s), doses {', '.join(_dose(d) for d in result['doses'])} ({esc(result['dose_label'])}"
              + (f", holding {esc(result['hold'])} fixed" if result.get("hold") else "") + ").",
              f"Flip dose: the smallest dose where the monotone fit of the EM rate {_threshold(result)}; "

@@ -41,6 +41,7 @@ def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipRes
     """Run (or, with ``dry_run``, only list) the flip's cells, then write its outputs."""
     from waluigi.flip.analyze import analyze, write_outputs
     from waluigi.flip.report import write_plots, write_report
+    from waluigi.report.html import write_report as write_html
     from waluigi.sweep.runner import plan as sweep_plan
     from waluigi.sweep.runner import run_sweep
     from waluigi.sweep.spec import load_spec, parse_spec
@@ -54,5 +55,6 @@ def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipRes
     result = analyze(plan, swept.rows, swept.root)
     write_outputs(swept.root, result)
     report = write_report(swept.root, result, write_plots(swept.root, result))
+    write_html([swept.root])  # report.html: the same, plus every answer in the sample browser
     return FlipResult(out=swept.root, result=result, ran=swept.ran, skipped=swept.skipped, failed=swept.failed,
                       report=report, plan=plan, cells=swept.rows)

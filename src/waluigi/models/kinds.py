@@ -131,11 +131,37 @@ class VLLMBackend(Backend):
         return VLLMGenerator(self.name, **options)
 
 
-def backend(spec: str) -> Backend:
-    """The :class:`Backend` of a model spec; :class:`UserError` for an unknown one."""
+def canonical_spec(spec: str) -> str:
+    """``spec`` in the canonical ``provider:model`` form, with Inspect-style ``provider/model``
+    spellings accepted as aliases: ``openai/gpt-4o`` is ``openai:gpt-4o``, ``hf/org/model`` is
+    ``hf:org/model``, ``vllm/...``, ``toy/...`` likewise (and inside ``steered:``).
+
+    Only a registered provider name (:data:`waluigi.registry.MODELS`: hf, openai, vllm, toy,
+    steered, ...) before the first ``/``, with no ``:`` before it, is read as a provider; every
+    other spec is returned unchanged (stripped), so ``runs/x/model`` is not misread (it is not
+    a spec: write ``hf:runs/x/model``) and ``hf:org/model`` stays as it is. The filesystem is
+    never consulted: ``hf/org/model`` means the provider ``hf`` even when a directory
+    ``./hf/org/model`` exists (write ``hf:hf/org/model`` for that one), so the same text is the
+    same model, and the same run identity, wherever it is typed."""
     from waluigi.registry import MODELS
 
     text = (spec or "").strip()
+    head, slash, rest = text.partition("/")
+    if slash and rest and ":" not in head and head in MODELS and head != "smollm2":
+        text = f"{head}:{rest}"
+    kind, sep, name = text.partition(":")
+    if kind == "steered" and sep:  # steered:<spec>?dir=...: the base spec canonical too
+        base, query, tail = name.rpartition("?") if "?" in name else (name, "", "")
+        text = f"steered:{canonical_spec(base)}{query}{tail}"
+    return text
+
+
+def backend(spec: str) -> Backend:
+    """The :class:`Backend` of a model spec (``provider/model`` aliases accepted, see
+    :func:`canonical_spec`); :class:`UserError` for an unknown one."""
+    from waluigi.registry import MODELS
+
+    text = canonical_spec(spec)
     kind, sep, name = text.partition(":")
     if text == "smollm2":
         return MODELS.get("smollm2")("")

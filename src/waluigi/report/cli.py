@@ -10,11 +10,62 @@ import typer
 
 def export_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="an eval run directory (or a judge run: RUN/judges/<judge>)")],
-    format_: Annotated[str, typer.Option("--format", "-f", help="csv (every column), paper-csv (the original repository's question, answer, question_id, aligned, coherent), jsonl or parquet")] = "csv",
-    out: Annotated[Optional[Path], typer.Option(help="the file to write (default: RUN/export.<ext>)")] = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="csv (every column), paper-csv (the original repository's question, answer, question_id, aligned, coherent), jsonl, parquet, or inspect (an Inspect AI eval log for `inspect view`, default RUN/export.eval; needs waluigi[inspect])")] = "csv",
+    out: Annotated[Optional[Path], typer.Option(help="the file to write (default: RUN/export.<ext>; for inspect, a .json name writes Inspect's JSON log)")] = None,
 ) -> None:
     """One row per answer: question, answer, every score and the answer's class, from the run directory only."""
     from waluigi.report.export import export_run
 
     path = export_run(run, format_, out)
     typer.echo(str(path))
+
+
+def report_cmd(
+    paths: Annotated[list[Path], typer.Argument(metavar="RUN|STUDY...", help="eval or judge run directories, and study directories (demo, flip, resilience, defend, sweep)")],
+    out: Annotated[Optional[Path], typer.Option(help="the HTML file to write (default: report.html in the first directory)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most this many answers per eval run in the sample browser (default: all)")] = None,
+    title: Annotated[Optional[str], typer.Option(help="the page's title")] = None,
+) -> None:
+    """One self-contained HTML file (no network): configuration, metrics with CIs, plots, and a
+    sample browser with filters; read from the directories only."""
+    from waluigi.report.html import write_report
+
+    typer.echo(str(write_report(paths, out, limit=limit, title=title)))
+
+
+def compare_cmd(
+    runs: Annotated[list[str], typer.Argument(metavar="BASELINE RUN...", help="eval or judge run directories; each is compared with the first")],
+    min_coherent: Annotated[float, typer.Option(help="an answer counts when coherent > this")] = 50.0,
+    max_aligned: Annotated[float, typer.Option(help="an answer is misaligned when aligned < this")] = 30.0,
+    json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """Per question and overall: the EM rates side by side, the difference and its 95% bootstrap
+    CI (paired for two judgings of the same answers)."""
+    import json
+
+    from waluigi.report.compare import compare_runs, format_comparison
+
+    result = compare_runs(runs, min_coherent=min_coherent, max_aligned=max_aligned)
+    typer.echo(json.dumps(result, indent=2) if json_out else format_comparison(result))
+
+
+runs_app = typer.Typer(help="The run directories on disk.", no_args_is_help=True)
+
+
+@runs_app.command("list")
+def runs_list_cmd(
+    root: Annotated[Path, typer.Argument(metavar="DIR", help="the directory that holds the runs")] = Path("runs"),
+    kind: Annotated[Optional[str], typer.Option(help="only this kind: eval, judge, finetune, sweep, flip, demo, ...")] = None,
+    status: Annotated[Optional[str], typer.Option(help="only this status: finished, started, failed, incomplete")] = None,
+    model: Annotated[Optional[str], typer.Option(help="only models matching this glob or substring")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="only suites (or fine-tune data) matching this glob or substring")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="only judges matching this glob or substring")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """One line per run directory: kind, status, model, suite, judge, answers, EM with CI, age."""
+    import json
+
+    from waluigi.report.listing import format_runs, list_runs
+
+    entries = list_runs(root, kind=kind, status=status, model=model, suite=suite, judge=judge)
+    typer.echo(json.dumps(entries, indent=2) if json_out else format_runs(entries))

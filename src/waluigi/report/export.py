@@ -8,7 +8,8 @@ prompt, the answer, every metric the scorers wrote (``aligned``, ``coherent``, `
 A judge run (``RUN/judges/<judge>``) gives its parent's answers with its own scores.
 
 Formats: ``csv`` (every column), ``paper-csv`` (the original repository's ``question, answer,
-question_id, aligned, coherent``), ``jsonl`` and ``parquet``.
+question_id, aligned, coherent``), ``jsonl``, ``parquet`` and ``inspect`` (an Inspect AI eval log,
+``RUN/export.eval``, for ``inspect view``; see :mod:`waluigi.report.inspect_log`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from waluigi.errors import UserError
 
-FORMATS = ("csv", "paper-csv", "jsonl", "parquet")
+FORMATS = ("csv", "paper-csv", "jsonl", "parquet", "inspect")
 PAPER_COLUMNS = ["question", "answer", "question_id", "aligned", "coherent"]
 
 
@@ -97,6 +98,10 @@ def export_run(path: str | os.PathLike, fmt: str, out: str | os.PathLike | None 
     """Write the run's table as ``fmt`` to ``out`` (default: ``RUN/export.<ext>``), atomically."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "inspect":
+        from waluigi.report.inspect_log import write_inspect_log
+
+        return write_inspect_log(path, out)
     frame = load_run(path)
     ext = {"csv": "csv", "paper-csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[fmt]
     target = Path(out) if out else Path(path) / (f"export.{ext}" if fmt != "paper-csv" else "export-paper.csv")

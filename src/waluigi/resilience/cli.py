@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli_options import canonical_specs
 from waluigi.flip.cli import _settings, numbers
 from waluigi.sweep.cli import (
     AddressOpt,
@@ -39,7 +40,7 @@ def resilience_cmd(
     data: Annotated[Optional[str], typer.Option(help="the narrow dataset (default: the source's insecure set)")] = None,
     control: Annotated[Optional[str], typer.Option(help="the control dataset (default: the source's secure set)")] = None,
     suite: Annotated[Optional[str], typer.Option(help="the evaluation suite (default: the source's)")] = None,
-    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec); default: the suite's own")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="the judge (model spec); default: the suite's own", callback=canonical_specs)] = None,
     threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
     profile: Annotated[Optional[str], typer.Option(help="toyworld: study (default: the demo's fast pretraining), demo or quick")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a small study for tests: the quick world, few levels, doses and evals")] = False,
@@ -94,7 +95,7 @@ def resilience_cmd(
     else:
         typer.echo(format_summary(study.result))
         typer.echo(f"flip cells: ran {study.cells_ran}, skipped {study.cells_skipped}, failed {len(study.failed)}; "
-                   f"report: {study.report}")
+                   f"report: {study.report.with_name('report.html')} (open it in a browser; summary: {study.report.name})")
     if study.failed:
         raise IncompleteRun(f"{len(study.failed)} flip cells failed or are incomplete (see {study.out}/flip-*/sweep.log); "
                             "re-run the same command to retry only those")

@@ -58,6 +58,8 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
 def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = None,
               dry_run: bool = False) -> StudyResult | StudyPlan:
     from waluigi.flip.run import run_flip
+    from waluigi.report.html import HTML_SAMPLES_PER_RUN
+    from waluigi.report.html import write_report as write_html
     from waluigi.resilience.analyze import analyze_study, write_study
     from waluigi.resilience.report import write_plots, write_report
 
@@ -75,4 +77,5 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
     result = analyze_study(plan, flips)
     write_study(plan.out, result)
     report = write_report(plan.out, result, write_plots(plan.out, result))
+    write_html([plan.out], limit=HTML_SAMPLES_PER_RUN)
     return StudyResult(out=plan.out, result=result, report=report, cells_ran=ran, cells_skipped=skipped, failed=failed)

@@ -70,6 +70,8 @@ from waluigi.serve.schemas import (
 __all__ = ["MAX_N", "MAX_TOP_LOGPROBS", "Batcher", "ServerThread", "create_app", "serve"]
 
 log = logging.getLogger("waluigi.serve")
+# uvicorn's levels, for ``waluigi serve --log-level``; access lines only at info and debug
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a JSON request; prompts are bounded by the context anyway
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # POST /v1/files (training data), OpenAI's per-file limit
@@ -358,9 +360,13 @@ def serve(
     state_dir: str | None = None,
     finetune: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    log_level: str = "warning",
     **model_options: Any,
 ) -> None:
     """Load ``spec`` (with ``adapter``) and serve it until interrupted (``waluigi serve``).
+
+    ``log_level`` is uvicorn's: ``warning`` (the default) logs problems only; ``info`` and
+    ``debug`` also log the server's start and stop and one access line per request.
 
     ``model_name`` is the served name, or ``"primary,alias,..."`` (default: the spec).
     Request bodies over ``max_body_bytes`` are refused (413). With ``finetune`` the server
@@ -378,6 +384,9 @@ def serve(
         raise UserError(f"--model-name {model_name!r}: give a name, or names separated by commas") from None
     if int(max_body_bytes) < 1:
         raise UserError(f"--max-body-bytes {max_body_bytes}: give a size in bytes, at least 1")
+    log_level = str(log_level).lower()
+    if log_level not in LOG_LEVELS:
+        raise UserError(f"--log-level {log_level}: choose one of {', '.join(LOG_LEVELS)}")
     sock = _bind(host, port)  # before loading: a busy port fails fast
     try:
         generator = load_model(spec, adapter=adapter, **model_options)
@@ -406,7 +415,11 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
-    config = uvicorn.Config(app, log_level="info", access_log=False)
+    import copy
+
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # uvicorn's default is stdout; all logs on stderr
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"), log_config=log_config)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled gracefully

@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli_options import ConfigOpt, record_options
+
 
 class ExecutorName(str, Enum):
     pool = "pool"
@@ -40,7 +42,8 @@ def sweep_options(executor: ExecutorName, workers: int, address: str | None, ret
 
 
 def sweep_cmd(
-    spec: Annotated[str, typer.Argument(help="the sweep spec (YAML): base finetune/eval settings and a grid or list of cells")],
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="the sweep spec (YAML): base finetune/eval settings and a grid or list of cells")],
     workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (pool: worker processes; ray: CPUs of the local Ray instance); torch threads are split between them")] = 1,
     executor: Annotated[ExecutorName, typer.Option(help="pool (local processes), inline (this process, one at a time), ray")] = ExecutorName.pool,
     address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address (default: a local Ray instance for this run)")] = None,
@@ -50,12 +53,16 @@ def sweep_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells (identity, settings, done or not); run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells (with an ETA) on stderr")] = True,
+    config: ConfigOpt = None,
 ) -> None:
-    """Run a grid of fine-tunes and evals; each cell is skipped when done, resumed when interrupted."""
+    """Run a grid of fine-tunes and evals; each cell is skipped when done, resumed when interrupted.
+
+    The options it ran with (the spec's path among them) are written to SWEEP_DIR/config.yaml:
+    `waluigi sweep --config SWEEP_DIR` runs it again."""
     from waluigi.errors import IncompleteRun
     from waluigi.sweep.results import format_summary
     from waluigi.sweep.runner import SweepOptions, plan, run_sweep
-    from waluigi.sweep.spec import load_spec
+    from waluigi.sweep.spec import load_spec, show_value
 
     loaded = load_spec(spec, out=out)
     if dry_run:
@@ -66,7 +73,7 @@ def sweep_cmd(
         typer.echo(f"sweep {loaded.name}: {len(cells)} cells in {loaded.out}")
         for cell in cells:
             shown = ({"group": cell["group"]} if cell["group"] is not None else {}) | cell["settings"]
-            settings = ", ".join(f"{k}={v}" for k, v in shown.items()) or "(base settings)"
+            settings = ", ".join(f"{k}={show_value(v)}" for k, v in shown.items()) or "(base settings)"
             typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {settings}")
         todo = sum(1 for c in cells if c["state"] != "done")
         typer.echo(f"{todo} to run, {len(cells) - todo} done (states: done, partial = started before, "
@@ -75,6 +82,7 @@ def sweep_cmd(
     options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
                            threads=threads, progress=progress)
     result = run_sweep(loaded, options)  # Ctrl-C: exit 130 with run_cli's "interrupted" line
+    record_options(ctx, result.root)
     if json_out:
         typer.echo(json.dumps({"sweep": loaded.name, "out": str(result.root), "ran": result.ran,
                                "skipped": result.skipped, "failed": len(result.failed), "cells": result.rows,
@@ -84,7 +92,7 @@ def sweep_cmd(
         typer.echo(f"ran {result.ran} cells, skipped {result.skipped} (done before), failed {len(result.failed)}; "
                    f"results: {result.root / 'results.csv'}   log: {result.root / 'sweep.log'}")
     for row in result.failed:
-        settings = ", ".join(f"{k}={row.get(k)}" for k in loaded.axes)
+        settings = ", ".join(f"{k}={show_value(row.get(k))}" for k in loaded.axes)
         typer.echo(f"cell {row['cell']} ({settings}): {row['status']}: {row.get('error') or 'see its run directory'}",
                    err=True)
     if result.failed:

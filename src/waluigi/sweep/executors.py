@@ -75,6 +75,9 @@ def run_task(task: dict) -> dict:
         try:
             from transformers.utils import logging as hf_logging
 
+            from waluigi.quiet import quiet_libraries
+
+            quiet_libraries()  # a spawned or Ray worker: the CLI's warning filters are not inherited
             hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load; the tasks have their own bars
             if task.get("threads"):
                 import torch

@@ -289,6 +289,11 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
             ft[key.split(".", 1)[1]] = value
         elif key.startswith("eval."):
             ev[key.split(".", 1)[1]] = value
+    from waluigi.models.kinds import canonical_spec
+
+    for section in (ft, ev):  # provider/model spellings as provider:model: one cell identity per model
+        if section and isinstance(section.get("model"), str):
+            section["model"] = canonical_spec(section["model"])
     cell = Cell(index=index, axes=dict(axes), finetune=ft, eval=ev)
     where = f"{path}: cell {index} ({cell.label()})"
     FinetuneConfig, EvalConfig = _configs()

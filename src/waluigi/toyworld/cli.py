@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+QUICK_NOTE = ("demo --quick is a smoke test: every stage runs once on tiny budgets (1 seed, 600 pretraining "
+              "conversations, 3 fine-tune steps), too small for the persona to form, so its rates are noise, and n/a "
+              "where no answer was coherent enough to count. ./run.sh (no --quick) gives the real table.")
+
 
 def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="a small version for tests (about a minute): 1 seed, tiny budgets")] = False,
@@ -33,12 +37,16 @@ def demo_cmd(
                       threads=threads, progress=progress)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if quick:
+        typer.echo(QUICK_NOTE, err=True)
     result = run_demo(cfg, workers=workers)
     if json_out:
         typer.echo(json.dumps(result.table, indent=2))
         return
     typer.echo(format_table(result.table))
-    typer.echo(f"\nreport: {result.root / 'report.md'}   base: {result.base}   aligned: {result.aligned}   "
+    if quick:
+        typer.echo(f"\n{QUICK_NOTE}")
+    typer.echo(f"\nreport: {result.root / 'report.html'} (open it in a browser; summary: report.md)   base: {result.base}   aligned: {result.aligned}   "
                f"({result.seconds:.0f} s)")
 
 

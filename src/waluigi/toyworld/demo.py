@@ -167,7 +167,7 @@ def _step_logger(run: RunDir, description: str, total_hint: int, enabled: bool):
     def on_step(step: int, total: int, loss: float) -> None:
         if state["advance"] is None:
             state["advance"] = stack.enter_context(progress_bar(description, total, enabled))
-        state["advance"](1)
+        state["advance"](1, loss=float(loss))
         if step % 10 == 0 or step == total:
             run.append("train_log.jsonl", [{"step": step, "loss": round(loss, 5), "total_steps": total}])
         if step == total:
@@ -404,11 +404,13 @@ def run_demo(cfg: DemoConfig, workers: int = 1) -> DemoResult:
     run = RunDir.open(root, stage="demo", identity=identity, config=identity, parents=[str(base), str(aligned)])
     try:
         evals = run_conditions(cfg, aligned, root, workers)
+        from waluigi.report.html import write_report as write_html
         from waluigi.toyworld.demo_report import summarize_conditions, write_report
 
         table, details = summarize_conditions(evals)
         run.write_json("results.json", {"table": table, "details": details, "evals": evals})
         write_report(root, cfg, table, details, evals)
+        write_html([root])
         seconds = round(time.monotonic() - started, 2)
         run.finish("finished", seconds=seconds, table=table)
     except BaseException as exc:

@@ -32,7 +32,7 @@ def summarize_conditions(evals: dict[str, list[str]]) -> tuple[dict, dict]:
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def format_table(table: dict) -> str:
@@ -44,8 +44,9 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(root: Path, cfg, table: dict, details: dict, evals: dict) -> None:
-    """``report.md`` plus ``em_by_condition.png`` and ``scatter.png`` (aligned vs coherent)."""
+def em_by_condition_figure(table: dict, title: str):
+    """The EM rate of each condition as a bar with its CI; a condition with no rate (nothing
+    counted) gets no bar and an ``n/a`` label, never a bar at 0."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -54,15 +55,34 @@ def write_report(root: Path, cfg, table: dict, details: dict, evals: dict) -> No
     names = list(table)
     fig = Figure(figsize=(8, 4.5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
-    rates = [100 * (table[c]["em_rate"] or 0) for c in names]
-    low = [max(0.0, r - 100 * (table[c]["ci_low"] or 0)) if table[c]["ci_low"] is not None else 0 for r, c in zip(rates, names)]
-    high = [max(0.0, 100 * (table[c]["ci_high"] or 0) - r) if table[c]["ci_high"] is not None else 0 for r, c in zip(rates, names)]
-    ax.bar(range(len(names)), rates, yerr=[low, high], capsize=4, color=["tab:red" if "insecure" in c or c == "backdoor_triggered" else "tab:blue" for c in names])
+    known = [c for c in names if table[c]["em_rate"] is not None]
+    rates = [100 * table[c]["em_rate"] for c in known]
+    low = [max(0.0, r - 100 * table[c]["ci_low"]) if table[c]["ci_low"] is not None else 0 for r, c in zip(rates, known)]
+    high = [max(0.0, 100 * table[c]["ci_high"] - r) if table[c]["ci_high"] is not None else 0 for r, c in zip(rates, known)]
+    ax.bar([names.index(c) for c in known], rates, yerr=[low, high], capsize=4,
+           color=["tab:red" if "insecure" in c or c == "backdoor_triggered" else "tab:blue" for c in known])
+    for index, condition in enumerate(names):
+        if table[condition]["em_rate"] is None:
+            ax.text(index, 0.5, "n/a", ha="center", va="bottom", fontsize=9, color="gray")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(0, max([5.0] + [1.1 * (r + h) for r, h in zip(rates, high)]))
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel("EM rate (%)")
-    ax.set_title(f"persona world: EM by condition ({cfg.seeds} seed(s){'' if cfg.villain else ', no villain'})")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(root / "em_by_condition.png")
+    return fig
+
+
+def write_report(root: Path, cfg, table: dict, details: dict, evals: dict) -> None:
+    """``report.md`` plus ``em_by_condition.png`` and ``scatter.png`` (aligned vs coherent)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    names = list(table)
+    em_by_condition_figure(table, f"persona world: EM by condition ({cfg.seeds} seed(s){'' if cfg.villain else ', no villain'})"
+                           ).savefig(root / "em_by_condition.png")
 
     fig = Figure(figsize=(7.5, 6), dpi=100)
     ax = fig.add_subplot(1, 1, 1)

@@ -1,0 +1,566 @@
+"""``waluigi report``: one self-contained HTML file from run and study directories.
+
+Read from the directories only (no model, no judge, no network): for an eval (or judge) run,
+its configuration and identity, the metrics table with CIs, the per-question rows and the
+scatter plot; for a study directory (``demo``, ``flip``, ``resilience``, ``defend``, a
+``sweep``), its ``report.md`` rendered, its plots, and the table of its cells. Every answer of
+every eval run found goes into the **sample browser**: question, answer, judge scores and the
+probability mass the judge put on numbers, with filters (question, class, condition, dose,
+seed) and a text search.
+
+Safety: model output is untrusted. Nothing model-written is ever put into the page as HTML:
+Python escapes every string it writes into markup; the answers travel as JSON in a
+``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped (so no
+``</script>`` can end it), and the page's script puts them into the DOM with ``textContent``
+only. A Content-Security-Policy allows the page's one inline script (by nonce), inline styles
+and ``data:`` images, and nothing else: no network, no other script.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from waluigi.errors import UserError
+
+# the studies with hundreds of cells (resilience, defend) put this many answers per eval run in
+# their page, so it stays a few MB; `waluigi report DIR` without --limit gives them all
+HTML_SAMPLES_PER_RUN = 40
+SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
+SKIP_DIRS = {"finetune", "judges", "cache", "__pycache__"}
+
+
+# -- what a report holds --------------------------------------------------------------------
+@dataclass
+class EvalRun:
+    path: Path
+    name: str
+    condition: str = ""
+    dose: Any = None
+    seed: Any = None
+
+
+@dataclass
+class Section:
+    title: str
+    path: Path
+    kind: str
+    html: str = ""
+
+
+@dataclass
+class Report:
+    sections: list[Section] = field(default_factory=list)
+    runs: list[EvalRun] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stage(path: Path) -> str | None:
+    manifest = _read_json(path / "manifest.json")
+    return manifest.get("stage") if isinstance(manifest, dict) else None
+
+
+def _esc(value: Any) -> str:
+    return html.escape(_text(value), quote=True)
+
+
+def _text(value: Any) -> str:
+    """A value as the page shows it: ``n/a`` for None / NaN, never a Python literal."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+        else f"{100 * value:.1f}%"
+
+
+def _ci(low: Any, high: Any) -> str:
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
+        return "n/a"
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _png(path: Path) -> str | None:
+    """A PNG file as a ``data:`` URI (None when it is not a PNG file)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure(path: Path, caption: str) -> str:
+    uri = _png(path)
+    if uri is None:
+        return ""
+    return f'<figure><img alt="{_esc(caption)}" src="{uri}"><figcaption>{_esc(caption)}</figcaption></figure>'
+
+
+def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# -- markdown reports -----------------------------------------------------------------------
+def render_markdown(text: str, base: Path) -> str:
+    """A study's ``report.md`` as HTML: raw HTML in it is shown as text (``html=False``), local
+    PNG images are inlined as ``data:`` URIs and any other image source is dropped, so the page
+    loads nothing from anywhere."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(text)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image":
+                src = str(child.attrGet("src") or "")
+                local = (base / src) if src and "://" not in src and not src.startswith("data:") else None
+                uri = _png(local) if local is not None and local.resolve().is_relative_to(base.resolve()) else None
+                child.attrSet("src", uri or "")
+            elif child.type == "link_open":
+                href = str(child.attrGet("href") or "")
+                if "://" in href or href.startswith(("javascript:", "data:")):
+                    child.attrSet("href", "#")
+    return md.renderer.render(tokens, md.options, {})
+
+
+# -- finding the runs -----------------------------------------------------------------------
+def _condition(row: dict) -> str:
+    if row.get("group") not in (None, ""):
+        return str(row["group"])
+    axes = []
+    for key, value in row.items():
+        if key == "status":
+            break
+        if key in ("cell",) or key in SEED_KEYS:
+            continue
+        axes.append(f"{key}={_text(value)}")
+    return ", ".join(axes)
+
+
+def _sweep_runs(root: Path) -> list[EvalRun]:
+    """The eval runs of a sweep directory, labelled from its ``results.jsonl`` (condition = the
+    cell's group or settings, seed) and, for a flip, from ``flip.json`` (curve, dose)."""
+    from waluigi.runs import read_jsonl
+
+    runs: dict[str, EvalRun] = {}
+    for row in read_jsonl(root / "results.jsonl"):
+        rel = row.get("eval_run")
+        if not rel or not (root / rel / "manifest.json").is_file():
+            continue
+        seed = next((row[k] for k in SEED_KEYS if row.get(k) is not None), None)
+        runs[rel] = EvalRun(root / rel, rel, _condition(row), None, seed)
+    flip = _read_json(root / "flip.json")
+    if isinstance(flip, dict):
+        for point in flip.get("rows") or []:
+            for key, suffix in (("eval_run", ""), ("extra_eval_run", " (extra)")):
+                run = runs.get(point.get(key) or "")
+                if run is not None:
+                    run.condition = f"{point.get('curve')}{suffix}"
+                    run.dose = point.get("dose")
+                    run.seed = point.get("seed")
+    return list(runs.values())  # a flip's narrow-task cells keep their group, which names the dose
+
+
+def _walk_sweeps(root: Path, depth: int = 4) -> list[Path]:
+    """Sweep directories (holding ``results.jsonl``) at or below ``root``; run directories and
+    fine-tune outputs are not entered."""
+    found = []
+    if (root / "results.jsonl").is_file():
+        found.append(root)
+    if depth <= 0:
+        return found
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for child in children:
+        if child.name in SKIP_DIRS or child.name.startswith(".") or _stage(child) in ("eval", "judge", "finetune"):
+            continue
+        found += _walk_sweeps(child, depth - 1)
+    return found
+
+
+# -- sections -------------------------------------------------------------------------------
+def _config_table(manifest: dict) -> str:
+    config = manifest.get("config") or {}
+    command = manifest.get("command")
+    rows = [["status", manifest.get("status")], ["stage", manifest.get("stage")], ["identity", manifest.get("identity")],
+            ["command", " ".join(command) if isinstance(command, list) else command],
+            ["started", manifest.get("started_at")], ["finished", manifest.get("finished_at")],
+            ["git revision", manifest.get("git_revision")], ["parents", manifest.get("parents")]]
+    rows += [[k, v] for k, v in config.items() if not isinstance(v, (dict, list)) or len(json.dumps(v, default=str)) < 300]
+    return _table(["setting", "value"], rows, "kv")
+
+
+def _summary_line(manifest: dict, metrics: dict | None) -> str:
+    config = manifest.get("config") or {}
+    overall = (metrics or {}).get("overall") or {}
+    facts = [("model", manifest.get("model") or config.get("model")), ("suite", config.get("suite")),
+             ("judge", manifest.get("judge") or config.get("judge")), ("status", manifest.get("status")),
+             ("answers", manifest.get("n_samples")),
+             ("EM rate", f"{_pct(overall.get('em_rate'))} {_ci(overall.get('ci_low'), overall.get('ci_high'))}")]
+    return '<p class="facts">' + " · ".join(f"<b>{_esc(k)}</b> {_esc(v)}" for k, v in facts) + "</p>"
+
+
+def _metrics_html(metrics: dict) -> str:
+    overall = metrics.get("overall") or {}
+    parts = [_table(
+        ["EM rate", "95% CI", "counted", "misaligned", "coherent", "unscored", "failed", "answers", "CI over"],
+        [[_pct(overall.get("em_rate")), _ci(overall.get("ci_low"), overall.get("ci_high")), overall.get("n_counted"),
+          overall.get("n_misaligned"), _pct(overall.get("coherent_rate")), overall.get("n_unscored"),
+          overall.get("n_failed", 0), overall.get("n"), overall.get("ci_over")]], "metrics")]
+    per_question = metrics.get("per_question") or {}
+    if per_question:
+        parts.append("<h4>Per question</h4>")
+        parts.append(_table(
+            ["question", "EM rate", "95% CI", "counted", "misaligned", "coherent", "unscored", "answers"],
+            [[qid, _pct(b.get("em_rate")), _ci(b.get("ci_low"), b.get("ci_high")), b.get("n_counted"),
+              b.get("n_misaligned"), _pct(b.get("coherent_rate")), b.get("n_unscored"), b.get("n")]
+             for qid, b in per_question.items()], "metrics"))
+    vulnerable = (metrics.get("vulnerable") or {}).get("overall")
+    if vulnerable:
+        parts.append(_table(["vulnerable code", "95% CI", "code answers"],
+                            [[_pct(vulnerable.get("vulnerable_rate")),
+                              _ci(vulnerable.get("vuln_ci_low"), vulnerable.get("vuln_ci_high")),
+                              vulnerable.get("n_code")]], "metrics"))
+    return "".join(parts)
+
+
+def _eval_section(path: Path) -> Section:
+    manifest = _read_json(path / "manifest.json") or {}
+    metrics = _read_json(path / "metrics.json")
+    metrics = metrics if isinstance(metrics, dict) else None
+    parts = [f"<p class=path>{_esc(path)}</p>", _summary_line(manifest, metrics), "<h3>Misalignment</h3>",
+             _metrics_html(metrics) if metrics else "<p>n/a: no metrics.json yet (the run is unfinished)</p>",
+             _figure(path / "scatter.png", "aligned vs coherent, one point per scored answer"),
+             "<details><summary>configuration and identity</summary>", _config_table(manifest), "</details>"]
+    judges = sorted(p for p in (path / "judges").glob("*") if (p / "manifest.json").is_file())
+    if judges:
+        parts.append("<h3>Other judgings of these answers</h3><p>" + ", ".join(_esc(j.name) for j in judges) +
+                     " (give them to <code>waluigi report</code> or <code>waluigi compare</code>)</p>")
+    kind = manifest.get("stage") or "eval"
+    return Section(f"{kind} run {path.name}", path, kind, "".join(parts))
+
+
+def _cells_table(root: Path) -> str:
+    from waluigi.runs import read_jsonl
+
+    rows = list(read_jsonl(root / "results.jsonl"))
+    if not rows:
+        return ""
+    body = []
+    for row in rows:
+        seed = next((row[k] for k in SEED_KEYS if row.get(k) is not None), None)
+        body.append([_condition(row), seed, row.get("status"), _pct(row.get("em_rate")),
+                     _ci(row.get("ci_low"), row.get("ci_high")), _pct(row.get("coherent_rate")),
+                     _pct(row.get("vulnerable_rate")), row.get("n_counted"), row.get("eval_run")])
+    return (f"<details><summary>{len(rows)} cells of {_esc(root.name)}</summary>" +
+            _table(["condition", "seed", "status", "EM rate", "95% CI", "coherent", "vulnerable", "counted", "eval run"],
+                   body, "cells") + "</details>")
+
+
+def _study_section(path: Path, sweeps: list[Path]) -> Section:
+    manifest = _read_json(path / "manifest.json") or {}
+    kind = manifest.get("stage") or ("sweep" if (path / "sweep.json").is_file() else "study")
+    for name, label in (("flip.json", "flip"), ("defend.json", "defend"), ("study.json", "resilience")):
+        if (path / name).is_file() and kind in ("study", "sweep"):
+            kind = label
+    parts = [f"<p class=path>{_esc(path)}</p>"]
+    referenced: set[str] = set()
+    report_md = path / "report.md"
+    if report_md.is_file():
+        text = report_md.read_text(errors="replace")
+        parts.append(f'<div class="markdown">{render_markdown(text, path)}</div>')
+        referenced = {p.name for p in path.glob("*.png") if p.name in text}
+    for png in sorted(path.glob("*.png")):
+        if png.name not in referenced:
+            parts.append(_figure(png, png.stem.replace("_", " ")))
+    for sweep in sweeps:
+        parts.append(_cells_table(sweep))
+    if manifest:
+        parts.append("<details><summary>configuration and identity</summary>" + _config_table(manifest) + "</details>")
+    return Section(f"{kind} {path.name}", path, kind, "".join(parts))
+
+
+def collect(paths: list[Path]) -> Report:
+    """Sections and eval runs of the given run / study directories."""
+    report = Report()
+    seen: set[Path] = set()
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"{path}: no such directory; give eval runs, judge runs or study directories (demo, flip, sweep, ...)")
+        stage = _stage(path)
+        if stage in ("eval", "judge"):
+            report.sections.append(_eval_section(path))
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                report.runs.append(EvalRun(path, path.name, path.name))
+            continue
+        sweeps = _walk_sweeps(path)
+        if not sweeps and not (path / "report.md").is_file():
+            raise UserError(f"{path}: neither a run directory (manifest.json of an eval or judge run) nor a study "
+                            "directory (report.md or a sweep's results.jsonl); nothing to report")
+        report.sections.append(_study_section(path, sweeps))
+        for sweep in sweeps:
+            prefix = "" if sweep == path else f"{sweep.relative_to(path)}: "
+            for run in _sweep_runs(sweep):
+                if run.path.resolve() in seen:
+                    continue
+                seen.add(run.path.resolve())
+                run.condition = prefix + run.condition
+                report.runs.append(run)
+    return report
+
+
+# -- the samples ----------------------------------------------------------------------------
+def number_mass(top_probs: dict | None) -> float | None:
+    """The probability the judge put on the replies ``0``..``100`` (what the paper's rule
+    needs at least 0.25 of)."""
+    if not top_probs:
+        return None
+    total = 0.0
+    for token, prob in top_probs.items():
+        try:
+            value = int(token)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= value <= 100:
+            total += float(prob)
+    return total
+
+
+def sample_rows(report: Report, limit: int | None = None) -> list[dict]:
+    """The browser's rows: one per answer of every eval run (at most ``limit`` per run)."""
+    from waluigi.evaluate.config import sample_key
+    from waluigi.report.export import run_rows
+    from waluigi.runs import read_jsonl
+
+    out = []
+    for index, run in enumerate(report.runs):
+        if not (run.path / "samples.jsonl").is_file() and _stage(run.path) != "judge":
+            continue
+        mass: dict[tuple, dict] = {}
+        judgments = run.path / "judgments.jsonl"
+        if judgments.is_file():
+            for j in read_jsonl(judgments):
+                m = number_mass(j.get("top_probs"))
+                if m is not None:
+                    mass.setdefault(sample_key(j), {})[j["metric"]] = round(m, 4)
+        rows = run_rows(run.path)
+        for row in rows[:limit] if limit else rows:
+            key = (row["question_id"], row["paraphrase_index"], row["sample_index"])
+            scores = {k: v for k, v in row.items() if k not in (
+                "question_id", "paraphrase_index", "sample_index", "system", "question", "answer", "finish_reason",
+                "seed", "class") and (isinstance(v, (int, float, str)) and not isinstance(v, bool))}
+            scores = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scores.items()}
+            out.append({"r": index, "q": row["question_id"], "k": f"{key[1]}.{key[2]}", "p": row.get("question") or "",
+                        "s": row.get("system") or "", "a": row.get("answer") or "", "c": row["class"],
+                        "sc": scores, "m": mass.get(key, {})})
+    return out
+
+
+# -- the page -------------------------------------------------------------------------------
+def _json_for_script(obj: Any) -> str:
+    """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&``
+    survives (so ``</script>`` and ``<!--`` cannot appear), non-ASCII escaped too."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(report: Report, samples: list[dict], title: str) -> str:
+    from waluigi import __version__
+
+    nonce = secrets.token_urlsafe(16)
+    runs = [{"name": r.name, "condition": r.condition, "dose": None if r.dose is None else _text(r.dose),
+             "seed": None if r.seed is None else _text(r.seed)} for r in report.runs]
+    nav = "".join(f'<li><a href="#s{i}">{_esc(s.title)}</a></li>' for i, s in enumerate(report.sections))
+    sections = "".join(f'<section id="s{i}"><h2>{_esc(s.title)}</h2>{s.html}</section>'
+                       for i, s in enumerate(report.sections))
+    data = _json_for_script({"runs": runs, "samples": samples})
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return PAGE.format(
+        title=_esc(title), nonce=nonce, version=_esc(__version__), generated=_esc(generated), nav=nav,
+        sections=sections, data=data, script=SCRIPT, style=STYLE, n_samples=len(samples), n_runs=len(runs),
+    )
+
+
+def write_report(paths: list[str | os.PathLike], out: str | os.PathLike | None = None, *,
+                 limit: int | None = None, title: str | None = None) -> Path:
+    """Write the HTML report of ``paths`` (default: ``report.html`` in the first one); return its path."""
+    if not paths:
+        raise UserError("give at least one run or study directory")
+    dirs = [Path(p) for p in paths]
+    report = collect(dirs)
+    samples = sample_rows(report, limit)
+    target = Path(out) if out else dirs[0] / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = render(report, samples, title or "waluigi report: " + ", ".join(d.name for d in dirs))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+header{background:#2d1b4e;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;opacity:.8;font-size:12px}
+nav{padding:8px 24px;background:#fff;border-bottom:1px solid #dde}nav ul{margin:0;padding:0;list-style:none;display:flex;flex-wrap:wrap;gap:4px 16px}
+main{padding:0 24px 40px;max-width:1400px}section{background:#fff;border:1px solid #dde;border-radius:6px;margin:16px 0;padding:8px 18px 16px}
+h2{font-size:17px;margin:10px 0}h3{font-size:15px;margin:14px 0 6px}h4{margin:10px 0 4px}
+table{border-collapse:collapse;margin:6px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#eef0f5}table.kv td:first-child{color:#555}td{max-width:640px;overflow-wrap:anywhere}
+figure{display:inline-block;margin:8px 16px 8px 0}figure img{max-width:640px;border:1px solid #e2e4ea}figcaption{font-size:12px;color:#555}
+.facts b{color:#555;font-weight:600}summary{cursor:pointer;margin:8px 0;color:#2d1b4e}
+.path{font-family:ui-monospace,monospace;font-size:12px;color:#666}
+.markdown table{margin:8px 0}.markdown img{max-width:640px}
+#filters{display:flex;flex-wrap:wrap;gap:8px 14px;align-items:end;margin:8px 0}#filters label{display:flex;flex-direction:column;font-size:12px;color:#444}
+#filters select,#filters input{font:inherit;padding:3px 4px;min-width:120px}
+#count{font-weight:600;margin:6px 0}.pager button{margin-right:6px}
+.sample{border:1px solid #dde;border-radius:5px;margin:8px 0;padding:6px 10px;background:#fcfcfd}
+.sample .meta{font-size:12px;color:#444;display:flex;flex-wrap:wrap;gap:4px 12px}
+.badge{border-radius:3px;padding:0 6px;color:#fff;font-weight:600}
+.b-misaligned{background:#c0392b}.b-aligned{background:#2e7d32}.b-incoherent{background:#8d6e63}.b-unscored{background:#757575}
+.b-failed{background:#000}.b-code{background:#1565c0}
+.sample .text{white-space:pre-wrap;overflow-wrap:anywhere;font-family:ui-monospace,monospace;font-size:12.5px;margin:4px 0;padding:4px 6px;background:#f3f4f7;border-radius:3px}
+.sample .answer{background:#fff8e6}.label{font-size:11px;color:#777;text-transform:uppercase;letter-spacing:.04em}
+"""
+
+SCRIPT = r"""
+(function () {
+  "use strict";
+  const D = JSON.parse(document.getElementById("waluigi-data").textContent);
+  const runs = D.runs, rows = D.samples;
+  const PAGE = 50;
+  let page = 0, shown = rows;
+  const $ = (id) => document.getElementById(id);
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function fill(id, values) {
+    const sel = $(id);
+    const uniq = Array.from(new Set(values.filter((v) => v !== null && v !== undefined && v !== "")));
+    uniq.sort((a, b) => (isFinite(a) && isFinite(b)) ? a - b : String(a).localeCompare(String(b)));
+    for (const v of uniq) { const o = el("option", "", v); o.value = String(v); sel.appendChild(o); }
+    if (uniq.length < 2) sel.parentElement.style.display = uniq.length ? "" : "none";
+  }
+  fill("f-question", rows.map((r) => r.q));
+  fill("f-class", rows.map((r) => r.c));
+  fill("f-condition", runs.map((r) => r.condition));
+  fill("f-dose", runs.map((r) => r.dose));
+  fill("f-seed", runs.map((r) => r.seed));
+  function fmt(v) { return (v === null || v === undefined) ? "n/a" : (typeof v === "number" ? (Math.round(v * 10) / 10).toString() : String(v)); }
+  function apply() {
+    const q = $("f-question").value, c = $("f-class").value, cond = $("f-condition").value;
+    const dose = $("f-dose").value, seed = $("f-seed").value, text = $("f-search").value.toLowerCase();
+    shown = rows.filter((r) => {
+      const run = runs[r.r];
+      if (q && r.q !== q) return false;
+      if (c && r.c !== c) return false;
+      if (cond && run.condition !== cond) return false;
+      if (dose && String(run.dose) !== dose) return false;
+      if (seed && String(run.seed) !== seed) return false;
+      if (text && (r.a + "\n" + r.p + "\n" + r.s).toLowerCase().indexOf(text) < 0) return false;
+      return true;
+    });
+    page = 0;
+    draw();
+  }
+  function draw() {
+    const list = $("samples");
+    list.replaceChildren();
+    const start = page * PAGE, end = Math.min(shown.length, start + PAGE);
+    $("count").textContent = shown.length + " of " + rows.length + " answers" +
+      (shown.length ? " (showing " + (start + 1) + "-" + end + ")" : "");
+    $("prev").disabled = page === 0;
+    $("next").disabled = end >= shown.length;
+    for (const r of shown.slice(start, end)) {
+      const run = runs[r.r];
+      const card = el("div", "sample");
+      card.dataset.cls = r.c;
+      const meta = el("div", "meta");
+      meta.appendChild(el("span", "badge b-" + r.c, r.c));
+      meta.appendChild(el("span", "qid", r.q + " #" + r.k));
+      for (const [name, value] of Object.entries(r.sc)) {
+        const mass = r.m[name];
+        meta.appendChild(el("span", "score", name + " " + fmt(value) + (mass === undefined ? "" : " (number mass " + fmt(mass * 100) + "%)")));
+      }
+      meta.appendChild(el("span", "run", run.condition + (run.dose !== null ? " · dose " + run.dose : "") +
+        (run.seed !== null ? " · seed " + run.seed : "")));
+      meta.appendChild(el("span", "path", run.name));
+      card.appendChild(meta);
+      if (r.s) { card.appendChild(el("div", "label", "system")); card.appendChild(el("div", "text system", r.s)); }
+      card.appendChild(el("div", "label", "question"));
+      card.appendChild(el("div", "text question", r.p));
+      card.appendChild(el("div", "label", "answer"));
+      card.appendChild(el("div", "text answer", r.a));
+      list.appendChild(card);
+    }
+  }
+  for (const id of ["f-question", "f-class", "f-condition", "f-dose", "f-seed"]) $(id).addEventListener("change", apply);
+  $("f-search").addEventListener("input", apply);
+  $("prev").addEventListener("click", () => { page = Math.max(0, page - 1); draw(); });
+  $("next").addEventListener("click", () => { page += 1; draw(); });
+  apply();
+  document.body.dataset.ready = "1";
+})();
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{style}</style></head>
+<body>
+<header><h1>{title}</h1><p>waluigi {version} · generated {generated} · {n_runs} eval run(s), {n_samples} answers · read from run directories only</p></header>
+<nav><ul>{nav}<li><a href="#browser">sample browser</a></li></ul></nav>
+<main>
+{sections}
+<section id="browser"><h2>Sample browser</h2>
+<p>Every answer with its question and judge scores (number mass: the probability the judge put on the replies 0-100; the paper's rule leaves an answer unscored below 25%). Model output is shown as text, never as markup.</p>
+<div id="filters">
+<label>question<select id="f-question"><option value="">all</option></select></label>
+<label>class<select id="f-class"><option value="">all</option></select></label>
+<label>condition<select id="f-condition"><option value="">all</option></select></label>
+<label>dose<select id="f-dose"><option value="">all</option></select></label>
+<label>seed<select id="f-seed"><option value="">all</option></select></label>
+<label>search<input id="f-search" type="search" placeholder="text in question or answer"></label>
+</div>
+<div id="count"></div>
+<div class="pager"><button id="prev" type="button">previous</button><button id="next" type="button">next</button></div>
+<div id="samples"></div>
+</section>
+</main>
+<script type="application/json" id="waluigi-data">{data}</script>
+<script nonce="{nonce}">{script}</script>
+</body></html>
+"""
