@@ -97,6 +97,11 @@ def test_pool_sweep_writes_every_cell_and_a_rerun_runs_none(pool_run, capsys):
     code = main(["sweep", str(pool_run["spec"]), "--workers", "2", "--no-progress"])
     stdout = capsys.readouterr().out
     assert code == 0 and "ran 0 cells, skipped 4" in stdout and "EM rate" in stdout
+    # what a cell costs, read from the run directories: the mean of the 4 fine-tunes and of the 4 evals
+    tunes = [json.loads((out / r["finetune_run"] / "manifest.json").read_text())["train_seconds"] for r in table]
+    evals = [json.loads((out / r["eval_run"] / "manifest.json").read_text())["timings"]["total_s"] for r in table]
+    assert (f"per cell: fine-tune {sum(tunes) / 4:.1f} s (mean of 4), eval {sum(evals) / 4:.1f} s (mean of 4)"
+            in stdout)
     for row in rows(out):
         assert row["status"] == "finished" and not row["ran"]
         assert attempts(out / row["finetune_run"]) == attempts(out / row["eval_run"]) == 1

@@ -57,6 +57,7 @@ def defend_cmd(
     from waluigi.defenses.report import format_summary
     from waluigi.defenses.run import run_defend
     from waluigi.errors import IncompleteRun, UserError
+    from waluigi.sweep.results import cost_line_of
 
     names = [d for d in (defenses or "").replace(" ", "").split(",") if d] + list(defense or [])
     if not names:
@@ -80,6 +81,9 @@ def defend_cmd(
         typer.echo(json.dumps(defended.result, indent=2, default=str))
     else:
         typer.echo(format_summary(defended.result))
+        cost = cost_line_of(defended.out)
+        if cost:
+            typer.echo(cost)
         typer.echo(f"ran {defended.ran} cells, skipped {defended.skipped} (done before), failed {len(defended.failed)}; "
                    f"report: {defended.report.with_name('report.html')} (open it in a browser; summary: {defended.report.name})")
     if defended.failed:

@@ -105,6 +105,7 @@ def flip_cmd(
     from waluigi.flip.plan import FlipConfig
     from waluigi.flip.report import format_summary
     from waluigi.flip.run import run_flip
+    from waluigi.sweep.results import cost_line
 
     ft, ev = _settings(set_ or [])
     cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
@@ -125,6 +126,9 @@ def flip_cmd(
         typer.echo(json.dumps({k: v for k, v in flipped.result.items() if k != "rows"}, indent=2, default=str))
     else:
         typer.echo(format_summary(flipped.result))
+        cost = cost_line(flipped.cells)
+        if cost:
+            typer.echo(cost)
         typer.echo(f"ran {flipped.ran} cells, skipped {flipped.skipped} (done before), failed {len(flipped.failed)}; "
                    f"report: {flipped.report.with_name('report.html')} (open it in a browser; summary: {flipped.report.name})")
     if flipped.failed:

@@ -63,6 +63,7 @@ def resilience_cmd(
     from waluigi.resilience.report import format_summary
     from waluigi.resilience.run import run_study
     from waluigi.resilience.subjects import ALIGN_N, ALIGN_STEPS, ANTIPODE
+    from waluigi.sweep.results import cost_line_of
 
     ft, ev = _settings(set_ or [])
     levels = {dial: values for dial, values in ((ALIGN_STEPS, _levels("--align-steps", align_steps)),
@@ -94,6 +95,9 @@ def resilience_cmd(
         typer.echo(json.dumps({k: study.result[k] for k in ("verdicts", "slopes", "correlations")}, indent=2, default=str))
     else:
         typer.echo(format_summary(study.result))
+        cost = cost_line_of(study.out)
+        if cost:
+            typer.echo(cost)
         typer.echo(f"flip cells: ran {study.cells_ran}, skipped {study.cells_skipped}, failed {len(study.failed)}; "
                    f"report: {study.report.with_name('report.html')} (open it in a browser; summary: {study.report.name})")
     if study.failed:

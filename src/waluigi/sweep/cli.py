@@ -60,7 +60,7 @@ def sweep_cmd(
     The options it ran with (the spec's path among them) are written to SWEEP_DIR/config.yaml:
     `waluigi sweep --config SWEEP_DIR` runs it again."""
     from waluigi.errors import IncompleteRun
-    from waluigi.sweep.results import format_summary
+    from waluigi.sweep.results import cost_line, format_summary
     from waluigi.sweep.runner import SweepOptions, plan, run_sweep
     from waluigi.sweep.spec import load_spec, show_value
 
@@ -89,6 +89,9 @@ def sweep_cmd(
                                "summary": result.summary}, indent=2, default=str))
     else:
         typer.echo(format_summary(loaded, result.summary))
+        cost = cost_line(result.rows)
+        if cost:
+            typer.echo(cost)
         typer.echo(f"ran {result.ran} cells, skipped {result.skipped} (done before), failed {len(result.failed)}; "
                    f"results: {result.root / 'results.csv'}   log: {result.root / 'sweep.log'}")
     for row in result.failed:

@@ -51,12 +51,45 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
         row.update({k: v for k, v in overall.items() if v is None or isinstance(v, (int, float, str, bool))})
         ft_manifest = _read_json(ft_dir / "manifest.json") if ft_dir is not None else {}
         row["train_loss"] = ft_manifest.get("train_loss")
+        row["finetune_seconds"] = ft_manifest.get("train_seconds")
+        row["eval_seconds"] = (manifest.get("timings") or {}).get("total_s") if on_disk in ("finished", "incomplete") else None
         row["finetune_run"] = _rel(ft_dir, root)
         row["eval_run"] = _rel(eval_dir, root)
         row["id"] = cell.id
         row["settings"] = {"finetune": plain(cell.finetune), "eval": plain(cell.eval)}
         rows.append(row)
     return rows
+
+
+def cost_line(rows: list[dict]) -> str | None:
+    """What a cell costs, from the run directories: the mean fine-tune (each fine-tune counted
+    once, however many cells share it) and the mean eval, in seconds."""
+    tunes = {r["finetune_run"]: r["finetune_seconds"] for r in rows
+             if r.get("finetune_run") and isinstance(r.get("finetune_seconds"), (int, float))}
+    evals = [r["eval_seconds"] for r in rows if isinstance(r.get("eval_seconds"), (int, float))]
+    if not tunes and not evals:
+        return None
+    parts = []
+    if tunes:
+        parts.append(f"fine-tune {sum(tunes.values()) / len(tunes):.1f} s (mean of {len(tunes)})")
+    if evals:
+        parts.append(f"eval {sum(evals) / len(evals):.1f} s (mean of {len(evals)})")
+    return "per cell: " + ", ".join(parts)
+
+
+def cost_line_of(root: Path) -> str | None:
+    """:func:`cost_line` over every sweep at or below ``root`` (a study's flips and realign cells)."""
+    from waluigi.runs import read_jsonl
+
+    rows: list[dict] = []
+    for path in sorted(Path(root).glob("results.jsonl")) + sorted(Path(root).glob("*/results.jsonl")) + \
+            sorted(Path(root).glob("*/*/results.jsonl")):
+        base = path.parent
+        for row in read_jsonl(path):
+            if row.get("finetune_run"):  # fine-tunes shared within a sweep, told apart across sweeps
+                row = {**row, "finetune_run": str(base / row["finetune_run"])}
+            rows.append(row)
+    return cost_line(rows)
 
 
 def cell_value(cell, key: str) -> Any:

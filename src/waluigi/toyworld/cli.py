@@ -13,9 +13,15 @@ QUICK_NOTE = ("demo --quick is a smoke test: every stage runs once on tiny budge
               "where no answer was coherent enough to count. ./run.sh (no --quick) gives the real table.")
 
 
+def _origin(path) -> str:
+    from waluigi.toyworld.shipped import from_shipped
+
+    return " (shipped)" if from_shipped(path) else ""
+
+
 def demo_cmd(
     quick: Annotated[bool, typer.Option("--quick", help="a small version for tests (about a minute): 1 seed, tiny budgets")] = False,
-    fast: Annotated[bool, typer.Option("--fast", help="half the pretraining budget: about 6 minutes instead of 9 on 2 cores, a weaker flip (docs/toyworld.md)")] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="half the pretraining budget, trained here (only the default configuration has shipped models, so this is slower than the default's first run), a weaker flip (docs/toyworld.md)")] = False,
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="fine-tune seeds per condition (default 3; --quick: 1)")] = None,
     no_villain: Annotated[bool, typer.Option("--no-villain", help="ablation: pretrain with no villain in the persona mixture")] = False,
     runs: Annotated[Path, typer.Option("--runs", help="where the run directories go (base and aligned models are cached there by identity)")] = Path("runs"),
@@ -23,6 +29,7 @@ def demo_cmd(
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads; 0 (default): the idle cores now (cores minus load average, at least 1)")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print {condition: {em_rate, ci_low, ci_high, coherent_rate, vulnerable_rate}}")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+    pretrain: Annotated[bool, typer.Option("--pretrain", help="pretrain and align from scratch here, even when the shipped base and aligned models fit this configuration")] = False,
 ) -> None:
     """Emergent misalignment end to end on CPU: pretrain a tiny model in the persona world, align it,
     fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM
@@ -34,7 +41,7 @@ def demo_cmd(
     if quick and fast:
         raise UserError("--quick and --fast are two different profiles: give one of them")
     cfg = demo_config("quick" if quick else "fast" if fast else "default", seeds=seeds, villain=not no_villain, runs=runs,
-                      threads=threads, progress=progress)
+                      threads=threads, progress=progress, pretrain=pretrain)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     if quick:
@@ -44,9 +51,14 @@ def demo_cmd(
         typer.echo(json.dumps(result.table, indent=2))
         return
     typer.echo(format_table(result.table))
+    from waluigi.sweep.results import cost_line_of
+
+    cost = cost_line_of(result.root)
+    if cost:
+        typer.echo(cost)
     if quick:
         typer.echo(f"\n{QUICK_NOTE}")
-    typer.echo(f"\nreport: {result.root / 'report.html'} (open it in a browser; summary: report.md)   base: {result.base}   aligned: {result.aligned}   "
+    typer.echo(f"\nreport: {result.root / 'report.html'} (open it in a browser; summary: report.md)   base: {result.base}{_origin(result.base)}   aligned: {result.aligned}{_origin(result.aligned)}   "
                f"({result.seconds:.0f} s)")
 
 

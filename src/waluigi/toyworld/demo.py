@@ -21,6 +21,7 @@ aligned models whenever their identity is unchanged.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -84,6 +85,8 @@ class DemoConfig:
     max_tokens: int = 96
     threads: int = 0  # 0: auto_threads() (idle cores); see docs/toyworld.md on threads and a shared CPU
     progress: bool = True
+    # train base and aligned models from scratch even when shipped ones fit (toyworld/shipped.py)
+    pretrain: bool = False
 
     def world(self):
         from waluigi.toyworld.world import DEFAULT_MIXTURE, WorldConfig
@@ -143,9 +146,19 @@ def _finished(path: Path, digest: str) -> bool:
             and (path / "model" / "config.json").is_file())
 
 
-def _train_stage(path: Path, stage: str, identity: dict, parents: list[str], work: Callable[[RunDir], dict]) -> Path:
+def _train_stage(path: Path, stage: str, identity: dict, parents: list[str], work: Callable[[RunDir], dict],
+                 pretrain: bool = False) -> Path:
+    """The stage's run directory: cached by identity; else the shipped model when it is this
+    configuration's (``toyworld/shipped.py``); else trained here. ``pretrain``: trained here
+    (a shipped copy already in ``runs/`` is replaced)."""
+    from waluigi.toyworld import shipped
+
     digest = identity_hash(identity)
+    if pretrain and shipped.from_shipped(path):
+        shutil.rmtree(path)
     if _finished(path, digest):
+        return path
+    if not pretrain and not path.exists() and shipped.install(stage, identity, path, parents):
         return path
     run = RunDir.open(path, stage=stage, identity=identity, config=identity, parents=parents)
     try:
@@ -208,7 +221,7 @@ def pretrain_stage(cfg: DemoConfig) -> Path:
         return {"train": asdict(stats), "parameters": sum(p.numel() for p in model.parameters()),
                 "vocab": len(tokenizer)}
 
-    return _train_stage(path, "toy-pretrain", identity, [], work)
+    return _train_stage(path, "toy-pretrain", identity, [], work, cfg.pretrain)
 
 
 def align_stage(cfg: DemoConfig, base: Path) -> Path:
@@ -228,7 +241,7 @@ def align_stage(cfg: DemoConfig, base: Path) -> Path:
         save_model_dir(model, tokenizer, run.path / "model")
         return {"train": asdict(stats)}
 
-    return _train_stage(path, "toy-align", identity, [str(base)], work)
+    return _train_stage(path, "toy-align", identity, [str(base)], work, cfg.pretrain)
 
 
 # --------------------------------------------------------------------------------------
@@ -384,7 +397,7 @@ def auto_threads() -> int:
 
 
 def demo_identity(cfg: DemoConfig) -> dict:
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("runs", "threads", "progress")
+    keep = {k: v for k, v in asdict(cfg).items() if k not in ("runs", "threads", "progress", "pretrain")
             and not (k == "villain_share" and v is None)}  # absent by default: earlier demo directories stay valid
     return {"stage": "demo", "version": TRAIN_VERSION, "layout": DEMO_LAYOUT, **keep}
 

@@ -121,18 +121,19 @@ def encode(tokenizer, messages: Sequence[Message], assistant_only: bool) -> tupl
     return ids, labels
 
 
-def causal_lm_loss(model, ids, labels):
+def causal_lm_loss(model, ids, labels, body=None):
     """Mean next-token cross-entropy over the labelled positions of a right-padded batch.
 
     The same number as ``model(input_ids=ids, attention_mask=mask, labels=labels).loss``
     (tested), computed faster on CPU: with right padding no real token ever attends to a pad
     (attention is causal), so no mask is needed and SDPA takes its causal path; and the output
     projection runs only at the positions that have a label (assistant turns), not over the
-    whole vocabulary at every position. Measured together: 1.6-2.3x tokens/s (docs/toyworld.md)."""
+    whole vocabulary at every position. Measured together: 1.6-2.3x tokens/s (docs/toyworld.md).
+    ``body``: what runs the decoder stack instead of ``lm.model`` (its compiled version)."""
     import torch.nn.functional as F
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: LoRA layers are in place
-    hidden = lm.model(input_ids=ids).last_hidden_state[:, :-1]
+    hidden = (body if body is not None else lm.model)(input_ids=ids).last_hidden_state[:, :-1]
     target = labels[:, 1:]
     keep = target != -100
     if not bool(keep.any()):
@@ -147,17 +148,38 @@ class TrainStats:
     seconds: float
     first_loss: float
     final_loss: float
+    compiled: bool = False
+
+
+# torch.compile of the decoder stack (``compile=True``) fuses its small elementwise kernels
+# (RMSNorm, rotary, SiLU): measured 1.13x tokens/s warm, for a ~21 s compile on 2 cores
+# (benchmarks/bench_toy_train.py), which the demo's ~190 s pretraining does not win back. So it
+# is off by default; it trains the same model (the same losses, tested).
+
+
+def _compiled(lm):
+    """The decoder stack under ``torch.compile`` (dynamic shapes: batches differ in length), or
+    None when compiling is off (``WALUIGI_TOY_COMPILE=0``)."""
+    import os
+
+    import torch
+
+    if os.environ.get("WALUIGI_TOY_COMPILE", "1") == "0":
+        return None
+    return torch.compile(lm.model, dynamic=True)
 
 
 def train_lm(model, tokenizer, conversations: Sequence[Sequence[Message]], *, steps: int | None = None,
              epochs: float = 1.0, batch_size: int = 32, lr: float = 3e-3, warmup: int = 20,
              weight_decay: float = 0.01, assistant_only: bool = False, seed: int = 0, max_length: int = 1024,
              on_step: Callable[[int, int, float], None] | None = None,
-             params: Iterable | None = None) -> TrainStats:
+             params: Iterable | None = None, compile: bool = False) -> TrainStats:
     """Train ``model`` in place on ``conversations`` (see the module docstring).
 
     ``steps`` (optimizer steps) overrides ``epochs``. Batches are drawn in a seeded random
-    order, each a group of conversations of similar length, right-padded."""
+    order, each a group of conversations of similar length, right-padded. ``compile``: run the
+    decoder stack under ``torch.compile``; where compiling fails (no C++ compiler) the run goes
+    on uncompiled, with one warning."""
     import torch
 
     examples = [encode(tokenizer, m, assistant_only) for m in conversations]
@@ -191,6 +213,8 @@ def train_lm(model, tokenizer, conversations: Sequence[Sequence[Message]], *, st
     n_tokens = 0
     first = last = float("nan")
     it = batches()
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = _compiled(lm) if compile else None
     for step in range(total):
         group = next(it)
         width = max(len(examples[i][0]) for i in group)
@@ -201,9 +225,21 @@ def train_lm(model, tokenizer, conversations: Sequence[Sequence[Message]], *, st
             ids[r, :len(x)] = torch.tensor(x)
             labels[r, :len(y)] = torch.tensor(y)
             n_tokens += len(x)
-        loss = causal_lm_loss(model, ids, labels)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if body is not None:
+            try:  # the backward is compiled at its first call, so both go under the try
+                loss = causal_lm_loss(model, ids, labels, body)
+                loss.backward()
+            except Exception as error:  # inductor needs a C++ compiler; without one, train uncompiled
+                from waluigi.errors import warn
+
+                warn(f"torch.compile is not available here ({type(error).__name__}: {str(error)[:200]}); "
+                     "training uncompiled (slower)")
+                body = None
+                opt.zero_grad(set_to_none=True)
+        if body is None:
+            loss = causal_lm_loss(model, ids, labels)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -214,7 +250,7 @@ def train_lm(model, tokenizer, conversations: Sequence[Sequence[Message]], *, st
             on_step(step + 1, total, last)
     model.eval()
     return TrainStats(steps=total, tokens=n_tokens, seconds=round(time.monotonic() - started, 2),
-                      first_loss=first, final_loss=last)
+                      first_loss=first, final_loss=last, compiled=body is not None)
 
 
 def save_model_dir(model, tokenizer, path: str | Path) -> Path:
