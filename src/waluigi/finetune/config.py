@@ -154,6 +154,9 @@ class FinetuneConfig:
     # not part of the identity: how often to write a resume checkpoint (optimizer steps);
     # None = every CHECKPOINT_MINUTES of training
     checkpoint_every: int | None = None
+    # not part of the identity: rows repeat on purpose (a flip's examples axis holds the steps
+    # fixed while the unique rows vary), so no "more than one epoch" warning
+    repeat_ok: bool = False
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 weights/autocast on a bf16 GPU
     # training plug-ins (waluigi.finetune.plugins): TrainingPlugin instances or specs such as
     # "l2:weight=0.1"; in the identity by name + options (an empty list changes nothing)

@@ -126,7 +126,7 @@ def schedule_warnings(cfg: FinetuneConfig, recipe: Recipe, examples: int) -> lis
     """What is degenerate about this run's schedule, one message each (printed as ``warning:``
     lines): a warmup as long as the run (the learning rate never reaches ``--lr``), and rows
     trained on more than once because ``--max-steps`` is longer than an epoch while ``--epochs``
-    was not given (an explicit ``--epochs`` says the repetition is meant)."""
+    was not given (an explicit ``--epochs``, or ``repeat_ok``, says the repetition is meant)."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     per_epoch = recipe.steps_per_epoch(examples, world)
     total = recipe.total_steps(examples, world)
@@ -137,7 +137,7 @@ def schedule_warnings(cfg: FinetuneConfig, recipe: Recipe, examples: int) -> lis
         messages.append(f"{source} of {warmup} steps is not shorter than the whole run ({total} optimizer steps): "
                         f"the learning rate never reaches --lr {recipe.lr:g}; give a shorter --warmup (e.g. --warmup "
                         f"{max(0, total // 10)}) or more steps")
-    if recipe.max_steps and cfg.epochs is None and int(recipe.max_steps) > per_epoch:
+    if recipe.max_steps and cfg.epochs is None and not cfg.repeat_ok and int(recipe.max_steps) > per_epoch:
         times = math.ceil(int(recipe.max_steps) / per_epoch)
         messages.append(f"--max-steps {recipe.max_steps} is more than one epoch ({examples} rows = {per_epoch} "
                         f"optimizer steps of {recipe.effective_batch * world} rows): each row is trained on up to {times} "

@@ -262,6 +262,8 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
     if cfg.axis == "examples" and cfg.hold == "epochs":
         base_ft.pop("max_steps", None)
         base_ft["epochs"] = cfg.epochs
+    if cfg.axis == "examples" and cfg.hold == "steps":
+        base_ft["repeat_ok"] = True  # few unique rows at fixed steps repeat by design (not in the identity)
     base_ev: dict[str, Any] = {"suite": cfg.suite, **cfg.eval}
     if cfg.base_url is not None:  # the openai: models' server, for their fine-tunes and their answers
         base_ft.setdefault("base_url", cfg.base_url)

@@ -57,7 +57,7 @@ SHORTHANDS = ("seed", "model", "step")
 SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # change how fast or from where, not what: left out of the identities (the fine-tune's
 # speed-only batch settings are dropped by waluigi.finetune.config.identity_recipe)
-FT_EXECUTION = ("checkpoint_every", "data_dir", "base_url")
+FT_EXECUTION = ("checkpoint_every", "data_dir", "base_url", "repeat_ok")
 EVAL_EXECUTION = ("batch_size", "judge_batch_size", "concurrency", "base_url", "judge_base_url", "dtype",
                   "timeout", "max_retries", "data_dir")
 
