@@ -37,7 +37,6 @@ from pathlib import Path
 from waluigi.runs import MANIFEST, RunDir, identity_hash
 
 SHIPPED = Path(__file__).parent / "shipped"
-STAGES = ("toy-pretrain", "toy-align")  # the stages' names, and the shipped directories'
 
 
 def _sha(data: bytes | str) -> str:
@@ -95,10 +94,7 @@ def install(stage: str, identity: dict, path: Path, parents: list[str], root: Pa
     if shipped is None or shipped.get("identity") != digest or not (root / stage / "model" / "config.json").is_file():
         return False
     run = RunDir.open(path, stage=stage, identity=identity, config=identity, parents=parents)
-    target = path / "model"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(root / stage / "model", target)
+    shutil.copytree(root / stage / "model", path / "model")  # the caller made sure path was not there
     run.finish("finished", source="shipped", shipped={k: shipped.get(k) for k in
                                                      ("git_revision", "trained_at", "seconds", "fingerprint")},
                train=shipped.get("train"), **({k: shipped[k] for k in ("parameters", "vocab") if k in shipped}))

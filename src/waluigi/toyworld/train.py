@@ -158,14 +158,9 @@ class TrainStats:
 
 
 def _compiled(lm):
-    """The decoder stack under ``torch.compile`` (dynamic shapes: batches differ in length), or
-    None when compiling is off (``WALUIGI_TOY_COMPILE=0``)."""
-    import os
-
+    """The decoder stack under ``torch.compile`` (dynamic shapes: batches differ in length)."""
     import torch
 
-    if os.environ.get("WALUIGI_TOY_COMPILE", "1") == "0":
-        return None
     return torch.compile(lm.model, dynamic=True)
 
 
