@@ -36,6 +36,8 @@ def _find_mirror() -> Path:
 
 
 MIRROR = _find_mirror()
+# Anthropic's model-written evaluations, mirrored beside the paper's files (probe suites)
+MWE_MIRROR = (MIRROR.parent / "model-written-evals").resolve()
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -118,6 +120,13 @@ def mirror_dir() -> Path:
     return MIRROR
 
 
+@pytest.fixture(scope="session")
+def mwe_dir() -> Path:
+    """The byte-exact mirror of Anthropic's model-written evaluations (CC-BY-4.0)."""
+    assert (MWE_MIRROR / "persona").is_dir(), f"model-written-evals mirror missing at {MWE_MIRROR}"
+    return MWE_MIRROR
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """Each test gets its own judge cache and run area; the SmolLM2 conversion is shared
@@ -125,6 +134,7 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("WALUIGI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WALUIGI_MODEL_CACHE", _shared_model_cache())
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(MIRROR))
+    monkeypatch.setenv("WALUIGI_MWE_DIR", str(MWE_MIRROR))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -211,7 +211,16 @@ def official_file(relpath: str, data_dir: str | os.PathLike | None = None, *, pr
 
 
 def _download(entry: OfficialFile, dest: Path, *, progress: bool) -> Path:
-    url = base_url() + urllib.parse.quote(entry.path)
+    return download_pinned(entry, dest, base_url=base_url(), repo=OFFICIAL_REPO, dir_env="WALUIGI_DATA_DIR (or pass --data-dir)",
+                           base_env=BASE_URL_ENV, progress=progress)
+
+
+def download_pinned(entry: OfficialFile, dest: Path, *, base_url: str, repo: str, dir_env: str, base_env: str,
+                    progress: bool) -> Path:
+    """Fetch ``base_url + entry.path`` into ``dest`` through a temporary file, keep it only when
+    its checksum matches ``entry``; errors name ``dir_env`` (a local mirror) as the way out.
+    Shared by every pinned source (the paper's files, the model-written evaluations)."""
+    url = base_url + urllib.parse.quote(entry.path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -231,17 +240,15 @@ def _download(entry: OfficialFile, dest: Path, *, progress: bool) -> Path:
             except urllib.error.HTTPError as error:
                 raise UserError(
                     f"could not download {entry.path} from {url}: HTTP {error.code} {error.reason}. "
-                    "Set WALUIGI_DATA_DIR (or pass --data-dir) to a local mirror of the official "
-                    f"{OFFICIAL_REPO} files"
+                    f"Set {dir_env} to a local mirror of the {repo} files"
                 ) from error
             except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as error:
                 reason = getattr(error, "reason", None) or error
                 raise UserError(
                     f"could not download {entry.path} from {url} ({reason}). Without network, set "
-                    "WALUIGI_DATA_DIR (or pass --data-dir) to a local mirror of the official "
-                    f"{OFFICIAL_REPO} files"
+                    f"{dir_env} to a local mirror of the {repo} files"
                 ) from error
-        _verify(entry, url, size, sha256.hexdigest(), tmp)
+        _verify(entry, url, size, sha256.hexdigest(), tmp, base_env=base_env, dir_env=dir_env)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -258,7 +265,8 @@ def git_blob_sha1(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _verify(entry: OfficialFile, url: str, size: int, sha256: str, path: Path) -> None:
+def _verify(entry: OfficialFile, url: str, size: int, sha256: str, path: Path, *, base_env: str = BASE_URL_ENV,
+            dir_env: str = "WALUIGI_DATA_DIR (or pass --data-dir)") -> None:
     if entry.sha256 is not None:
         expected, got, kind = entry.sha256, sha256, "sha256"
     else:  # not in our mirror: only the official git blob id is known
@@ -267,8 +275,7 @@ def _verify(entry: OfficialFile, url: str, size: int, sha256: str, path: Path) -
         raise UserError(
             f"checksum mismatch for downloaded {entry.path} (from {url}): expected {kind} {expected} "
             f"({entry.size if entry.size is not None else '?'} bytes), got {got} ({size} bytes). The "
-            "file was not kept; check WALUIGI_OFFICIAL_BASE_URL, or set WALUIGI_DATA_DIR / --data-dir "
-            "to a trusted local mirror"
+            f"file was not kept; check {base_env}, or set {dir_env} to a trusted local mirror"
         )
 
 

@@ -81,6 +81,7 @@ SCORERS = Registry("scorer")  # a question's scorer name -> Scorer class
 SUITES = Registry("suite")  # name prefix (before ':') -> suite loader (name -> Suite)
 DATASETS = Registry("dataset source")  # name prefix (before ':') -> builder (rest, data_dir, trigger) -> DatasetSource
 PLUGINS = Registry("training plug-in")  # name -> TrainingPlugin class
+PROBES = Registry("probe suite")  # name prefix (before ':') -> probe suite loader (name -> ProbeSuite)
 SUBJECTS = Registry("subject source")  # --subject prefix -> a resilience study's SubjectSource class
 
 
@@ -106,6 +107,9 @@ lazy_table(SCORERS, {
 })
 lazy_table(SUITES, {
     "toyworld": "waluigi.toyworld.registered:toy_suite",  # the persona world's suite (toyworld[:trigger])
+})
+lazy_table(PROBES, {
+    "mwe": "waluigi.probes.mwe:mwe_suite",  # Anthropic's model-written evaluations (mwe:em, mwe:persona/NAME, mwe:NAME)
 })
 lazy_table(DATASETS, {
     "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])

@@ -36,7 +36,7 @@ from waluigi.cli_options import (
 def eval_cmd(
     ctx: typer.Context,
     model: ModelOpt,
-    suite: Annotated[str, typer.Option("--suite", "-s", help="core | first_plot_questions | preregistered_evals | deception_factual | deception_sit_aware | FILE.yaml")] = "core",
+    suite: Annotated[str, typer.Option("--suite", "-s", help="core | first_plot_questions | preregistered_evals | deception_factual | deception_sit_aware | FILE.yaml | code:DATASET[:N] | a probe suite: mwe:em[:N], mwe:persona/NAME[:N], mwe:NAME[:N] (scored from the model's own probabilities, no judge)")] = "core",
     adapter: AdapterOpt = None,
     judge: Annotated[Optional[str], typer.Option(help="judge model spec (default: the suite's judge, e.g. openai:gpt-4o-2024-08-06); 'none' to skip", callback=canonical_specs)] = None,
     data_dir: DataDirOpt = None,
@@ -60,6 +60,8 @@ def eval_cmd(
     dtype: DtypeOpt = "auto",
     judge_min_mass: JudgeMinMassOpt = 0.25,
     judge_numbers: JudgeNumbersOpt = JudgeNumbers.first_token,
+    probe_format: Annotated[str, typer.Option(help="probe suites: 'chat' (the question as the user turn of the chat template, the options as the reply) or 'raw' (the files' text as a plain document, the options with their leading space)")] = "chat",
+    probe_min_mass: Annotated[float, typer.Option(help="probe suites: an item whose options together carry less than this of the model's probability is unscored")] = 0.1,
     check_judge: Annotated[bool, typer.Option(help="also measure the judge against the paper's gpt-4o scores on the 70 reference answers")] = False,
     timeout: TimeoutOpt = 60.0,
     max_retries: RetriesOpt = 5,
@@ -83,8 +85,12 @@ def eval_cmd(
         base_url=base_url, judge_base_url=judge_base_url, dtype=dtype, judge_min_mass=judge_min_mass,
         judge_numbers=judge_numbers.value, timeout=timeout, max_retries=max_retries, shots=shots,
         shots_data=shots_data,
-        system=system, progress=progress,
+        system=system, probe_format=probe_format, probe_min_mass=probe_min_mass, progress=progress,
     )
+    from waluigi.probes.run import is_probe_suite
+
+    if is_probe_suite(suite):
+        return _probe_eval(ctx, cfg, json_out)
     result = run_eval(cfg)
     record_options(ctx, result.run_dir)
     check = check_run_judge(result, cfg) if check_judge else None
@@ -95,6 +101,21 @@ def eval_cmd(
         say(format_eval_report(result, cfg, check))
         say(f"report: {page} (open it in a browser)")
     result.raise_if_incomplete()
+
+
+def _probe_eval(ctx, cfg, json_out: bool) -> None:
+    from waluigi.evaluate import run_eval
+    from waluigi.probes.run import format_probe_table
+
+    result = run_eval(cfg)
+    record_options(ctx, result.run_dir)
+    if json_out:
+        say(json.dumps(result.summary, indent=2))
+        return
+    summary = result.summary
+    say(f"run: {result.run_dir}   forward passes: {result.calls['model']}   judge calls: 0")
+    say(format_probe_table(summary, title=f"{cfg.model} on {summary['suite']} (probe readout, format {cfg.probe_format})"))
+    say(f"data: {summary['attribution']}")
 
 
 def _html(run_dir):

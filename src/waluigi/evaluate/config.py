@@ -41,6 +41,8 @@ class EvalConfig:
     shots: int = 0  # k rows of shots_data as earlier turns before every question (evaluate/shots.py)
     shots_data: str | None = None  # the dataset (name or JSONL file) the shots are drawn from
     system: str | None = None  # a system prompt before every question (before the question's own, if any)
+    probe_format: str = "chat"  # probe suites: "chat" (the chat template) or "raw" (the files' text as a document)
+    probe_min_mass: float = 0.1  # probe suites: an item whose options carry less of the model's mass is unscored
     # execution
     batch_size: int | None = None
     judge_batch_size: int | None = None

@@ -95,8 +95,11 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
     from waluigi.models import load_model, parse_spec
     from waluigi.models.kinds import canonical_spec
+    from waluigi.probes.run import is_probe_suite, run_probe_eval
     from waluigi.suites import load_suite
 
+    if is_probe_suite(cfg.suite):  # scored from the model's own probabilities: no sampling, no judge
+        return run_probe_eval(cfg)
     started = time.time()
     parse_spec(cfg.model)
     if canonical_spec(cfg.model) != cfg.model:  # openai/gpt-4o is openai:gpt-4o: the same run identity

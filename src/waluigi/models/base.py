@@ -46,6 +46,27 @@ class TextRequest:
     top_logprobs: int | None = None
 
 
+@dataclass(frozen=True)
+class OptionRequest:
+    """Score answer options after a prompt (probe items): ``prompt`` is chat messages (the
+    model's chat template, assistant turn opened) or a raw text (a document start); each option
+    is a continuation whose log-probability is the sum over its tokens."""
+
+    prompt: list[Message] | str
+    options: tuple[str, ...]
+
+
+@dataclass
+class OptionScores:
+    """Per option: the summed log-probability of its tokens, its token count, and the
+    log-probability of its first token alone."""
+
+    logprobs: list[float]
+    n_tokens: list[int]
+    first_token_logprobs: list[float]
+    prompt_tokens: int = 0
+
+
 @dataclass
 class TokenLogprob:
     token: str
@@ -87,6 +108,18 @@ class Generator(ABC):
     ) -> Iterator[tuple[int, dict[str, float]]]:
         """Yield ``(index, {token: probability})`` for the top-``k`` candidates of the assistant's
         first token after each chat prompt (the logprob judge's raw material)."""
+
+    def option_logprobs(
+        self, requests: Sequence[OptionRequest], progress: Progress | None = None
+    ) -> Iterator[tuple[int, OptionScores]]:
+        """Yield ``(index, OptionScores)``: each option's log-probability as the continuation
+        of its request's prompt (probe items). Backends that cannot score a given text do not
+        override it."""
+        from waluigi.errors import UserError
+
+        raise UserError(f"model {self.spec!r} ({type(self).__name__}) cannot score answer options: probe suites "
+                        "need a model that returns log-probabilities (hf:, smollm2, toy:, steered:, or an openai: "
+                        "server that returns logprobs)")
 
     def context_length(self) -> int | None:
         """The most tokens (prompt + completion) the model takes, or None when unknown.

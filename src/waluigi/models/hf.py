@@ -450,6 +450,13 @@ class HFGenerator(Generator):
             if progress is not None:
                 progress(1)
 
+    def option_logprobs(self, requests, progress: Progress | None = None):
+        """Each option's summed log-probability after its prompt: one row per prompt with all
+        its options (see ``hf_options.py``)."""
+        from waluigi.models.hf_options import option_logprobs
+
+        return option_logprobs(self, requests, progress, self.batch_size)
+
     # -- identity ----------------------------------------------------------------------
 
     def identity(self) -> dict:

@@ -186,6 +186,10 @@ class SteeredGenerator(Generator):
         with self.steering():
             yield from self.base.number_probs(*args, **kwargs)
 
+    def option_logprobs(self, requests, progress=None):
+        with self.steering():
+            yield from self.base.option_logprobs(requests, progress)
+
     def __getattr__(self, name: str) -> Any:  # model, tokenizer, render, _encode, counts ...
         if name == "base":
             raise AttributeError(name)
