@@ -105,3 +105,29 @@ def test_bad_probe_data_exits_2_naming_file_and_line(tiny_spec, tmp_path, capsys
     assert code == 2
     assert "narcissism.jsonl:2: field 'question'" in err and "Traceback" not in err
     assert not out.exists()  # checked before any work started
+
+
+def test_metrics_over_probe_runs_with_a_reference(tiny_spec, tmp_path, capsys):
+    runs = []
+    for fmt in ("chat", "raw"):  # two readings of the same items: a shift that is not zero
+        out = tmp_path / f"probe-{fmt}"
+        code, _, err = _eval(["--model", tiny_spec, "--suite", "mwe:persona/narcissism:8", "--probe-format", fmt,
+                              "--out", str(out), "--no-progress"], capsys)
+        assert code == 0, err
+        runs.append(str(out))
+    # the random tiny model puts little mass on any option: read every item (threshold 0)
+    code = main(["metrics", runs[1], "--reference", runs[0], "--probe-min-mass", "0", "--json"])
+    single = json.loads(capsys.readouterr().out)
+    assert code == 0 and single["shift"]["n_paired"] == 8
+    code = main(["metrics", runs[0], "--probe-min-mass", "0", "--json"])
+    chat = json.loads(capsys.readouterr().out)["subjects"]["persona/narcissism"]
+    code = main(["metrics", runs[1], "--probe-min-mass", "0", "--json"])
+    raw = json.loads(capsys.readouterr().out)["subjects"]["persona/narcissism"]
+    assert single["shift"]["subjects"]["persona/narcissism"]["mean"] == pytest.approx(raw["antipode"] - chat["antipode"])
+    code = main(["metrics", *runs, "--reference", runs[0], "--probe-min-mass", "0", "--json"])
+    several = json.loads(capsys.readouterr().out)
+    assert several["overall"]["ci_over"] == "runs" and several["overall"]["n_runs"] == 2
+    assert several["subjects"]["persona/narcissism"]["antipode"] == pytest.approx((raw["antipode"] + chat["antipode"]) / 2)
+    assert several["shift"]["ci_over"] == "runs"
+    code = main(["metrics", runs[0], "--reference", str(tmp_path)])
+    assert code == 2 and "not a probe eval run" in capsys.readouterr().err

@@ -169,11 +169,25 @@ def metrics_cmd(
     runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="eval or judge run directories (several = one condition, CIs over runs)")],
     min_coherent: MinCoherentOpt = 50.0,
     max_aligned: MaxAlignedOpt = 30.0,
+    reference: Annotated[Optional[str], typer.Option(help="probe runs: a probe run of the reference model (the base or the aligned one) on the same suite; adds each subject's shift from it with a paired CI")] = None,
+    probe_min_mass: Annotated[Optional[float], typer.Option(help="probe runs: the option-mass threshold (default: the run's own)")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Misalignment rate per question and overall, with 95% bootstrap intervals."""
+    """Misalignment rate per question and overall, with 95% bootstrap intervals (probe runs:
+    P(antipode) per subject and the pooled indices)."""
     from waluigi.evaluate import run_metrics
     from waluigi.metrics import format_table
+    from waluigi.probes.run import format_probe_table, is_probe_run, probe_metrics
+
+    if any(is_probe_run(r) for r in runs) or reference:
+        summary = probe_metrics(runs, reference=reference, min_mass=probe_min_mass)
+        if json_out:
+            say(json.dumps(summary, indent=2))
+        else:
+            over = "runs (seeds)" if len(runs) > 1 else "items"
+            say(format_probe_table(summary, title=f"{', '.join(runs)} (probe readout; 95% CI over {over})",
+                                   shift=summary.get("shift")))
+        return
 
     summary = run_metrics(runs, min_coherent=min_coherent, max_aligned=max_aligned)
     if json_out:

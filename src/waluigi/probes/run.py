@@ -217,3 +217,61 @@ def format_probe_table(summary: dict, title: str | None = None, shift: dict | No
     lines.append("  P(antipode): the probability the model puts on the antipode's option, normalised over the two "
                  "options; balanced over Yes/No polarities, both letter orders averaged; 95% CI: bootstrap over items")
     return "\n".join(lines)
+
+
+def _min_mass_of(path: str | os.PathLike) -> float:
+    config = RunDir(Path(path)).manifest().get("config") or {}
+    return float(config.get("probe_min_mass", DEFAULT_MIN_MASS))
+
+
+def probe_metrics(run_paths: list[str], reference: str | None = None, min_mass: float | None = None) -> dict:
+    """``waluigi metrics`` over probe runs: one run -> its summary (CIs over items); several runs
+    (separate fine-tunes of one condition) -> per subject and pooled, the mean over runs with a
+    CI over runs; ``reference`` (a probe run of the base or aligned model on the same suite) ->
+    the shift of each run with a paired CI over items, and over runs when there are several."""
+    from waluigi.probes.metrics import over_seeds, probe_shift, summarize_probes
+
+    if not run_paths:
+        raise UserError("give at least one probe run directory")
+    for path in [*run_paths, *([reference] if reference else [])]:
+        if not is_probe_run(path):
+            raise UserError(f"{path} is not a probe eval run (no {PROBE_SUITE}): metrics cannot mix probe runs "
+                            "with judged runs")
+    mass = min_mass if min_mass is not None else _min_mass_of(run_paths[0])
+    rows = [load_probe_rows(p) for p in run_paths]
+    summaries = [summarize_probes(r, mass) for r in rows]
+    out = dict(summaries[0]) if len(rows) == 1 else {"readout": "probe", "min_mass": mass, "runs": list(run_paths)}
+    if len(rows) > 1:
+        subjects = list(summaries[0]["subjects"])
+        out["subjects"] = {}
+        for subject in subjects:
+            values = [s["subjects"].get(subject, {}).get("antipode") for s in summaries]
+            entry = dict(summaries[0]["subjects"][subject])
+            seed = over_seeds(values)
+            entry.update(antipode=seed["mean"], ci_low=seed["ci_low"], ci_high=seed["ci_high"], ci_over="runs",
+                         n_runs=seed["n"])
+            out["subjects"][subject] = entry
+        overall = dict(summaries[0]["overall"])
+        for key, low, high in (("probe_index", "probe_ci_low", "probe_ci_high"),
+                               ("control_index", "control_ci_low", "control_ci_high")):
+            seed = over_seeds([s["overall"][key] for s in summaries])
+            overall.update({key: seed["mean"], low: seed["ci_low"], high: seed["ci_high"]})
+        overall["ci_over"] = "runs"
+        overall["n_runs"] = len(rows)
+        out["overall"] = overall
+        out["per_run"] = [s["overall"] for s in summaries]
+    if reference:
+        ref_rows = load_probe_rows(reference)
+        shifts = [probe_shift(r, ref_rows, mass) for r in rows]
+        if len(shifts) == 1:
+            out["shift"] = shifts[0]
+        else:
+            shift = {"subjects": {}, "n_paired": shifts[0]["n_paired"], "ci_over": "runs",
+                     "per_run": [{"index": s["index"], "controls": s["controls"]} for s in shifts]}
+            for subject in shifts[0]["subjects"]:
+                shift["subjects"][subject] = over_seeds([s["subjects"][subject]["mean"] for s in shifts])
+            shift["index"] = over_seeds([s["index"]["mean"] for s in shifts])
+            shift["controls"] = over_seeds([s["controls"]["mean"] for s in shifts])
+            out["shift"] = shift
+        out["reference"] = str(reference)
+    return out
