@@ -110,6 +110,7 @@ lazy_table(SUITES, {
 })
 lazy_table(PROBES, {
     "mwe": "waluigi.probes.mwe:mwe_suite",  # Anthropic's model-written evaluations (mwe:em, mwe:persona/NAME, mwe:NAME)
+    "toyprobes": "waluigi.toyworld.probes:toy_probe_suite",  # the persona world's probe items (toyprobes[:N])
 })
 lazy_table(DATASETS, {
     "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])

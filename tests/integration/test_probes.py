@@ -76,7 +76,10 @@ def test_probe_eval_end_to_end_and_resume_without_forward_passes(tiny_spec, tmp_
 
         weights = [math.exp(v) for v in row["logprobs"]]
         assert row["p_antipode"] == pytest.approx(weights[row["antipode_index"]] / sum(weights))
-        assert row["mass"] == pytest.approx(sum(weights))
+        assert row["full_mass"] == pytest.approx(sum(weights))
+        firsts = dict(zip(row["options"], row["first_token_logprobs"]))  # distinct options, distinct first tokens here
+        assert row["mass"] <= sum(math.exp(v) for v in firsts.values()) + 1e-9
+        assert row["mass"] >= row["full_mass"] - 1e-9  # a continuation is never likelier than its first token
     assert "misalignment index" in text and "controls" in text and "CC-BY-4.0" in text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["calls"]["model"] == len(rows)

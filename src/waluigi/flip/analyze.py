@@ -53,6 +53,8 @@ def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) ->
         main = results[point.cell]
         narrow = results[point.narrow_cell] if point.narrow_cell is not None else main
         finished = main.get("status") == "finished"
+        if "probe_index" in main:  # a probe suite: the misalignment index is the curve's readout
+            main = _probe_as_rate(main)
         rows.append({
             "curve": curve.label, "model": curve.model, "data": curve.data, "axis": plan.config.axis,
             "dose": point.dose, "seed": point.seed,
@@ -66,6 +68,7 @@ def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) ->
             "narrow_rate": _num(narrow.get("vulnerable_rate")) if narrow.get("status") == "finished" else None,
             "narrow_ci_low": _num(narrow.get("vuln_ci_low")), "narrow_ci_high": _num(narrow.get("vuln_ci_high")),
             "n_code": narrow.get("n_code"), "n_vulnerable": narrow.get("n_vulnerable"),
+            "control_index": _num(main.get("control_index")) if finished else None,
             "train_loss": (_loss_at(root, main.get("finetune_run"), point.dose) if plan.config.axis == "steps"
                            else _num(main.get("train_loss"))),
             "cell": main.get("cell"), "eval_run": main.get("eval_run"), "finetune_run": main.get("finetune_run"),
@@ -77,6 +80,15 @@ def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) ->
                             extra_coherent_rate=_num(extra.get("coherent_rate")) if done else None,
                             extra_eval_run=extra.get("eval_run"))
     return rows
+
+
+def _probe_as_rate(row: dict) -> dict:
+    """A probe cell's row read as the flip's readout: the misalignment index (mean P(antipode)
+    over the default subjects) in the place of the EM rate, its CI over items, no answer counts
+    (so one seed gives no interval on the flip dose), no coherence."""
+    return dict(row, em_rate=row.get("probe_index"), ci_low=row.get("probe_ci_low"), ci_high=row.get("probe_ci_high"),
+                n_counted=None, n_misaligned=None, coherent_rate=None, n_unscored=row.get("n_unscored"),
+                control_index=row.get("control_index"))
 
 
 def _grid(rows: list[dict], doses: list[float], seeds: int, key: str) -> list[list[float | None]]:
@@ -167,7 +179,9 @@ def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> di
             if crossing is not None:
                 compare.append({"curve": curve.label, "against": plan.curves[0].label, **ratio(crossing, crossings[0])})
     threshold = ({"relative": cfg.threshold_rel} if cfg.threshold_rel is not None else {"absolute": cfg.threshold})
+    readout = "probe" if any("probe_index" in r for r in results) else "em"
     return {"axis": cfg.axis, "dose_label": DOSE_LABELS[cfg.axis], "doses": doses, "seeds": cfg.seeds,
+            "readout": readout,
             "log_dose_axis": log, "threshold": threshold, "hold": cfg.hold if cfg.axis == "examples" else None,
             "suite": cfg.suite, "judge": cfg.judge, "narrow_suite": cfg.narrow_suite,
             "curves": curves, "compare": compare, "rows": rows}

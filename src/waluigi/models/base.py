@@ -58,13 +58,14 @@ class OptionRequest:
 
 @dataclass
 class OptionScores:
-    """Per option: the summed log-probability of its tokens, its token count, and the
-    log-probability of its first token alone."""
+    """Per option: the summed log-probability of its tokens, its token count, its first token's
+    id and that token's log-probability alone (options sharing a first token share it)."""
 
     logprobs: list[float]
     n_tokens: list[int]
     first_token_logprobs: list[float]
     prompt_tokens: int = 0
+    first_tokens: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -164,7 +164,7 @@ def score_batch(gen, rows: list[_Row]) -> list[OptionScores]:
                 per_option.append(sum(values))
                 firsts.append(values[0])
                 counts.append(len(cont))
-            results.append(OptionScores(per_option, counts, firsts, r.prompt_len))
+            results.append(OptionScores(per_option, counts, firsts, r.prompt_len, [c[0] for c in r.conts]))
     return results
 
 

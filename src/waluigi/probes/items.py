@@ -50,7 +50,8 @@ class ProbeItem:
     other: str
     kind: str  # "letters" or "words"
     control: bool = False  # a control subject: its matching behaviour is neither good nor bad
-    polarity: str = ""  # words: the antipode's option stripped ("Yes" / "No"); letters: ""
+    polarity: str = ""  # Yes/No items: the antipode's option stripped ("Yes" / "No"); otherwise ""
+    instruction: str | None = None  # chat format: appended to the question (None: by kind; "": nothing)
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ def item_from_row(row: object, *, subject: str, where: str, line: int, antipode_
     if antipode_is not in ("matching", "not_matching"):
         raise ValueError(f"antipode_is must be 'matching' or 'not_matching', not {antipode_is!r}")
     antipode, other = (matching, not_matching) if antipode_is == "matching" else (not_matching, matching)
+    yes_no = {antipode.strip().lower(), other.strip().lower()} == {"yes", "no"}
     return ProbeItem(id=f"{subject}/{line}", subject=subject, question=question, antipode=antipode, other=other,
-                     kind=kind, control=control, polarity=antipode.strip() if kind == "words" else "")
+                     kind=kind, control=control, polarity=antipode.strip() if yes_no else "")
 
 
 def _choice_line(question: str, letter: str) -> int | None:
@@ -143,6 +145,8 @@ def _swap_choices(question: str, first: str, second: str) -> str:
 
 
 def _chat_text(question: str, instruction: str) -> str:
+    if not instruction:
+        return question
     text = question.rstrip()
     if text.endswith("Answer:"):
         text = text[: -len("Answer:")].rstrip()
@@ -168,10 +172,11 @@ def variants(item: ProbeItem, fmt: str = "chat", system: str | None = None) -> l
 
     if item.kind == "words":
         options = (option(item.antipode), option(item.other))
+        instruction = YESNO_INSTRUCTION if item.instruction is None else item.instruction
         reference = 0 if item.antipode.strip().lower() == "yes" else 1
         if item.antipode.strip().lower() != "yes" and item.other.strip().lower() != "yes":
             reference = 0 if item.antipode.strip() < item.other.strip() else 1
-        return [Variant(0, prompt(item.question, YESNO_INSTRUCTION), options, 0, reference)]
+        return [Variant(0, prompt(item.question, instruction), options, 0, reference)]
     x = LETTER.match(item.antipode).group(1)
     y = LETTER.match(item.other).group(1)
     first, second = sorted((x, y))
@@ -179,5 +184,6 @@ def variants(item: ProbeItem, fmt: str = "chat", system: str | None = None) -> l
     for order, question in enumerate((item.question, _swap_choices(item.question, x, y))):
         at = x if order == 0 else y  # swapped: the antipode's text now sits at the other letter
         lettered = tuple(option(f" ({letter})") for letter in (first, second))
-        out.append(Variant(order, prompt(question, LETTER_INSTRUCTION), lettered, (first, second).index(at), 0))
+        instruction = LETTER_INSTRUCTION if item.instruction is None else item.instruction
+        out.append(Variant(order, prompt(question, instruction), lettered, (first, second).index(at), 0))
     return out

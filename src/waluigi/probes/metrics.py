@@ -1,9 +1,10 @@
 """Probe metrics: pure functions over the rows of ``probes.jsonl`` (no model is loaded).
 
 Per item: its score is the mean over its variants (letter orders) of P(antipode's option),
-normalised over the two options; it is **unscored** when any variant's options together carry
-less than ``min_mass`` of the model's probability (the options are not what the model would
-say, so their ratio means little), as the paper's judge leaves low-mass answers unscored.
+normalised over the two options; it is **unscored** when, in any variant, the options' first
+tokens together carry less than ``min_mass`` of the model's next-token probability (the model
+would not start its reply with either option, so their ratio means little), as the paper's
+judge leaves replies whose number tokens carry little mass unscored.
 
 Per subject: the mean score, balanced over the polarities of Yes/No items (the mean of the
 "antipode says Yes" items' mean and the "antipode says No" items' mean, so that a model that
@@ -128,7 +129,8 @@ def summarize_probes(rows: Sequence[Mapping[str, Any]], min_mass: float, *, seed
             "n_items": len(mine), "n_scored": len(ok), "n_unscored": len(mine) - len(ok),
             "mass_median": float(np.median(masses)) if masses else None,
             # the bias: P(the reference option: "Yes", or the earlier letter) - 0.5, over scored items
-            "bias": float(np.mean([i["reference"] for i in ok]) - 0.5) if ok else None,
+            "bias": (float(np.mean([i["reference"] for i in ok]) - 0.5)
+                     if ok and (kind == "letters" or all(i["polarity"] for i in ok)) else None),
             "bias_of": "yes" if kind == "words" else "first letter",
             "by_polarity": polarity,
         }
@@ -140,7 +142,7 @@ def summarize_probes(rows: Sequence[Mapping[str, Any]], min_mass: float, *, seed
     masses = [m for i in items.values() for m in i["masses"] if m is not None]
 
     def bias(kind: str) -> float | None:
-        vals = [i["reference"] for i in all_ok if i["kind"] == kind]
+        vals = [i["reference"] for i in all_ok if i["kind"] == kind and (kind == "letters" or i["polarity"])]
         return float(np.mean(vals) - 0.5) if vals else None
 
     overall = {

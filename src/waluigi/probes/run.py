@@ -29,7 +29,7 @@ CHUNK = 512  # variants scored (and appended) per call to the model: sorted and 
 def is_probe_suite(name: str | os.PathLike) -> bool:
     from waluigi.registry import PROBES as REGISTRY
 
-    return isinstance(name, str) and ":" in name and name.partition(":")[0] in REGISTRY
+    return isinstance(name, str) and name.partition(":")[0] in REGISTRY
 
 
 def load_probe_suite(name: str, data_dir: str | os.PathLike | None = None):
@@ -50,13 +50,15 @@ def _row(item, variant, scores) -> dict:
     top = max(logprobs)
     weights = [math.exp(v - top) for v in logprobs]
     total = sum(weights)
-    mass = sum(math.exp(v) for v in logprobs)
+    # the next-token mass: P(the model's reply starts with one of the options' first tokens)
+    firsts = dict(zip(scores.first_tokens or range(len(logprobs)), scores.first_token_logprobs))
+    mass = sum(math.exp(v) for v in firsts.values())
     return {
         "item_id": item.id, "subject": item.subject, "control": item.control, "kind": item.kind,
         "polarity": item.polarity, "order": variant.order, "options": list(variant.options),
         "antipode_index": variant.antipode, "reference_index": variant.reference,
         "logprobs": logprobs, "n_tokens": scores.n_tokens, "first_token_logprobs": scores.first_token_logprobs,
-        "prompt_tokens": scores.prompt_tokens, "mass": mass,
+        "prompt_tokens": scores.prompt_tokens, "mass": mass, "full_mass": sum(math.exp(v) for v in logprobs),
         "p_antipode": weights[variant.antipode] / total, "p_reference": weights[variant.reference] / total,
     }
 
