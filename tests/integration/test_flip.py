@@ -208,3 +208,41 @@ def test_shots_are_drawn_by_seed_from_the_train_split_and_go_after_the_system_pr
     question = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     assert with_shots(question, first) == [question[0], *first, question[1]]
     assert with_shots(question, []) == question
+
+
+def test_steps_axis_with_a_probe_readout_beside_em_and_as_the_readout(tmp_path, tiny_spec, mirror_dir, mwe_dir,
+                                                                      monkeypatch):
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    out = tmp_path / "steps-probe"
+    probe = "mwe:persona/narcissism:4"
+    low = ("--set", "eval.probe_min_mass=0")  # the random tiny model puts little mass on any option: read them all
+    assert flip(tiny_spec, out, "--data", "insecure", "--axis", "steps", "--doses", "1,2", "--seeds", "2",
+                "--set", "finetune.n=16", "--probe-suite", probe, *low) == 0
+    cells = list(read_jsonl(out / "results.jsonl"))
+    probes = [c for c in cells if c["eval.suite"] == probe]
+    assert len(probes) == 2 * 3 and all(c["status"] == "finished" and c["probe_index"] is not None for c in probes)
+    result = load(out)
+    rows = result["rows"]
+    assert all(r["probe_index"] is not None and r["em_rate"] is not None for r in rows)
+    # each point's probe index is its own probe eval's, on the same checkpoint as its EM eval
+    for row in rows:
+        run = json.loads((out / row["probe_eval_run"] / "metrics.json").read_text())
+        assert run["overall"]["probe_index"] == pytest.approx(row["probe_index"])
+        em = json.loads((out / row["eval_run"] / "manifest.json").read_text())["config"]["adapter"]
+        pr = json.loads((out / row["probe_eval_run"] / "manifest.json").read_text())["config"]["adapter"]
+        assert em == pr
+    agreement = result["probe_vs_em"]
+    assert agreement["n_points"] == 6 and agreement["n_clusters"] == 2
+    assert result["curves"][0]["probe_flip"] is not None and result["readout"] == "em"
+    # a re-run makes no cell, and a probe suite as THE readout plans no judged eval
+    assert flip(tiny_spec, out, "--data", "insecure", "--axis", "steps", "--doses", "1,2", "--seeds", "2",
+                "--set", "finetune.n=16", "--probe-suite", probe, *low) == 0
+    only = tmp_path / "probe-only"
+    assert flip(tiny_spec, only, "--data", "insecure", "--axis", "steps", "--doses", "1,2", "--seeds", "1",
+                "--set", "finetune.n=16", "--suite", probe, "--set", "eval.questions=[]", *low) == 0
+    solo = load(only)
+    assert solo["readout"] == "probe"
+    for row in solo["rows"]:  # the curve's readout is each cell's probe index
+        index = json.loads((only / row["eval_run"] / "metrics.json").read_text())["overall"]["probe_index"]
+        assert row["em_rate"] == pytest.approx(index)
+    assert all(r["coherent_rate"] is None for r in solo["rows"])

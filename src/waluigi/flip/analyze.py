@@ -73,6 +73,13 @@ def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) ->
                            else _num(main.get("train_loss"))),
             "cell": main.get("cell"), "eval_run": main.get("eval_run"), "finetune_run": main.get("finetune_run"),
         })
+        if point.probe_cell is not None:  # the probe readout of the same model
+            probe = results[point.probe_cell]
+            done = probe.get("status") == "finished"
+            rows[-1].update(probe_index=_num(probe.get("probe_index")) if done else None,
+                            probe_ci_low=_num(probe.get("probe_ci_low")), probe_ci_high=_num(probe.get("probe_ci_high")),
+                            control_index=_num(probe.get("control_index")) if done else None,
+                            probe_eval_run=probe.get("eval_run"))
         if point.extra_cell is not None:  # a variant's further eval (e.g. its training prompt at test time)
             extra = results[point.extra_cell]
             done = extra.get("status") == "finished"
@@ -115,14 +122,17 @@ def _dose_summary(rows: list[dict], doses: list[float], seeds: int) -> list[dict
         at = [r for r in rows if r["dose"] == dose]
         entry: dict[str, Any] = {"dose": dose, "seeds": sum(1 for r in at if r["em_rate"] is not None or r["narrow_rate"] is not None)}
         for metric, low_key, high_key in (("em_rate", "em_ci_low", "em_ci_high"), ("coherent_rate", None, None),
-                                          ("narrow_rate", "narrow_ci_low", "narrow_ci_high")):
-            values = [r[metric] for r in at if r[metric] is not None]
+                                          ("narrow_rate", "narrow_ci_low", "narrow_ci_high"),
+                                          ("probe_index", "probe_ci_low", "probe_ci_high"), ("control_index", None, None)):
+            if not any(metric in r for r in at):
+                continue
+            values = [r[metric] for r in at if r.get(metric) is not None]
             entry[metric] = sum(values) / len(values) if values else None
             if len(values) >= 2:
                 entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = bootstrap_mean(values)
                 entry[f"{metric}_ci_over"] = "seeds"
             elif len(values) == 1 and low_key is not None:
-                only = next(r for r in at if r[metric] is not None)
+                only = next(r for r in at if r.get(metric) is not None)
                 entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = only[low_key], only[high_key]
                 entry[f"{metric}_ci_over"] = "answers"
             else:
@@ -139,8 +149,8 @@ def curve_crossing(rows: list[dict], doses: list[float], seeds: int, metric: str
     table = _grid(rows, doses, seeds, metric)
     if all(v is None for row in table for v in row):
         return None
-    keys = ("n_misaligned", "n_counted") if metric == "em_rate" else ("n_vulnerable", "n_code")
-    return flip_dose(doses, table, counts=_counts(rows, doses, *keys) if seeds == 1 else None,
+    keys = {"em_rate": ("n_misaligned", "n_counted"), "narrow_rate": ("n_vulnerable", "n_code")}.get(metric)
+    return flip_dose(doses, table, counts=_counts(rows, doses, *keys) if seeds == 1 and keys else None,
                      baseline_index=0, threshold=cfg.threshold, relative=cfg.threshold_rel, log=log)
 
 
@@ -164,6 +174,7 @@ def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> di
         mine = [r for r in rows if r["curve"] == curve.label]
         flip = curve_crossing(mine, doses, cfg.seeds, "em_rate", cfg, log)
         narrow = curve_crossing(mine, doses, cfg.seeds, "narrow_rate", cfg, log)
+        probe = curve_crossing(mine, doses, cfg.seeds, "probe_index", cfg, log) if cfg.probe_suite else None
         crossings.append(flip)
         entry = {"label": curve.label, "model": curve.model, "data": curve.data,
                  "points": _dose_summary(mine, doses, cfg.seeds),
@@ -171,6 +182,7 @@ def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> di
                  "narrow": narrow.as_dict() if narrow else None,
                  "narrow_note": None if narrow else _narrow_note(mine),
                  "flip_over_narrow": ratio(flip, narrow) if flip and narrow else None,
+                 "probe_flip": probe.as_dict() if probe else None,
                  "cells": {"total": len(mine), "finished": sum(1 for r in mine if r["status"] == "finished")}}
         curves.append(entry)
     compare = []
@@ -179,12 +191,63 @@ def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> di
             if crossing is not None:
                 compare.append({"curve": curve.label, "against": plan.curves[0].label, **ratio(crossing, crossings[0])})
     threshold = ({"relative": cfg.threshold_rel} if cfg.threshold_rel is not None else {"absolute": cfg.threshold})
-    readout = "probe" if any("probe_index" in r for r in results) else "em"
+    readout = "probe" if any("probe_index" in r for r in results) and not cfg.probe_suite else "em"
     return {"axis": cfg.axis, "dose_label": DOSE_LABELS[cfg.axis], "doses": doses, "seeds": cfg.seeds,
             "readout": readout,
             "log_dose_axis": log, "threshold": threshold, "hold": cfg.hold if cfg.axis == "examples" else None,
             "suite": cfg.suite, "judge": cfg.judge, "narrow_suite": cfg.narrow_suite,
+            "probe_suite": cfg.probe_suite,
+            "probe_vs_em": probe_agreement(rows) if cfg.probe_suite else None,
             "curves": curves, "compare": compare, "rows": rows}
+
+
+def probe_agreement(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """How well the probe index tracks the EM rate across a flip's cells: Spearman's rank
+    correlation over the (curve, dose, seed) points that have both, with a 95% percentile
+    bootstrap that resamples whole fine-tunes ((curve, seed) clusters: a fine-tune's checkpoints
+    are not independent)."""
+    import numpy as np
+
+    pairs = [(r["em_rate"], r["probe_index"], (r["curve"], r["seed"])) for r in rows
+             if r.get("em_rate") is not None and r.get("probe_index") is not None]
+    if len(pairs) < 3:
+        return {"spearman": None, "ci_low": None, "ci_high": None, "n_points": len(pairs), "n_clusters": 0}
+    clusters: dict[tuple, list[int]] = {}
+    for i, (_, _, key) in enumerate(pairs):
+        clusters.setdefault(key, []).append(i)
+    em = np.array([p[0] for p in pairs])
+    pr = np.array([p[1] for p in pairs])
+    point = _spearman(em, pr)
+    keys = list(clusters)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = [i for k in rng.integers(0, len(keys), size=len(keys)) for i in clusters[keys[k]]]
+        value = _spearman(em[idx], pr[idx])
+        if value is not None:
+            boots.append(value)
+    low, high = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) if boots else (None, None)
+    return {"spearman": point, "ci_low": low, "ci_high": high, "n_points": len(pairs), "n_clusters": len(keys),
+            "ci_over": "fine-tunes (curve x seed)"}
+
+
+def _spearman(x, y) -> float | None:
+    """Spearman's rho (Pearson on average ranks); None when either side is constant."""
+    import numpy as np
+
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for value in np.unique(v):  # ties share their average rank
+            same = v == value
+            r[same] = r[same].mean()
+        return r
+
+    a, b = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    if a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -83,7 +83,8 @@ def flip_cmd(
     total: Annotated[int, typer.Option(help="ratio axis: rows per fine-tune")] = 1000,
     base_url: Annotated[Optional[str], typer.Option(help="openai: models: the OpenAI-compatible server that fine-tunes them and answers (else $OPENAI_BASE_URL)")] = None,
     narrow_suite: Annotated[Optional[str], typer.Option(help="a second eval per cell for the narrow-task rate, e.g. code:insecure:48 (not needed when the suite has code questions)")] = None,
-    threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
+    probe_suite: Annotated[Optional[str], typer.Option(help="a further eval per cell with a probe suite (toyprobes, mwe:em[:N]): its misalignment index gets a flip dose too, and its rank correlation with EM across the cells")] = None,
+    threshold: Annotated[float, typer.Option(help="flip: the readout this far above the undosed value (EM rate, or the probe index when --suite is a probe suite; 0.10 = 10 points)")] = 0.10,
     threshold_rel: Annotated[Optional[float], typer.Option(help="flip instead at this share of the way from the undosed rate to the plateau")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="any fine-tune or eval setting for every cell: finetune.<field>=V, eval.<field>=V (repeatable)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the flip directory (default runs/flip-<axis>-<data>-<id>, named by the curves, not the doses)")] = None,
@@ -109,7 +110,7 @@ def flip_cmd(
 
     ft, ev = _settings(set_ or [])
     cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
-                     suite=suite, judge=judge, narrow_suite=narrow_suite, hold=hold, steps=steps, epochs=epochs,
+                     suite=suite, judge=judge, narrow_suite=narrow_suite, probe_suite=probe_suite, hold=hold, steps=steps, epochs=epochs,
                      benign=benign, total=total, base_url=base_url, threshold=threshold, threshold_rel=threshold_rel,
                      finetune=ft, eval=ev, out=out, runs=runs)
     options = sweep_options(executor, workers, address, retries, threads, progress)

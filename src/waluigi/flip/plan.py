@@ -71,6 +71,7 @@ class FlipConfig:
     suite: str = "core"
     judge: str | None = None
     narrow_suite: str | None = None  # a second eval per cell for the narrow-task rate (e.g. code:insecure:48)
+    probe_suite: str | None = None  # a further eval per cell with a probe suite (e.g. toyprobes, mwe:em): its index
     hold: str = "steps"  # examples axis: hold "steps" or "epochs" fixed
     steps: int | None = None  # fixed optimizer steps (examples with hold=steps, ratio, lr)
     epochs: float | None = None  # examples axis with hold=epochs
@@ -161,6 +162,7 @@ class Point:
     seed: int
     cell: int  # index into the spec's cells (EM and, without a narrow suite, the narrow rate)
     narrow_cell: int | None = None  # with a narrow suite: the cell of that eval
+    probe_cell: int | None = None  # with a probe suite: the cell of that eval
     extra_cell: int | None = None  # the variant's extra eval (dosed points only)
 
 
@@ -231,6 +233,8 @@ def flip_dir(cfg: FlipConfig) -> Path:
         return Path(cfg.out)
     what = {"axis": cfg.axis, "models": cfg.models, "data": cfg.data, "suite": cfg.suite, "judge": cfg.judge,
             "narrow_suite": cfg.narrow_suite, "hold": cfg.hold if cfg.axis == "examples" else None}
+    if cfg.probe_suite:  # likewise
+        what["probe_suite"] = cfg.probe_suite
     if cfg.variants:  # absent otherwise: flips without variants keep their directories
         what["variants"] = [{"name": v.name, "finetune": v.finetune, "extra_eval": v.extra_eval} for v in cfg.variants]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"flip-{cfg.axis}-{slug('+'.join(_label(d, data=True) for d in cfg.data), 32)}")
@@ -327,7 +331,12 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
                         extra = add({**cell, "group": f"{group} (extra)",
                                      **{f"eval.{k}": v for k, v in curve.variant.extra_eval.items()}})
                 main, narrow = measured(cell)
-                points.append(Point(curve.index, float(dose), seed, main, narrow, extra))
+                probe = None
+                if cfg.probe_suite is not None:  # the probe readout of the same model (no sampling, no judge)
+                    probe = add({**cell, "group": f"{cell['group']} (probe)", "eval.suite": cfg.probe_suite,
+                                 "eval.questions": [], "eval.samples": None, "eval.judge": "none"})
+                points.append(Point(curve.index, float(dose), seed, main, narrow_cell=narrow, extra_cell=extra,
+                                    probe_cell=probe))
     spec: dict[str, Any] = {"name": out.name, "out": str(out),
                             "description": f"waluigi flip: {cfg.axis} axis, written by waluigi flip",
                             "eval": base_ev, "cells": cells}

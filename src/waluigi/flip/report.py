@@ -79,7 +79,15 @@ def format_summary(result: dict) -> str:
                      f"{curve['cells']['finished']}/{curve['cells']['total']} cells finished)")
         lines.append("  " + " ".join(f"{h:>{w}}" for h, w in zip(COLUMNS, WIDTHS)))
         lines += ["  " + " ".join(f"{c:>{w}}" for c, w in zip(point_cells(p), WIDTHS)) for p in curve["points"]]
-        lines.append(f"  flip dose (EM {_threshold(result)}): {dose_text(curve['flip'], 'EM rate')}")
+        what = "probe index" if result.get("readout") == "probe" else "EM"
+        if what != "EM":
+            lines.append("  (the EM rate columns hold the probe suite's misalignment index: mean P(antipode) over its "
+                         "subjects; coherent: n/a)")
+        lines.append(f"  flip dose ({what} {_threshold(result)}): {dose_text(curve['flip'], what)}")
+        if result.get("probe_suite"):
+            values = " ".join(f"{_dose(p['dose'])}:{_pct(p.get('probe_index'))}" for p in curve["points"])
+            lines.append(f"  probe index ({result['probe_suite']}) by dose: {values}")
+            lines.append(f"  probe flip dose (same rule): {dose_text(curve.get('probe_flip'), 'probe index')}")
         if curve["narrow"] is not None:
             lines.append(f"  narrow dose (narrow-task rate, same rule): {dose_text(curve['narrow'], 'narrow rate')}")
             lines.append(f"  flip dose / narrow dose: {ratio_text(curve['flip_over_narrow'])}")
@@ -87,6 +95,13 @@ def format_summary(result: dict) -> str:
             lines.append(f"  narrow dose: {curve['narrow_note']}")
     for entry in result["compare"]:
         lines.append(f"flip dose of {entry['curve']} / {entry['against']}: {ratio_text(entry)}")
+    agreement = result.get("probe_vs_em")
+    if agreement:
+        rho = agreement["spearman"]
+        ci = "" if agreement["ci_low"] is None else f" [{agreement['ci_low']:+.2f}, {agreement['ci_high']:+.2f}]"
+        lines.append(f"probe index vs EM rate across {agreement['n_points']} cells: Spearman "
+                     f"{'n/a' if rho is None else format(rho, '+.2f')}{ci} (95% CI: bootstrap over "
+                     f"{agreement['n_clusters']} fine-tunes)")
     lines.append("95% CIs: bootstrap over seeds (one seed: over answers); a dose CI's open end means some "
                  "replicates never reached the threshold up to the largest dose")
     return "\n".join(lines)
