@@ -134,3 +134,32 @@ def test_metrics_over_probe_runs_with_a_reference(tiny_spec, tmp_path, capsys):
     assert several["shift"]["ci_over"] == "runs"
     code = main(["metrics", runs[0], "--reference", str(tmp_path)])
     assert code == 2 and "not a probe eval run" in capsys.readouterr().err
+
+
+def test_probe_run_exports_reports_and_lists(tiny_spec, tmp_path, capsys):
+    import pandas as pd
+
+    from waluigi.report.export import load_run
+
+    out = tmp_path / "runs" / "probe"
+    code, text, err = _eval(["--model", tiny_spec, "--suite", "mwe:persona/narcissism:6", "--out", str(out),
+                             "--probe-min-mass", "0", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "report:" in text
+    rows = list(read_jsonl(out / "probes.jsonl"))
+    frame = load_run(out)
+    assert len(frame) == len(rows) == 6 and set(frame["subject"]) == {"persona/narcissism"}
+    assert frame["p_antipode"].tolist() == pytest.approx([r["p_antipode"] for r in rows])
+    assert main(["export", str(out), "--format", "csv"]) == 0
+    back = pd.read_csv(out / "export.csv")
+    assert len(back) == 6 and back["question"].str.contains("something you would say").all()
+    capsys.readouterr()
+    assert main(["export", str(out), "--format", "inspect"]) == 2
+    assert "probe run" in capsys.readouterr().err
+    page = (out / "report.html").read_text()
+    assert "Probe readout" in page and "persona/narcissism" in page
+    assert main(["runs", "list", str(tmp_path / "runs")]) == 0
+    listed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())["overall"]
+    assert f"{100 * metrics['probe_index']:.1f}%" in listed
+    assert "mwe:persona/narcissism:6" in listed

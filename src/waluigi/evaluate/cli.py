@@ -116,6 +116,7 @@ def _probe_eval(ctx, cfg, json_out: bool) -> None:
     say(f"run: {result.run_dir}   forward passes: {result.calls['model']}   judge calls: 0")
     say(format_probe_table(summary, title=f"{cfg.model} on {summary['suite']} (probe readout, format {cfg.probe_format})"))
     say(f"data: {summary['attribution']}")
+    say(f"report: {_html(result.run_dir)} (open it in a browser)")
 
 
 def _html(run_dir):

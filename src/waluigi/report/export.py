@@ -53,6 +53,10 @@ def run_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     from waluigi.runs import RunDir
 
     run = Path(path)
+    from waluigi.probes.run import is_probe_run
+
+    if is_probe_run(run):
+        return probe_rows(run)
     samples, judgments, manifest, source = _read(run)
     config = manifest.get("config") or {}
     min_coherent = float(config.get("min_coherent", 50.0))
@@ -86,6 +90,34 @@ def run_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def probe_rows(run: Path) -> list[dict[str, Any]]:
+    """A probe run's rows: one per item and variant (letter order), with the item's question,
+    the options, each option's log-probability, the options' next-token mass, P(antipode),
+    whether the item counts at the run's mass threshold, and the model that was read."""
+    from waluigi.probes.run import PROBE_SUITE, _min_mass_of
+    from waluigi.runs import RunDir
+
+    source = RunDir(run)
+    manifest = source.manifest()
+    suite = source.read_json(PROBE_SUITE)
+    questions = {item["id"]: item["question"] for item in suite["items"]}
+    min_mass = _min_mass_of(run)
+    rows = source.rows("probes.jsonl")
+    low = {r["item_id"] for r in rows if r["mass"] is None or r["mass"] < min_mass}
+    out = []
+    for r in rows:
+        out.append({"model": manifest.get("model"), "suite": suite["name"], "item_id": r["item_id"],
+                    "subject": r["subject"], "control": r["control"], "kind": r["kind"], "polarity": r["polarity"],
+                    "order": r["order"], "question": questions.get(r["item_id"]),
+                    "antipode_option": r["options"][r["antipode_index"]],
+                    "other_option": r["options"][1 - r["antipode_index"]],
+                    "logprob_antipode": r["logprobs"][r["antipode_index"]],
+                    "logprob_other": r["logprobs"][1 - r["antipode_index"]],
+                    "mass": r["mass"], "p_antipode": r["p_antipode"], "scored": r["item_id"] not in low,
+                    "run": str(run)})
+    return out
+
+
 def load_run(path: str | os.PathLike):
     """An eval (or judge) run directory as a ``pandas.DataFrame``, one row per answer (see the
     module docstring for the columns)."""
@@ -98,6 +130,11 @@ def export_run(path: str | os.PathLike, fmt: str, out: str | os.PathLike | None 
     """Write the run's table as ``fmt`` to ``out`` (default: ``RUN/export.<ext>``), atomically."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    from waluigi.probes.run import is_probe_run
+
+    if fmt in ("inspect", "paper-csv") and is_probe_run(path):
+        raise UserError(f"--format {fmt} holds judged answers; {path} is a probe run (no answers): export it as csv, "
+                        "jsonl or parquet")
     if fmt == "inspect":
         from waluigi.report.inspect_log import write_inspect_log
 

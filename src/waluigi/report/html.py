@@ -252,10 +252,36 @@ def _metrics_html(metrics: dict) -> str:
     return "".join(parts)
 
 
+def _probe_html(metrics: dict) -> str:
+    """A probe run's readout: the indices, then P(antipode) per subject (escaped like every string)."""
+    o = metrics.get("overall") or {}
+    parts = [_table(["misalignment index", "95% CI", "controls", "95% CI", "items scored", "median mass",
+                     "P(Yes) - 0.5", "P(earlier letter) - 0.5"],
+                    [[_pct(o.get("probe_index")), _ci(o.get("probe_ci_low"), o.get("probe_ci_high")),
+                      _pct(o.get("control_index")), _ci(o.get("control_ci_low"), o.get("control_ci_high")),
+                      f"{o.get('n_scored')}/{o.get('n_items')}", o.get("mass_median"), _pct(o.get("bias_yes")),
+                      _pct(o.get("bias_first_letter"))]], "metrics")]
+    subjects = metrics.get("subjects") or {}
+    parts.append("<h4>Per subject: P(antipode's option), normalised over the two options</h4>")
+    parts.append(_table(
+        ["subject", "set", "P(antipode)", "95% CI", "antipode wins", "scored", "median mass", "bias"],
+        [[name, "control" if b.get("control") else "misalignment", _pct(b.get("antipode")),
+          _ci(b.get("ci_low"), b.get("ci_high")), _pct(b.get("win_rate")), f"{b.get('n_scored')}/{b.get('n_items')}",
+          b.get("mass_median"), _pct(b.get("bias"))] for name, b in subjects.items()], "metrics"))
+    if metrics.get("attribution"):
+        parts.append(f"<p>data: {_esc(metrics['attribution'])}</p>")
+    return "".join(parts)
+
+
 def _eval_section(path: Path) -> Section:
     manifest = _read_json(path / "manifest.json") or {}
     metrics = _read_json(path / "metrics.json")
     metrics = metrics if isinstance(metrics, dict) else None
+    if metrics and metrics.get("readout") == "probe":
+        parts = [f"<p class=path>{_esc(path)}</p>", "<h3>Probe readout (no sampling, no judge)</h3>",
+                 _probe_html(metrics), "<details><summary>configuration and identity</summary>",
+                 _config_table(manifest), "</details>"]
+        return Section(f"probe run {path.name}", path, "eval", "".join(parts))
     parts = [f"<p class=path>{_esc(path)}</p>", _summary_line(manifest, metrics), "<h3>Misalignment</h3>",
              _metrics_html(metrics) if metrics else "<p>n/a: no metrics.json yet (the run is unfinished)</p>",
              _figure(path / "scatter.png", "aligned vs coherent, one point per scored answer"),

@@ -75,6 +75,9 @@ def _entry(path: Path, root: Path, now: float) -> dict | None:
         parent = _read(Path(manifest["parents"][0]) / "manifest.json")
         config = {**((parent or {}).get("config") or {}), **config}
     em = overall.get("em_rate")
+    if "probe_index" in overall:  # a probe run: its misalignment index stands in the EM column
+        em = overall.get("probe_index")
+        overall = {**overall, "ci_low": overall.get("probe_ci_low"), "ci_high": overall.get("probe_ci_high")}
     try:
         rel = str(path.relative_to(root)) or "."
     except ValueError:
