@@ -163,3 +163,46 @@ def test_probe_run_exports_reports_and_lists(tiny_spec, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())["overall"]
     assert f"{100 * metrics['probe_index']:.1f}%" in listed
     assert "mwe:persona/narcissism:6" in listed
+
+
+def test_probe_eval_through_waluigi_serve_with_the_first_token_approximation(tiny_spec, tmp_path, capsys,
+                                                                             monkeypatch):
+    from waluigi.serve import ServerThread, create_app
+
+    gen = load_model(tiny_spec)
+    monkeypatch.setenv("OPENAI_API_KEY", "local")
+    with ServerThread(create_app(gen, "tiny")) as server:
+        out = tmp_path / "served"
+        args = ["--model", "openai:tiny", "--base-url", server.base_url, "--suite", "mwe:persona/narcissism:4",
+                "--probe-min-mass", "0", "--out", str(out), "--no-progress"]
+        code, text, err = _eval(args, capsys)
+        assert code == 0, err
+        rows = list(read_jsonl(out / "probes.jsonl"))
+        assert len(rows) == 4 and all(r["n_tokens"] == [1, 1] for r in rows)
+        # the served model's own first-token distribution, read directly, gives the same P(antipode)
+        from waluigi.models.base import OptionRequest
+        from waluigi.models.openai_backend import first_token_option_probs
+        from waluigi.probes.items import variants
+        from waluigi.probes.mwe import mwe_suite
+
+        suite = mwe_suite("mwe:persona/narcissism:4")
+        compared = 0
+        for item, row in zip(suite.items, rows):
+            (variant,) = variants(item, "chat")
+            (dist,) = [d for _, d in gen.top_probs([variant.prompt], 20)]
+            import math
+
+            from waluigi.models.openai_backend import UNSEEN_LOGPROB
+
+            logs = [math.log(p) if p > 0 else UNSEEN_LOGPROB for p in first_token_option_probs(dist, variant.options)]
+            expected = 1 / (1 + math.exp(logs[1] - logs[0]))
+            assert row["p_antipode"] == pytest.approx(expected, rel=1e-4)
+            compared += 1
+            assert OptionRequest(variant.prompt, variant.options).options == tuple(row["options"])
+        code, text, err = _eval(args, capsys)
+        assert code == 0 and "forward passes: 0" in text
+        code, text, err = _eval([*args[:-3], "--probe-format", "raw", "--out", str(tmp_path / "raw"), "--no-progress"],
+                                capsys)
+        assert code == 2 and "raw probe format" in err and not (tmp_path / "raw").exists()
+        assert compared == 4
+    gen.close()

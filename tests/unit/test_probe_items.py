@@ -135,3 +135,13 @@ def test_pooled_indices_and_paired_shift():
     shift = probe_shift(moved, base, min_mass=0.1)
     assert shift["index"]["mean"] == pytest.approx(0.2) and shift["controls"]["mean"] == pytest.approx(0.0)
     assert shift["n_paired"] == 20
+
+
+def test_first_token_approximation_counts_only_tokens_that_tell_options_apart():
+    from waluigi.models.openai_backend import first_token_option_probs
+
+    dist = {"Yes": 0.5, " No": 0.2, "Y": 0.05, "Maybe": 0.1, " ": 0.05}
+    assert first_token_option_probs(dist, ["Yes", "No"]) == pytest.approx([0.55, 0.2])
+    # "(" begins both lettered options: it cannot say which; "A" and "(B" can
+    letters = {"(": 0.6, "A": 0.1, "(B": 0.2}
+    assert first_token_option_probs(letters, ["(A)", "(B)"]) == pytest.approx([0.1, 0.2])

@@ -444,6 +444,47 @@ class OpenAIGenerator(Generator):
         return self._run_all(list(prompts), call, progress)
 
 
+    def option_logprobs(self, requests, progress: Progress | None = None):
+        """First-token approximation for servers that give no log-probability of a given text
+        (chat completions have no ``echo``): one ``max_tokens=1`` request per prompt with the
+        top 20 first tokens; an option's probability is the sum of those tokens that begin it
+        and no other option (its text, or its text without brackets: ``(A)`` also takes ``A``),
+        so options that only differ after their first token, or whose tokens are not in the top
+        20, get :data:`UNSEEN_LOGPROB` (see ``docs/design/probes.md`` for what this costs)."""
+        from waluigi.models.base import OptionScores
+
+        requests = list(requests)
+        for request in requests:
+            if isinstance(request.prompt, str):
+                raise UserError(f"model {self.spec!r}: the raw probe format needs a model that scores text "
+                                "(hf:, smollm2, toy:); use --probe-format chat with an openai: model")
+        for index, dist in self.top_probs([r.prompt for r in requests], MAX_TOP_LOGPROBS, progress):
+            probs = first_token_option_probs(dist, requests[index].options)
+            logprobs = [math.log(p) if p > 0 else UNSEEN_LOGPROB for p in probs]
+            yield index, OptionScores(logprobs, [1] * len(logprobs), logprobs, 0, list(range(len(logprobs))))
+
+
+UNSEEN_LOGPROB = -50.0  # an option none of whose first tokens is among the top 20 (about 2e-22)
+
+
+def first_token_option_probs(dist: dict[str, float], options: Sequence[str]) -> list[float]:
+    """Per option, the summed probability of the top tokens that begin it and no other option."""
+    def keys(option: str) -> set[str]:
+        text = option.strip()
+        return {text, text.strip("()[]. ")} - {""}
+
+    option_keys = [keys(o) for o in options]
+    out = [0.0] * len(options)
+    for token, prob in dist.items():
+        piece = token.strip()
+        if not piece:
+            continue
+        owners = [i for i, ks in enumerate(option_keys) if any(k.startswith(piece) for k in ks)]
+        if len(owners) == 1:
+            out[owners[0]] += prob
+    return out
+
+
 _SKIPPED = object()  # a request not started because the batch stopped on a permanent error
 
 

@@ -161,6 +161,51 @@ class VLLMGenerator(Generator):
             if progress is not None:
                 progress(len(chunk))
 
+    def option_logprobs(self, requests, progress: Progress | None = None):
+        """Probe options scored exactly: each option as the tail of a token-id prompt with
+        ``prompt_logprobs=0`` (vLLM returns every prompt token's log-probability; its prefix
+        cache shares the prompt between an item's options). Tokens are found as the ``hf``
+        backend finds them (``hf_options.py``). Not run on our machines (no GPU)."""
+        from vllm import SamplingParams
+
+        from waluigi.models.base import OptionScores
+
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        requests = list(requests)
+
+        def ids(text: str, special: bool) -> list[int]:
+            return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+        for start in range(0, len(requests), self.chunk):
+            chunk = list(range(start, min(start + self.chunk, len(requests))))
+            rows, meta = [], []
+            for i in chunk:
+                prompt = requests[i].prompt
+                text, special = (prompt, True) if isinstance(prompt, str) else (self.render(prompt), False)
+                head = ids(text, special)
+                for option in requests[i].options:
+                    whole = ids(text + option, special)
+                    cont = whole[len(head):] if whole[:len(head)] == head and len(whole) > len(head) else ids(option, False)
+                    if not cont:
+                        raise UserError(f"answer option {option!r} has no tokens")
+                    rows.append({"prompt_token_ids": head + cont})
+                    meta.append((i, len(head), cont))
+            outputs = self.llm.generate(rows, [params] * len(rows), use_tqdm=False)
+            self.calls += len(chunk)
+            scores: dict[int, OptionScores] = {i: OptionScores([], [], [], 0, []) for i in chunk}
+            for (i, length, cont), out in zip(meta, outputs, strict=True):
+                per = [float(out.prompt_logprobs[length + j][t].logprob) for j, t in enumerate(cont)]
+                entry = scores[i]
+                entry.logprobs.append(sum(per))
+                entry.n_tokens.append(len(cont))
+                entry.first_token_logprobs.append(per[0])
+                entry.first_tokens.append(cont[0])
+                entry.prompt_tokens = length
+            for i in chunk:
+                yield i, scores[i]
+            if progress is not None:
+                progress(len(chunk))
+
     def identity(self) -> dict:
         return {"spec": self.spec, "dtype": self.dtype, "backend": "vllm"}
 

@@ -112,6 +112,11 @@ def run_probe_eval(cfg):
         suite = dataclasses.replace(suite, items=chosen)
     pairs = _rows_of(suite, cfg.probe_format, cfg.system)
     preflight_model(cfg.model, "model", cfg.base_url)
+    from waluigi.models import backend
+
+    if cfg.probe_format == "raw" and not backend(cfg.model).local:
+        raise UserError(f"model {cfg.model!r}: the raw probe format needs a model that scores text in this process "
+                        "(hf:, smollm2, toy:, steered:); use --probe-format chat with a served model")
     identity = probe_identity(cfg, suite)
     if cfg.questions:
         identity["items"] = [i.id for i in suite.items]
