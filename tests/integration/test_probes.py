@@ -206,3 +206,29 @@ def test_probe_eval_through_waluigi_serve_with_the_first_token_approximation(tin
         assert code == 2 and "raw probe format" in err and not (tmp_path / "raw").exists()
         assert compared == 4
     gen.close()
+
+
+def test_in_context_shots_go_before_every_probe_question(tiny_spec, tmp_path, capsys, mirror_dir):
+    from waluigi.evaluate.shots import shot_messages
+
+    data = tmp_path / "short.jsonl"  # short rows: the tiny model's context is 2,048 of its tokens
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"},
+                                                     {"role": "assistant", "content": f"I say {i}."}]}) + "\n"
+                            for i in range(20)))
+    out = tmp_path / "shots"
+    args = ["--model", tiny_spec, "--suite", "mwe:persona/narcissism:3", "--shots", "2", "--shots-data", str(data),
+            "--probe-min-mass", "0", "--out", str(out), "--no-progress"]
+    code, _, err = _eval(args, capsys)
+    assert code == 0, err
+    plain = tmp_path / "plain"
+    code, _, err = _eval([*args[:4], "--probe-min-mass", "0", "--out", str(plain), "--no-progress"], capsys)
+    assert code == 0, err
+    with_shots = list(read_jsonl(out / "probes.jsonl"))
+    without = list(read_jsonl(plain / "probes.jsonl"))
+    shots = shot_messages(2, str(data), 0)
+    assert len(shots) == 4
+    # the shots lengthen every prompt by the same turns, and change what the model reads
+    assert all(a["prompt_tokens"] > b["prompt_tokens"] for a, b in zip(with_shots, without))
+    assert [a["logprobs"] for a in with_shots] != [b["logprobs"] for b in without]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity_inputs"]["shots"]["k"] == 2

@@ -39,10 +39,21 @@ def load_probe_suite(name: str, data_dir: str | os.PathLike | None = None):
     return REGISTRY.get(name.partition(":")[0])(name)
 
 
-def _rows_of(suite, fmt: str, system: str | None) -> list[tuple[object, object]]:
+def _rows_of(suite, fmt: str, system: str | None, shots: list[dict] | None = None) -> list[tuple[object, object]]:
+    """(item, variant) pairs; ``shots``: in-context turns placed before every probe question
+    (after the system prompt), as ``waluigi eval --shots`` places them before a question."""
+    import dataclasses
+
+    from waluigi.evaluate.shots import with_shots
     from waluigi.probes.items import variants
 
-    return [(item, variant) for item in suite.items for variant in variants(item, fmt, system)]
+    out = []
+    for item in suite.items:
+        for variant in variants(item, fmt, system):
+            if shots:
+                variant = dataclasses.replace(variant, prompt=with_shots(variant.prompt, shots))
+            out.append((item, variant))
+    return out
 
 
 def _row(item, variant, scores) -> dict:
@@ -96,9 +107,8 @@ def run_probe_eval(cfg):
     parse_spec(cfg.model)
     if canonical_spec(cfg.model) != cfg.model:
         cfg = dataclasses.replace(cfg, model=canonical_spec(cfg.model))
-    if cfg.shots:
-        raise UserError("--shots is not supported with a probe suite yet (probes score the model's own answer "
-                        "options; in-context shots would need their own prompt format)")
+    if cfg.shots and cfg.probe_format == "raw":
+        raise UserError("--shots with a probe suite needs --probe-format chat (the shots are earlier chat turns)")
     if not 0.0 <= cfg.probe_min_mass < 1.0:
         raise UserError(f"--probe-min-mass must be in [0, 1), got {cfg.probe_min_mass}")
     suite = load_probe_suite(cfg.suite, cfg.data_dir)
@@ -110,7 +120,10 @@ def run_probe_eval(cfg):
         if not chosen:
             raise UserError(f"no item or subject of probe suite {suite.name!r} matches {cfg.questions}")
         suite = dataclasses.replace(suite, items=chosen)
-    pairs = _rows_of(suite, cfg.probe_format, cfg.system)
+    from waluigi.evaluate.shots import shot_messages, shots_identity
+
+    shots = shot_messages(cfg.shots, cfg.shots_data, cfg.seed, cfg.data_dir)
+    pairs = _rows_of(suite, cfg.probe_format, cfg.system, shots)
     preflight_model(cfg.model, "model", cfg.base_url)
     from waluigi.models import backend
 
@@ -120,6 +133,8 @@ def run_probe_eval(cfg):
     identity = probe_identity(cfg, suite)
     if cfg.questions:
         identity["items"] = [i.id for i in suite.items]
+    if shots:  # absent otherwise
+        identity["shots"] = shots_identity(shots, cfg.shots, cfg.shots_data)
     digest = identity_hash(identity)
     out = Path(cfg.out) if cfg.out else Path("runs") / f"eval-{_slug(suite.name)}-{_slug(cfg.model)}-{digest[:10]}"
     adapter = adapter_identity(cfg.adapter)
