@@ -232,3 +232,22 @@ def test_in_context_shots_go_before_every_probe_question(tiny_spec, tmp_path, ca
     assert [a["logprobs"] for a in with_shots] != [b["logprobs"] for b in without]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity_inputs"]["shots"]["k"] == 2
+
+
+def test_compare_probe_runs_pairs_items_and_refuses_disjoint_suites(tiny_spec, tmp_path, capsys):
+    runs = []
+    for fmt in ("chat", "raw"):
+        out = tmp_path / fmt
+        code, _, err = _eval(["--model", tiny_spec, "--suite", "mwe:persona/narcissism:4", "--probe-format", fmt,
+                              "--probe-min-mass", "0", "--out", str(out), "--no-progress"], capsys)
+        assert code == 0, err
+        runs.append(str(out))
+    assert main(["compare", *runs, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["runs"][runs[1]]
+    assert result["shift"]["n_paired"] == 4 and result["reference"] == runs[0]
+    other = tmp_path / "other"
+    code, _, err = _eval(["--model", tiny_spec, "--suite", "mwe:persona/psychopathy:4", "--probe-min-mass", "0",
+                          "--out", str(other), "--no-progress"], capsys)
+    assert code == 0, err
+    assert main(["compare", runs[0], str(other)]) == 2
+    assert "share no scored item" in capsys.readouterr().err

@@ -285,6 +285,10 @@ def probe_metrics(run_paths: list[str], reference: str | None = None, min_mass: 
     if reference:
         ref_rows = load_probe_rows(reference)
         shifts = [probe_shift(r, ref_rows, mass) for r in rows]
+        for path, shift in zip(run_paths, shifts):
+            if not shift["n_paired"]:
+                raise UserError(f"{path} and the reference {reference} share no scored item (different probe suites, "
+                                "or no item scored in both): a shift pairs the same items")
         if len(shifts) == 1:
             out["shift"] = shifts[0]
         else:

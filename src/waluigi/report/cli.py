@@ -43,8 +43,23 @@ def compare_cmd(
     CI (paired for two judgings of the same answers)."""
     import json
 
+    from waluigi.probes.run import is_probe_run
     from waluigi.report.compare import compare_runs, format_comparison
 
+    if any(is_probe_run(r) for r in runs):  # probe runs: each one's shift from the first, paired by item
+        from waluigi.errors import UserError
+        from waluigi.probes.run import format_probe_table, probe_metrics
+
+        if len(runs) < 2:
+            raise UserError("compare needs a baseline and at least one more run")
+        results = [probe_metrics([run], reference=runs[0]) for run in runs[1:]]
+        if json_out:
+            typer.echo(json.dumps({"baseline": runs[0], "runs": dict(zip(runs[1:], results))}, indent=2))
+            return
+        for run, result in zip(runs[1:], results):
+            typer.echo(format_probe_table(result, title=f"{run} against {runs[0]} (probe readout; shift: paired over "
+                                                       "items, 95% bootstrap CI)", shift=result["shift"]))
+        return
     result = compare_runs(runs, min_coherent=min_coherent, max_aligned=max_aligned)
     typer.echo(json.dumps(result, indent=2) if json_out else format_comparison(result))
 
