@@ -227,8 +227,13 @@ def probe_agreement(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict
         if value is not None:
             boots.append(value)
     low, high = (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))) if boots else (None, None)
+    by_curve = {}
+    for curve in dict.fromkeys(r["curve"] for r in rows):  # within one curve: does the probe follow the dose?
+        mine = [(e, p) for e, p, key in pairs if key[0] == curve]
+        by_curve[curve] = {"spearman": _spearman(np.array([m[0] for m in mine]), np.array([m[1] for m in mine]))
+                           if len(mine) >= 3 else None, "n_points": len(mine)}
     return {"spearman": point, "ci_low": low, "ci_high": high, "n_points": len(pairs), "n_clusters": len(keys),
-            "ci_over": "fine-tunes (curve x seed)"}
+            "ci_over": "fine-tunes (curve x seed)", "by_curve": by_curve}
 
 
 def _spearman(x, y) -> float | None:

@@ -102,6 +102,10 @@ def format_summary(result: dict) -> str:
         lines.append(f"probe index vs EM rate across {agreement['n_points']} cells: Spearman "
                      f"{'n/a' if rho is None else format(rho, '+.2f')}{ci} (95% CI: bootstrap over "
                      f"{agreement['n_clusters']} fine-tunes)")
+        within = [f"{name} {'n/a' if v['spearman'] is None else format(v['spearman'], '+.2f')}"
+                  for name, v in (agreement.get("by_curve") or {}).items()]
+        if within:
+            lines.append(f"  within each curve: {'; '.join(within)}")
     lines.append("95% CIs: bootstrap over seeds (one seed: over answers); a dose CI's open end means some "
                  "replicates never reached the threshold up to the largest dose")
     return "\n".join(lines)
