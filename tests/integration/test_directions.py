@@ -474,6 +474,16 @@ def test_monitor_follows_a_fine_tunes_checkpoints(tiny_spec, direction, tmp_path
     assert drift["points"][0]["shift"] == 0.0 and drift["points"][0]["adapter"] is None
     assert all(p["adapter"] for p in drift["points"][1:])  # LoRA: the checkpoints are adapters on the base
     assert drift["points"][-1]["shift"] != 0.0  # training moved the prompts' states
+    # with a probe suite: each checkpoint's probe index too, from its own probe eval run
+    assert main(["monitor", str(result.run_dir), "--direction", str(direction), "--probe-suite",
+                 "mwe:persona/narcissism:4", "--json", "--no-progress"]) == 0
+    probed = json.loads(capsys.readouterr().out)
+    assert [p["step"] for p in probed["points"]] == [0, 2, 4]
+    for point in probed["points"]:
+        manifest = json.loads((Path(point["probe_run"]) / "manifest.json").read_text())
+        assert manifest["status"] == "finished" and manifest["readout"] == "probe"
+        assert (manifest["config"]["adapter"] is None) == (point["adapter"] is None)
+    assert probed["projection_vs_probe"]["n_points"] == sum(p["probe_index"] is not None for p in probed["points"])
 
 
 def test_contrastive_priming_by_in_context_rows_on_dataset_prompts(tiny_spec, tmp_path, mirror_dir):

@@ -132,6 +132,7 @@ def monitor_cmd(
     layer: Annotated[Optional[int], typer.Option(help="the layer projected on (default: the direction's suggested one)")] = None,
     model: Annotated[Optional[str], typer.Option(help="read the answers with this model (default: each run's own)", callback=canonical_specs)] = None,
     suite: Annotated[str, typer.Option(help="fine-tune runs: the prompts whose last token is projected at each checkpoint")] = "core",
+    probe_suite: Annotated[Optional[str], typer.Option(help="fine-tune runs: also the probe index of each checkpoint (a probe suite: toyprobes, mwe:em[:N]) and its rank correlation with the projection")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
     batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
     json_out: JsonOpt = False,
@@ -163,15 +164,21 @@ def monitor_cmd(
             raise typer.BadParameter("a fine-tune run's drift is monitored one run at a time")
         run = chosen[0]
         drift = monitor_finetune(run, direction, suite=suite, layer=layer, data_dir=data_dir, batch_size=batch_size,
-                                 progress=progress)
+                                 progress=progress, probe_suite=probe_suite)
         if json_out:
             typer.echo(json.dumps(drift, indent=2))
             return
         typer.echo(f"{run}: layer {drift['layer']}, {drift['prompts']} prompts of {suite}; the direction's norm there "
                    f"{drift['norm_at_layer']:.3f}")
         for point in drift["points"]:
+            probe = point.get("probe_index")
             typer.echo(f"  step {point['step']:>6}  projection {point['mean_prompt_projection']:+.4f}  "
-                       f"shift {point['shift']:+.4f}")
+                       f"shift {point['shift']:+.4f}" + ("" if "probe_index" not in point else
+                                                          f"  probe index {'-' if probe is None else format(100 * probe, '.1f') + '%'}"))
+        if probe_suite:
+            rho = (drift.get("projection_vs_probe") or {}).get("spearman")
+            typer.echo(f"  projection vs probe index over {len(drift['points'])} points: Spearman "
+                       f"{'n/a' if rho is None else format(rho, '+.2f')}")
         return
     result = monitor_runs(chosen, direction, layer=layer, model=model, batch_size=batch_size, progress=progress)
     if json_out:

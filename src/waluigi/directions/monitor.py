@@ -115,10 +115,13 @@ def monitor_runs(runs: list[Path], direction_path: str, layer: int | None = None
 
 
 def monitor_finetune(run: Path, direction_path: str, suite: str = "core", layer: int | None = None,
-                     data_dir: str | None = None, batch_size: int = 16, progress: bool = True) -> dict:
+                     data_dir: str | None = None, batch_size: int = 16, progress: bool = True,
+                     probe_suite: str | None = None) -> dict:
     """The projection's drift over a fine-tune's checkpoints: for the base model (step 0),
     every kept checkpoint and the final weights, the mean projection of the suite's prompts'
-    last token on the unit direction, and its shift from step 0."""
+    last token on the unit direction, and its shift from step 0. ``probe_suite``: also each
+    point's probe index (a probe eval run per point under ``RUN/probe-monitor/``, resumed like
+    any eval run), and Spearman's rank correlation of the projection with it over the points."""
     import torch
 
     from waluigi.directions.run import activation_means
@@ -155,8 +158,27 @@ def monitor_finetune(run: Path, direction_path: str, suite: str = "core", layer:
     start = rows[0]["mean_prompt_projection"]
     for row in rows:
         row["shift"] = row["mean_prompt_projection"] - start
+    agreement = None
+    if probe_suite:
+        from waluigi.evaluate import EvalConfig, run_eval
+        from waluigi.flip.analyze import _spearman
+
+        for row in rows:
+            result = run_eval(EvalConfig(model=row["model"], adapter=row["adapter"], suite=probe_suite,
+                                         data_dir=data_dir, out=str(run / "probe-monitor" / f"step-{row['step']:06d}"),
+                                         progress=progress))
+            overall = result.summary["overall"]
+            row.update(probe_index=overall["probe_index"], probe_ci_low=overall["probe_ci_low"],
+                       probe_ci_high=overall["probe_ci_high"], probe_run=str(result.run_dir))
+        pairs = [(r["mean_prompt_projection"], r["probe_index"]) for r in rows if r["probe_index"] is not None]
+        import numpy as np
+
+        agreement = {"spearman": _spearman(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+                     if len(pairs) >= 3 else None, "n_points": len(pairs)}
     summary = {"run": str(run), "direction": str(direction.path), "direction_sha256": direction.sha256, "layer": layer,
                "suite": suite, "prompts": len(prompts), "points": rows,
                "norm_at_layer": float(torch.linalg.vector_norm(direction.vector(layer)))}
+    if probe_suite:
+        summary.update(probe_suite=probe_suite, projection_vs_probe=agreement)
     (run / f"drift-{direction.sha256[:10]}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
