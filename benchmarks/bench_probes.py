@@ -84,9 +84,9 @@ def main() -> None:
     n_rows = 0
     with torch.inference_mode():
         for request in naive:
-            row = H.build_row(gen, request)
-            prompt = row.ids[: row.prompt_len]
-            for cont in row.conts:
+            encoded = H.encode(gen, request)
+            prompt = encoded.ids
+            for cont in encoded.conts:
                 model(torch.tensor([prompt + cont])).logits.float().log_softmax(-1)
                 n_rows += 1
     naive_s = (time.perf_counter() - start) / len(naive)

@@ -1,5 +1,5 @@
-"""Answer options scored by a transformers model: one forward pass per prompt, all its options
-together (``HFGenerator.option_logprobs``; probe suites, ``docs/design/probes.md``).
+"""Answer options scored by a transformers model: one forward pass for many prompts and all
+their options (``HFGenerator.option_logprobs``; probe suites, ``docs/design/probes.md``).
 
 An option's tokens are found as lm-evaluation-harness finds a continuation's: tokenize
 ``prompt + option`` and take what follows the prompt's own tokens (so a leading space merges
@@ -7,19 +7,23 @@ into the option's first token as the tokenizer would merge it); if the prompt's 
 a prefix of that (the option changed how the prompt's end tokenizes), the option is tokenized
 alone and appended.
 
-All options of a prompt share ONE row: the prompt's tokens, then for every option its tokens
-but the last (the last is only predicted), with an attention mask in which an option's
-tokens see the prompt and their own earlier tokens, never another option's, and position ids
-that restart after the prompt for each option. Single-token options (``Yes`` / ``No``) add
-nothing: the prompt's last position predicts them all. Rows are right-padded to the longest
-row of their batch (rows sorted by length, batches capped by padded tokens), and the
-vocabulary projection runs only at the positions that predict an option token.
+A **row** holds a group of consecutive prompts that share a long prefix (the two letter orders
+of an item, a file's question stem) and all their options, as a tree: the shared root, then
+for each prompt its own tail, then for each of its options the option's tokens but the last
+(the last is only predicted). The attention mask lets a token see its ancestors only (a tail
+sees the root; an option sees the root and its own prompt's tail; never another prompt's or
+another option's tokens), and position ids continue each branch from its parent's end, so every
+option is scored exactly as after its prompt alone. Single-token options (``Yes`` / ``No``) add
+nothing: the prompt's last position predicts them all. Rows are sorted by length, right-padded to
+the longest row of their batch (batches capped by padded tokens); the batch's common prefix runs
+once, its KV cache repeated over the batch; the vocabulary projection runs only at the positions
+that predict an option token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from waluigi.errors import UserError
 from waluigi.models.base import OptionRequest, OptionScores, Progress
@@ -27,14 +31,27 @@ from waluigi.models.base import OptionRequest, OptionScores, Progress
 TOKEN_BUDGET_CPU = 4096  # padded tokens per forward pass on CPU (benchmarks/bench_probes.py)
 TOKEN_BUDGET = 32 * 512
 MAX_BATCH = 64
+GROUP_SHARE = 0.5  # consecutive prompts share a row when their common prefix is at least this share of each
+MIN_GROUP_SHARED = 16  # ... and at least this many tokens
+MAX_GROUP = 8  # prompts per row at most
+
+
+@dataclass
+class _Prompt:
+    ids: list[int]
+    conts: list[list[int]]  # per option: its tokens
 
 
 @dataclass
 class _Row:
-    ids: list[int]
-    prompt_len: int
-    starts: list[int]  # per option: where its fed tokens start in ids (prompt_len + offset)
-    conts: list[list[int]]  # per option: its tokens
+    ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    spans: list[list[tuple[int, int]]] = field(default_factory=list)  # per token: the index ranges it sees
+    root: int = 0
+    members: list[int] = field(default_factory=list)  # the requests whose prompts the row holds
+    conts: list[list[list[int]]] = field(default_factory=list)  # per prompt, per option: its tokens
+    predictors: list[list[list[int]]] = field(default_factory=list)  # ... per token: the index predicting it
+    prompt_lens: list[int] = field(default_factory=list)
 
 
 def _tokens(gen, text: str, special: bool) -> list[int]:
@@ -42,8 +59,8 @@ def _tokens(gen, text: str, special: bool) -> list[int]:
         return list(gen.tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def build_row(gen, request: OptionRequest) -> _Row:
-    """The one row that scores every option of ``request``."""
+def encode(gen, request: OptionRequest) -> _Prompt:
+    """A request's prompt tokens and each option's tokens."""
     if isinstance(request.prompt, str):
         text, special = request.prompt, True
     else:
@@ -63,27 +80,81 @@ def build_row(gen, request: OptionRequest) -> _Row:
         if not cont:
             raise UserError(f"answer option {option!r} has no tokens")
         conts.append(cont)
-    ids = list(prompt_ids)
-    starts = []
-    for cont in conts:
-        starts.append(len(ids))
-        ids += cont[:-1]
-    return _Row(ids, len(prompt_ids), starts, conts)
+    return _Prompt(prompt_ids, conts)
 
 
-def _positions(row: _Row) -> list[int]:
-    out = list(range(row.prompt_len))
-    for cont in row.conts:
-        out += [row.prompt_len + j for j in range(len(cont) - 1)]
-    return out
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    limit = min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
-def _predictors(row: _Row) -> list[list[int]]:
-    """Per option, per token: the row index whose logits predict that token."""
-    out = []
-    for start, cont in zip(row.starts, row.conts):
-        out.append([row.prompt_len - 1] + [start + j for j in range(len(cont) - 1)])
-    return out
+def make_row(prompts: list[_Prompt], members: list[int]) -> _Row:
+    """One row for ``prompts`` (see the module docstring)."""
+    row = _Row(members=list(members))
+    root = len(prompts[0].ids)
+    for p in prompts[1:]:
+        root = min(root, _common(prompts[0].ids, p.ids))
+    if len(prompts) > 1:  # every prompt keeps a tail of at least one token: its last position predicts
+        root = min(root, min(len(p.ids) for p in prompts) - 1)
+    row.root = root
+    for i, token in enumerate(prompts[0].ids[:root]):
+        row.ids.append(token)
+        row.positions.append(i)
+        row.spans.append([(0, i + 1)])
+    for p in prompts:
+        tail = p.ids[root:]
+        start = len(row.ids)
+        for j, token in enumerate(tail):
+            row.ids.append(token)
+            row.positions.append(root + j)
+            row.spans.append([(0, root), (start, start + j + 1)])
+        last = start + len(tail) - 1 if tail else root - 1
+        per_option = []
+        for cont in p.conts:
+            begin = len(row.ids)
+            predictors = [last]
+            for j, token in enumerate(cont[:-1]):
+                row.ids.append(token)
+                row.positions.append(len(p.ids) + j)
+                row.spans.append([(0, root), (start, start + len(tail)), (begin, begin + j + 1)])
+                predictors.append(begin + j)
+            per_option.append(predictors)
+        row.conts.append(p.conts)
+        row.predictors.append(per_option)
+        row.prompt_lens.append(len(p.ids))
+    return row
+
+
+def build_row(gen, request: OptionRequest) -> _Row:
+    """The row of one request alone."""
+    return make_row([encode(gen, request)], [0])
+
+
+def group_rows(prompts: list[_Prompt]) -> list[_Row]:
+    """Consecutive prompts that share a long prefix go into one row (at most MAX_GROUP)."""
+    rows: list[_Row] = []
+    group: list[int] = []
+    shared = 0
+
+    def close() -> None:
+        if group:
+            rows.append(make_row([prompts[i] for i in group], group))
+
+    for index, prompt in enumerate(prompts):
+        if group:
+            common = min(shared, _common(prompts[group[0]].ids, prompt.ids))
+            shortest = min(min(len(prompts[i].ids) for i in group), len(prompt.ids))
+            if len(group) < MAX_GROUP and common >= max(MIN_GROUP_SHARED, GROUP_SHARE * shortest):
+                group.append(index)
+                shared = common
+                continue
+            close()
+        group, shared = [index], len(prompt.ids)
+    close()
+    return rows
 
 
 # what the forward passes computed, for benchmarks/bench_probes.py: tokens fed (padding included),
@@ -93,21 +164,21 @@ MIN_SHARED = 8  # a shared prefix shorter than this is not worth a separate pass
 
 
 def shared_prefix(rows: list[_Row]) -> int:
-    """How many leading tokens every row of a batch shares (at most each prompt's length - 1,
-    so that every row still computes its prompt's last position)."""
+    """How many leading tokens every row of a batch shares, within every row's root and leaving
+    each root's last token to the batch (it may be the position that predicts the options)."""
     if len(rows) < 2:
         return 0
     first = rows[0].ids
-    limit = min(r.prompt_len for r in rows) - 1
+    limit = min(r.root for r in rows) - 1
     n = 0
     while n < limit and all(r.ids[n] == first[n] for r in rows):
         n += 1
     return n if n >= MIN_SHARED else 0
 
 
-def score_batch(gen, rows: list[_Row]) -> list[OptionScores]:
-    """Score a batch: the rows' shared prefix once (its KV cache repeated over the batch),
-    then the rest of every row, padded to the longest."""
+def score_batch(gen, rows: list[_Row]) -> list[list[OptionScores]]:
+    """Score a batch of rows: the rows' shared prefix once (its KV cache repeated over the batch),
+    then the rest of every row, padded to the longest. Per row, per prompt: its scores."""
     import torch
 
     model = gen.model
@@ -118,22 +189,16 @@ def score_batch(gen, rows: list[_Row]) -> list[OptionScores]:
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     allowed = torch.zeros((len(rows), width, shared + width), dtype=torch.bool)
-    allowed[:, :, :shared] = True
     for i, r in enumerate(rows):
         n = len(r.ids) - shared
         ids[i, :n] = torch.tensor(r.ids[shared:])
-        positions[i, :n] = torch.tensor(_positions(r)[shared:])
-        p = r.prompt_len - shared
-        body = allowed[i, :, shared:]
-        body[:p, :p] = torch.tril(torch.ones((p, p), dtype=torch.bool))
-        for start, cont in zip(r.starts, r.conts):
-            k = len(cont) - 1
-            if k:
-                a = start - shared
-                body[a:a + k, :p] = True
-                body[a:a + k, a:a + k] = torch.tril(torch.ones((k, k), dtype=torch.bool))
+        positions[i, :n] = torch.tensor(r.positions[shared:])
+        for q in range(shared, len(r.ids)):  # columns are a token's index in its row (the cache holds [0, shared))
+            for a, b in r.spans[q]:
+                if b > a:
+                    allowed[i, q - shared, a:b] = True
         for j in range(n, width):  # padding sees itself only (no fully masked rows)
-            body[j, j] = True
+            allowed[i, j, shared + j] = True
     STATS["tokens"] += shared + len(rows) * width
     STATS["real_tokens"] += shared + sum(len(r.ids) - shared for r in rows)
     dtype = next(model.parameters()).dtype
@@ -153,18 +218,20 @@ def score_batch(gen, rows: list[_Row]) -> list[OptionScores]:
         head = model.get_output_embeddings()
         results = []
         for i, r in enumerate(rows):
-            predictors = _predictors(r)
-            at = sorted({p for per in predictors for p in per})
+            at = sorted({p for prompt in r.predictors for per in prompt for p in per})
             STATS["projected"] += len(at)
             logp = torch.log_softmax(head(hidden[i, [p - shared for p in at], :]).float(), dim=-1)
             where = {p: k for k, p in enumerate(at)}
-            per_option, firsts, counts = [], [], []
-            for cont, preds in zip(r.conts, predictors):
-                values = [float(logp[where[p], t]) for p, t in zip(preds, cont)]
-                per_option.append(sum(values))
-                firsts.append(values[0])
-                counts.append(len(cont))
-            results.append(OptionScores(per_option, counts, firsts, r.prompt_len, [c[0] for c in r.conts]))
+            per_prompt = []
+            for conts, predictors, length in zip(r.conts, r.predictors, r.prompt_lens):
+                per_option, firsts, counts = [], [], []
+                for cont, preds in zip(conts, predictors):
+                    values = [float(logp[where[p], t]) for p, t in zip(preds, cont)]
+                    per_option.append(sum(values))
+                    firsts.append(values[0])
+                    counts.append(len(cont))
+                per_prompt.append(OptionScores(per_option, counts, firsts, length, [c[0] for c in conts]))
+            results.append(per_prompt)
     return results
 
 
@@ -197,15 +264,26 @@ def _call(decoder, **kwargs):
 
 def option_logprobs(gen, requests: Sequence[OptionRequest], progress: Progress | None = None,
                     batch_size: int | None = None) -> Iterator[tuple[int, OptionScores]]:
-    """Score every request, in batches of rows of similar length (see the module docstring)."""
+    """Score every request: prompts grouped into rows, rows batched by length (see the module
+    docstring); ``progress`` counts requests."""
     if not requests:
         return
-    rows = [build_row(gen, r) for r in requests]
+    prompts = [encode(gen, r) for r in requests]
     context = gen.context_length()
-    for index, row in enumerate(rows):
-        if context and len(row.ids) > context:
-            raise UserError(f"probe prompt {index} takes {len(row.ids)} tokens with its options, over model "
+    for index, p in enumerate(prompts):
+        longest = len(p.ids) + sum(len(c) - 1 for c in p.conts)
+        if context and longest > context:
+            raise UserError(f"probe prompt {index} takes {longest} tokens with its options, over model "
                             f"{gen.spec!r}'s context of {context}")
+    rows = group_rows(prompts)
+    if context:  # a grouped row must fit too: a row over the context is split back into its prompts
+        fitted = []
+        for row in rows:
+            if len(row.ids) > context:
+                fitted += [make_row([prompts[m]], [m]) for m in row.members]
+            else:
+                fitted.append(row)
+        rows = fitted
     # rows sorted by length (a batch is capped by its padded tokens: rows x its longest row).
     # Sorting by tokens instead (rows sharing a stem together) measured slower on mwe:em:
     # 251 s against 197 s, the padding (111k tokens for 74k real) outweighing the longer prefixes
@@ -220,11 +298,14 @@ def option_logprobs(gen, requests: Sequence[OptionRequest], progress: Progress |
             if (size + 1) * wider > budget:
                 break
             size, width = size + 1, wider
-        chunk = order[start:start + size]
-        scores = score_batch(gen, [rows[i] for i in chunk])
-        gen.calls += len(chunk)
-        for i, score in zip(chunk, scores):
-            yield i, score
+        chunk = [rows[i] for i in order[start:start + size]]
+        scores = score_batch(gen, chunk)
+        done = 0
+        for row, per_prompt in zip(chunk, scores):
+            for member, score in zip(row.members, per_prompt):
+                yield member, score
+                done += 1
+        gen.calls += done
         if progress is not None:
-            progress(len(chunk))
+            progress(done)
         start += size
