@@ -530,3 +530,16 @@ def test_ablating_a_subspace_removes_every_direction_in_it(tiny, direction):
     for h in hidden[1:]:
         for v in both:
             assert float((h @ (v / v.norm())).abs().max()) < 1e-4
+
+
+def test_a_steered_model_reads_probes_through_its_hooks(tiny_spec, direction, tmp_path, mwe_dir):
+    def probe(model: str, out: Path) -> list[float]:
+        assert main(["eval", "--model", model, "--suite", "mwe:persona/narcissism:4", "--probe-min-mass", "0",
+                     "--out", str(out), "--no-progress"]) == 0
+        return [r["logprobs"][0] for r in read_jsonl(out / "probes.jsonl")]
+
+    plain = probe(tiny_spec, tmp_path / "plain")
+    zero = probe(f"steered:{tiny_spec}?dir={direction}&layer=0&coef=0", tmp_path / "zero")
+    pushed = probe(f"steered:{tiny_spec}?dir={direction}&layer=0&coef=400", tmp_path / "pushed")
+    assert zero == pytest.approx(plain, abs=1e-5)  # coefficient 0: the hooks change nothing
+    assert pushed != pytest.approx(plain, abs=1e-3)  # a large push changes what the model reads
