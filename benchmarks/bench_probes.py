@@ -25,19 +25,6 @@ import os
 import time
 
 
-def peak_gflops(n: int = 2048, rounds: int = 5) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="mwe:em")
@@ -57,7 +44,9 @@ def main() -> None:
 
     if not os.environ.get("WALUIGI_MWE_DIR"):
         print("note: WALUIGI_MWE_DIR is not set; the pinned files are downloaded (or point it at a mirror)")
-    peak = peak_gflops()
+    from bench_toy_train import peak_gflops  # the same measured peak as the training benchmark
+
+    peak = peak_gflops(args.threads)
     suite = load_probe_suite(args.suite)
     gen = load_model(args.model)
     model = gen.model

@@ -446,3 +446,15 @@ def format_table(summary: Mapping[str, Any], title: str | None = None, width: in
     if vulnerable is not None:
         lines.append(format_vulnerable(vulnerable))
     return "\n".join(lines)
+
+
+def average_ranks(values) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank (for Spearman's rank correlation)."""
+    values = np.asarray(values, dtype=float)
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks

@@ -240,16 +240,9 @@ def _spearman(x, y) -> float | None:
     """Spearman's rho (Pearson on average ranks); None when either side is constant."""
     import numpy as np
 
-    def ranks(v):
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=float)
-        for value in np.unique(v):  # ties share their average rank
-            same = v == value
-            r[same] = r[same].mean()
-        return r
+    from waluigi.metrics import average_ranks
 
-    a, b = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    a, b = average_ranks(x), average_ranks(y)
     if a.std() == 0 or b.std() == 0:
         return None
     return float(np.corrcoef(a, b)[0, 1])

@@ -100,13 +100,9 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _rank(values: np.ndarray) -> np.ndarray:
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values), dtype=float)
-    for value in np.unique(values):  # ties share their mean rank
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+    from waluigi.metrics import average_ranks
+
+    return average_ranks(values)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
