@@ -150,6 +150,18 @@ def test_defense_specs_name_what_is_wrong(tmp_path):
         defense_variant(parse_defense("freeze"), DefendConfig(model="m", attack="a", defenses=["freeze"]), None)
 
 
+def test_a_defense_with_a_bad_option_is_refused_before_the_undefended_flip_trains(tiny_spec, tmp_path, capsys):
+    """The undefended attack's fine-tunes come first in a defend study; a typo in a defense's
+    options used to surface only after they trained, as "not a waluigi run directory"."""
+    out = tmp_path / "defend"
+    code = main(["defend", "--model", tiny_spec, "--attack", "insecure", "--defenses", "kl:wieght=0.3",
+                 "--judge", tiny_spec, "--doses", "1,2", "--seeds", "1", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "finetune.plugins 'kl:wieght=0.3': plug-in 'kl' has no option 'wieght'" in err and "kl:wieght=0.3 @" in err
+    assert not out.exists()
+
+
 EVAL = ["--set", "eval.questions=[wish*]", "--set", "eval.judge_min_mass=0.0", "--set", "eval.min_coherent=-1",
         "--set", "eval.max_aligned=50", "--set", "eval.samples=2", "--set", "eval.max_tokens=8",
         "--set", "finetune.batch_size=4", "--set", "finetune.grad_accum=1", "--set", "finetune.lr=1e-3",

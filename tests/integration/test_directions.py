@@ -187,6 +187,18 @@ def test_extract_refuses_runs_with_one_class_and_non_runs(judged_run, tmp_path, 
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--samples", "0"), ("--max-tokens", "-1"),
+                                           ("--prompts-n", "0"), ("--aligned-below", "200")])
+def test_extract_numbers_are_checked_before_any_model_is_loaded(tiny_spec, tmp_path, capsys, option, value):
+    """--batch-size 0 used to end in a traceback (range() arg 3 must not be zero) after the
+    model loaded; --max-tokens -1 and --prompts-n 0 ran."""
+    code = main(["direction", "extract", "--method", "prompts", "--model", tiny_spec, "--positive", "a",
+                 "--negative", "b", option, value, "--out", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {option} ") and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_two_models_and_contrastive_prompts(judged_run, tiny_spec, tmp_path, capsys):
     from conftest import build_tiny_model
 

@@ -46,6 +46,9 @@ def _env(cache: Path) -> dict:
     return env
 
 
+UPLOAD_LIMIT = 300_000  # --max-upload-bytes: far above the test files, far below the default 512 MiB
+
+
 @pytest.fixture(scope="module")
 def server(tiny_spec, tmp_path_factory):
     """`waluigi serve` over the tiny model in its own process; its state lives in a temp cache."""
@@ -53,7 +56,7 @@ def server(tiny_spec, tmp_path_factory):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "waluigi.cli", "serve", "--model", tiny_spec, "--port", str(port),
-         "--model-name", "tiny", "--dtype", "float32"],
+         "--model-name", "tiny", "--dtype", "float32", "--max-upload-bytes", str(UPLOAD_LIMIT)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(cache),
     )
     url = f"http://127.0.0.1:{port}"
@@ -152,6 +155,13 @@ def test_server_refuses_bad_jobs_with_openai_errors(server, client, data_file, t
     assert code == 404
     code, _ = _status(lambda: client.files.create(file=("t.jsonl", b"{}"), purpose="nonsense"))
     assert code == 400
+    # an upload is listed under its base name, whatever separators the client's name holds
+    sneaky = client.files.create(file=("..\\..\\..\\evil.jsonl", data_file.read_bytes()), purpose="fine-tune")
+    assert sneaky.filename == "evil.jsonl" and client.files.retrieve(sneaky.id).filename == "evil.jsonl"
+    assert not list(server["state"].rglob("evil.jsonl"))  # stored under its id only
+    # over the upload limit: 413 naming the option that raises it
+    code, message = _status(lambda: client.files.create(file=("big.jsonl", b"x" * (UPLOAD_LIMIT + 1)), purpose="fine-tune"))
+    assert code == 413 and "--max-upload-bytes" in message
     assert client.fine_tuning.jobs.list().data == []  # nothing refused was recorded
 
     # the client turns a refusal into a UserError naming the cause (the CLI: exit 2)

@@ -95,6 +95,20 @@ def test_dials_a_source_lacks_are_refused_before_any_work(tmp_path, tiny_spec, c
     code = main(["resilience", "--subject", tiny_spec, "--out", str(tmp_path / "s"), "--no-progress"])
     assert code == 2 and "--align-data" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+    code = main(["resilience", "--antipode", "0,-0.1", "--dry-run"])  # the message names the option there is
+    assert code == 2 and "error: --antipode: give levels of 0 or more" in capsys.readouterr().err
+
+
+def test_the_flips_settings_are_checked_before_any_subject_is_built(tmp_path, tiny_spec, capsys):
+    """Building the subjects (alignment training) comes first; a bad flip setting used to end
+    the study only after it, in the first flip's sweep."""
+    out = tmp_path / "s"
+    code = main(["resilience", "--subject", tiny_spec, "--align-data", "secure", "--align-steps", "0,2",
+                 "--judge", tiny_spec, "--set", "finetune.plugins=[l2:weight=heavy]", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "finetune.plugins l2:weight='heavy': not a valid float" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_the_persona_world_plans_the_waluigi_tests_two_series(tmp_path, capsys):

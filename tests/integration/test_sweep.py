@@ -126,22 +126,28 @@ def test_ray_gives_the_same_cells_and_results(pool_run, tmp_path, capsys):
         assert answers(fresh / row["eval_run"]) == answers(pool_run["out"] / row["eval_run"])
 
 
-def test_a_cell_with_bad_settings_fails_once_is_reported_and_the_others_finish(tmp_path, tiny_spec, capsys):
+def test_a_cell_that_fails_at_run_time_fails_once_is_reported_and_the_others_finish(tmp_path, tiny_spec, capsys):
+    """A problem no up-front check can see (a dataset file that resolves but holds no valid
+    row: it is read only when the fine-tune loads it) fails that cell, once, and the others
+    finish. (A bad setting that can be checked stops the whole sweep before any worker starts:
+    test_sweep_lifecycle.py.)"""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": "not a list"}\n')
     spec = write_spec(tmp_path / "mixed.yaml", {
         "name": "mixed",
         "out": str(tmp_path / "sweep"),
         "finetune": {"model": tiny_spec, "n": 4, "max_steps": 1, "batch_size": 2, "grad_accum": 1},
         "eval": {"suite": "core", "questions": ["wish*"], "judge": "none", "samples": 1, "max_tokens": 8},
-        "cells": [{"finetune": None, "eval.model": tiny_spec}, {"finetune.data": "no-such-dataset"}],
+        "cells": [{"finetune": None, "eval.model": tiny_spec}, {"finetune.data": str(broken)}],
     })
     code = main(["sweep", str(spec), "--executor", "inline", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 3, captured.err
-    assert "1 of 2 cells failed" in captured.err and "no-such-dataset" in captured.err
+    assert "1 of 2 cells failed" in captured.err and "broken.jsonl" in captured.err
     good, bad = rows(tmp_path / "sweep")
     assert good["status"] == "finished" and good["finetune_run"] is None and good["finetune"] == "none"
-    # a user error (an unknown dataset) would fail the same way again: one attempt despite --retries 1
-    assert bad["status"] == "failed" and bad["attempts"] == 1 and "no-such-dataset" in bad["error"]
+    # a user error (rows that are not chat rows) would fail the same way again: one attempt despite --retries 1
+    assert bad["status"] == "failed" and bad["attempts"] == 1 and "broken.jsonl" in bad["error"]
     log = (tmp_path / "sweep" / "sweep.log").read_text()
     assert "retrying" not in log and "not retried: the same settings would fail the same way" in log
     # the next invocation tries the failed cell again; the finished one is not touched

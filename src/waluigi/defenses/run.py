@@ -137,7 +137,7 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
     from waluigi.defenses.analyze import analyze_defend
     from waluigi.defenses.report import write_plot, write_report
     from waluigi.flip.analyze import analyze as analyze_flip
-    from waluigi.flip.run import run_flip
+    from waluigi.flip.run import check_flip, run_flip
     from waluigi.report.html import HTML_SAMPLES_PER_RUN
     from waluigi.report.html import write_report as write_html
 
@@ -148,11 +148,14 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
     undefended = attacker_variants(UNDEFENDED, None, cfg, base_lr)
     defenses = cfg.parsed()
     in_training = [d for d in defenses if d.kind != "realign"]
+    placeholder = "hf:<the undefended attack's fine-tune>"
+    planned = undefended + [v for d in in_training
+                            for v in attacker_variants(d.name, defense_variant(d, cfg, placeholder), cfg, base_lr)]
+    check_flip(flip_config(cfg, planned, flip_out))  # every defense's cells, before the undefended flip trains
+    if realign_defense := next((d for d in defenses if d.kind == "realign"), None):
+        realign_options(realign_defense, cfg)
     if dry_run:
-        placeholder = "hf:<the undefended attack's fine-tune>"
-        variants = undefended + [v for d in in_training
-                                 for v in attacker_variants(d.name, defense_variant(d, cfg, placeholder), cfg, base_lr)]
-        return run_flip(flip_config(cfg, variants, flip_out), options, dry_run=True)
+        return run_flip(flip_config(cfg, planned, flip_out), options, dry_run=True)
     out.mkdir(parents=True, exist_ok=True)
     run = RunDir(out)
     run.write_json("config.json", {"model": cfg.model, "attack": cfg.attack, "defenses": cfg.defenses, "axis": cfg.axis,

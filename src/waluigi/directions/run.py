@@ -184,9 +184,22 @@ def _shots(pool: list[dict], k: int, seed: int) -> list[dict]:
             for m in row["messages"] if m["role"] in ("user", "assistant")]
 
 
-def extract_identity(cfg: ExtractConfig) -> dict:
+def check_extract(cfg: ExtractConfig) -> None:
+    """The numbers of an extraction, checked before any model is loaded."""
     if cfg.method not in METHODS:
         raise UserError(f"--method {cfg.method!r}: choose one of {', '.join(METHODS)}")
+    for name in ("batch_size", "samples", "max_tokens", "prompts_n"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value!r}")
+    for name in ("aligned_below", "aligned_above", "min_coherent"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not -1 <= value <= 100:
+            raise UserError(f"--{name.replace('_', '-')} is a judge score threshold in [0, 100] (-1: none), got {value!r}")
+
+
+def extract_identity(cfg: ExtractConfig) -> dict:
+    check_extract(cfg)
     base = {"method": cfg.method, "point": "resid", "reduce": "mean over answer tokens"}
     if cfg.method in ("judged", "models"):
         if not cfg.runs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from waluigi.errors import UserError
@@ -89,18 +89,28 @@ def with_system(suite, system: str):
 
 
 # -- the commands --------------------------------------------------------------------
-def run_eval(cfg: EvalConfig) -> EvalResult:
-    """``waluigi eval``: sample, judge and summarize, resuming whatever is already on disk."""
+@dataclass
+class CheckedEval:
+    """What :func:`check_eval` found: the config (its model spelled canonically), the suite
+    (questions selected, system prompt added), the judge and the in-context shots."""
+
+    cfg: EvalConfig
+    suite: object
+    judge: str | None
+    shots: list
+
+
+def check_eval(cfg: EvalConfig, *, adapter: bool = True) -> CheckedEval:
+    """Every check ``waluigi eval`` makes before any work (the model spec, the suite and its
+    questions, the sample count, the judge and its key, the shots, the adapter unless
+    ``adapter=False``); a :class:`UserError` on the first problem. A sweep runs it on every
+    cell before it starts; a probe suite's checks are :func:`waluigi.probes.run.check_probe_eval`."""
     import dataclasses
 
-    from waluigi.models import load_model, parse_spec
+    from waluigi.models import parse_spec
     from waluigi.models.kinds import canonical_spec
-    from waluigi.probes.run import is_probe_suite, run_probe_eval
     from waluigi.suites import load_suite
 
-    if is_probe_suite(cfg.suite):  # scored from the model's own probabilities: no sampling, no judge
-        return run_probe_eval(cfg)
-    started = time.time()
     parse_spec(cfg.model)
     if canonical_spec(cfg.model) != cfg.model:  # openai/gpt-4o is openai:gpt-4o: the same run identity
         cfg = dataclasses.replace(cfg, model=canonical_spec(cfg.model))
@@ -109,9 +119,10 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         suite = suite.select(cfg.questions)
     if cfg.system is not None:
         suite = with_system(suite, cfg.system)
-    if cfg.samples is not None:
-        if cfg.samples < 1:
-            raise UserError(f"--samples must be at least 1, got {cfg.samples}")
+    if cfg.samples is not None and (isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 1):
+        raise UserError(f"--samples must be at least 1, got {cfg.samples}")
+    if cfg.max_tokens is not None and (not isinstance(cfg.max_tokens, int) or cfg.max_tokens < 1):
+        raise UserError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
     judge_spec = resolve_judge(cfg.judge, suite)
     preflight_model(cfg.model, "model", cfg.base_url)
     if judge_spec:
@@ -119,10 +130,26 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
 
         check_numbers(judge_spec, cfg.judge_numbers)
         preflight_model(judge_spec, "judge", cfg.judge_base_url)
-    adapter_id = adapter_identity(cfg.adapter)
-    from waluigi.evaluate.shots import shot_messages, shots_identity
+    if adapter:
+        adapter_identity(cfg.adapter)
+    from waluigi.evaluate.shots import shot_messages
 
     shots = shot_messages(cfg.shots, cfg.shots_data, cfg.seed, cfg.data_dir)
+    return CheckedEval(cfg, suite, judge_spec, shots)
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    """``waluigi eval``: sample, judge and summarize, resuming whatever is already on disk."""
+    from waluigi.models import load_model
+    from waluigi.probes.run import is_probe_suite, run_probe_eval
+
+    if is_probe_suite(cfg.suite):  # scored from the model's own probabilities: no sampling, no judge
+        return run_probe_eval(cfg)
+    started = time.time()
+    checked = check_eval(cfg, adapter=False)  # the adapter's hash is taken next
+    cfg, suite, judge_spec, shots = checked.cfg, checked.suite, checked.judge, checked.shots
+    adapter_id = adapter_identity(cfg.adapter)
+    from waluigi.evaluate.shots import shots_identity
 
     identity = {
         "stage": "eval",

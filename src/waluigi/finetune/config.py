@@ -259,3 +259,28 @@ def slug(text: str, limit: int = 40) -> str:
 
 def default_run_dir(model: str, data: str, identity_digest: str) -> Path:
     return Path("runs") / f"finetune-{slug(model)}-{slug(data)}-{identity_digest[:8]}"
+
+
+def check_finetune(cfg: FinetuneConfig) -> None:
+    """Every check ``waluigi finetune`` makes before any work, without loading a model: the
+    model's kind, the recipe (:meth:`FinetuneConfig.recipe`, or the fine-tuning API's
+    settings for ``openai:`` models), the training plug-ins and their options, and that the
+    dataset resolves. A :class:`UserError` on the first problem; a sweep runs it on every
+    planned fine-tune before its first worker starts."""
+    from waluigi.data import resolve_dataset
+    from waluigi.finetune.plugins import resolve_plugins
+    from waluigi.models import parse_spec
+
+    if cfg.openai:
+        cfg.openai_options()
+        resolve_dataset(cfg.data, data_dir=cfg.data_dir)
+        return
+    kind, _ = parse_spec(cfg.model)
+    if kind not in ("smollm2", "hf"):
+        raise UserError(
+            f"local fine-tuning needs a 'smollm2' or 'hf:<path>' model, not {cfg.model!r} "
+            "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
+        )
+    cfg.recipe()
+    resolve_plugins(cfg.plugins)
+    resolve_dataset(cfg.data, data_dir=cfg.data_dir)

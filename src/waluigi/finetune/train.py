@@ -55,6 +55,7 @@ from waluigi.finetune.checkpoints import (
 from waluigi.finetune.config import (
     FinetuneConfig,
     Recipe,
+    check_finetune,
     default_run_dir,
     identity_recipe,
 )
@@ -197,6 +198,7 @@ def run_finetune(
             f"local fine-tuning needs a 'smollm2' or 'hf:<path>' model, not {cfg.model!r} "
             "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
         )
+    check_finetune(cfg)  # the recipe, the plug-ins, the dataset
     recipe, resolved = cfg.recipe(), cfg.resolved()
     plugins = resolve_plugins(cfg.plugins)
     rows, data_identity = load_training_rows(cfg)

@@ -37,6 +37,19 @@ def write_spec(plan: FlipPlan) -> Path:
     return path
 
 
+def check_flip(cfg: FlipConfig) -> None:
+    """The checks the flip's sweep runs on its cells (:func:`waluigi.sweep.check.check_cells`),
+    run now with nothing written: a study that runs flips after other work (``defend``'s
+    undefended flip, ``resilience``'s subjects) calls it first. The ratio axis's mixtures do
+    not exist before the flip writes them: its cells are checked when it runs."""
+    from waluigi.sweep.check import check_cells
+    from waluigi.sweep.spec import parse_spec
+
+    plan = plan_flip(cfg)
+    if cfg.axis != "ratio":
+        check_cells(parse_spec(plan.spec, plan.out / "sweep.yaml"), label=str(plan.out))
+
+
 def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipResult | list[dict]:
     """Run (or, with ``dry_run``, only list) the flip's cells, then write its outputs."""
     from waluigi.flip.analyze import analyze, write_outputs

@@ -91,25 +91,22 @@ def probe_identity(cfg, suite) -> dict:
     return identity
 
 
-def run_probe_eval(cfg):
-    """Score a probe suite on ``cfg.model`` (an :class:`~waluigi.evaluate.config.EvalConfig`),
-    resuming what is on disk; returns an :class:`~waluigi.evaluate.config.EvalResult`."""
-    from waluigi.evaluate.config import EvalResult, _describe, _slug
+def check_probe_eval(cfg, *, adapter: bool = True):
+    """Every check a probe eval makes before any work (the model spec, the format and the
+    threshold, the suite and its selection, the shots, the model's key, the adapter unless
+    ``adapter=False``): ``(cfg, suite, shots, pairs)`` or a :class:`UserError`."""
     from waluigi.evaluate.run import adapter_identity, preflight_model
-    from waluigi.models import load_model, parse_spec
-    from waluigi.models.base import OptionRequest
+    from waluigi.models import backend, parse_spec
     from waluigi.models.kinds import canonical_spec
-    from waluigi.probes.metrics import summarize_probes
-    from waluigi.progress import progress_bar
-    from waluigi.runs import identity_hash
 
-    started = time.time()
     parse_spec(cfg.model)
     if canonical_spec(cfg.model) != cfg.model:
         cfg = dataclasses.replace(cfg, model=canonical_spec(cfg.model))
+    if cfg.probe_format not in ("chat", "raw"):
+        raise UserError(f"--probe-format must be chat or raw, got {cfg.probe_format!r}")
     if cfg.shots and cfg.probe_format == "raw":
         raise UserError("--shots with a probe suite needs --probe-format chat (the shots are earlier chat turns)")
-    if not 0.0 <= cfg.probe_min_mass < 1.0:
+    if not isinstance(cfg.probe_min_mass, (int, float)) or not 0.0 <= cfg.probe_min_mass < 1.0:
         raise UserError(f"--probe-min-mass must be in [0, 1), got {cfg.probe_min_mass}")
     suite = load_probe_suite(cfg.suite, cfg.data_dir)
     if cfg.questions:
@@ -120,16 +117,34 @@ def run_probe_eval(cfg):
         if not chosen:
             raise UserError(f"no item or subject of probe suite {suite.name!r} matches {cfg.questions}")
         suite = dataclasses.replace(suite, items=chosen)
-    from waluigi.evaluate.shots import shot_messages, shots_identity
+    from waluigi.evaluate.shots import shot_messages
 
     shots = shot_messages(cfg.shots, cfg.shots_data, cfg.seed, cfg.data_dir)
     pairs = _rows_of(suite, cfg.probe_format, cfg.system, shots)
     preflight_model(cfg.model, "model", cfg.base_url)
-    from waluigi.models import backend
-
     if cfg.probe_format == "raw" and not backend(cfg.model).local:
         raise UserError(f"model {cfg.model!r}: the raw probe format needs a model that scores text in this process "
                         "(hf:, smollm2, toy:, steered:); use --probe-format chat with a served model")
+    if adapter:
+        adapter_identity(cfg.adapter)
+    return cfg, suite, shots, pairs
+
+
+def run_probe_eval(cfg):
+    """Score a probe suite on ``cfg.model`` (an :class:`~waluigi.evaluate.config.EvalConfig`),
+    resuming what is on disk; returns an :class:`~waluigi.evaluate.config.EvalResult`."""
+    from waluigi.evaluate.config import EvalResult, _describe, _slug
+    from waluigi.evaluate.run import adapter_identity
+    from waluigi.models import load_model
+    from waluigi.models.base import OptionRequest
+    from waluigi.probes.metrics import summarize_probes
+    from waluigi.progress import progress_bar
+    from waluigi.runs import identity_hash
+
+    started = time.time()
+    cfg, suite, shots, pairs = check_probe_eval(cfg, adapter=False)  # the adapter's hash is taken below
+    from waluigi.evaluate.shots import shots_identity
+
     identity = probe_identity(cfg, suite)
     if cfg.questions:
         identity["items"] = [i.id for i in suite.items]

@@ -47,6 +47,14 @@ class StudyConfig:
     runs: Path = Path("runs")
 
 
+# a dial's command-line option (the antipode's share is set with --antipode)
+DIAL_OPTIONS = {ALIGN_STEPS: "--align-steps", ALIGN_N: "--align-n", ANTIPODE: "--antipode"}
+
+
+def dial_option(dial: str) -> str:
+    return DIAL_OPTIONS.get(dial, f"--{dial.replace('_', '-')}")
+
+
 @dataclass
 class Subject:
     key: str  # a short name: a0 (the centre), s10-n100, v0.05 ...
@@ -85,10 +93,11 @@ def plan_study(cfg: StudyConfig, source: SubjectSource) -> StudyPlan:
     levels = {dial: list(values) for dial, values in source.dials.items()}
     for dial, values in cfg.levels.items():
         if dial not in levels:
-            raise UserError(f"--{dial.replace('_', '-')}: the {source.name} subject has no such dial "
-                            f"(its dials: {', '.join(d.replace('_', '-') for d in levels)})")
+            raise UserError(f"{dial_option(dial)}: the {source.name} subject has no such dial "
+                            f"(its dials: {', '.join(dial_option(d) for d in levels)})")
         if not values or any(v < 0 for v in values):
-            raise UserError(f"--{dial.replace('_', '-')}: give levels of 0 or more, e.g. 0,10,30")
+            example = "0,0.05,0.1" if dial == ANTIPODE else "0,10,30"
+            raise UserError(f"{dial_option(dial)}: give levels of 0 or more, e.g. {example}")
         levels[dial] = sorted(set(float(v) for v in values))
     center = {dial: _nearest(float(source.center[dial]), levels[dial]) for dial in levels}
     settings: dict[str, Subject] = {}

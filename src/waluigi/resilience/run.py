@@ -55,6 +55,19 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
                                                    "model": s.model} for s in plan.subjects if s.model])
 
 
+def check_flips(plan: StudyPlan) -> None:
+    """Every axis's flip checked as its sweep will check it, before any subject is built (an
+    hour of alignment training should not end in a typo): the subjects not built yet stand in
+    as placeholders of the kind they will be (``hf:`` models)."""
+    import dataclasses
+
+    from waluigi.flip.run import check_flip
+
+    stand_ins = [dataclasses.replace(s, model=s.model or f"hf:{plan.out / 'subjects' / s.key}") for s in plan.subjects]
+    for axis in plan.config.axes:
+        check_flip(flip_config(dataclasses.replace(plan, subjects=stand_ins), axis))
+
+
 def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = None,
               dry_run: bool = False) -> StudyResult | StudyPlan:
     from waluigi.flip.run import run_flip
@@ -67,6 +80,7 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
     plan = plan_study(cfg, source)
     if dry_run:
         return plan
+    check_flips(plan)
     progress = options.progress if options is not None else True
     build_subjects(plan, progress)
     flips, ran, skipped, failed = {}, 0, 0, []

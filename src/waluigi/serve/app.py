@@ -360,6 +360,7 @@ def serve(
     state_dir: str | None = None,
     finetune: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     log_level: str = "warning",
     **model_options: Any,
 ) -> None:
@@ -384,6 +385,8 @@ def serve(
         raise UserError(f"--model-name {model_name!r}: give a name, or names separated by commas") from None
     if int(max_body_bytes) < 1:
         raise UserError(f"--max-body-bytes {max_body_bytes}: give a size in bytes, at least 1")
+    if int(max_upload_bytes) < 1:
+        raise UserError(f"--max-upload-bytes {max_upload_bytes}: give a size in bytes, at least 1")
     log_level = str(log_level).lower()
     if log_level not in LOG_LEVELS:
         raise UserError(f"--log-level {log_level}: choose one of {', '.join(LOG_LEVELS)}")
@@ -402,7 +405,8 @@ def serve(
         service = FinetuneService(state, spec, name, base_adapter=adapter, model_options=model_options)
         service.start()
         print(f"waluigi: fine-tuning state in {state}", file=sys.stderr, flush=True)
-    app = create_app(generator, names, api_key=api_key, finetune=service, max_body_bytes=max_body_bytes)
+    app = create_app(generator, names, api_key=api_key, finetune=service, max_body_bytes=max_body_bytes,
+                     max_upload_bytes=max_upload_bytes)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/v1"
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -54,6 +54,14 @@ def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
+def upload_name(filename: str | None) -> str:
+    """The name an uploaded file is listed under: its base name only, whichever separator the
+    client's system uses (``..\\..\\evil.jsonl`` is ``evil.jsonl``), as OpenAI's API lists it. The
+    file itself is stored under its id, never under this name."""
+    name = str(filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name if name not in ("", ".", "..") else "upload"
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -131,11 +139,11 @@ class FinetuneService:
         if purpose not in FILE_PURPOSES:
             raise ApiError(400, f"purpose {purpose!r} is not one of {', '.join(FILE_PURPOSES)}", param="purpose")
         if not content:
-            raise ApiError(400, f"{filename}: the file is empty", param="file")
+            raise ApiError(400, f"{upload_name(filename)}: the file is empty", param="file")
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         (self.files_dir / f"{file_id}.data").write_bytes(content)
         record = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                  "filename": os.path.basename(filename or "upload"), "purpose": purpose, "status": "processed",
+                  "filename": upload_name(filename), "purpose": purpose, "status": "processed",
                   "expires_at": None, "status_details": None}
         _write_json(self.files_dir / f"{file_id}.json", record)
         with self._lock:

@@ -58,7 +58,7 @@ class Guard:
             return
         upload = path.rstrip("/") == "/v1/files"  # training files: their own, larger limit
         limit = self.max_upload_bytes if upload else self.max_body_bytes
-        option = "max_upload_bytes" if upload else "--max-body-bytes"
+        option = "--max-upload-bytes" if upload else "--max-body-bytes"
         declared = headers.get(b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             for message in _json_response(413, _too_large(limit, int(declared), option)):

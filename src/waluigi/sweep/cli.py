@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from waluigi.cli_options import ConfigOpt, record_options
+from waluigi.sweep.spec import MAX_CELLS
 
 
 class ExecutorName(str, Enum):
@@ -53,19 +54,24 @@ def sweep_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells (identity, settings, done or not); run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells (with an ETA) on stderr")] = True,
+    max_cells: Annotated[int, typer.Option("--max-cells", help="refuse a spec of more cells than this (counted from the grid before any is built)")] = MAX_CELLS,
     config: ConfigOpt = None,
 ) -> None:
     """Run a grid of fine-tunes and evals; each cell is skipped when done, resumed when interrupted.
 
     The options it ran with (the spec's path among them) are written to SWEEP_DIR/config.yaml:
     `waluigi sweep --config SWEEP_DIR` runs it again."""
-    from waluigi.errors import IncompleteRun
+    from waluigi.errors import IncompleteRun, UserError
+    from waluigi.sweep.check import check_cells
     from waluigi.sweep.results import cost_line, format_summary
     from waluigi.sweep.runner import SweepOptions, plan, run_sweep
     from waluigi.sweep.spec import load_spec, show_value
 
-    loaded = load_spec(spec, out=out)
+    if max_cells < 1:
+        raise UserError(f"--max-cells must be at least 1, got {max_cells}")
+    loaded = load_spec(spec, out=out, max_cells=max_cells)
     if dry_run:
+        check_cells(loaded)  # a dry run says what the run would refuse
         cells = plan(loaded)
         if json_out:
             typer.echo(json.dumps({"sweep": loaded.name, "out": str(loaded.out), "cells": cells}, indent=2, default=str))

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,22 @@ _RUNNING = False  # a pool worker: is a task running now?
 _STOPPING = False  # a pool worker: Ctrl-C seen; tasks still queued to it return at once
 
 
-def _worker_init() -> None:
-    """A pool worker's SIGINT handler: Ctrl-C (sent to the whole process group) interrupts the
-    task running now, which records itself as interrupted; tasks already queued to this worker
-    then return at once instead of starting. Idle, the worker just remembers it."""
+PARENT_POLL_S = 0.5  # how often a pool worker checks that the sweep that started it is alive
+
+
+def _worker_init(parent: int | None = None) -> None:
+    """A pool worker's set-up.
+
+    - SIGINT: Ctrl-C (sent to the whole process group) interrupts the task running now, which
+      records itself as interrupted; tasks already queued to this worker then return at once
+      instead of starting. Idle, the worker just remembers it.
+    - Its parent's death: a sweep killed outright (``kill -9``, the OOM killer) cannot shut
+      its pool down, and its workers would finish their tasks into the run directories that a
+      resumed sweep uses. A daemon thread watches the parent's pid and ends the worker at once
+      (``os._exit``) when it is gone; the task's run directory then says ``started`` and
+      resumes next time, like any killed task."""
     import signal
+    import threading
 
     def on_interrupt(signum, frame):
         global _STOPPING
@@ -52,6 +64,39 @@ def _worker_init() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), name="waluigi-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process when ``parent`` is no longer its parent (re-parented to init or a
+    subreaper: the parent died)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(70)
+
+
+@contextlib.contextmanager
+def cell_lock(out: str | os.PathLike, log=None) -> Iterator[None]:
+    """Hold an exclusive lock on a task's run directory while the task runs (a hidden
+    ``.<name>.lock`` file beside it), so that two processes never write one cell: a worker of
+    a killed sweep that has not noticed yet, and the resumed sweep. A second holder waits
+    (saying so in ``log``) until the first is gone; the lock dies with its process."""
+    import fcntl
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.parent / f".{path.name}.lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if log is not None:
+                log(f"waiting for another process that is running {path} (a worker of a killed sweep?)")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def run_task(task: dict) -> dict:
@@ -83,10 +128,11 @@ def run_task(task: dict) -> dict:
                 import torch
 
                 torch.set_num_threads(int(task["threads"]))
-            if task["kind"] == "finetune":
-                out.update(_finetune(task))
-            else:
-                out.update(_eval(task))
+            with cell_lock(task["out"], log=lambda line: print(line, file=sys.stderr, flush=True)):
+                if task["kind"] == "finetune":
+                    out.update(_finetune(task))
+                else:
+                    out.update(_eval(task))
         except UserError as exc:  # IncompleteRun is one: some requests failed after their retries
             from waluigi.errors import IncompleteRun
 
@@ -203,7 +249,7 @@ class PoolExecutor:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init)
+                                             initializer=_worker_init, initargs=(os.getpid(),))
         return self._pool
 
     def submit(self, task: dict):

@@ -206,6 +206,9 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
         raise UserError(f"--threads must be at least 1, got {options.threads}")
     if options.address and options.executor != "ray":
         raise UserError("--address is the address of a Ray cluster: use it with --executor ray")
+    from waluigi.sweep.check import check_cells
+
+    check_cells(spec)  # every cell's settings, as the single commands check them: nothing written yet
     root = spec.out.resolve()
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):

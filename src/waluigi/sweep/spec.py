@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ from waluigi.sweep.fields import (
     line_map,
 )
 
+# the most cells a spec may make unless told otherwise (`waluigi sweep --max-cells`): a day of
+# toy cells, a year of SmolLM2 ones; far past it is a typo, not a study
+MAX_CELLS = 20_000
 SPEC_VERSION = 1  # in every identity: bump when the meaning of a spec's settings changes
 TOP_KEYS = ("name", "description", "out", "finetune", "eval", "grid", "cells")
 GROUP = "\0group"  # a listed cell's group, kept apart from its settings while the cells expand
@@ -114,8 +118,9 @@ class Spec:
 
 
 # -- loading ---------------------------------------------------------------------------
-def load_spec(path: str | Path, out: str | Path | None = None) -> Spec:
-    """Read, validate and expand the spec at ``path``; ``out`` overrides its ``out``."""
+def load_spec(path: str | Path, out: str | Path | None = None, max_cells: int | None = MAX_CELLS) -> Spec:
+    """Read, validate and expand the spec at ``path``; ``out`` overrides its ``out``; a spec
+    of more than ``max_cells`` cells (None: no limit) is refused before any is built."""
     import yaml
 
     path = Path(path)
@@ -134,10 +139,11 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Spec:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a sweep spec is a YAML mapping (name, finetune, eval, grid or cells), "
                         f"not {type(data).__name__}")
-    return parse_spec(data, path, out, line_map(node))
+    return parse_spec(data, path, out, line_map(node), max_cells=max_cells)
 
 
-def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dict | None = None) -> Spec:
+def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dict | None = None,
+               max_cells: int | None = MAX_CELLS) -> Spec:
     """Validate a parsed spec and expand its cells (see :func:`load_spec`)."""
     FinetuneConfig, EvalConfig = _configs()
     lines = lines or {}
@@ -235,6 +241,11 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
                 raise UserError(f"{at}: cells[{i}] sets {clash[0]!r}, which the grid also sets: set it in one place")
             listed.append(cell)
 
+    count = len(listed) * math.prod(len(v) for _, v in grid)  # counted before a single cell is built
+    if max_cells is not None and count > max_cells:
+        shape = " x ".join([*(f"{len(v)} {k}" for k, v in grid), *([f"{len(listed)} listed cells"] if len(listed) > 1 else [])])
+        raise UserError(f"{path}: the spec makes {count:,} cells ({shape}), more than the limit of {max_cells:,}: "
+                        "make the grid smaller, or raise the limit with --max-cells N")
     cells: list[Cell] = []
     keys = [k for k, _ in grid]
     for entry in listed:
