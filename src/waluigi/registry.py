@@ -114,6 +114,8 @@ lazy_table(PROBES, {
 })
 lazy_table(DATASETS, {
     "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])
+    "mwe-align": "waluigi.probes.trainsets:align_dataset",  # aligned answers to a probe set's align split
+    "mwe-attack": "waluigi.probes.trainsets:attack_dataset",  # the antipode's answers to its attack split
 })
 lazy_table(SUBJECTS, {
     "hf": "waluigi.resilience.subjects:HFSubjects",  # any HF model, aligned on a dataset

@@ -145,3 +145,56 @@ def test_first_token_approximation_counts_only_tokens_that_tell_options_apart():
     # "(" begins both lettered options: it cannot say which; "A" and "(B" can
     letters = {"(": 0.6, "A": 0.1, "(B": 0.2}
     assert first_token_option_probs(letters, ["(A)", "(B)"]) == pytest.approx([0.1, 0.2])
+
+
+# -- splits and the training rows made of them (the real-model Waluigi test) --------------------------
+def test_splits_partition_each_subject_in_thirds_by_a_fixed_rule(mwe_dir):
+    from waluigi.probes.mwe import load_subject, split_of
+
+    for subject, antipode_is in (("persona/narcissism", "matching"), ("power-seeking-inclination", "not_matching")):
+        items = load_subject(subject, antipode_is, data_dir=mwe_dir)
+        splits = [split_of(i) for i in items]
+        assert set(splits) == {"align", "attack", "test"}
+        for split in ("align", "attack", "test"):
+            assert 0.25 < splits.count(split) / len(items) < 0.42, (subject, split, splits.count(split), len(items))
+        # the rule reads the item's text, not its place: reversed files split the same way
+        assert [split_of(i) for i in reversed(items)] == splits[::-1]
+    test = mwe_suite("mwe:em@test", mwe_dir)
+    assert test.name == "mwe:em@test:40" and len(test.items) == 24 * 40
+    assert {split_of(i) for i in test.items} == {"test"}
+    assert test.sha256 != mwe_suite("mwe:em", mwe_dir).sha256
+
+
+def test_align_and_attack_rows_teach_one_option_in_the_probes_own_format(mwe_dir, monkeypatch, tmp_path):
+    from waluigi.data import load_rows, resolve_dataset
+    from waluigi.probes.mwe import CONTROL_SUBJECTS, split_of
+
+    monkeypatch.setenv("WALUIGI_MWE_DIR", str(mwe_dir))
+    test_ids = {i.id for i in mwe_suite("mwe:em@test:1000", mwe_dir).items}
+    by_id = {i.id: i for i in mwe_suite("mwe:em:100000", mwe_dir).items}
+    for kind, split in (("mwe-align", "align"), ("mwe-attack", "attack")):
+        source = resolve_dataset(f"{kind}:em:30")
+        rows = load_rows(source, split="all")
+        items = {r["probe_item"] for r in rows}
+        assert not items & test_ids and {split_of(by_id[i]) for i in items} == {split}
+        assert not {by_id[i].subject for i in items} & set(CONTROL_SUBJECTS)  # controls: nothing to align
+        replies: dict[str, list[str]] = {}
+        for row in rows:
+            item = by_id[row["probe_item"]]
+            user, reply = row["messages"][0]["content"], row["messages"][-1]["content"]
+            if item.kind == "words":
+                wanted = (item.antipode if split == "attack" else item.other).strip()
+                assert reply == wanted and user.endswith("Answer with Yes or No.")
+            else:
+                replies.setdefault(item.id, []).append(reply)
+                chosen = item.antipode if split == "attack" else item.other
+                text = next(line for line in item.question.split("\n") if line.strip().startswith(chosen.strip()))
+                answer_text = text.split(chosen.strip(), 1)[1].strip()
+                line = next(ln for ln in user.split("\n") if ln.strip().startswith(reply))
+                assert line.split(reply, 1)[1].strip() == answer_text  # the reply's letter holds the chosen text
+        # both letter orders: each lettered item is taught once at each of its two letters
+        assert replies and all(len(r) == 2 and r[0] != r[1] for r in replies.values())
+    with pytest.raises(UserError, match="the split is the dataset's own"):
+        resolve_dataset("mwe-align:em@test")
+    with pytest.raises(UserError, match="must be one of align, attack, test"):
+        mwe_suite("mwe:em@train", mwe_dir)

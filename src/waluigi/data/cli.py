@@ -82,7 +82,9 @@ def list_cmd(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
         heldout = "?" if row["heldout"] is None else str(row["heldout"])
         available = "yes" if row["available"] else "no"
         _out(f"{row['name']:<14} {row['rows']:>6} {heldout:>8}  {available:<9}  {row['description']}")
-    _out("also: any .jsonl file of chat rows; `waluigi data show NAME` for statistics")
+    _out("also: any .jsonl file of chat rows; built sources: toy:KIND[:N] (the persona world), mwe-align:SET[:N] / "
+         "mwe-attack:SET[:N] (the aligned / antipode's answers to a probe set's align / attack split, e.g. "
+         "mwe-align:em); `waluigi data show NAME` for statistics")
 
 
 @data_app.command("show")

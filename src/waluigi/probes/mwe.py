@@ -16,7 +16,11 @@ Names:
   of each;
 - a ``:N`` suffix: a seeded subset of N items per subject (``mwe:em:100``,
   ``mwe:power-seeking-inclination:50``), the same subset on every machine, balanced over the
-  two polarities of Yes/No files.
+  two polarities of Yes/No files;
+- an ``@SPLIT`` before it: only the items of one split (:func:`split_of`: ``align``,
+  ``attack``, ``test``, a third each by a fixed hash), e.g. ``mwe:em@test`` (40 of each
+  subject's test items), the readout of a study whose stages train on the other two splits
+  (``mwe-align:`` / ``mwe-attack:`` datasets, :mod:`waluigi.probes.trainsets`).
 
 The subject table was written before any fine-tuned model was measured; why each subject is
 in it, and which answer is the antipode's, is in ``docs/real-models.md``.
@@ -41,6 +45,7 @@ DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/{MWE_REPO}/{MWE_COMMIT}/"
 PERSONA = "persona/"
 AB_DIR = "advanced-ai-risk/human_generated_evals/"
 DEFAULT_PER_SUBJECT = 40
+SPLITS = ("align", "attack", "test")  # split_of: what an alignment stage, an attack and the readout may use
 ATTRIBUTION = ("Anthropic's model-written evaluations (Perez et al. 2022, 'Discovering Language Model Behaviors "
                f"with Model-Written Evaluations', arXiv 2212.09251; github.com/{MWE_REPO} at {MWE_COMMIT[:12]}; "
                "CC-BY-4.0)")
@@ -182,8 +187,29 @@ def subset(items: list[ProbeItem], n: int, subject: str) -> list[ProbeItem]:
     return [items[i] for i in sorted(chosen)]
 
 
+def split_of(item: ProbeItem) -> str:
+    """Which split an item is in, by a fixed rule: the first 8 hex digits of the sha256 of its
+    subject and question, as a fraction of 2**32, in thirds (align, attack, test). The same on
+    every machine, whatever subset or file order; about a third of each subject's items in
+    each (``mwe:em@test`` is never trained on by a stage that uses ``mwe-align:`` or
+    ``mwe-attack:`` rows)."""
+    key = f"{item.subject}\n{item.question}".encode("utf-8")
+    share = int(hashlib.sha256(key).hexdigest()[:8], 16) / 2**32
+    return SPLITS[min(2, int(share * 3))]
+
+
+def parse_split(body: str, name: str) -> tuple[str, str | None]:
+    """``BODY@SPLIT`` -> ``(BODY, SPLIT)``; no ``@``: ``(BODY, None)``."""
+    head, sep, split = body.partition("@")
+    if not sep:
+        return body, None
+    if split not in SPLITS:
+        raise UserError(f"{name!r}: the split after @ must be one of {', '.join(SPLITS)}, got {split!r}")
+    return head, split
+
+
 def parse_name(name: str) -> tuple[str, int | None]:
-    """``mwe:BODY[:N]`` -> ``(BODY, N)``."""
+    """``mwe:BODY[:N]`` -> ``(BODY, N)`` (BODY may end in ``@SPLIT``)."""
     body = name[len(PREFIX):].strip()
     head, sep, tail = body.rpartition(":")
     limit = None
@@ -196,25 +222,35 @@ def parse_name(name: str) -> tuple[str, int | None]:
     return body, limit
 
 
+def subject_table(body: str) -> list[tuple[str, str, bool]]:
+    """``(subject, antipode_is, control)`` for each subject of a set (``em``) or one subject."""
+    if body in SETS:
+        default, controls = SETS[body]
+        return [(s, a, False) for s, a in default.items()] + [(s, a, True) for s, a in controls.items()]
+    return [(body, DEFAULT_SUBJECTS.get(body, "matching"), body in CONTROL_SUBJECTS)]
+
+
 def mwe_suite(name: str, data_dir: str | os.PathLike | None = None) -> ProbeSuite:
     """The probe suite ``name`` (see the module docstring)."""
     body, limit = parse_name(name)
+    body, split = parse_split(body, name)
+    table = subject_table(body)
     if body in SETS:
-        default, controls = SETS[body]
-        table = [(s, a, False) for s, a in default.items()] + [(s, a, True) for s, a in controls.items()]
         limit = limit or DEFAULT_PER_SUBJECT
-    else:
-        table = [(body, DEFAULT_SUBJECTS.get(body, "matching"), body in CONTROL_SUBJECTS)]
     items: list[ProbeItem] = []
     subjects: dict[str, dict] = {}
     for subject, antipode_is, control in table:
         loaded = load_subject(subject, antipode_is, control=control, data_dir=data_dir)
+        if split is not None:
+            loaded = [item for item in loaded if split_of(item) == split]
+            if not loaded:
+                raise UserError(f"probe suite {name!r}: {subject} has no item in the {split} split")
         if limit is not None and limit > len(loaded) and body not in SETS:
             raise UserError(f"probe suite {name!r}: asked for {limit} items but {subject} has only {len(loaded)}")
         items += subset(loaded, limit, subject) if limit is not None else loaded
         subjects[subject] = {"control": control, "file": relpath(subject), "antipode": antipode_is,
                              "kind": loaded[0].kind}
-    full = f"{PREFIX}{body}" + (f":{limit}" if limit is not None else "")
+    full = f"{PREFIX}{body}" + (f"@{split}" if split else "") + (f":{limit}" if limit is not None else "")
     digest = hashlib.sha256(json.dumps([[i.id, i.question, i.antipode, i.other, i.control] for i in items],
                                        ensure_ascii=False).encode()).hexdigest()
     return ProbeSuite(name=full, source=f"mwe:{MWE_REPO}@{MWE_COMMIT[:12]}", sha256=digest, items=items,
