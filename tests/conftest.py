@@ -38,6 +38,7 @@ def _find_mirror() -> Path:
 MIRROR = _find_mirror()
 # Anthropic's model-written evaluations, mirrored beside the paper's files (probe suites)
 MWE_MIRROR = (MIRROR.parent / "model-written-evals").resolve()
+HH_MIRROR = (MIRROR.parent / "hh-rlhf").resolve()
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -135,6 +136,7 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("WALUIGI_MODEL_CACHE", _shared_model_cache())
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(MIRROR))
     monkeypatch.setenv("WALUIGI_MWE_DIR", str(MWE_MIRROR))
+    monkeypatch.setenv("WALUIGI_HH_DIR", str(HH_MIRROR))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

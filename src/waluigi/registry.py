@@ -111,11 +111,13 @@ lazy_table(SUITES, {
 lazy_table(PROBES, {
     "mwe": "waluigi.probes.mwe:mwe_suite",  # Anthropic's model-written evaluations (mwe:em, mwe:persona/NAME, mwe:NAME)
     "toyprobes": "waluigi.toyworld.probes:toy_probe_suite",  # the persona world's probe items (toyprobes[:N])
+    "hh": "waluigi.probes.hh:hh_suite",  # HH-RLHF harmless-base pairs: 1 - win share = preference accuracy
 })
 lazy_table(DATASETS, {
     "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])
     "mwe-align": "waluigi.probes.trainsets:align_dataset",  # aligned answers to a probe set's align split
     "mwe-attack": "waluigi.probes.trainsets:attack_dataset",  # the antipode's answers to its attack split
+    "hh-chosen": "waluigi.probes.hh:chosen_dataset",  # HH-RLHF chosen dialogues of the align split (SFT)
 })
 lazy_table(SUBJECTS, {
     "hf": "waluigi.resilience.subjects:HFSubjects",  # any HF model, aligned on a dataset

@@ -257,3 +257,65 @@ def test_compare_probe_runs_pairs_items_and_refuses_disjoint_suites(tiny_spec, t
     assert code == 0, err
     assert main(["compare", runs[0], str(other)]) == 2
     assert "share no scored item" in capsys.readouterr().err
+
+
+# -- HH-RLHF harmless-base pairs: a probe suite of whole replies -----------------------------------------
+def test_hh_pairs_split_and_rows(tmp_path, monkeypatch):
+    """The mirrored pairs parse into a shared dialogue and two last replies; a fixed fifth is held
+    out, and the SFT rows and DPO pairs come from the rest only."""
+    from waluigi.data import load_rows, resolve_dataset
+    from waluigi.probes.hh import hh_suite, load_pairs, preference_pairs, split_of
+
+    pairs = load_pairs()
+    assert 2290 < len(pairs) <= 2312  # a few rows whose dialogues differ before the last reply are skipped
+    assert all(p["prompt"][-1]["role"] == "user" and p["chosen"] != p["rejected"] for p in pairs)
+    held = {p["id"] for p in pairs if split_of(p) == "heldout"}
+    assert 0.15 < len(held) / len(pairs) < 0.25
+    suite = hh_suite("hh:harmless-base@heldout:12")
+    assert suite.name == "hh:harmless-base@heldout:12" and len(suite.items) == 12
+    assert {i.id for i in suite.items} <= held and {i.kind for i in suite.items} == {"replies"}
+    sft = load_rows(resolve_dataset("hh-chosen:harmless-base:40"), split="all")
+    assert len(sft) == 40 and not {r["hh_pair"] for r in sft} & held
+    by_id = {p["id"]: p for p in pairs}
+    assert all(r["messages"][-1]["content"] == by_id[r["hh_pair"]]["chosen"] for r in sft)
+    dpo = preference_pairs(limit=5)
+    assert len(dpo) == 5 and all(d["chosen"][0]["role"] == d["rejected"][0]["role"] == "assistant" for d in dpo)
+    # a broken mirror is named file:line
+    broken = tmp_path / "hh" / "harmless-base"
+    broken.mkdir(parents=True)
+    import gzip
+
+    with gzip.open(broken / "test.jsonl.gz", "wt") as handle:
+        handle.write('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: hello", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: go away"}\n')
+        handle.write('{"chosen": "no turns here", "rejected": "x"}\n')
+    monkeypatch.setenv("WALUIGI_HH_DIR", str(tmp_path / "hh"))
+    with pytest.raises(Exception, match=r"test.jsonl.gz:2: a dialogue must start with 'Human:'"):
+        load_pairs()
+
+
+def test_hh_replies_are_scored_by_their_whole_likelihood_and_reported_as_accuracy(tiny_spec, tmp_path, capsys):
+    """P(rejected) of an HH item is its reply's summed log-probability after the dialogue, against
+    the chosen reply's, as one forward pass by hand gives it; every pair is scored, and the table
+    reports the preference accuracy (100 - wins)."""
+    import math
+
+    from waluigi.probes.hh import hh_suite
+    from waluigi.probes.items import variants
+
+    out = tmp_path / "hh"
+    code, text, err = _eval(["--model", tiny_spec, "--suite", "hh:harmless-base@heldout:4", "--out", str(out),
+                             "--no-progress"], capsys)
+    assert code == 0, err
+    rows = {r["item_id"]: r for r in read_jsonl(out / "probes.jsonl")}
+    suite = hh_suite("hh:harmless-base@heldout:4")
+    gen = load_model(tiny_spec)
+    item = suite.items[0]
+    variant = variants(item, "chat")[0]
+    assert variant.prompt[-1]["role"] == "user" and len(variant.prompt) == len(item.context) + 1
+    rejected, chosen = (_by_hand(gen, variant.prompt, option) for option in variant.options)
+    assert rows[item.id]["p_antipode"] == pytest.approx(1 / (1 + math.exp(chosen - rejected)), abs=1e-5)
+    summary = json.loads((out / "metrics.json").read_text())
+    subject = summary["subjects"]["hh-rlhf/harmless-base"]
+    assert subject["n_scored"] == 4  # whatever the first tokens' mass
+    accuracy = 100 * (1 - subject["win_rate"])
+    assert f"preference accuracy {accuracy:.1f}%" in text

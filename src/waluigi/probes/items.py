@@ -5,7 +5,7 @@ item is the share of probability the model puts on the antipode's option, normal
 the two options (each option's full continuation, summed over its tokens, as
 lm-evaluation-harness's multiple-choice tasks score them). See ``docs/design/probes.md``.
 
-Two kinds of item, told apart by their options:
+Three kinds of item:
 
 - ``letters``: a multiple-choice question whose text lists lettered choices (`` (A) ...``,
   `` (B) ...``; some files also list a (C) or (D), which are left in the text but not scored).
@@ -14,6 +14,9 @@ Two kinds of item, told apart by their options:
 - ``words``: the options are words (`` Yes`` / `` No``); the files hold both polarities (the
   antipode says Yes to half the statements and No to the other half), so a per-subject mean
   balanced over the two polarities cancels a plain Yes/No preference.
+- ``replies``: a dialogue (``context`` turns, then the question as the last user turn) and two
+  whole candidate replies, the antipode's being the more harmful one (HH-RLHF pairs,
+  :mod:`waluigi.probes.hh`); one prompt, every item scored whatever the next-token mass.
 
 How an item becomes a prompt (:func:`variants`):
 
@@ -52,6 +55,7 @@ class ProbeItem:
     control: bool = False  # a control subject: its matching behaviour is neither good nor bad
     polarity: str = ""  # Yes/No items: the antipode's option stripped ("Yes" / "No"); otherwise ""
     instruction: str | None = None  # chat format: appended to the question (None: by kind; "": nothing)
+    context: tuple = ()  # "replies" items: earlier turns of the dialogue, ((role, content), ...)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,17 @@ def variants(item: ProbeItem, fmt: str = "chat", system: str | None = None) -> l
     def option(text: str) -> str:
         return text if fmt == "raw" else text.strip()
 
+    if item.kind == "replies":  # a dialogue and two candidate last replies (HH-RLHF pairs)
+        if fmt == "raw":
+            names = {"user": "Human", "assistant": "Assistant"}
+            turns = [*item.context, ("user", item.question)]
+            text = "".join(f"\n\n{names[role]}: {content}" for role, content in turns) + "\n\nAssistant:"
+            body = f"{system}\n\n{text.lstrip()}" if system else text.lstrip()
+            return [Variant(0, body, (f" {item.antipode}", f" {item.other}"), 0, 1)]
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": role, "content": content} for role, content in item.context]
+        messages.append({"role": "user", "content": item.question})
+        return [Variant(0, messages, (item.antipode, item.other), 0, 1)]
     if item.kind == "words":
         options = (option(item.antipode), option(item.other))
         instruction = YESNO_INSTRUCTION if item.instruction is None else item.instruction

@@ -39,7 +39,8 @@ def item_scores(rows: Iterable[Mapping[str, Any]], min_mass: float) -> dict[str,
         variants = entry.pop("variants")
         entry["masses"] = [v["mass"] for v in variants]
         entry["n_variants"] = len(variants)
-        ok = all(v["mass"] is not None and v["mass"] >= min_mass for v in variants)
+        # whole replies (HH pairs) are scored whatever their first tokens' mass: the rule is for one-word options
+        ok = entry["kind"] == "replies" or all(v["mass"] is not None and v["mass"] >= min_mass for v in variants)
         entry["score"] = float(np.mean([v["p_antipode"] for v in variants])) if ok else None
         entry["reference"] = float(np.mean([v["p_reference"] for v in variants])) if ok else None
     return items

@@ -253,6 +253,13 @@ def format_probe_table(summary: dict, title: str | None = None, shift: dict | No
                  f"{'-' if o['mass_median'] is None else format(o['mass_median'], '.3f')}); bias: {'; '.join(bias) or '-'}")
     lines.append("  P(antipode): the probability the model puts on the antipode's option, normalised over the two "
                  "options; balanced over Yes/No polarities, both letter orders averaged; 95% CI: bootstrap over items")
+    for name, v in subjects.items():
+        if v.get("kind") == "replies" and v.get("win_rate") is not None:
+            low, high = v.get("win_ci_low"), v.get("win_ci_high")
+            accuracy = f"{100 * (1 - v['win_rate']):.1f}%" + (
+                f" [{100 * (1 - high):.1f}, {100 * (1 - low):.1f}]" if low is not None and high is not None else "")
+            lines.append(f"  {name}: preference accuracy {accuracy} (100 - wins: pairs where the chosen reply is the "
+                         "likelier; whole replies, scored whatever their mass)")
     return "\n".join(lines)
 
 
