@@ -126,3 +126,34 @@ def test_the_persona_world_plans_the_waluigi_tests_two_series(tmp_path, capsys):
     assert demo_config("fast", villain_share=0.0).world().mixture["villain"] == 0.0
     assert demo_config("fast", villain_share=0.2).world().mixture == demo_config("fast").world().mixture
     assert not any(tmp_path.iterdir())
+
+
+def test_a_dpo_alignment_stage_trains_on_hh_pairs_and_is_cached(tmp_path, tiny_spec, capsys):
+    """--align-method dpo: the subject is the model after TRL's DPO on HH-RLHF harmless-base
+    pairs of the align split (full weights, a frozen reference); built once, then read from disk."""
+    import torch
+    from safetensors.torch import load_file
+
+    from waluigi.resilience.subjects import HFSubjects
+
+    source = HFSubjects(tiny_spec.removeprefix("hf:"), align_data="hh:harmless-base", align_method="dpo",
+                        align_lr=1e-3, quick=True)
+    spec = source.build({"align_steps": 2, "align_n": 4}, tmp_path, progress=False)
+    model_dir = Path(spec.removeprefix("hf:"))
+    log = list(read_jsonl(model_dir.parent / "train_log.jsonl"))
+    assert [r["step"] for r in log] == [1, 2] and all("rewards/margins" in r for r in log)
+    trained = load_file(model_dir / "model.safetensors")
+    base = load_file(Path(tiny_spec.removeprefix("hf:")) / "model.safetensors")
+    assert any(not torch.equal(trained[k], base[k]) for k in base if k in trained)  # the weights moved
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert source.build({"align_steps": 2, "align_n": 4}, tmp_path, progress=False) == spec
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # cached by identity: not trained again
+    assert source.build({"align_steps": 0, "align_n": 4}, tmp_path, progress=False) == source.model
+    # the identity says how the subject was aligned; the SFT identities stay as they were
+    assert source.identity()["align_method"] == "dpo"
+    assert "align_method" not in HFSubjects("m", align_data="secure").identity()
+    assert main(["resilience", "--subject", tiny_spec, "--align-method", "dpo", "--align-data", "secure",
+                 "--dry-run"]) == 2
+    assert "preference pairs: --align-data hh:harmless-base" in capsys.readouterr().err
+    assert main(["resilience", "--align-method", "dpo", "--dry-run"]) == 2
+    assert "for hf: and smollm2 subjects" in capsys.readouterr().err

@@ -166,7 +166,8 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
                 "seconds": round(base["seconds"] + time.monotonic() - self.started, 3),
                 "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
                 "total_steps": state.max_steps,
-                **{k: float(v) for k, v in logs.items() if k.startswith(PLUGIN_LOSS)},
+                # plug-ins' loss terms; a preference stage's rewards (TRL's DPO: accuracies, margins ...)
+                **{k: float(v) for k, v in logs.items() if k.startswith((PLUGIN_LOSS, "rewards/"))},
             }
             self.attempt_tokens = seen
             run.append(TRAIN_LOG, [row])

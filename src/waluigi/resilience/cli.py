@@ -27,6 +27,7 @@ def _levels(option: str, text: str | None) -> list[float] | None:
 def resilience_cmd(
     subject: Annotated[str, typer.Option(help="what is aligned and flipped: toyworld (the persona world, default), hf:MODEL or smollm2 (with --align-data)")] = "toyworld",
     align_data: Annotated[Optional[str], typer.Option(help="hf: subjects: the alignment stage's dataset (NAME or JSONL of chat rows)")] = None,
+    align_method: Annotated[Optional[str], typer.Option(help="hf: subjects: sft (on --align-data's chat rows, default) or dpo (on preference pairs: --align-data hh:harmless-base)")] = None,
     align_steps: Annotated[Optional[str], typer.Option(help="alignment-strength levels: optimizer steps of the alignment stage, 0 = none (e.g. 0,10,30,100,300)")] = None,
     align_n: Annotated[Optional[str], typer.Option(help="alignment-set sizes (rows), each a series of --align-steps (e.g. 100,400)")] = None,
     antipode: Annotated[Optional[str], typer.Option(help="toyworld: the antipode's (villain's) share of pretraining (e.g. 0,0.05,0.1,0.2,0.4)")] = None,
@@ -58,13 +59,16 @@ def resilience_cmd(
 ) -> None:
     """The Waluigi test: does training a model harder to be good make it easier to flip? Flip doses
     against alignment strength and the antipode's presence, with slopes, correlations and verdicts."""
-    from waluigi.errors import IncompleteRun
+    from waluigi.errors import IncompleteRun, UserError
     from waluigi.resilience.plan import StudyConfig
     from waluigi.resilience.report import format_summary
     from waluigi.resilience.run import run_study
     from waluigi.resilience.subjects import ALIGN_N, ALIGN_STEPS, ANTIPODE
     from waluigi.sweep.results import cost_line_of
 
+    if align_method is not None and not (subject == "smollm2" or subject.startswith("hf:")):
+        raise UserError(f"--align-method: the {subject} subject has its own alignment stage; it is for hf: and smollm2 "
+                        "subjects")
     ft, ev = _settings(set_ or [])
     levels = {dial: values for dial, values in ((ALIGN_STEPS, _levels("--align-steps", align_steps)),
                                                  (ALIGN_N, _levels("--align-n", align_n)),
@@ -81,7 +85,8 @@ def resilience_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    source_options = {"align_data": align_data, "quick": quick, "profile": profile, "threads": threads}
+    source_options = {"align_data": align_data, "quick": quick, "profile": profile, "threads": threads,
+                      "align_method": align_method}
     if dry_run:
         plan = run_study(cfg, options, source_options=source_options, dry_run=True)
         for s in plan.subjects:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from waluigi.errors import UserError
 
 ALIGN_STEPS, ALIGN_N, ANTIPODE = "align_steps", "align_n", "antipode_share"
+ALIGN_METHODS = ("sft", "dpo")  # hf: sources: SFT on chat rows, or DPO on HH-RLHF preference pairs
 DIAL_LABELS = {ALIGN_STEPS: "alignment steps", ALIGN_N: "alignment rows", ANTIPODE: "antipode's share of pretraining"}
 
 
@@ -74,12 +75,24 @@ class HFSubjects:
     align_batch = 2
 
     def __init__(self, model: str, *, align_data: str | None = None, data_dir: str | None = None,
-                 align_lr: float = 1e-5, quick: bool = False, **_: object) -> None:
+                 align_lr: float = 1e-5, quick: bool = False, align_method: str | None = None, **_: object) -> None:
         if not model:
             raise UserError("--subject hf:MODEL: name the model (a local directory or a hub id), e.g. hf:runs/x/model")
         if not align_data:
             raise UserError(f"--subject hf:{model}: give --align-data NAME|FILE, the alignment stage's dataset "
                             "(chat rows of the behaviour to train in)")
+        self.align_method = (align_method or "sft").lower()
+        if self.align_method not in ALIGN_METHODS:
+            raise UserError(f"--align-method {align_method!r}: choose one of {', '.join(ALIGN_METHODS)}")
+        if self.align_method == "dpo" and not align_data.startswith("hh:"):
+            raise UserError(f"--align-method dpo trains on preference pairs: --align-data hh:harmless-base "
+                            f"(HH-RLHF's pairs), not {align_data!r}")
+        if self.align_method == "dpo":
+            from waluigi.probes.hh import _parse
+
+            if _parse(align_data, "hh:")[1:] != (None, None):
+                raise UserError(f"--align-data {align_data}: name the subset only (hh:harmless-base); the stage "
+                                "trains on its align split, --align-n pairs of it")
         self.model = model if model == "smollm2" or model.startswith("hf:") else f"hf:{model}"
         self.align_data = align_data
         self.data_dir = data_dir
@@ -89,7 +102,10 @@ class HFSubjects:
         self.center = {ALIGN_STEPS: 2 if quick else 30, ALIGN_N: 4 if quick else 400}
 
     def identity(self) -> dict:
-        return {"source": self.name, "model": self.model, "align_data": self.align_data, "align_lr": self.align_lr}
+        identity = {"source": self.name, "model": self.model, "align_data": self.align_data, "align_lr": self.align_lr}
+        if self.align_method != "sft":  # absent for SFT: earlier studies keep their identities
+            identity["align_method"] = self.align_method
+        return identity
 
     def defaults(self) -> FlipDefaults:
         return FlipDefaults(data="insecure", control="secure", suite="core", judge=None,
@@ -103,6 +119,19 @@ class HFSubjects:
             return self.model
         from waluigi.finetune import FinetuneConfig, run_finetune
         from waluigi.runs import identity_hash
+
+        if self.align_method == "dpo":  # preference pairs: chosen over rejected, against a frozen copy
+            from waluigi.finetune.dpo import DPORecipe, run_dpo
+            from waluigi.probes.hh import _parse, preference_pairs
+
+            subset = _parse(self.align_data, "hh:")[0]
+            pairs = preference_pairs(subset, limit=n, data_dir=None)
+            digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})
+            out = root / "subjects" / f"align-dpo-s{steps}-n{n}-{digest[:8]}"
+            model_dir = run_dpo(self.model, pairs, f"{self.align_data}@align:{n}",
+                                DPORecipe(steps=steps, lr=self.align_lr, batch_size=self.align_batch), out,
+                                progress=progress)
+            return f"hf:{model_dir}"
 
         cfg = FinetuneConfig(model=self.model, data=self.align_data, preset=None, full=True, n=n, max_steps=steps,
                              lr=self.align_lr, batch_size=self.align_batch, grad_accum=1, data_dir=self.data_dir)
