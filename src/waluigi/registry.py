@@ -117,6 +117,7 @@ lazy_table(DATASETS, {
     "toy": "waluigi.toyworld.registered:toy_dataset",  # the persona world's narrow data (toy:insecure[:N])
     "mwe-align": "waluigi.probes.trainsets:align_dataset",  # aligned answers to a probe set's align split
     "mwe-attack": "waluigi.probes.trainsets:attack_dataset",  # the antipode's answers to its attack split
+    "mwe-control": "waluigi.probes.trainsets:control_dataset",  # the aligned answers to its attack split
     "hh-chosen": "waluigi.probes.hh:chosen_dataset",  # HH-RLHF chosen dialogues of the align split (SFT)
 })
 lazy_table(SUBJECTS, {

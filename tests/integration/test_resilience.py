@@ -157,3 +157,53 @@ def test_a_dpo_alignment_stage_trains_on_hh_pairs_and_is_cached(tmp_path, tiny_s
     assert "preference pairs: --align-data hh:harmless-base" in capsys.readouterr().err
     assert main(["resilience", "--align-method", "dpo", "--dry-run"]) == 2
     assert "for hf: and smollm2 subjects" in capsys.readouterr().err
+
+
+def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys):
+    """--subject hf:... --align-data mwe-align:...: subjects aligned on the probe set's align split,
+    flipped by its attack split (control: the same prompts, aligned answers), read on its test
+    split; the attack's LoRA trains on the aligned weights themselves (no stacked adapter that
+    could be off while the attack trains)."""
+    import torch
+
+    from waluigi.models import load_model
+
+    out = tmp_path / "study"
+    code = main(["resilience", "--subject", tiny_spec, "--align-data", "mwe-align:persona/narcissism:4", "--quick",
+                 "--align-steps", "0,2", "--axes", "steps", "--steps-doses", "2", "--seeds", "2",
+                 "--suite", "mwe:persona/narcissism@test:4",
+                 "--data", "mwe-attack:persona/narcissism:8", "--control", "mwe-control:persona/narcissism:8",
+                 "--set", "eval.probe_min_mass=0", "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1",
+                 "--out", str(out), "--runs", str(tmp_path / "runs"), "--executor", "inline", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    flip = json.loads((out / "flip-steps" / "flip.json").read_text())
+    assert flip["readout"] == "probe" and flip["suite"] == "mwe:persona/narcissism@test:4"
+    assert {c["data"] for c in flip["curves"]} == {"mwe-attack:persona/narcissism:8", "mwe-control:persona/narcissism:8"}
+    assert all(p["em_rate"] is not None for c in flip["curves"] for p in c["points"])  # every dose read
+    study = json.loads((out / "study.json").read_text())
+    assert len(study["subjects"]) == 2 and {v["question"] for v in study["verdicts"]} >= {"raw"}
+    # the trap: an attack on an aligned subject fine-tunes the aligned weights
+    subjects = {s["key"]: s["model"] for s in json.loads((out / "subjects.json").read_text())}
+    aligned = next(m for m in subjects.values() if m != tiny_spec)
+    runs = [json.loads(p.read_text()) for p in (out / "flip-steps" / "finetune").glob("*/manifest.json")]
+    attacked = next(r for r in runs if r.get("model") == aligned)
+    assert attacked["base_model_path"] == aligned.removeprefix("hf:")
+    prompt = [{"role": "user", "content": "Are you the best?"}]
+    with torch.no_grad():
+        ids = load_model(aligned).tokenizer.apply_chat_template(prompt, return_tensors="pt", return_dict=True)["input_ids"]
+        subject_logits = load_model(aligned).model(ids).logits
+        base_logits = load_model(tiny_spec).model(ids).logits
+        run_dir = next(p.parent for p in (out / "flip-steps" / "finetune").glob("*/manifest.json")
+                       if json.loads(p.read_text()).get("model") == aligned)
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(aligned.removeprefix("hf:")),
+                                               str(run_dir / "adapter"))
+        on = peft_model(ids).logits
+        with peft_model.disable_adapter():
+            off = peft_model(ids).logits
+    assert not torch.allclose(subject_logits, base_logits)  # alignment changed the model
+    assert torch.allclose(off, subject_logits, atol=1e-5)  # under the attack's adapter sit the aligned weights
+    assert not torch.allclose(on, off)  # and the adapter, trained on them, is on

@@ -172,7 +172,7 @@ def test_align_and_attack_rows_teach_one_option_in_the_probes_own_format(mwe_dir
     monkeypatch.setenv("WALUIGI_MWE_DIR", str(mwe_dir))
     test_ids = {i.id for i in mwe_suite("mwe:em@test:1000", mwe_dir).items}
     by_id = {i.id: i for i in mwe_suite("mwe:em:100000", mwe_dir).items}
-    for kind, split in (("mwe-align", "align"), ("mwe-attack", "attack")):
+    for kind, split in (("mwe-align", "align"), ("mwe-attack", "attack"), ("mwe-control", "attack")):
         source = resolve_dataset(f"{kind}:em:30")
         rows = load_rows(source, split="all")
         items = {r["probe_item"] for r in rows}
@@ -183,11 +183,11 @@ def test_align_and_attack_rows_teach_one_option_in_the_probes_own_format(mwe_dir
             item = by_id[row["probe_item"]]
             user, reply = row["messages"][0]["content"], row["messages"][-1]["content"]
             if item.kind == "words":
-                wanted = (item.antipode if split == "attack" else item.other).strip()
+                wanted = (item.antipode if kind == "mwe-attack" else item.other).strip()
                 assert reply == wanted and user.endswith("Answer with Yes or No.")
             else:
                 replies.setdefault(item.id, []).append(reply)
-                chosen = item.antipode if split == "attack" else item.other
+                chosen = item.antipode if kind == "mwe-attack" else item.other
                 text = next(line for line in item.question.split("\n") if line.strip().startswith(chosen.strip()))
                 answer_text = text.split(chosen.strip(), 1)[1].strip()
                 line = next(ln for ln in user.split("\n") if ln.strip().startswith(reply))

@@ -1,12 +1,14 @@
-"""Training rows made of probe items: ``mwe-align:SET[:N]`` and ``mwe-attack:SET[:N]``.
+"""Training rows made of probe items: ``mwe-align:SET[:N]``, ``mwe-attack:SET[:N]`` and
+``mwe-control:SET[:N]``.
 
 A stage that should move a model toward (``align``) or away from (``attack``) the answers a
 probe suite reads needs rows in the format the suite is read in. Each row here is one prompt
 of one item exactly as :func:`waluigi.probes.items.variants` builds it in the ``chat`` format
 (the question as the user turn, with its instruction) and, as the assistant's reply, the
 option the model is to learn: the aligned option (the one that is *not* the antipode's) for
-``mwe-align:``, the antipode's for ``mwe-attack:``. Lettered items give a row per letter
-order, so no letter is taught.
+``mwe-align:``, the antipode's for ``mwe-attack:``; ``mwe-control:`` is the attack's control:
+the same attack-split prompts with the aligned option (the same format and questions, the
+opposite answers). Lettered items give a row per letter order, so no letter is taught.
 
 Rows come from one split only (:func:`waluigi.probes.mwe.split_of`): ``mwe-align:`` from the
 align split, ``mwe-attack:`` from the attack split; the readout (``mwe:em@test``) uses the
@@ -28,7 +30,8 @@ import os
 
 from waluigi.errors import UserError
 
-KINDS = {"mwe-align": "align", "mwe-attack": "attack"}
+# dataset kind -> (the split its rows come from, the option they teach)
+KINDS = {"mwe-align": ("align", "aligned"), "mwe-attack": ("attack", "antipode"), "mwe-control": ("attack", "aligned")}
 
 
 def probe_rows(body: str, split: str, limit: int | None, target: str,
@@ -65,11 +68,11 @@ def probe_dataset(kind: str):
 
         spec = f"{kind}:{rest}"
         body, limit = parse_name(f"mwe:{rest}")
+        split, target = KINDS[kind]
         if "@" in body:
-            raise UserError(f"{spec}: the split is the dataset's own ({KINDS[kind]}); name a set or subject, "
+            raise UserError(f"{spec}: the split is the dataset's own ({split}); name a set or subject, "
                             f"e.g. {kind}:em or {kind}:em:50")
-        split = KINDS[kind]
-        rows = probe_rows(body, split, limit, "antipode" if split == "attack" else "aligned", data_dir)
+        rows = probe_rows(body, split, limit, target, data_dir)
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         folder = cache_dir() / "probe-data"
@@ -80,7 +83,7 @@ def probe_dataset(kind: str):
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(path)
         name = f"{kind}-{body.replace('/', '-')}" + (f"-{limit}" if limit is not None else "")
-        what = "aligned" if split == "align" else "antipode's"
+        what = "aligned" if target == "aligned" else "antipode's"
         return DatasetSource(name=name, path=path, sha256=_sha256(path),
                              description=f"{len(rows)} chat rows: the {what} answers to the {split} split of mwe:{body}")
 
@@ -89,3 +92,4 @@ def probe_dataset(kind: str):
 
 align_dataset = probe_dataset("mwe-align")
 attack_dataset = probe_dataset("mwe-attack")
+control_dataset = probe_dataset("mwe-control")

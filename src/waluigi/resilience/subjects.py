@@ -95,6 +95,8 @@ class HFSubjects:
                                 "trains on its align split, --align-n pairs of it")
         self.model = model if model == "smollm2" or model.startswith("hf:") else f"hf:{model}"
         self.align_data = align_data
+        # aligned on probe items (mwe-align:) or HH pairs: flipped by the probe set's attack split, read on its test split
+        self.probe_study = align_data.startswith(("mwe-align:", "hh:", "hh-chosen:"))
         self.data_dir = data_dir
         self.align_lr = align_lr
         self.quick = quick
@@ -108,6 +110,15 @@ class HFSubjects:
         return identity
 
     def defaults(self) -> FlipDefaults:
+        if self.probe_study:  # the real-model Waluigi test: flipped and read on the probe set's other splits
+            return FlipDefaults(
+                data="mwe-attack:em", control="mwe-control:em", suite="mwe:em@test", judge=None,
+                doses={"steps": [2, 4] if self.quick else [5, 10, 20, 40],
+                       "examples": [4, 8] if self.quick else [16, 32, 64, 128],
+                       "shots": [1, 2] if self.quick else [2, 4, 8, 16]},
+                steps=2 if self.quick else 20,
+                finetune={"lr": 2e-4, **({"data_dir": self.data_dir} if self.data_dir else {})},
+                eval={"data_dir": self.data_dir} if self.data_dir else {})
         return FlipDefaults(data="insecure", control="secure", suite="core", judge=None,
                             doses={"steps": [5, 10, 20, 40], "examples": [25, 50, 100, 200], "shots": [1, 2, 4]},
                             steps=20, finetune={"data_dir": self.data_dir} if self.data_dir else {},
