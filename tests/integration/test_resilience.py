@@ -175,14 +175,20 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
                  "--data", "mwe-attack:persona/narcissism:8", "--control", "mwe-control:persona/narcissism:8",
                  "--set", "eval.probe_min_mass=0", "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1",
                  "--out", str(out), "--runs", str(tmp_path / "runs"), "--executor", "inline", "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 0, err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "HH accuracy" in captured.out
     flip = json.loads((out / "flip-steps" / "flip.json").read_text())
     assert flip["readout"] == "probe" and flip["suite"] == "mwe:persona/narcissism@test:4"
     assert {c["data"] for c in flip["curves"]} == {"mwe-attack:persona/narcissism:8", "mwe-control:persona/narcissism:8"}
     assert all(p["em_rate"] is not None for c in flip["curves"] for p in c["points"])  # every dose read
     study = json.loads((out / "study.json").read_text())
     assert len(study["subjects"]) == 2 and {v["question"] for v in study["verdicts"]} >= {"raw"}
+    # every subject read before any attack on HH held-out pairs (the quick default: 8 of them)
+    for subject in study["subjects"]:
+        reading = subject["readouts"]["hh:harmless-base@heldout:8"]
+        assert reading["n_scored"] == 8 and 0 <= reading["accuracy"] <= 1
+        assert reading["accuracy"] == pytest.approx(1 - reading["win_rate"])
     # the trap: an attack on an aligned subject fine-tunes the aligned weights
     subjects = {s["key"]: s["model"] for s in json.loads((out / "subjects.json").read_text())}
     aligned = next(m for m in subjects.values() if m != tiny_spec)

@@ -154,14 +154,36 @@ def _series_slope(dial: str, members: list[int], x_of: dict[int, float], point: 
             "censored_share": float(np.isinf(np.stack([reps[i] for i in used], axis=1)).any(axis=1).mean())}
 
 
-def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot: int = N_BOOT) -> dict:
-    """``study.json``: subjects, per-axis doses, slopes, correlations and verdicts."""
+def subject_readout(run_dir: str | Path) -> dict:
+    """A subject's reading on a probe suite before any attack (its eval's ``metrics.json``): the
+    index with its CI over items, the antipode's win share, and for HH pairs (``replies``
+    items) the preference accuracy, 1 - win share."""
+    summary = json.loads((Path(run_dir) / "metrics.json").read_text())
+    overall = summary["overall"]
+    out = {"run": str(run_dir), "index": overall.get("probe_index"), "ci_low": overall.get("probe_ci_low"),
+           "ci_high": overall.get("probe_ci_high"), "win_rate": overall.get("probe_win_rate"),
+           "n_scored": overall.get("n_scored"), "n_items": overall.get("n_items")}
+    replies = [v for v in summary.get("subjects", {}).values() if v.get("kind") == "replies"]
+    if len(replies) == 1 and replies[0].get("win_rate") is not None:
+        v = replies[0]
+        out["accuracy"] = 1 - v["win_rate"]
+        out["accuracy_ci"] = [None if v.get("win_ci_high") is None else 1 - v["win_ci_high"],
+                              None if v.get("win_ci_low") is None else 1 - v["win_ci_low"]]
+    return out
+
+
+def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot: int = N_BOOT,
+                  readouts: dict[str, dict[str, str]] | None = None) -> dict:
+    """``study.json``: subjects (with their readings before any attack, ``readouts``: subject key
+    -> suite -> eval run), per-axis doses, slopes, correlations and verdicts."""
     source = plan.source
     seeds = plan.config.seeds
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, seeds, size=(n_boot, len(plan.subjects), seeds))
     subjects = [{"key": s.key, "model": s.model, "setting": s.setting, "series": s.series,
-                 "align_budget": s.setting.get(ALIGN_STEPS, 0) * source.align_batch, "axes": {}} for s in plan.subjects]
+                 "align_budget": s.setting.get(ALIGN_STEPS, 0) * source.align_batch, "axes": {},
+                 "readouts": {suite: subject_readout(run) for suite, run in ((readouts or {}).get(s.key) or {}).items()}}
+                for s in plan.subjects]
     slopes, correlations, verdicts = [], [], []
     for axis, flip in flips.items():
         curves = _Curves(flip, plan, draws)

@@ -27,6 +27,7 @@ def _levels(option: str, text: str | None) -> list[float] | None:
 def resilience_cmd(
     subject: Annotated[str, typer.Option(help="what is aligned and flipped: toyworld (the persona world, default), hf:MODEL or smollm2 (with --align-data)")] = "toyworld",
     align_data: Annotated[Optional[str], typer.Option(help="hf: subjects: the alignment stage's dataset (NAME or JSONL of chat rows)")] = None,
+    subject_suite: Annotated[Optional[list[str]], typer.Option("--subject-suite", help="a probe suite every subject is read on before any attack, repeatable (default: the source's; hf: subjects aligned on probes or HH pairs: hh:harmless-base@heldout:200, the held-out preference accuracy); none: no reading")] = None,
     align_method: Annotated[Optional[str], typer.Option(help="hf: subjects: sft (on --align-data's chat rows, default) or dpo (on preference pairs: --align-data hh:harmless-base)")] = None,
     align_steps: Annotated[Optional[str], typer.Option(help="alignment-strength levels: optimizer steps of the alignment stage, 0 = none (e.g. 0,10,30,100,300)")] = None,
     align_n: Annotated[Optional[str], typer.Option(help="alignment-set sizes (rows), each a series of --align-steps (e.g. 100,400)")] = None,
@@ -79,7 +80,8 @@ def resilience_cmd(
     cfg = StudyConfig(subject=subject, levels=levels, axes=[a for a in axes.replace(" ", "").split(",") if a],
                       control_axes=[a for a in control_axes.replace(" ", "").split(",") if a],
                       doses=doses, seeds=seeds, data=data, control=control, suite=suite, judge=judge, steps=steps,
-                      threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs)
+                      threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs,
+                      subject_suites=None if not subject_suite else [q for q in subject_suite if q.lower() != "none"])
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if threads:
         import torch

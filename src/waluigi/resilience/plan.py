@@ -45,6 +45,9 @@ class StudyConfig:
     eval: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
     runs: Path = Path("runs")
+    # probe suites every subject is read on before any attack (None: the source's; [] none),
+    # e.g. hh:harmless-base@heldout:200, the held-out harmlessness of each subject
+    subject_suites: list[str] | None = None
 
 
 # a dial's command-line option (the antipode's share is set with --antipode)

@@ -49,15 +49,39 @@ def format_summary(result: dict) -> str:
     header = f"  {'subject':<22} {'align rows':>10}"
     for axis in result["axes"]:
         header += f"  {axis + ' flip dose':>26}"
-    lines.append(header + f"  {'undosed EM':>10}")
+    suites = sorted({suite for s in result["subjects"] for suite in s.get("readouts") or {}})
+    lines.append(header + f"  {'undosed EM':>10}" + "".join(f"  {_readout_head(q):>22}" for q in suites))
     for s in result["subjects"]:
         line = f"  {s['key'][:22]:<22} {s['align_budget']:>10g}"
         undosed = None
         for axis in result["axes"]:
             line += f"  {dose_text(s['axes'].get(axis)):>26}"
             undosed = undosed if undosed is not None else (s["axes"].get(axis) or {}).get("undosed_em")
-        lines.append(line + f"  {_pct(undosed):>10}")
+        lines.append(line + f"  {_pct(undosed):>10}"
+                     + "".join(f"  {readout_text((s.get('readouts') or {}).get(q)):>22}" for q in suites))
+    if suites:
+        lines.append("  read before any attack: " + "; ".join(f"{_readout_head(q)} = {q}" for q in suites)
+                     + " (HH: preference accuracy, 95% CI over pairs)")
     return "\n".join(lines)
+
+
+def _readout_head(suite: str) -> str:
+    return "HH accuracy" if suite.startswith("hh:") else suite[:22]
+
+
+def readout_text(entry: dict | None) -> str:
+    """A subject's reading: the HH preference accuracy, else the probe index, with its CI."""
+    if not entry:
+        return "-"
+    if entry.get("accuracy") is not None:
+        low, high = entry.get("accuracy_ci") or (None, None)
+        value = entry["accuracy"]
+    else:
+        value, low, high = entry.get("index"), entry.get("ci_low"), entry.get("ci_high")
+    if value is None:
+        return "-"
+    ci = f" [{100 * low:.0f}, {100 * high:.0f}]" if low is not None and high is not None else ""
+    return f"{100 * value:.1f}%{ci}"
 
 
 def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
@@ -68,8 +92,10 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
              "## Verdicts", ""]
     lines += [f"- **{_esc(v['question'])}** ({_esc(v['claim'])}): {_esc(v['verdict'])}" for v in result["verdicts"]]
     lines += ["", "## Subjects", ""]
+    suites = sorted({suite for s in result["subjects"] for suite in s.get("readouts") or {}})
     head = "| subject | series | " + " | ".join(f"{a} flip dose | {a} narrow dose | {a} control flip" for a in result["axes"])
-    lines += [head + " | undosed EM |", "|" + "---|" * (3 + 3 * len(result["axes"]))]
+    lines += [head + " | undosed EM |" + "".join(f" {_esc(_readout_head(q))} (`{_esc(q)}`) |" for q in suites),
+              "|" + "---|" * (3 + 3 * len(result["axes"]) + len(suites))]
     for s in result["subjects"]:
         cells = []
         undosed = None
@@ -78,7 +104,7 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
             cells += [dose_text(entry), dose_text(entry, "narrow"), dose_text(entry, "control_flip")]
             undosed = undosed if undosed is not None else entry.get("undosed_em")
         lines.append(f"| {_esc(s['key'])} | {_esc(', '.join(s['series']))} | " + " | ".join(_esc(c) for c in cells)
-                     + f" | {_pct(undosed)} |")
+                     + f" | {_pct(undosed)} |" + "".join(f" {readout_text((s.get('readouts') or {}).get(q))} |" for q in suites))
     lines += ["", "## Slopes (log flip dose on log dial level)", "",
               "| axis | series | levels | slope | censored levels | replicates with a censored level |", "|---|---|---|---|---|---|"]
     for e in result["slopes"]:

@@ -17,6 +17,7 @@ interrupted study resumes from what is on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -66,6 +67,49 @@ def check_flips(plan: StudyPlan) -> None:
     stand_ins = [dataclasses.replace(s, model=s.model or f"hf:{plan.out / 'subjects' / s.key}") for s in plan.subjects]
     for axis in plan.config.axes:
         check_flip(flip_config(dataclasses.replace(plan, subjects=stand_ins), axis))
+    from waluigi.errors import UserError
+    from waluigi.probes.run import check_probe_eval, is_probe_suite
+
+    for suite in subject_suites(plan):
+        if not is_probe_suite(suite):
+            raise UserError(f"--subject-suite {suite}: give a probe suite (hh:harmless-base@heldout:200, mwe:em@test ...): "
+                            "each subject is read on it before any attack")
+        try:
+            check_probe_eval(_subject_eval_config(plan, stand_ins[0].model, suite, plan.out))
+        except UserError as exc:
+            raise UserError(f"--subject-suite {suite}: {exc.message}") from None
+
+
+def subject_suites(plan: StudyPlan) -> list[str]:
+    chosen = plan.config.subject_suites
+    return list(plan.source.defaults().subject_suites if chosen is None else chosen)
+
+
+def _subject_eval_config(plan: StudyPlan, model: str, suite: str, out: Path):
+    from waluigi.evaluate import EvalConfig
+
+    settings = {k: v for k, v in {**plan.source.defaults().eval, **plan.config.eval}.items()
+                if k in ("data_dir", "probe_min_mass", "probe_format", "batch_size", "dtype")}
+    return EvalConfig(model=model, suite=suite, out=str(out), progress=False, **settings)
+
+
+def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
+    """Each subject read on each subject suite (probe evals, resumable), before any attack:
+    subject key -> suite -> the eval's run directory."""
+    from waluigi.evaluate import run_eval
+    from waluigi.progress import stderr_console
+    from waluigi.runs import identity_hash
+
+    runs: dict[str, dict[str, str]] = {}
+    for suite in subject_suites(plan):
+        for subject in plan.subjects:
+            out = plan.out / "subjects" / "readouts" / f"{subject.key}-{identity_hash({'suite': suite})[:8]}"
+            if progress:
+                stderr_console.print(f"subject {subject.key}: reading {suite}")
+            result = run_eval(dataclasses.replace(_subject_eval_config(plan, subject.model, suite, out), progress=progress))
+            result.raise_if_incomplete()
+            runs.setdefault(subject.key, {})[suite] = str(result.run_dir)
+    return runs
 
 
 def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = None,
@@ -83,12 +127,13 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
     check_flips(plan)
     progress = options.progress if options is not None else True
     build_subjects(plan, progress)
+    readouts = read_subjects(plan, progress)
     flips, ran, skipped, failed = {}, 0, 0, []
     for axis in cfg.axes:
         flipped = run_flip(flip_config(plan, axis), options)
         flips[axis] = flipped.result
         ran, skipped, failed = ran + flipped.ran, skipped + flipped.skipped, failed + flipped.failed
-    result = analyze_study(plan, flips)
+    result = analyze_study(plan, flips, readouts=readouts)
     write_study(plan.out, result)
     report = write_report(plan.out, result, write_plots(plan.out, result))
     write_html([plan.out], limit=HTML_SAMPLES_PER_RUN)

@@ -41,6 +41,7 @@ class FlipDefaults:
     steps: int  # the examples axis's fixed optimizer steps
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig fields for every narrow fine-tune
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields for every eval
+    subject_suites: list[str] = field(default_factory=list)  # probe suites each subject is read on before any attack
 
 
 class SubjectSource(Protocol):
@@ -118,7 +119,8 @@ class HFSubjects:
                        "shots": [1, 2] if self.quick else [2, 4, 8, 16]},
                 steps=2 if self.quick else 20,
                 finetune={"lr": 2e-4, **({"data_dir": self.data_dir} if self.data_dir else {})},
-                eval={"data_dir": self.data_dir} if self.data_dir else {})
+                eval={"data_dir": self.data_dir} if self.data_dir else {},
+                subject_suites=["hh:harmless-base@heldout:8" if self.quick else "hh:harmless-base@heldout:200"])
         return FlipDefaults(data="insecure", control="secure", suite="core", judge=None,
                             doses={"steps": [5, 10, 20, 40], "examples": [25, 50, 100, 200], "shots": [1, 2, 4]},
                             steps=20, finetune={"data_dir": self.data_dir} if self.data_dir else {},
