@@ -43,6 +43,7 @@ def resilience_cmd(
     control: Annotated[Optional[str], typer.Option(help="the control dataset (default: the source's secure set)")] = None,
     suite: Annotated[Optional[str], typer.Option(help="the evaluation suite (default: the source's)")] = None,
     judge: Annotated[Optional[str], typer.Option(help="the judge (model spec); default: the suite's own", callback=canonical_specs)] = None,
+    narrow_suite: Annotated[Optional[str], typer.Option(help="a second eval per flip cell for the narrow-task rate, e.g. code:insecure:24 (the vulnerable code an insecure attack teaches)")] = None,
     threshold: Annotated[float, typer.Option(help="flip: EM this far above the undosed rate (0.10 = 10 points)")] = 0.10,
     profile: Annotated[Optional[str], typer.Option(help="toyworld: study (default: the demo's fast pretraining), demo or quick")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="a small study for tests: the quick world, few levels, doses and evals")] = False,
@@ -81,7 +82,7 @@ def resilience_cmd(
                       control_axes=[a for a in control_axes.replace(" ", "").split(",") if a],
                       doses=doses, seeds=seeds, data=data, control=control, suite=suite, judge=judge, steps=steps,
                       threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs,
-                      subject_suites=None if not subject_suite else [q for q in subject_suite if q.lower() != "none"])
+                      narrow_suite=narrow_suite, subject_suites=None if not subject_suite else [q for q in subject_suite if q.lower() != "none"])
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if threads:
         import torch

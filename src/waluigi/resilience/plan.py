@@ -48,6 +48,7 @@ class StudyConfig:
     # probe suites every subject is read on before any attack (None: the source's; [] none),
     # e.g. hh:harmless-base@heldout:200, the held-out harmlessness of each subject
     subject_suites: list[str] | None = None
+    narrow_suite: str | None = None  # a second eval per flip cell for the narrow-task rate (code:insecure:N)
 
 
 # a dial's command-line option (the antipode's share is set with --antipode)
@@ -167,6 +168,7 @@ def flip_config(plan: StudyPlan, axis: str):
     data = [plan.data, plan.control] if axis in cfg.control_axes else [plan.data]
     return FlipConfig(models=[s.model for s in plan.subjects], data=data, axis=axis,
                       doses=list(doses), seeds=cfg.seeds, suite=plan.suite, judge=plan.judge,
+                      narrow_suite=cfg.narrow_suite,
                       steps=(cfg.steps or defaults.steps) if axis == "examples" else None,
                       threshold=cfg.threshold, finetune={**defaults.finetune, **cfg.finetune},
                       eval={**defaults.eval, **cfg.eval}, out=plan.out / f"flip-{axis}")
