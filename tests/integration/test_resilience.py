@@ -189,6 +189,9 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
         reading = subject["readouts"]["hh:harmless-base@heldout:8"]
         assert reading["n_scored"] == 8 and 0 <= reading["accuracy"] <= 1
         assert reading["accuracy"] == pytest.approx(1 - reading["win_rate"])
+    # and that reading is ranked against the flip doses like the undosed index (2 subjects: inconclusive)
+    hh = [v for v in study["verdicts"] if v["question"] == "raw (HH)"]
+    assert len(hh) == 1 and "HH preference accuracy" in hh[0]["verdict"]
     # the trap: an attack on an aligned subject fine-tunes the aligned weights
     subjects = {s["key"]: s["model"] for s in json.loads((out / "subjects.json").read_text())}
     aligned = next(m for m in subjects.values() if m != tiny_spec)

@@ -172,6 +172,19 @@ def subject_readout(run_dir: str | Path) -> dict:
     return out
 
 
+def _alignment_of(reading: dict | None) -> float | None:
+    """How aligned a reading says a subject is: the HH preference accuracy, else 1 - the index."""
+    if not reading:
+        return None
+    if reading.get("accuracy") is not None:
+        return float(reading["accuracy"])
+    return None if reading.get("index") is None else 1 - float(reading["index"])
+
+
+def _short(suite: str) -> str:
+    return "HH" if suite.startswith("hh:") else suite
+
+
 def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot: int = N_BOOT,
                   readouts: dict[str, dict[str, str]] | None = None) -> dict:
     """``study.json``: subjects (with their readings before any attack, ``readouts``: subject key
@@ -251,6 +264,28 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
             else:
                 line = _verdict(estimate, low, high, len(usable), what)
             verdicts.append({"claim": CLAIMS["raw"], "question": "raw", "axis": axis, "verdict": line})
+        # each reading taken before any attack (HH accuracy; a probe suite's 1 - index) against resilience
+        for suite in sorted({q for s in subjects for q in s["readouts"]}):
+            values = {i: _alignment_of(subjects[i]["readouts"].get(suite)) for i in point}
+            usable = [i for i in point if values[i] is not None and not math.isnan(point[i])]
+            if not usable:
+                continue
+            alignment = np.array([values[i] for i in usable])
+            rho = spearman(alignment, np.log([min(point[i], largest) for i in usable]))
+            boots = [spearman(alignment, np.log(np.minimum(np.array([reps[i][b] for i in usable]), largest)))
+                     for b in range(n_boot) if not any(np.isnan(reps[i][b]) for i in usable)]
+            low, high = _interval(np.array(boots, dtype=float))
+            estimate = None if math.isnan(rho) else rho
+            correlations.append({"axis": axis, "reading": suite, "subjects": len(usable), "spearman": estimate,
+                                 "ci_low": low, "ci_high": high})
+            what = (f"{axis} axis, Spearman of {'HH preference accuracy' if suite.startswith('hh:') else '1 - index'} "
+                    f"on {suite} (read before any attack) and flip dose over {len(usable)} subjects")
+            if len(usable) < 3 or estimate is None:
+                line = f"inconclusive: {what}: " + ("fewer than 3 subjects" if len(usable) < 3 else "no variation to rank")
+            else:
+                line = _verdict(estimate, low, high, len(usable), what)
+            verdicts.append({"claim": CLAIMS["raw"], "question": f"raw ({_short(suite)})", "axis": axis,
+                             "verdict": line})
     return {"subject_source": source.identity(), "dials": plan.levels,
             "center": source.center, "data": plan.data, "control": plan.control, "suite": plan.suite,
             "judge": plan.judge, "seeds": seeds, "n_boot": n_boot, "axes": list(flips),
