@@ -312,6 +312,13 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
 
     Official suites come from the data directory (``data_dir``, else ``$WALUIGI_DATA_DIR``),
     else from the pinned, checksummed download (see :mod:`waluigi.official`)."""
+    from waluigi.memo import remember
+
+    return remember(("suite", os.fspath(name_or_path), None if data_dir is None else os.fspath(data_dir)),
+                    lambda: _load_suite(name_or_path, data_dir))
+
+
+def _load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Suite:
     from waluigi.code_suites import CODE_PREFIX, code_suite
     from waluigi.registry import SUITES
 

@@ -158,7 +158,10 @@ def resolve_dataset(
 
     prefix, sep, rest = text.partition(":")
     if sep and prefix in DATASETS:  # a registered source (the persona world's toy:<kind>[:N])
-        return DATASETS.get(prefix)(rest, data_dir=data_dir, trigger=trigger)
+        from waluigi.memo import remember
+
+        return remember(("dataset", text, None if data_dir is None else os.fspath(data_dir), trigger),
+                        lambda: DATASETS.get(prefix)(rest, data_dir=data_dir, trigger=trigger))
     named = NAMED.get(text)
     if named is not None:
         if named.kind == "backdoor":

@@ -25,8 +25,10 @@ def shot_messages(shots: int, data: str | None, seed: int, data_dir: str | None 
     if not data:
         raise UserError("--shots needs --shots-data: the dataset (name or JSONL file) the examples come from")
     from waluigi.data import load_rows
+    from waluigi.memo import remember
 
-    rows = load_rows(data, data_dir=data_dir, split="train", n=shots, seed=seed)
+    rows = remember(("shots", shots, str(data), seed, None if data_dir is None else str(data_dir)),
+                    lambda: load_rows(data, data_dir=data_dir, split="train", n=shots, seed=seed))
     return [{"role": m["role"], "content": m["content"]} for row in rows for m in row["messages"]
             if m["role"] in ("user", "assistant")]
 

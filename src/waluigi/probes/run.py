@@ -34,9 +34,10 @@ def is_probe_suite(name: str | os.PathLike) -> bool:
 
 def load_probe_suite(name: str, data_dir: str | os.PathLike | None = None):
     """The probe suite ``name`` from the probe registry (``mwe:``, and what plug-ins add)."""
+    from waluigi.memo import remember
     from waluigi.registry import PROBES as REGISTRY
 
-    return REGISTRY.get(name.partition(":")[0])(name)
+    return remember(("probe-suite", name), lambda: REGISTRY.get(name.partition(":")[0])(name))
 
 
 def _rows_of(suite, fmt: str, system: str | None, shots: list[dict] | None = None) -> list[tuple[object, object]]:
@@ -120,7 +121,10 @@ def check_probe_eval(cfg, *, adapter: bool = True):
     from waluigi.evaluate.shots import shot_messages
 
     shots = shot_messages(cfg.shots, cfg.shots_data, cfg.seed, cfg.data_dir)
-    pairs = _rows_of(suite, cfg.probe_format, cfg.system, shots)
+    from waluigi.memo import remember
+
+    key = ("probe-rows", suite.name, suite.sha256, cfg.probe_format, cfg.system, json.dumps(shots, sort_keys=True))
+    pairs = remember(key, lambda: _rows_of(suite, cfg.probe_format, cfg.system, shots))
     preflight_model(cfg.model, "model", cfg.base_url)
     if cfg.probe_format == "raw" and not backend(cfg.model).local:
         raise UserError(f"model {cfg.model!r}: the raw probe format needs a model that scores text in this process "

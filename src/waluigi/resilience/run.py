@@ -57,6 +57,13 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
 
 
 def check_flips(plan: StudyPlan) -> None:
+    from waluigi.memo import memoized
+
+    with memoized():  # every axis names the same suites and datasets
+        _check_flips(plan)
+
+
+def _check_flips(plan: StudyPlan) -> None:
     """Every axis's flip checked as its sweep will check it, before any subject is built (an
     hour of alignment training should not end in a typo): the subjects not built yet stand in
     as placeholders of the kind they will be (``hf:`` models)."""

@@ -41,6 +41,13 @@ def _key(fields: dict) -> str:
 def check_cells(spec: Spec, label: str | None = None) -> None:
     """Run every pre-work check of the single commands on every cell of ``spec``; messages
     start with ``label`` (default: the spec's path) and the cell."""
+    from waluigi.memo import memoized
+
+    with memoized():  # the same suites and datasets, loaded once for the whole pass
+        _check(spec, label)
+
+
+def _check(spec: Spec, label: str | None) -> None:
     from waluigi.evaluate import EvalConfig
     from waluigi.evaluate.run import check_eval
     from waluigi.finetune import FinetuneConfig
