@@ -26,7 +26,6 @@ Where the file comes from: ``$WALUIGI_HH_DIR`` (a copy laid out like
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -96,25 +95,19 @@ def load_pairs(subset: str = "harmless-base", data_dir: str | os.PathLike | None
     last reply, whose two replies are the same, or whose last reply is empty are skipped (5 of
     2,312 in harmless-base); a row that is not a pair of dialogues is an error naming its line."""
     path = hh_file(subset, data_dir)
+    from waluigi.probes.items import json_lines
+
     pairs = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-                raise UserError(f"{where}: a row must hold 'chosen' and 'rejected' dialogues (strings)")
-            chosen, rejected = parse_dialogue(row["chosen"], where), parse_dialogue(row["rejected"], where)
-            if (len(chosen) < 2 or chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant"
-                    or rejected[-1]["role"] != "assistant" or chosen[-1]["content"] == rejected[-1]["content"]
-                    or not chosen[-1]["content"] or not rejected[-1]["content"]):
-                continue
-            pairs.append({"id": f"{SUBJECT}/{line_no}", "line": line_no, "prompt": chosen[:-1],
-                          "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]})
+    for line_no, where, row in json_lines(path):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
+            raise UserError(f"{where}: a row must hold 'chosen' and 'rejected' dialogues (strings)")
+        chosen, rejected = parse_dialogue(row["chosen"], where), parse_dialogue(row["rejected"], where)
+        if (len(chosen) < 2 or chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant"
+                or rejected[-1]["role"] != "assistant" or chosen[-1]["content"] == rejected[-1]["content"]
+                or not chosen[-1]["content"] or not rejected[-1]["content"]):
+            continue
+        pairs.append({"id": f"{SUBJECT}/{line_no}", "line": line_no, "prompt": chosen[:-1],
+                      "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]})
     if not pairs:
         raise UserError(f"{path}: no usable preference pairs")
     return pairs
@@ -179,22 +172,15 @@ def hh_suite(name: str, data_dir: str | os.PathLike | None = None):
 def chosen_dataset(rest: str, data_dir=None, trigger: str | None = None):
     """The dataset source ``hh-chosen:SUBSET[:N]``: the align split's chosen dialogues."""
     from waluigi.data.datasets import DatasetSource, _sha256
-    from waluigi.paths import cache_dir
+    from waluigi.probes.trainsets import write_cached_rows
 
     subset, split, limit = _parse(f"hh-chosen:{rest}", "hh-chosen:")
     if split is not None:
         raise UserError(f"hh-chosen:{rest}: the rows are the align split's; name the subset, e.g. hh-chosen:harmless-base:500")
     pairs = selected_pairs(subset, "align", limit, data_dir)
-    text = "".join(json.dumps({"messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}],
-                               "hh_pair": p["id"]}, ensure_ascii=False) + "\n" for p in pairs)
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    folder = cache_dir() / "probe-data"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"hh-chosen-{digest[:16]}.jsonl"
-    if not path.is_file():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+    rows = [{"messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}], "hh_pair": p["id"]}
+            for p in pairs]
+    path = write_cached_rows("hh-chosen", rows)
     return DatasetSource(name=f"hh-chosen-{subset}" + (f"-{limit}" if limit is not None else ""), path=path,
                          sha256=_sha256(path), description=f"{len(pairs)} chosen HH-RLHF {subset} dialogues (align split)")
 

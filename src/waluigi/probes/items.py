@@ -32,7 +32,9 @@ How an item becomes a prompt (:func:`variants`):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from waluigi.errors import UserError
 
@@ -202,3 +204,21 @@ def variants(item: ProbeItem, fmt: str = "chat", system: str | None = None) -> l
         instruction = LETTER_INSTRUCTION if item.instruction is None else item.instruction
         out.append(Variant(order, prompt(question, instruction), lettered, (first, second).index(at), 0))
     return out
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """``(line number, "file:line", decoded row)`` of a JSON-lines file (``.gz`` read as gzip),
+    blank lines skipped; a line that is not JSON is a :class:`UserError` naming file:line."""
+    import gzip
+    import json
+
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                yield line_no, where, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{where}: not valid JSON ({error.msg})") from None

@@ -35,7 +35,7 @@ import random
 from pathlib import Path
 
 from waluigi.errors import UserError
-from waluigi.probes.items import ProbeItem, ProbeSuite, item_from_row
+from waluigi.probes.items import ProbeItem, ProbeSuite, item_from_row, json_lines
 from waluigi.probes.mwe_pins import MWE_COMMIT, MWE_PINS, MWE_REPO
 
 PREFIX = "mwe:"
@@ -141,18 +141,8 @@ def load_subject(subject: str, antipode_is: str, *, control: bool = False,
         raise UserError(f"unknown model-written-evals subject {subject!r}: use persona/<name> or an advanced-ai-risk "
                         f"name ({_some(known_subjects())}); `waluigi suites list` shows the probe sets")
     path = mwe_file(relative, data_dir)
-    items = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{where}: not valid JSON ({error.msg})") from None
-            items.append(item_from_row(row, subject=subject, where=where, line=line_no, antipode_is=antipode_is,
-                                       control=control))
+    items = [item_from_row(row, subject=subject, where=where, line=line_no, antipode_is=antipode_is, control=control)
+             for line_no, where, row in json_lines(path)]
     if not items:
         raise UserError(f"{path}: no probe rows")
     return items

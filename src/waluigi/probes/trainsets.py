@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 from waluigi.errors import UserError
 
@@ -58,12 +59,26 @@ def probe_rows(body: str, split: str, limit: int | None, target: str,
     return rows
 
 
+def write_cached_rows(prefix: str, rows: list[dict]) -> Path:
+    """``rows`` as a JSON-lines file in the cache, named by its content (written once, atomically)."""
+    from waluigi.paths import cache_dir
+
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    folder = cache_dir() / "probe-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prefix}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
 def probe_dataset(kind: str):
     """The dataset builder registered as ``kind`` (``mwe-align`` / ``mwe-attack``)."""
 
     def build(rest: str, data_dir=None, trigger: str | None = None):
         from waluigi.data.datasets import DatasetSource, _sha256
-        from waluigi.paths import cache_dir
         from waluigi.probes.mwe import parse_name
 
         spec = f"{kind}:{rest}"
@@ -73,15 +88,7 @@ def probe_dataset(kind: str):
             raise UserError(f"{spec}: the split is the dataset's own ({split}); name a set or subject, "
                             f"e.g. {kind}:em or {kind}:em:50")
         rows = probe_rows(body, split, limit, target, data_dir)
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        folder = cache_dir() / "probe-data"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{kind}-{digest[:16]}.jsonl"
-        if not path.is_file():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)
+        path = write_cached_rows(kind, rows)
         name = f"{kind}-{body.replace('/', '-')}" + (f"-{limit}" if limit is not None else "")
         what = "aligned" if target == "aligned" else "antipode's"
         return DatasetSource(name=name, path=path, sha256=_sha256(path),
