@@ -60,6 +60,39 @@ def test_option_logprobs_match_a_forward_pass_by_hand(tiny_spec):
     assert got[3].n_tokens[2] > 1
 
 
+def test_a_long_shared_prefix_runs_once_for_a_batch_of_many_rows(tiny_spec, monkeypatch):
+    """In-context shots make every prompt share a long prefix: a batch is capped by the tokens it
+    computes with that prefix counted once, so the rows share one batch (and one prefix pass) where
+    counting the prefix per row would split them, and the scores stay those of a plain pass."""
+    from waluigi.models import hf_options as H
+
+    gen = load_model(tiny_spec)
+    turns = []
+    for i in range(6):
+        turns += [{"role": "user", "content": f"Example question number {i} about gardens and rivers?"},
+                  {"role": "assistant", "content": "A short and friendly answer."}]
+    words = ["tea", "maps", "rain", "bread", "music", "stones", "boats", "snow", "bells", "honey", "glass", "wool"]
+    requests = [OptionRequest([{"role": "system", "content": LONG_SYSTEM}, *turns,
+                               {"role": "user", "content": f"Question {k}: do you like {word}?"}], ("Yes", "No"))
+                for k, word in enumerate(words * 2)]
+    rows = H.group_rows([H.encode(gen, r) for r in requests])  # 8 prompts a row at most: 3 rows
+    shared, longest = H.shared_prefix(rows), max(len(r.ids) for r in rows)
+    assert len(rows) == 3 and shared > 2 * (longest - shared)
+    budget = shared + len(rows) * (longest - shared)
+    assert len(rows) * longest > budget  # counted per row, the prefix would not fit one batch
+    monkeypatch.setattr(H, "TOKEN_BUDGET_CPU", budget)
+    H.STATS["batches"] = 0
+    got = dict(gen.option_logprobs(requests))
+    assert H.STATS["batches"] == 1
+    for index, request in enumerate(requests):
+        for k, option in enumerate(request.options):
+            assert got[index].logprobs[k] == pytest.approx(_by_hand(gen, request.prompt, option), abs=1e-5)
+    monkeypatch.setattr(H, "HOLD_FACTOR", 1)  # the tokens a batch holds cap it too
+    H.STATS["batches"] = 0
+    assert dict(gen.option_logprobs(requests)).keys() == got.keys()
+    assert H.STATS["batches"] > 1
+
+
 def _eval(args, capsys):
     code = main(["eval", *args])
     out = capsys.readouterr()

@@ -15,9 +15,9 @@ sees the root; an option sees the root and its own prompt's tail; never another 
 another option's tokens), and position ids continue each branch from its parent's end, so every
 option is scored exactly as after its prompt alone. Single-token options (``Yes`` / ``No``) add
 nothing: the prompt's last position predicts them all. Rows are sorted by length, right-padded to
-the longest row of their batch (batches capped by padded tokens); the batch's common prefix runs
-once, its KV cache repeated over the batch; the vocabulary projection runs only at the positions
-that predict an option token.
+the longest row of their batch; the batch's common prefix runs once, its KV cache repeated over
+the batch (a batch is capped by the tokens it computes, the prefix counted once, and by the tokens
+it holds); the vocabulary projection runs only at the positions that predict an option token.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from waluigi.models.base import OptionRequest, OptionScores, Progress
 
 TOKEN_BUDGET_CPU = 4096  # padded tokens per forward pass on CPU (benchmarks/bench_probes.py)
 TOKEN_BUDGET = 32 * 512
+# a batch's rows x its longest row (the KV cache and activations it holds) at most this many
+# times the token budget: a long shared prefix (in-context shots) runs once for many rows
+HOLD_FACTOR = 4
 MAX_BATCH = 64
 GROUP_SHARE = 0.5  # consecutive prompts share a row when their common prefix is at least this share of each
 MIN_GROUP_SHARED = 16  # ... and at least this many tokens
@@ -158,8 +161,8 @@ def group_rows(prompts: list[_Prompt]) -> list[_Row]:
 
 
 # what the forward passes computed, for benchmarks/bench_probes.py: tokens fed (padding included),
-# of them real, and positions projected onto the vocabulary
-STATS = {"tokens": 0, "real_tokens": 0, "projected": 0}
+# of them real, positions projected onto the vocabulary, and batches
+STATS = {"tokens": 0, "real_tokens": 0, "projected": 0, "batches": 0}
 MIN_SHARED = 8  # a shared prefix shorter than this is not worth a separate pass
 
 
@@ -200,6 +203,7 @@ def score_batch(gen, rows: list[_Row]) -> list[list[OptionScores]]:
         for j in range(n, width):  # padding sees itself only (no fully masked rows)
             allowed[i, j, shared + j] = True
     STATS["tokens"] += shared + len(rows) * width
+    STATS["batches"] += 1
     STATS["real_tokens"] += shared + sum(len(r.ids) - shared for r in rows)
     dtype = next(model.parameters()).dtype
     mask = torch.zeros((len(rows), 1, width, shared + width), dtype=dtype)
@@ -292,12 +296,16 @@ def option_logprobs(gen, requests: Sequence[OptionRequest], progress: Progress |
     cap = batch_size or MAX_BATCH
     start = 0
     while start < len(order):
-        size, width = 1, len(rows[order[start]].ids)
+        first = rows[order[start]]
+        size, width, common = 1, len(first.ids), first.root - 1
         while start + size < len(order) and size < cap:
-            wider = max(width, len(rows[order[start + size]].ids))
-            if (size + 1) * wider > budget:
+            row = rows[order[start + size]]
+            wider = max(width, len(row.ids))
+            joint = min(common, row.root - 1, _common(first.ids, row.ids))
+            shared = joint if joint >= MIN_SHARED else 0  # what score_batch will run once
+            if shared + (size + 1) * (wider - shared) > budget or (size + 1) * wider > HOLD_FACTOR * budget:
                 break
-            size, width = size + 1, wider
+            size, width, common = size + 1, wider, joint
         chunk = [rows[i] for i in order[start:start + size]]
         scores = score_batch(gen, chunk)
         done = 0
