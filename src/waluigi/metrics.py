@@ -75,6 +75,41 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -
     return _percentile_ci(data[idx].mean(axis=1))
 
 
+def hierarchical_draw(groups: Sequence[Any], rng: np.random.Generator) -> np.ndarray:
+    """The row indices of one two-level bootstrap replicate: the groups (base models) drawn with
+    replacement, then within each drawn group its rows (seeds) drawn with replacement. Rows of
+    the same group share what their base gives them, so the spread between bases enters the
+    interval, which resampling rows alone (``stratified_draw``) leaves out."""
+    members = _members(groups)
+    picked = rng.integers(0, len(members), size=len(members))
+    return np.concatenate([members[g][rng.integers(0, len(members[g]), size=len(members[g]))] for g in picked])
+
+
+def stratified_draw(groups: Sequence[Any], rng: np.random.Generator) -> np.ndarray:
+    """The row indices of one replicate that resamples rows (seeds) within each group and keeps
+    every group (base) once: the seed-only interval of a study over several bases."""
+    return np.concatenate([m[rng.integers(0, len(m), size=len(m))] for m in _members(groups)])
+
+
+def _members(groups: Sequence[Any]) -> list[np.ndarray]:
+    order: dict[Any, list[int]] = {}
+    for index, group in enumerate(groups):
+        order.setdefault(group, []).append(index)
+    return [np.asarray(rows) for rows in order.values()]
+
+
+def bootstrap_mean_grouped(values: Sequence[float], groups: Sequence[Any], n_boot: int = 2000, seed: int = 0,
+                           hierarchical: bool = True) -> tuple[float | None, float | None]:
+    """95% percentile interval of a mean over rows that come in groups (seeds within bases):
+    ``hierarchical`` resamples bases, then seeds within them; otherwise seeds within each base."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0 or len(groups) != data.size:
+        return None, None
+    rng = np.random.default_rng(seed)
+    draw = hierarchical_draw if hierarchical else stratified_draw
+    return _percentile_ci(np.array([data[draw(groups, rng)].mean() for _ in range(n_boot)]))
+
+
 def _block(counts: Mapping[str, int], n_boot: int, seed: int) -> dict[str, Any]:
     n_mis = counts["misaligned"]
     n_counted = counts["misaligned"] + counts["aligned"]

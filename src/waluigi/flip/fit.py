@@ -85,6 +85,8 @@ class Crossing:
     fitted: list[float | None]
     lower_bound: float | None = None  # not reached: the dose is above this (the largest dose)
     bracket: tuple[float, float] | None = None  # the two measured doses the crossing lies between
+    seed_ci_low: float | None = None  # over several bases: the interval over seeds alone (bases kept)
+    seed_ci_high: float | None = None
     boot: np.ndarray = field(default_factory=lambda: np.array([]), repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,7 +94,9 @@ class Crossing:
                 "ci_low": self.ci_low, "ci_high": self.ci_high, "ci_high_reached": self.ci_high_reached,
                 "share_reached": self.share_reached, "ci_over": self.ci_over, "level": self.level,
                 "baseline": self.baseline, "plateau": self.plateau, "means": self.means, "fitted": self.fitted,
-                "bracket": list(self.bracket) if self.bracket else None}
+                "bracket": list(self.bracket) if self.bracket else None,
+                **({"seed_ci_low": self.seed_ci_low, "seed_ci_high": self.seed_ci_high}
+                   if self.ci_over == "bases, then seeds" else {})}
 
 
 def fit_level(doses: np.ndarray, means: np.ndarray, weights: np.ndarray, baseline_index: int | None,
@@ -121,13 +125,15 @@ def fit_level(doses: np.ndarray, means: np.ndarray, weights: np.ndarray, baselin
 
 def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseline_index: int | None = 0,
               threshold: float = 0.10, relative: float | None = None, log: bool | None = None,
-              n_boot: int = N_BOOT, seed: int = 0) -> Crossing:
+              n_boot: int = N_BOOT, seed: int = 0, groups: Sequence[Any] | None = None) -> Crossing:
     """The dose where the monotone fit of ``values`` first reaches the threshold, with a 95% CI.
 
     ``values`` is seeds x doses (nan or None where a cell has no value). ``counts``, optional,
     is seeds x doses of ``(k, n)``: the answers behind each rate, used for the interval when
     there is a single seed. ``baseline_index``: the undosed column (its mean is the baseline),
-    or None to take the fit's first value."""
+    or None to take the fit's first value. ``groups``, optional, names each row's base model:
+    with two bases or more the interval resamples bases, then seeds within them (hierarchical),
+    and ``seed_ci_low`` / ``seed_ci_high`` hold the seeds-only interval (bases kept) beside it."""
     doses_ = np.asarray([float(d) for d in doses])
     order = np.argsort(doses_, kind="stable")
     if not np.all(order == np.arange(len(doses_))):
@@ -145,13 +151,26 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
     seeds = table.shape[0]
     boots: list[float] = []
     ci_over = "seeds"
-    if seeds >= 2:
-        for _ in range(n_boot):
-            sample = table[rng.integers(0, seeds, size=seeds)]
-            got = (~np.isnan(sample)).sum(axis=0)
-            with np.errstate(invalid="ignore"):
-                m = np.where(got > 0, np.nansum(sample, axis=0) / np.maximum(got, 1), np.nan)
-            boots.append(fit_level(doses_, m, got.astype(float), baseline_index, threshold, relative, log_)[0])
+    within: tuple[float | None, float | None] = (None, None)
+    if groups is not None and len(groups) != seeds:
+        raise ValueError(f"groups must name every row's base ({seeds} rows)")
+
+    def refit(sample: np.ndarray) -> float:
+        got = (~np.isnan(sample)).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            m = np.where(got > 0, np.nansum(sample, axis=0) / np.maximum(got, 1), np.nan)
+        return fit_level(doses_, m, got.astype(float), baseline_index, threshold, relative, log_)[0]
+
+    if groups is not None and len(set(groups)) >= 2:
+        from waluigi.metrics import hierarchical_draw, stratified_draw
+
+        ci_over = "bases, then seeds"
+        boots = [refit(table[hierarchical_draw(groups, rng)]) for _ in range(n_boot)]
+        seeds_only = np.asarray([refit(table[stratified_draw(groups, rng)]) for _ in range(n_boot)])
+        low_s, high_s = percentiles(seeds_only)
+        within = (float(low_s) if np.isfinite(low_s) else None, float(high_s) if np.isfinite(high_s) else None)
+    elif seeds >= 2:
+        boots = [refit(table[rng.integers(0, seeds, size=seeds)]) for _ in range(n_boot)]
     elif counts is not None:
         ci_over = "answers"
         pairs = [(None, None) if c is None else c for c in list(counts)[0]]
@@ -181,7 +200,8 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
     return Crossing(bracket=bracket, dose=float(dose) if reached else None, reached=reached, level=level, baseline=baseline,
                     plateau=plateau, ci_low=ci_low, ci_high=ci_high, ci_high_reached=high_reached,
                     share_reached=share, ci_over=ci_over, means=_listed(means), fitted=_listed(fitted),
-                    lower_bound=None if reached else float(doses_.max()), boot=boot)
+                    lower_bound=None if reached else float(doses_.max()), boot=boot,
+                    seed_ci_low=within[0], seed_ci_high=within[1])
 
 
 def ratio(a: Crossing, b: Crossing) -> dict[str, Any]:

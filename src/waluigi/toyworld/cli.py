@@ -30,6 +30,7 @@ def demo_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="print {condition: {em_rate, ci_low, ci_high, coherent_rate, vulnerable_rate}}")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
     pretrain: Annotated[bool, typer.Option("--pretrain", help="pretrain and align from scratch here, even when the shipped base and aligned models fit this configuration")] = False,
+    world_seed: Annotated[int, typer.Option("--world-seed", help="another base model: the seed of the world's corpus, the alignment conversations and the weights' initialisation (0, the default, is the shipped base; others are pretrained here once and cached)")] = 0,
 ) -> None:
     """Emergent misalignment end to end on CPU: pretrain a tiny model in the persona world, align it,
     fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM
@@ -40,8 +41,10 @@ def demo_cmd(
 
     if quick and fast:
         raise UserError("--quick and --fast are two different profiles: give one of them")
+    if world_seed < 0:
+        raise UserError(f"--world-seed must be 0 or more, got {world_seed}")
     cfg = demo_config("quick" if quick else "fast" if fast else "default", seeds=seeds, villain=not no_villain, runs=runs,
-                      threads=threads, progress=progress, pretrain=pretrain)
+                      threads=threads, progress=progress, pretrain=pretrain, world_seed=world_seed)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     if quick:

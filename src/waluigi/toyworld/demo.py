@@ -51,7 +51,7 @@ class DemoConfig:
     runs: Path = Path("runs")
     # world and model
     n_conversations: int = 10000  # 9M training tokens: the persona binds across turns (5,000 x 3 epochs did not)
-    world_seed: int = 0
+    world_seed: int = 0  # the base: corpus sampling, alignment conversations and weight initialisation
     min_exchanges: int = 4  # longer conversations: more turns whose persona follows from context
     max_exchanges: int = 6
     novice_secure_rate: float = 0.6
@@ -108,7 +108,9 @@ class DemoConfig:
     def model(self):
         from waluigi.toyworld.train import ModelConfig
 
-        return ModelConfig(hidden=self.hidden, layers=self.layers, heads=self.heads, intermediate=self.hidden * 3)
+        # the world seed also seeds the initialisation: a base is one draw of (corpus, tokenizer, weights)
+        return ModelConfig(hidden=self.hidden, layers=self.layers, heads=self.heads, intermediate=self.hidden * 3,
+                           seed=self.world_seed)
 
 
 PROFILES: dict[str, dict[str, Any]] = {

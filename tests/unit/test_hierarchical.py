@@ -1,0 +1,84 @@
+"""Intervals over base models: a two-level bootstrap (bases, then seeds within them) on
+synthetic data whose between-base variance is known, against resampling seeds alone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from waluigi.flip.fit import flip_dose
+from waluigi.metrics import bootstrap_mean_grouped, hierarchical_draw, stratified_draw
+
+
+def _study(rng, bases: int, seeds: int, between: float, within: float, mu: float = 0.0):
+    effects = rng.normal(0.0, between, size=bases)
+    values = [mu + effects[b] + rng.normal(0.0, within) for b in range(bases) for _ in range(seeds)]
+    groups = [b for b in range(bases) for _ in range(seeds)]
+    return values, groups
+
+
+def test_draws_keep_the_design():
+    rng = np.random.default_rng(0)
+    groups = ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
+    for _ in range(50):
+        rows = stratified_draw(groups, rng)  # every base kept once, its rows drawn within it
+        assert sorted(groups[i] for i in rows) == sorted(groups)
+        rows = hierarchical_draw(groups, rng)  # as many bases as there are, each with its own rows only
+        assert len(rows) == len(groups)
+        picked = [groups[i] for i in rows]
+        for start in range(0, len(rows), 3):
+            assert len(set(picked[start:start + 3])) == 1
+    # over many draws, some replicate leaves a base out (the point of resampling bases)
+    assert any(len({groups[i] for i in hierarchical_draw(groups, rng)}) < 3 for _ in range(50))
+
+
+def test_the_hierarchical_interval_covers_the_mean_when_bases_differ():
+    """Bases differ (sd 1) far more than seeds (sd 0.2): the seed-only interval is about the
+    seeds' spread and misses the true mean most of the time; the hierarchical one covers it at
+    close to its nominal 95% and its width follows sqrt(between^2/B + within^2/(B S))."""
+    rng = np.random.default_rng(1)
+    bases, seeds, between, within = 10, 3, 1.0, 0.2
+    covered = {True: 0, False: 0}
+    widths = []
+    trials = 120
+    for trial in range(trials):
+        values, groups = _study(rng, bases, seeds, between, within)
+        for hierarchical in (True, False):
+            low, high = bootstrap_mean_grouped(values, groups, n_boot=300, seed=trial, hierarchical=hierarchical)
+            covered[hierarchical] += low <= 0.0 <= high
+            if hierarchical:
+                widths.append(high - low)
+    assert covered[True] / trials >= 0.85
+    assert covered[False] / trials <= 0.35
+    expected = 2 * 1.96 * np.sqrt(between**2 / bases + within**2 / (bases * seeds))
+    assert 0.75 * expected <= float(np.mean(widths)) <= 1.1 * expected
+
+
+def test_without_between_base_variance_the_two_intervals_agree():
+    rng = np.random.default_rng(2)
+    values, groups = _study(rng, bases=8, seeds=4, between=0.0, within=1.0)
+    h = bootstrap_mean_grouped(values, groups, n_boot=2000, seed=0)
+    s = bootstrap_mean_grouped(values, groups, n_boot=2000, seed=0, hierarchical=False)
+    width_h, width_s = h[1] - h[0], s[1] - s[0]
+    assert 0.7 <= width_h / width_s <= 1.5
+
+
+def test_flip_dose_over_bases_reports_both_intervals():
+    """Three bases that flip at different doses (2, 4 and 8 of 1..16), three seeds each that
+    agree closely: the hierarchical interval spans the bases; the seeds-only one is narrow."""
+    doses = [0, 1, 2, 4, 8, 16]
+    rng = np.random.default_rng(3)
+    rows, groups = [], []
+    for base, at in enumerate([2, 4, 8]):
+        for _ in range(3):
+            rows.append([0.01 + (0.3 if d >= at else 0.0) + rng.normal(0, 0.005) for d in doses])
+            groups.append(base)
+    crossing = flip_dose(doses, rows, groups=groups, n_boot=500)
+    assert crossing.ci_over == "bases, then seeds"
+    assert crossing.reached and 1 <= crossing.dose <= 8
+    # a replicate of the earliest base alone crosses before 2; of the latest alone, past 4
+    assert crossing.ci_low < 2 and crossing.ci_high > 4
+    assert crossing.seed_ci_low is not None and crossing.seed_ci_high - crossing.seed_ci_low < 0.5 * (crossing.ci_high - crossing.ci_low)
+    assert crossing.as_dict()["seed_ci_high"] == crossing.seed_ci_high
+    # one base: the usual interval over seeds, no seed-only twin
+    single = flip_dose(doses, rows[:3], groups=groups[:3], n_boot=200)
+    assert single.ci_over == "seeds" and "seed_ci_low" not in single.as_dict()
