@@ -83,6 +83,7 @@ DATASETS = Registry("dataset source")  # name prefix (before ':') -> builder (re
 PLUGINS = Registry("training plug-in")  # name -> TrainingPlugin class
 PROBES = Registry("probe suite")  # name prefix (before ':') -> probe suite loader (name -> ProbeSuite)
 SUBJECTS = Registry("subject source")  # --subject prefix -> a resilience study's SubjectSource class
+BASES = Registry("base-model family")  # --model prefix -> a family of base models (rest, runs) for --bases N
 
 
 def lazy_table(registry: Registry, table: dict[str, str]) -> None:
@@ -123,6 +124,9 @@ lazy_table(DATASETS, {
 lazy_table(SUBJECTS, {
     "hf": "waluigi.resilience.subjects:HFSubjects",  # any HF model, aligned on a dataset
     "toyworld": "waluigi.toyworld.subjects:ToySubjects",  # the persona world: pretrained with an antipode dial
+})
+lazy_table(BASES, {
+    "toyworld": "waluigi.toyworld.bases:ToyBases",  # the persona world's aligned model at world seeds 0..N-1
 })
 lazy_table(PLUGINS, {
     "l2": "waluigi.finetune.plugins:L2ToStart",

@@ -24,7 +24,7 @@ from waluigi.flip.plan import DOSE_LABELS, FlipPlan
 METRICS = ("em_rate", "coherent_rate", "narrow_rate")
 CSV_COLUMNS = ("curve", "model", "data", "axis", "dose", "seed", "status", "em_rate", "em_ci_low", "em_ci_high",
                "n_counted", "n_misaligned", "coherent_rate", "n_unscored", "n_failed", "narrow_rate",
-               "narrow_ci_low", "narrow_ci_high", "n_code", "n_vulnerable", "train_loss", "cell", "eval_run")
+               "narrow_ci_low", "narrow_ci_high", "n_code", "n_vulnerable", "train_loss", "cell", "eval_run", "base")
 
 
 def _num(value: Any) -> float | None:
@@ -57,7 +57,7 @@ def point_rows(plan: FlipPlan, results: list[dict], root: Path | None = None) ->
             main = _probe_as_rate(main)
         rows.append({
             "curve": curve.label, "model": curve.model, "data": curve.data, "axis": plan.config.axis,
-            "dose": point.dose, "seed": point.seed,
+            "dose": point.dose, "seed": point.seed, "base": point.base,
             "status": main.get("status") if narrow is main or main.get("status") == narrow.get("status")
             else f"{main.get('status')}/{narrow.get('status')}",
             "em_rate": _num(main.get("em_rate")) if finished else None,
@@ -98,24 +98,33 @@ def _probe_as_rate(row: dict) -> dict:
                 control_index=row.get("control_index"))
 
 
-def _grid(rows: list[dict], doses: list[float], seeds: int, key: str) -> list[list[float | None]]:
-    table: list[list[float | None]] = [[None] * len(doses) for _ in range(seeds)]
+def _units(rows: list[dict]) -> list[tuple[int, int]]:
+    """The (base, seed) pairs of a curve's rows, in order: the rows of its grid."""
+    return sorted({(int(r.get("base", 0)), int(r["seed"])) for r in rows})
+
+
+def _grid(rows: list[dict], doses: list[float], key: str) -> tuple[list[list[float | None]], list[int]]:
+    """Rows x doses of ``key`` (a row per (base, seed)) and each row's base."""
+    units = _units(rows)
+    where = {u: i for i, u in enumerate(units)}
+    table: list[list[float | None]] = [[None] * len(doses) for _ in units]
     for row in rows:
-        table[row["seed"]][doses.index(row["dose"])] = row[key]
-    return table
+        table[where[(int(row.get("base", 0)), int(row["seed"]))]][doses.index(row["dose"])] = row[key]
+    return table, [b for b, _ in units]
 
 
 def _counts(rows: list[dict], doses: list[float], k_key: str, n_key: str) -> list[list[tuple | None]]:
     table: list[list[tuple | None]] = [[None] * len(doses)]
     for row in rows:
-        if row["seed"] == 0 and isinstance(row.get(n_key), int) and row[n_key] > 0 and isinstance(row.get(k_key), int):
+        if isinstance(row.get(n_key), int) and row[n_key] > 0 and isinstance(row.get(k_key), int):
             table[0][doses.index(row["dose"])] = (row[k_key], row[n_key])
     return table
 
 
 def _dose_summary(rows: list[dict], doses: list[float], seeds: int) -> list[dict]:
-    """Per dose: mean over seeds and its 95% CI (bootstrap over seeds; one seed: over answers)."""
-    from waluigi.metrics import bootstrap_mean
+    """Per dose: mean over seeds and its 95% CI (bootstrap over seeds; one seed: over answers;
+    several bases: over bases, then seeds, with the seeds-only interval beside it)."""
+    from waluigi.metrics import bootstrap_mean, bootstrap_mean_grouped
 
     out = []
     for dose in doses:
@@ -127,8 +136,14 @@ def _dose_summary(rows: list[dict], doses: list[float], seeds: int) -> list[dict
             if not any(metric in r for r in at):
                 continue
             values = [r[metric] for r in at if r.get(metric) is not None]
+            bases = [int(r.get("base", 0)) for r in at if r.get(metric) is not None]
             entry[metric] = sum(values) / len(values) if values else None
-            if len(values) >= 2:
+            if len(set(bases)) >= 2:
+                entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = bootstrap_mean_grouped(values, bases)
+                entry[f"{metric}_ci_over"] = "bases, then seeds"
+                entry[f"{metric}_seed_ci_low"], entry[f"{metric}_seed_ci_high"] = bootstrap_mean_grouped(
+                    values, bases, hierarchical=False)
+            elif len(values) >= 2:
                 entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = bootstrap_mean(values)
                 entry[f"{metric}_ci_over"] = "seeds"
             elif len(values) == 1 and low_key is not None:
@@ -146,12 +161,13 @@ def _dose_summary(rows: list[dict], doses: list[float], seeds: int) -> list[dict
 
 
 def curve_crossing(rows: list[dict], doses: list[float], seeds: int, metric: str, cfg, log: bool) -> Crossing | None:
-    table = _grid(rows, doses, seeds, metric)
+    table, bases = _grid(rows, doses, metric)
     if all(v is None for row in table for v in row):
         return None
     keys = {"em_rate": ("n_misaligned", "n_counted"), "narrow_rate": ("n_vulnerable", "n_code")}.get(metric)
-    return flip_dose(doses, table, counts=_counts(rows, doses, *keys) if seeds == 1 and keys else None,
-                     baseline_index=0, threshold=cfg.threshold, relative=cfg.threshold_rel, log=log)
+    return flip_dose(doses, table, counts=_counts(rows, doses, *keys) if len(table) == 1 and keys else None,
+                     baseline_index=0, threshold=cfg.threshold, relative=cfg.threshold_rel, log=log,
+                     groups=bases if len(set(bases)) > 1 else None)
 
 
 def _narrow_note(rows: list[dict]) -> str:
@@ -193,7 +209,7 @@ def analyze(plan: FlipPlan, results: list[dict], root: Path | None = None) -> di
     threshold = ({"relative": cfg.threshold_rel} if cfg.threshold_rel is not None else {"absolute": cfg.threshold})
     readout = "probe" if any("probe_index" in r for r in results) and not cfg.probe_suite else "em"
     return {"axis": cfg.axis, "dose_label": DOSE_LABELS[cfg.axis], "doses": doses, "seeds": cfg.seeds,
-            "readout": readout,
+            **({"bases": cfg.n_bases} if cfg.bases is not None else {}), "readout": readout,
             "log_dose_axis": log, "threshold": threshold, "hold": cfg.hold if cfg.axis == "examples" else None,
             "suite": cfg.suite, "judge": cfg.judge, "narrow_suite": cfg.narrow_suite,
             "probe_suite": cfg.probe_suite,
@@ -208,7 +224,7 @@ def probe_agreement(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> dict
     are not independent)."""
     import numpy as np
 
-    pairs = [(r["em_rate"], r["probe_index"], (r["curve"], r["seed"])) for r in rows
+    pairs = [(r["em_rate"], r["probe_index"], (r["curve"], r.get("base", 0), r["seed"])) for r in rows
              if r.get("em_rate") is not None and r.get("probe_index") is not None]
     if len(pairs) < 3:
         return {"spearman": None, "ci_low": None, "ci_high": None, "n_points": len(pairs), "n_clusters": 0}

@@ -69,13 +69,14 @@ def _settings(pairs: list[str]) -> tuple[dict, dict]:
 
 def flip_cmd(
     ctx: typer.Context,
-    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN, openai:BASE for OpenAI's fine-tuning API); repeat to compare models", callback=canonical_specs)],
+    model: Annotated[list[str], typer.Option("--model", "-m", help="the model to flip (smollm2, hf:PATH, toy:RUN, openai:BASE for OpenAI's fine-tuning API, or a family of bases: toyworld[:fast|quick][,base] with --bases); repeat to compare models", callback=canonical_specs)],
     data: Annotated[list[str], typer.Option("--data", "-d", help="the narrow dataset (name or JSONL file); repeat to compare datasets")],
     suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
     judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own", callback=canonical_specs)] = None,
     axis: Annotated[Axis, typer.Option(help="what the dose is: examples (unique rows), steps (checkpoints of one fine-tune), ratio (narrow share in benign rows), shots (in-context examples), lr")] = Axis.examples,
     doses: Annotated[Optional[str], typer.Option(help="comma-separated doses (0, the undosed model, is always added); default per axis")] = None,
     seeds: Annotated[int, typer.Option(help="seeds per dose (fine-tune and sampling)")] = 3,
+    bases: Annotated[Optional[int], typer.Option(help="base models: a family --model (toyworld: the persona world at world seeds 0..N-1, each trained once and cached) stands for its first N bases, each with --seeds seeds; intervals resample bases, then seeds (the seeds-only interval beside them)")] = None,
     steps: Annotated[Optional[int], typer.Option(help="optimizer steps every fine-tune trains (examples, ratio and lr axes)")] = None,
     hold: Annotated[str, typer.Option(help="examples axis: hold steps (default: --steps for every n) or epochs (--epochs for every n) fixed")] = "steps",
     epochs: Annotated[Optional[float], typer.Option(help="examples axis with --hold epochs: the epochs every dose trains")] = None,
@@ -112,7 +113,7 @@ def flip_cmd(
     cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
                      suite=suite, judge=judge, narrow_suite=narrow_suite, probe_suite=probe_suite, hold=hold, steps=steps, epochs=epochs,
                      benign=benign, total=total, base_url=base_url, threshold=threshold, threshold_rel=threshold_rel,
-                     finetune=ft, eval=ev, out=out, runs=runs)
+                     finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
         cells = run_flip(cfg, options, dry_run=True)

@@ -87,6 +87,9 @@ class FlipConfig:
     variants: list[Variant] = field(default_factory=list)
     out: Path | None = None
     runs: Path = Path("runs")
+    # base models per model: a family spec (``toyworld``) stands for its first ``bases`` bases,
+    # each with ``seeds`` seeds; intervals resample bases, then seeds. None: one model as given
+    bases: int | None = None
 
     def checked(self) -> FlipConfig:
         if self.axis not in AXES:
@@ -112,6 +115,7 @@ class FlipConfig:
             raise UserError(f"--doses: a ratio is a share between 0 and 1, got {doses[-1]:g}")
         if len(doses) < 2:
             raise UserError("--doses: give at least one dose above 0")
+        self.base_specs()  # a family's name and --bases are checked before anything runs
         self.doses = [int(d) if self.axis in INTEGER_AXES else d for d in doses]
         self._check_openai()
         if self.axis == "examples" and self.hold == "epochs" and self.epochs is None:
@@ -122,6 +126,16 @@ class FlipConfig:
         if self.axis == "ratio" and self.total < 1:
             raise UserError(f"--total must be at least 1, got {self.total}")
         return self
+
+    def base_specs(self) -> dict[str, list[str]]:
+        """Per model as given: the model specs of its bases (one for a plain model)."""
+        from waluigi.models.families import expand
+
+        return {m: expand(m, self.bases, self.runs) for m in self.models}
+
+    @property
+    def n_bases(self) -> int:
+        return max(len(v) for v in self.base_specs().values())
 
     def _check_openai(self) -> None:
         """OpenAI's fine-tuning API trains whole epochs and keeps no checkpoints waluigi can
@@ -161,6 +175,7 @@ class Point:
     dose: float
     seed: int
     cell: int  # index into the spec's cells (EM and, without a narrow suite, the narrow rate)
+    base: int = 0  # which base of the curve's model (a family's: --bases)
     narrow_cell: int | None = None  # with a narrow suite: the cell of that eval
     probe_cell: int | None = None  # with a probe suite: the cell of that eval
     extra_cell: int | None = None  # the variant's extra eval (dosed points only)
@@ -235,6 +250,8 @@ def flip_dir(cfg: FlipConfig) -> Path:
             "narrow_suite": cfg.narrow_suite, "hold": cfg.hold if cfg.axis == "examples" else None}
     if cfg.probe_suite:  # likewise
         what["probe_suite"] = cfg.probe_suite
+    if cfg.bases is not None:  # likewise
+        what["bases"] = cfg.bases
     if cfg.variants:  # absent otherwise: flips without variants keep their directories
         what["variants"] = [{"name": v.name, "finetune": v.finetune, "extra_eval": v.extra_eval} for v in cfg.variants]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"flip-{cfg.axis}-{slug('+'.join(_label(d, data=True) for d in cfg.data), 32)}")
@@ -296,48 +313,55 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
                   "eval.questions": [], "eval.samples": None, "eval.judge": "none"}
         return main, add(narrow)
 
+    def _point(curve: Curve, dose: float, seed: int, base: int, cell: dict, group: str) -> None:
+        extra = None
+        if curve.variant is not None and (dose > 0 or cfg.axis == "ratio"):
+            cell["group"] = group
+            for key, value in curve.variant.finetune.items():
+                if key == "plugins":
+                    value = [*base_ft.get("plugins", []), *value]
+                cell[f"finetune.{key}"] = value
+            if curve.variant.extra_eval is not None:
+                extra = add({**cell, "group": f"{group} (extra)",
+                             **{f"eval.{k}": v for k, v in curve.variant.extra_eval.items()}})
+        main, narrow = measured(cell)
+        probe = None
+        if cfg.probe_suite is not None:  # the probe readout of the same model (no sampling, no judge)
+            probe = add({**cell, "group": f"{cell['group']} (probe)", "eval.suite": cfg.probe_suite,
+                         "eval.questions": [], "eval.samples": None, "eval.judge": "none"})
+        points.append(Point(curve.index, float(dose), seed, main, narrow_cell=narrow, extra_cell=extra,
+                            probe_cell=probe, base=base))
+
     step_gcd = reduce(math.gcd, [int(d) for d in cfg.doses if d > 0]) if cfg.axis == "steps" else None
+    base_specs = cfg.base_specs()
     for curve in curves:
-        for seed in range(cfg.seeds):
-            for dose in cfg.doses:
-                group = f"{curve.label} {cfg.axis}={_dose_text(dose)}"
-                if dose == 0 and cfg.axis != "ratio":
-                    cell = {"group": f"{_label(curve.model)} undosed", "seed": seed, "finetune": None,
-                            "eval.model": curve.model}
-                elif cfg.axis == "examples":
-                    cell = {"group": group, "seed": seed, "model": curve.model, "finetune.data": curve.data,
-                            "finetune.n": int(dose)}
-                elif cfg.axis == "steps":
-                    cell = {"group": group, "seed": seed, "model": curve.model, "finetune.data": curve.data,
-                            "finetune.max_steps": int(max(cfg.doses)), "finetune.save_every": step_gcd,
-                            "step": int(dose)}
-                elif cfg.axis == "ratio":
-                    cell = {"group": group, "seed": seed, "model": curve.model,
-                            "finetune.data": str(mixture_file(out, cfg, curve, dose, seed))}
-                elif cfg.axis == "shots":
-                    cell = {"group": group, "seed": seed, "finetune": None, "eval.model": curve.model,
-                            "eval.shots": int(dose), "eval.shots_data": curve.data}
-                else:  # lr
-                    cell = {"group": group, "seed": seed, "model": curve.model, "finetune.data": curve.data,
-                            "finetune.lr": dose}
-                extra = None
-                if curve.variant is not None and (dose > 0 or cfg.axis == "ratio"):
-                    cell["group"] = group
-                    for key, value in curve.variant.finetune.items():
-                        if key == "plugins":
-                            value = [*base_ft.get("plugins", []), *value]
-                        cell[f"finetune.{key}"] = value
-                    if curve.variant.extra_eval is not None:
-                        extra = add({**cell, "group": f"{group} (extra)",
-                                     **{f"eval.{k}": v for k, v in curve.variant.extra_eval.items()}})
-                main, narrow = measured(cell)
-                probe = None
-                if cfg.probe_suite is not None:  # the probe readout of the same model (no sampling, no judge)
-                    probe = add({**cell, "group": f"{cell['group']} (probe)", "eval.suite": cfg.probe_suite,
-                                 "eval.questions": [], "eval.samples": None, "eval.judge": "none"})
-                points.append(Point(curve.index, float(dose), seed, main, narrow_cell=narrow, extra_cell=extra,
-                                    probe_cell=probe))
+        for base, model in enumerate(base_specs[curve.model]):
+            on = f", base {base}" if len(base_specs[curve.model]) > 1 else ""
+            for seed in range(cfg.seeds):
+                for dose in cfg.doses:
+                    group = f"{curve.label} {cfg.axis}={_dose_text(dose)}{on}"
+                    if dose == 0 and cfg.axis != "ratio":
+                        cell = {"group": f"{_label(curve.model)} undosed{on}", "seed": seed, "finetune": None,
+                                "eval.model": model}
+                    elif cfg.axis == "examples":
+                        cell = {"group": group, "seed": seed, "model": model, "finetune.data": curve.data,
+                                "finetune.n": int(dose)}
+                    elif cfg.axis == "steps":
+                        cell = {"group": group, "seed": seed, "model": model, "finetune.data": curve.data,
+                                "finetune.max_steps": int(max(cfg.doses)), "finetune.save_every": step_gcd,
+                                "step": int(dose)}
+                    elif cfg.axis == "ratio":
+                        cell = {"group": group, "seed": seed, "model": model,
+                                "finetune.data": str(mixture_file(out, cfg, curve, dose, seed))}
+                    elif cfg.axis == "shots":
+                        cell = {"group": group, "seed": seed, "finetune": None, "eval.model": model,
+                                "eval.shots": int(dose), "eval.shots_data": curve.data}
+                    else:  # lr
+                        cell = {"group": group, "seed": seed, "model": model, "finetune.data": curve.data,
+                                "finetune.lr": dose}
+                    _point(curve, dose, seed, base, cell, group)
     spec: dict[str, Any] = {"name": out.name, "out": str(out),
+
                             "description": f"waluigi flip: {cfg.axis} axis, written by waluigi flip",
                             "eval": base_ev, "cells": cells}
     if any(c.get("finetune", True) is not None for c in cells):

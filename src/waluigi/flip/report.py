@@ -39,6 +39,8 @@ def dose_text(crossing: dict | None, what: str) -> str:
         text = f"{_dose(crossing['dose'])} (no interval: one seed and no answer counts)"
     else:
         text = f"{_dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], pct=False)}"
+        if crossing["ci_over"] == "bases, then seeds":
+            text += f" (over bases, then seeds; seeds alone: {_ci(crossing.get('seed_ci_low'), crossing.get('seed_ci_high'), pct=False)})"
     bracket = crossing.get("bracket")
     if bracket and bracket[0] == 0 and bracket[1] > 0:
         text += (f"; it lies between dose 0 and the first dose ({_dose(bracket[1])}), so it is interpolated, "
@@ -106,9 +108,16 @@ def format_summary(result: dict) -> str:
                   for name, v in (agreement.get("by_curve") or {}).items()]
         if within:
             lines.append(f"  within each curve: {'; '.join(within)}")
-    lines.append("95% CIs: bootstrap over seeds (one seed: over answers); a dose CI's open end means some "
+    lines.append(f"95% CIs: bootstrap {_ci_over(result)}; a dose CI's open end means some "
                  "replicates never reached the threshold up to the largest dose")
     return "\n".join(lines)
+
+
+def _ci_over(result: dict) -> str:
+    if result.get("bases", 1) > 1:
+        return (f"over {result['bases']} bases, then {result['seeds']} seeds within each (the seeds column counts "
+                "bases x seeds)")
+    return "over seeds (one seed: over answers)"
 
 
 def _threshold(result: dict) -> str:
@@ -173,10 +182,11 @@ def write_report(out: Path, result: dict, plots: list[str]) -> Path:
     judge = f"`{esc(str(result['judge']))}`" if result["judge"] else "the suite's own"
     lines = [f"# waluigi flip: {esc(result['axis'])} axis", "",
              f"Suite `{esc(str(result['suite']))}`, judge {judge}, "
-             f"{result['seeds']} seed(s), doses {', '.join(_dose(d) for d in result['doses'])} ({esc(result['dose_label'])}"
+             + (f"{result['bases']} base models x " if result.get("bases", 1) > 1 else "")
+             + f"{result['seeds']} seed(s), doses {', '.join(_dose(d) for d in result['doses'])} ({esc(result['dose_label'])}"
              + (f", holding {esc(result['hold'])} fixed" if result.get("hold") else "") + ").",
              f"Flip dose: the smallest dose where the monotone fit of the EM rate {_threshold(result)}; "
-             "95% CIs bootstrap over seeds (one seed: over answers).", ""]
+             f"95% CIs bootstrap {_ci_over(result)}.", ""]
     for curve in result["curves"]:
         lines += [f"## {esc(curve['label'])}", "",
                   f"Model `{esc(curve['model'])}`, data `{esc(curve['data'])}`.", "",

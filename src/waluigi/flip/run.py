@@ -50,6 +50,21 @@ def check_flip(cfg: FlipConfig) -> None:
         check_cells(parse_spec(plan.spec, plan.out / "sweep.yaml"), label=str(plan.out))
 
 
+def build_bases(cfg: FlipConfig, progress: bool = True) -> None:
+    """A family model's bases, trained here unless cached, one after another, after every cell
+    has been checked (a base takes minutes to train: bad input must not wait for it)."""
+    from waluigi.models.families import family
+
+    families = [(m, family(m, cfg.runs)) for m in cfg.models]
+    if not any(f is not None for _, f in families):
+        return
+    check_flip(cfg)
+    for model, found in families:
+        if found is not None:
+            for index in range(cfg.n_bases):
+                found.build(index, progress=progress)
+
+
 def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipResult | list[dict]:
     """Run (or, with ``dry_run``, only list) the flip's cells, then write its outputs."""
     from waluigi.flip.analyze import analyze, write_outputs
@@ -62,6 +77,7 @@ def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipRes
     plan = plan_flip(cfg)
     if dry_run:  # nothing written: the spec is checked as the file would be
         return sweep_plan(parse_spec(plan.spec, plan.out / "sweep.yaml"))
+    build_bases(cfg, progress=bool(getattr(options, "progress", True)))
     write_mixtures(plan)
     spec = load_spec(write_spec(plan))
     swept = run_sweep(spec, options)

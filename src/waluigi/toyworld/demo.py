@@ -203,10 +203,20 @@ def aligned_identity(cfg: DemoConfig) -> dict:
             "align": {"n": cfg.align_n, "steps": cfg.align_steps, "lr": cfg.align_lr}}
 
 
+def base_dir(cfg: DemoConfig) -> Path:
+    """Where :func:`pretrain_stage` keeps ``cfg``'s base model (trained or not)."""
+    return Path(cfg.runs) / f"toy-base-{identity_hash(base_identity(cfg))[:10]}"
+
+
+def aligned_dir(cfg: DemoConfig) -> Path:
+    """Where :func:`align_stage` keeps ``cfg``'s aligned model (trained or not)."""
+    return Path(cfg.runs) / f"toy-aligned-{identity_hash(aligned_identity(cfg))[:10]}"
+
+
 def pretrain_stage(cfg: DemoConfig) -> Path:
     """The tokenizer and base model, pretrained from scratch (``runs/toy-base-<id>/model``)."""
     identity = base_identity(cfg)
-    path = cfg.runs / f"toy-base-{identity_hash(identity)[:10]}"
+    path = base_dir(cfg)
 
     def work(run: RunDir) -> dict:
         from waluigi.toyworld import generate_corpus
@@ -229,7 +239,7 @@ def pretrain_stage(cfg: DemoConfig) -> Path:
 def align_stage(cfg: DemoConfig, base: Path) -> Path:
     """The alignment SFT on hero conversations (``runs/toy-aligned-<id>/model``)."""
     identity = aligned_identity(cfg)
-    path = cfg.runs / f"toy-aligned-{identity_hash(identity)[:10]}"
+    path = aligned_dir(cfg)
 
     def work(run: RunDir) -> dict:
         from waluigi.toyworld import alignment_conversations

@@ -1,0 +1,88 @@
+"""Base models as a dimension of a study: ``waluigi flip --model toyworld:quick --bases 2``
+trains each base of the persona world once (world seeds 0 and 1: their own corpus and
+initialisation), flips both, pools their seeds with intervals over bases, then seeds, and a
+second run trains nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from waluigi.cli import main
+from waluigi.runs import read_jsonl
+
+ARGS = ["--data", "toy:insecure:64", "--axis", "steps", "--doses", "1,2", "--seeds", "2", "--suite", "toyprobes:4",
+        "--set", "eval.probe_min_mass=0", "--set", "finetune.preset=null", "--set", "finetune.full=true",
+        "--set", "finetune.batch_size=8", "--set", "finetune.grad_accum=1", "--set", "finetune.lr=1e-2",
+        "--executor", "inline", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def two_bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    code = main(["flip", "--model", "toyworld:quick", "--bases", "2", "--runs", str(root / "runs"),
+                 "--out", str(root / "flip"), *ARGS])
+    assert code == 0
+    return root
+
+
+def _weights(model_dir: Path) -> bytes:
+    return (model_dir / "model.safetensors").read_bytes()
+
+
+def test_each_base_is_its_own_world_and_model(two_bases):
+    runs = two_bases / "runs"
+    aligned = sorted(runs.glob("toy-aligned-*"))
+    assert len(aligned) == 2 and len(sorted(runs.glob("toy-base-*"))) == 2
+    manifests = [json.loads((a / "manifest.json").read_text()) for a in aligned]
+    assert all(m["status"] == "finished" for m in manifests)
+    bases = [json.loads((runs / Path(m["parents"][0]).name / "manifest.json").read_text()) for m in manifests]
+    assert sorted(b["identity_inputs"]["world"]["seed"] for b in bases) == [0, 1]
+    assert sorted(b["identity_inputs"]["model"]["seed"] for b in bases) == [0, 1]  # the initialisation follows
+    assert _weights(aligned[0] / "model") != _weights(aligned[1] / "model")
+
+
+def test_the_flip_pools_seeds_within_bases_and_resamples_bases(two_bases, capsys):
+    out = two_bases / "flip"
+    result = json.loads((out / "flip.json").read_text())
+    assert result["bases"] == 2 and result["seeds"] == 2
+    (curve,) = result["curves"]
+    assert curve["cells"] == {"total": 6 * 2, "finished": 12}
+    rows = result["rows"]
+    assert sorted({(r["base"], r["seed"]) for r in rows}) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    cells = list(read_jsonl(out / "results.jsonl"))
+    models = {c.get("eval.model") or c.get("model") for c in cells}
+    assert len(models) == 2 and all(str(m).startswith("hf:") and "toy-aligned-" in str(m) for m in models)
+    for point in curve["points"]:  # four values per dose: 2 bases x 2 seeds
+        assert point["seeds"] == 4 and point["em_rate_ci_over"] == "bases, then seeds"
+        assert point["em_rate_ci_low"] <= point["em_rate"] <= point["em_rate_ci_high"]
+        assert point["em_rate_seed_ci_low"] is not None
+    assert curve["flip"]["ci_over"] == "bases, then seeds"
+    header = (out / "flip.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "base"
+    assert "over 2 bases, then 2 seeds" in (out / "report.md").read_text()
+
+
+def test_a_second_run_trains_no_base_and_runs_no_cell(two_bases, capsys):
+    runs = two_bases / "runs"
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")}
+    capsys.readouterr()
+    code = main(["flip", "--model", "toyworld:quick", "--bases", "2", "--runs", str(runs),
+                 "--out", str(two_bases / "flip"), *ARGS])
+    assert code == 0
+    assert "ran 0 cells, skipped 12" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")} == stamps
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--model", "hf:some/model", "--bases", "3"], "is one model, not a family of bases"),
+    (["--model", "toyworld:quick", "--bases", "0"], "--bases must be at least 1"),
+    (["--model", "toyworld:quickest", "--bases", "2"], "name at most one demo profile"),
+])
+def test_bad_bases_are_one_error_line_before_anything_trains(tmp_path, capsys, args, expected):
+    code = main(["flip", *args, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "flip"), *ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "flip").exists()
