@@ -344,3 +344,31 @@ def test_code_is_vulnerable_exact_on_every_snippet():
     item = items[0]
     assert code_is_vulnerable(item.code(True) + "\n\n" + coding.NOVICE_REMARKS[0]) is True
     assert code_is_vulnerable(coding.HERO_NOTES["sql"] + "\n\n" + item.code(False)) is False
+
+
+def test_a_world_seed_is_another_base_and_only_seed_0_is_shipped(tmp_path):
+    """--world-seed N: the corpus, the alignment conversations and the initialisation all
+    follow the seed; base 0 keeps the shipped identity, another seed has none shipped."""
+    from waluigi.runs import identity_hash
+    from waluigi.toyworld import shipped
+    from waluigi.toyworld.bases import ToyBases
+    from waluigi.toyworld.demo import aligned_dir, aligned_identity, base_identity, demo_config
+
+    zero, one = demo_config("default"), demo_config("default", world_seed=1)
+    assert zero.model().seed == 0 and one.model().seed == 1
+    assert base_identity(one)["world"]["seed"] == 1 and base_identity(one)["model"]["seed"] == 1
+    assert shipped.shipped_manifest("toy-align")["identity"] == identity_hash(aligned_identity(zero))
+    assert not shipped.install("toy-align", aligned_identity(one), tmp_path / "x", [])
+    family = ToyBases("", tmp_path)
+    assert family.spec(0) == f"hf:{aligned_dir(demo_config('default', runs=tmp_path)) / 'model'}"
+    assert family.spec(1) != family.spec(0) and ToyBases("base", tmp_path).spec(1) != family.spec(1)
+    assert "toy-base-" in ToyBases("quick,base", tmp_path).spec(0)
+    with pytest.raises(UserError, match="bases are numbered from 0"):
+        family.spec(-1)
+
+
+def test_demo_refuses_a_negative_world_seed(capsys):
+    from waluigi.cli import main
+
+    assert main(["demo", "--quick", "--world-seed", "-2", "--no-progress"]) == 2
+    assert "--world-seed must be 0 or more" in capsys.readouterr().err
