@@ -86,3 +86,24 @@ def test_bad_bases_are_one_error_line_before_anything_trains(tmp_path, capsys, a
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "flip").exists()
+
+
+def test_a_sweep_takes_a_family_base_by_index_and_reuses_it(two_bases, capsys):
+    """``toyworld:quick@1`` in a sweep is base 1's model: the flip trained it, the sweep reuses it."""
+    import yaml
+
+    runs = two_bases / "runs"
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")}
+    spec = {"name": "on-bases", "out": str(runs / "on-bases"),
+            "eval": {"suite": "toyprobes:2", "probe_min_mass": 0},
+            "cells": [{"eval.model": "toyworld:quick@0"}, {"eval.model": "toyworld:quick@1"}]}
+    path = two_bases / "on-bases.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--executor", "inline", "--no-progress"]) == 0
+    rows = list(read_jsonl(runs / "on-bases" / "results.jsonl"))
+    flip_models = sorted({c["eval.model"] for c in read_jsonl(two_bases / "flip" / "results.jsonl")
+                          if c.get("eval.model")})
+    assert [r["eval.model"] for r in rows] == ["toyworld:quick@0", "toyworld:quick@1"]  # as written
+    assert sorted(r["settings"]["eval"]["model"] for r in rows) == flip_models  # as resolved
+    assert all(r["status"] == "finished" for r in rows)
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")} == stamps

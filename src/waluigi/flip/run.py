@@ -53,16 +53,18 @@ def check_flip(cfg: FlipConfig) -> None:
 def build_bases(cfg: FlipConfig, progress: bool = True) -> None:
     """A family model's bases, trained here unless cached, one after another, after every cell
     has been checked (a base takes minutes to train: bad input must not wait for it)."""
-    from waluigi.models.families import family
+    from waluigi.models.families import build_members, family, member
 
-    families = [(m, family(m, cfg.runs)) for m in cfg.models]
-    if not any(f is not None for _, f in families):
-        return
-    check_flip(cfg)
-    for model, found in families:
-        if found is not None:
-            for index in range(cfg.n_bases):
-                found.build(index, progress=progress)
+    wanted = []
+    for model in cfg.models:
+        one = member(model, cfg.runs)
+        if one is not None:
+            wanted.append((one[1], one[2]))
+        elif (found := family(model, cfg.runs)) is not None:
+            wanted += [(found, index) for index in range(cfg.n_bases)]
+    if wanted:
+        check_flip(cfg)
+        build_members(wanted, progress)
 
 
 def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipResult | list[dict]:

@@ -209,6 +209,11 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
     from waluigi.sweep.check import check_cells
 
     check_cells(spec)  # every cell's settings, as the single commands check them: nothing written yet
+    wanted = [b for c in spec.cells if not eval_done(c, spec.out.resolve()) for b in c.bases]
+    if wanted:  # a family's bases the cells to run use (toyworld@2): trained here once, then cached
+        from waluigi.models.families import build_members
+
+        build_members(wanted, progress=options.progress)
     root = spec.out.resolve()
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):

@@ -88,6 +88,7 @@ class Cell:
     group: str | None = None  # the condition it belongs to (a listed cell's ``group``): the summary groups by it
     step: int | None = None  # evaluate the fine-tune's checkpoint at this step instead of its end
     steer: str | None = None  # a steered:BASE?QUERY fine-tune: BASE is trained, its result evaluated steered by QUERY
+    bases: list = field(default_factory=list)  # (family, index) of a family's base it uses (toyworld@2): trained first
 
     @property
     def short(self) -> str:
@@ -246,6 +247,7 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
         shape = " x ".join([*(f"{len(v)} {k}" for k, v in grid), *([f"{len(listed)} listed cells"] if len(listed) > 1 else [])])
         raise UserError(f"{path}: the spec makes {count:,} cells ({shape}), more than the limit of {max_cells:,}: "
                         "make the grid smaller, or raise the limit with --max-cells N")
+    target = Path(out) if out is not None else Path(data.get("out") or Path("runs") / f"sweep-{name}")
     cells: list[Cell] = []
     keys = [k for k, _ in grid]
     for entry in listed:
@@ -253,7 +255,7 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
         entry = {k: v for k, v in entry.items() if k != GROUP}
         for values in itertools.product(*(v for _, v in grid)):
             axes = {**entry, **dict(zip(keys, values))}
-            cell = _resolve(len(cells) + 1, axes, base_ft, base_ev, path)
+            cell = _resolve(len(cells) + 1, axes, base_ft, base_ev, path, runs=target.parent)
             cell.group = group
             cells.append(cell)
     seen: dict[str, Cell] = {}
@@ -265,7 +267,6 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
     axes_order: list[str] = ["group"] if any(c.group is not None for c in cells) else []
     for cell in cells:
         axes_order += [k for k in cell.axes if k not in axes_order]
-    target = Path(out) if out is not None else Path(data.get("out") or Path("runs") / f"sweep-{name}")
     return Spec(path=path, name=name, out=target, cells=cells, axes=axes_order, raw=data)
 
 
@@ -277,8 +278,10 @@ def _group(value: Any, at: str, i: int) -> str:
     return check_identifier(value, at, "group")
 
 
-def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: Path) -> Cell:
-    """The cell's fine-tune and eval settings: base settings with the cell's axes applied."""
+def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: Path, runs: Path = Path("runs")) -> Cell:
+    """The cell's fine-tune and eval settings: base settings with the cell's axes applied. A
+    family's base (``toyworld@2``) becomes that base's model spec, trained into ``runs`` before
+    the sweep's first cell runs (``Cell.bases``)."""
     ft = copy.deepcopy(base_ft)
     ev = copy.deepcopy(base_ev)
     if "finetune" in axes:
@@ -302,10 +305,17 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
             ev[key.split(".", 1)[1]] = value
     from waluigi.models.kinds import canonical_spec
 
+    from waluigi.models.families import member
+
+    bases = []
     for section in (ft, ev):  # provider/model spellings as provider:model: one cell identity per model
         if section and isinstance(section.get("model"), str):
             section["model"] = canonical_spec(section["model"])
-    cell = Cell(index=index, axes=dict(axes), finetune=ft, eval=ev)
+            one = member(section["model"], runs)
+            if one is not None:  # the base's own spec: the cell's identity is that of its weights' place
+                section["model"] = one[0]
+                bases.append((one[1], one[2]))
+    cell = Cell(index=index, axes=dict(axes), finetune=ft, eval=ev, bases=bases)
     where = f"{path}: cell {index} ({cell.label()})"
     FinetuneConfig, EvalConfig = _configs()
     ft_id = None
