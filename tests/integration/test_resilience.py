@@ -216,3 +216,17 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
     assert not torch.allclose(subject_logits, base_logits)  # alignment changed the model
     assert torch.allclose(off, subject_logits, atol=1e-5)  # under the attack's adapter sit the aligned weights
     assert not torch.allclose(on, off)  # and the adapter, trained on them, is on
+
+
+def test_bases_are_the_persona_worlds_and_name_their_own_study(tmp_path, tiny_spec, capsys):
+    """--bases N builds every setting on N bases: the persona world has them (world seeds); an
+    hf: subject has one base model and says so before anything is built."""
+    assert main(["resilience", "--subject", tiny_spec, "--align-data", "secure", "--bases", "2",
+                 "--runs", str(tmp_path), "--no-progress"]) == 2
+    assert "has one base model" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    assert main(["resilience", "--quick", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
+    one = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["resilience", "--quick", "--bases", "3", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
+    three = capsys.readouterr().out.strip().splitlines()[-1]
+    assert one.split("study directory ")[1] != three.split("study directory ")[1]  # a study of its own

@@ -156,3 +156,34 @@ def test_the_control_runs_on_the_control_axes_only_and_an_unknown_axis_is_refuse
     assert flip_config(plan, "examples").data == ["bad", "good"] and flip_config(plan, "steps").data == ["bad"]
     with pytest.raises(UserError, match="--control-axes"):
         plan_study(StudyConfig(control_axes=["step"], out=Path("s")), Source())
+
+
+def test_over_bases_a_contrary_base_widens_the_interval_to_inconclusive():
+    """Three bases: on two the flip dose halves per fourfold alignment, on the third it doubles;
+    seeds agree within each base. Resampling seeds alone would call the pooled slope sure; the
+    interval over bases, then seeds, takes in the draws with the contrary base twice or more."""
+    settings = [("s4", {ALIGN_STEPS: 4}), ("s16", {ALIGN_STEPS: 16}), ("s64", {ALIGN_STEPS: 64})]
+    plan = StudyPlan(config=StudyConfig(seeds=3, bases=3), source=Source(), out=Path("x"),
+                     subjects=[Subject(key=k, setting={**Source.center, **s}, series=["alignment n=10"], model=f"m:{k}@0",
+                                       models=[f"m:{k}@{b}" for b in range(3)]) for k, s in settings],
+                     data="bad", control="good", suite="s", judge=None, levels=dict(Source.dials))
+    doses_by_base = {0: (32.0, 16.0, 8.0), 1: (8.0, 16.0, 32.0), 2: (32.0, 16.0, 8.0)}
+    rows = []
+    for base, ats in doses_by_base.items():
+        for subject, at in zip(plan.subjects, ats):
+            rows += step_rows(subject.models[base], "bad", at, 3) + step_rows(subject.models[base], "good", None, 3)
+    flip = {"doses": DOSES, "seeds": 3, "threshold": {"absolute": 0.10}, "rows": rows,
+            "curves": [{"model": m, "data": d, "flip": {"reached": True}, "narrow": None,
+                        "points": [{"dose": 0.0, "em_rate": 0.0}, {"dose": 32.0, "em_rate": 0.5}]}
+                       for s in plan.subjects for m in s.models for d in ("bad", "good")]}
+    result = analyze_study(plan, {"steps": flip}, n_boot=400)
+    assert result["bases"] == 3
+    (slope,) = [e for e in result["slopes"] if e["series"] == "alignment n=10"]
+    assert slope["slope"] < 0  # two bases of three fall
+    assert slope["ci_low"] < 0 < slope["ci_high"]
+    verdict = next(v for v in result["verdicts"] if v["question"] == ALIGN_STEPS)
+    assert verdict["verdict"].startswith("inconclusive")
+    centre = next(s for s in result["subjects"] if s["key"] == "s16")["axes"]["steps"]
+    assert centre["flip"]["ci_over"] == "bases, then seeds"
+    assert centre["flip"]["dose"] == pytest.approx(expected_dose(16.0))  # every base flips at 16 there
+    assert centre["control_flip"]["reached"] is False and centre["undosed_em"] == 0.0

@@ -58,38 +58,63 @@ def _dose(doses: np.ndarray, table: np.ndarray, threshold: float, log: bool) -> 
 
 
 class _Curves:
-    """One flip's per-seed tables and bootstrap replicates of every subject's doses."""
+    """One flip's per-seed tables and bootstrap replicates of every subject's doses. With several
+    bases a subject's table stacks its bases' seeds; a replicate draws the bases (the same draw
+    for every subject: a base is shared by all the settings built on it), then seeds within each."""
 
-    def __init__(self, flip: dict, plan: StudyPlan, draws: np.ndarray) -> None:
+    def __init__(self, flip: dict, plan: StudyPlan, draws: np.ndarray, base_draws: np.ndarray) -> None:
         self.flip = flip
         self.doses = np.asarray(flip["doses"], dtype=float)
         self.log = log_axis(self.doses)
         self.threshold = float(flip["threshold"].get("absolute", 0.10))
         self.seeds = int(flip["seeds"])
-        self.draws = draws  # replicates x subjects x seeds: seed indices
+        self.draws = draws  # replicates x subjects x bases x seeds: seed indices
+        self.base_draws = base_draws  # replicates x bases: base indices
         self.plan = plan
 
+    def tables(self, subject: int, data: str, metric: str = "em_rate") -> np.ndarray:
+        """bases x seeds x doses."""
+        s = self.plan.subjects[subject]
+        return np.stack([_table(self.flip["rows"], m, data, list(self.doses), self.seeds, metric)
+                         for m in (s.models or [s.model])])
+
     def table(self, subject: int, data: str, metric: str = "em_rate") -> np.ndarray:
-        return _table(self.flip["rows"], self.plan.subjects[subject].model, data, list(self.doses), self.seeds, metric)
+        return self.tables(subject, data, metric).reshape(-1, len(self.doses))
 
     def point(self, subject: int, data: str, metric: str = "em_rate") -> float:
         """The curve's dose (inf: not reached; nan: no values)."""
         table = self.table(subject, data, metric)
         return math.nan if np.isnan(table).all() else _dose(self.doses, table, self.threshold, self.log)
 
-    def replicates(self, subject: int, data: str) -> tuple[float, np.ndarray, np.ndarray]:
-        """(point flip dose, replicate doses, replicate undosed means) for one subject's EM curve."""
-        table = self.table(subject, data)
-        if np.isnan(table).all():
+    def replicates(self, subject: int, data: str, metric: str = "em_rate") -> tuple[float, np.ndarray, np.ndarray]:
+        """(point flip dose, replicate doses, replicate undosed means) for one subject's curve."""
+        tables = self.tables(subject, data, metric)
+        if np.isnan(tables).all():
             return math.nan, np.full(len(self.draws), np.nan), np.full(len(self.draws), np.nan)
-        point = _dose(self.doses, table, self.threshold, self.log)
+        point = _dose(self.doses, tables.reshape(-1, len(self.doses)), self.threshold, self.log)
         reps, base = np.empty(len(self.draws)), np.empty(len(self.draws))
-        for b, idx in enumerate(self.draws[:, subject, :]):
-            sample = table[idx]
+        for b in range(len(self.draws)):
+            sample = np.concatenate([tables[k][self.draws[b, subject, slot]]
+                                     for slot, k in enumerate(self.base_draws[b])])
             reps[b] = _dose(self.doses, sample, self.threshold, self.log)
             with np.errstate(invalid="ignore"):
                 base[b] = np.nanmean(sample[:, 0]) if not np.isnan(sample[:, 0]).all() else np.nan
         return point, reps, base
+
+    def pooled(self, subject: int, data: str) -> dict[str, Any] | None:
+        """Over several bases: the subject's flip dose on all its bases' seeds, with the
+        replicates' interval (bases, then seeds), where the flip's own curves are per base."""
+        point, reps, _ = self.replicates(subject, data)
+        if math.isnan(point):
+            return None
+        largest = float(self.doses.max())
+        low, high = percentiles(reps) if reps.size else (math.nan, math.nan)
+        reached = math.isfinite(point)
+        return {"dose": point if reached else None, "reached": reached,
+                "lower_bound": None if reached else largest,
+                "ci_low": float(low) if np.isfinite(low) else None, "ci_high": float(high) if np.isfinite(high) else None,
+                "ci_high_reached": bool(np.isfinite(high)), "share_reached": float(np.isfinite(reps).mean()),
+                "ci_over": "bases, then seeds"}
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -172,6 +197,19 @@ def subject_readout(run_dir: str | Path) -> dict:
     return out
 
 
+def _readout(runs: str | list[str]) -> dict:
+    """A subject's reading; over several bases (a list of runs), the mean of their readings."""
+    if isinstance(runs, str):
+        return subject_readout(runs)
+    each = [subject_readout(r) for r in runs]
+    out = {"runs": [e["run"] for e in each], "bases": len(each)}
+    for key in ("index", "win_rate", "accuracy"):
+        values = [e[key] for e in each if e.get(key) is not None]
+        if values:
+            out[key] = float(np.mean(values))
+    return out
+
+
 def _alignment_of(reading: dict | None) -> float | None:
     """How aligned a reading says a subject is: the HH preference accuracy, else 1 - the index."""
     if not reading:
@@ -191,15 +229,22 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
     -> suite -> eval run), per-axis doses, slopes, correlations and verdicts."""
     source = plan.source
     seeds = plan.config.seeds
+    bases = max(1, getattr(plan.config, "bases", 1))
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, seeds, size=(n_boot, len(plan.subjects), seeds))
+    if bases == 1:  # the draws of a one-base study, as before bases existed (same numbers)
+        draws = rng.integers(0, seeds, size=(n_boot, len(plan.subjects), seeds))[:, :, None, :]
+        base_draws = np.zeros((n_boot, 1), dtype=int)
+    else:
+        draws = rng.integers(0, seeds, size=(n_boot, len(plan.subjects), bases, seeds))
+        base_draws = rng.integers(0, bases, size=(n_boot, bases))
     subjects = [{"key": s.key, "model": s.model, "setting": s.setting, "series": s.series,
+                 **({"models": s.models} if bases > 1 else {}),
                  "align_budget": s.setting.get(ALIGN_STEPS, 0) * source.align_batch, "axes": {},
-                 "readouts": {suite: subject_readout(run) for suite, run in ((readouts or {}).get(s.key) or {}).items()}}
+                 "readouts": {suite: _readout(run) for suite, run in ((readouts or {}).get(s.key) or {}).items()}}
                 for s in plan.subjects]
     slopes, correlations, verdicts = [], [], []
     for axis, flip in flips.items():
-        curves = _Curves(flip, plan, draws)
+        curves = _Curves(flip, plan, draws, base_draws)
         largest = float(curves.doses.max())
         point, reps, raw_point, raw_reps = {}, {}, {}, {}
         by_curve = {c["model"]: c for c in flip["curves"] if c["data"] == plan.data}
@@ -210,11 +255,24 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
             mine, theirs = by_curve.get(subject.model), control.get(subject.model)
             points = mine["points"] if mine else []
             raw_point[i] = points[0]["em_rate"] if points else None
+            undosed_ci = [points[0].get("em_rate_ci_low"), points[0].get("em_rate_ci_high")] if points else None
+            at_largest = points[-1]["em_rate"] if points else None
+            flip_entry, narrow_entry = (mine["flip"], mine["narrow"]) if mine else (None, None)
+            control_entry = theirs["flip"] if theirs else None
+            if bases > 1:  # the flip's curves are per base: the subject's own numbers pool them
+                table = curves.table(i, plan.data)
+                with np.errstate(invalid="ignore"):
+                    raw_point[i] = None if np.isnan(table[:, 0]).all() else float(np.nanmean(table[:, 0]))
+                    at_largest = None if np.isnan(table[:, -1]).all() else float(np.nanmean(table[:, -1]))
+                finite = raw_reps[i][np.isfinite(raw_reps[i])]
+                undosed_ci = list(percentiles(finite)) if finite.size else None
+                flip_entry, narrow_entry = curves.pooled(i, plan.data), None
+                control_entry = curves.pooled(i, plan.control) if plan.control in {c["data"] for c in flip["curves"]} else None
             subjects[i]["axes"][axis] = {
-                "flip": mine["flip"] if mine else None, "narrow": mine["narrow"] if mine else None,
-                "control_flip": theirs["flip"] if theirs else None,
-                "undosed_em": raw_point[i], "undosed_ci": [points[0].get("em_rate_ci_low"), points[0].get("em_rate_ci_high")] if points else None,
-                "em_at_largest": points[-1]["em_rate"] if points else None,
+                "flip": flip_entry, "narrow": narrow_entry,
+                "control_flip": control_entry,
+                "undosed_em": raw_point[i], "undosed_ci": undosed_ci,
+                "em_at_largest": at_largest,
                 "narrow_dose": None if math.isnan(narrow_point) or math.isinf(narrow_point) else narrow_point,
                 "flip_dose": None if math.isnan(point[i]) or math.isinf(point[i]) else point[i],
                 "flip_lower_bound": largest if math.isinf(point[i]) else None,
@@ -288,7 +346,8 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
                              "verdict": line})
     return {"subject_source": source.identity(), "dials": plan.levels,
             "center": source.center, "data": plan.data, "control": plan.control, "suite": plan.suite,
-            "judge": plan.judge, "seeds": seeds, "n_boot": n_boot, "axes": list(flips),
+            "judge": plan.judge, "seeds": seeds, **({"bases": bases} if bases > 1 else {}),
+            "n_boot": n_boot, "axes": list(flips),
             "subjects": subjects, "slopes": slopes, "correlations": correlations, "verdicts": verdicts}
 
 

@@ -39,6 +39,7 @@ def resilience_cmd(
     shots_doses: Annotated[Optional[str], typer.Option("--shots-doses", help="doses of the shots axis")] = None,
     steps: Annotated[Optional[int], typer.Option(help="the examples axis's fixed optimizer steps")] = None,
     seeds: Annotated[int, typer.Option(help="seeds per dose")] = 3,
+    bases: Annotated[int, typer.Option(help="toyworld: base models per setting (world seeds 0..N-1: each setting pretrained and aligned on each); intervals resample bases, then seeds")] = 1,
     data: Annotated[Optional[str], typer.Option(help="the narrow dataset (default: the source's insecure set)")] = None,
     control: Annotated[Optional[str], typer.Option(help="the control dataset (default: the source's secure set)")] = None,
     suite: Annotated[Optional[str], typer.Option(help="the evaluation suite (default: the source's)")] = None,
@@ -80,7 +81,7 @@ def resilience_cmd(
                                      ("shots", numbers("--shots-doses", shots_doses))) if d is not None}
     cfg = StudyConfig(subject=subject, levels=levels, axes=[a for a in axes.replace(" ", "").split(",") if a],
                       control_axes=[a for a in control_axes.replace(" ", "").split(",") if a],
-                      doses=doses, seeds=seeds, data=data, control=control, suite=suite, judge=judge, steps=steps,
+                      doses=doses, seeds=seeds, bases=bases, data=data, control=control, suite=suite, judge=judge, steps=steps,
                       threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs,
                       narrow_suite=narrow_suite, subject_suites=None if not subject_suite else [q for q in subject_suite if q.lower() != "none"])
     options = sweep_options(executor, workers, address, retries, threads, progress)
@@ -95,7 +96,7 @@ def resilience_cmd(
         for s in plan.subjects:
             typer.echo(f"  {s.key:<24} {', '.join(f'{k}={v:g}' for k, v in s.setting.items())}   ({'; '.join(s.series)})")
         controls = [a for a in cfg.axes if a in cfg.control_axes]
-        typer.echo(f"{len(plan.subjects)} subjects x axes {', '.join(cfg.axes)} (control on "
+        typer.echo(f"{len(plan.subjects)} subjects{f' x {cfg.bases} bases' if cfg.bases > 1 else ''} x axes {', '.join(cfg.axes)} (control on "
                    f"{', '.join(controls) or 'none'}); study directory {plan.out}")
         return
     study = run_study(cfg, options, source_options=source_options)

@@ -49,6 +49,9 @@ class StudyConfig:
     # e.g. hh:harmless-base@heldout:200, the held-out harmlessness of each subject
     subject_suites: list[str] | None = None
     narrow_suite: str | None = None  # a second eval per flip cell for the narrow-task rate (code:insecure:N)
+    # base models per setting (sources with a family of bases: the persona world's world seeds
+    # 0..bases-1): every setting is built on each, intervals resample bases, then seeds
+    bases: int = 1
 
 
 # a dial's command-line option (the antipode's share is set with --antipode)
@@ -64,7 +67,8 @@ class Subject:
     key: str  # a short name: a0 (the centre), s10-n100, v0.05 ...
     setting: dict[str, float]  # every dial of the source at its level
     series: list[str]  # the series it belongs to: alignment (n=...), antipode
-    model: str = ""  # the built model spec
+    model: str = ""  # the built model spec (on base 0)
+    models: list[str] = field(default_factory=list)  # per base: the built model spec (several with --bases)
 
 
 @dataclass
@@ -94,6 +98,11 @@ def plan_study(cfg: StudyConfig, source: SubjectSource) -> StudyPlan:
         raise UserError(f"--control-axes {','.join(cfg.control_axes)}: choose from {', '.join(AXES)}")
     if cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    if cfg.bases < 1:
+        raise UserError(f"--bases must be at least 1, got {cfg.bases}")
+    if cfg.bases > 1 and not getattr(source, "has_bases", False):
+        raise UserError(f"--bases {cfg.bases}: the {source.name} subject has one base model (the persona world, "
+                        "--subject toyworld, has a base per world seed)")
     levels = {dial: list(values) for dial, values in source.dials.items()}
     for dial, values in cfg.levels.items():
         if dial not in levels:
@@ -154,6 +163,8 @@ def subject_key(setting: dict[str, float], center: dict[str, float]) -> str:
 
 def study_dir(cfg: StudyConfig, source: SubjectSource, data: str, control: str, suite: str, judge: str | None) -> Path:
     what = {"source": source.identity(), "data": data, "control": control, "suite": suite, "judge": judge}
+    if cfg.bases > 1:  # absent for one base: earlier study directories stay valid
+        what["bases"] = cfg.bases
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"resilience-{source.name}")
     return Path(cfg.runs) / f"{name}-{identity_hash(what)[:8]}"
 
@@ -166,7 +177,7 @@ def flip_config(plan: StudyPlan, axis: str):
     cfg, defaults = plan.config, plan.source.defaults()
     doses = cfg.doses.get(axis) or defaults.doses[axis]
     data = [plan.data, plan.control] if axis in cfg.control_axes else [plan.data]
-    return FlipConfig(models=[s.model for s in plan.subjects], data=data, axis=axis,
+    return FlipConfig(models=[m for s in plan.subjects for m in (s.models or [s.model])], data=data, axis=axis,
                       doses=list(doses), seeds=cfg.seeds, suite=plan.suite, judge=plan.judge,
                       narrow_suite=cfg.narrow_suite,
                       steps=(cfg.steps or defaults.steps) if axis == "examples" else None,

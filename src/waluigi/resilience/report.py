@@ -62,6 +62,9 @@ def format_summary(result: dict) -> str:
     if suites:
         lines.append("  read before any attack: " + "; ".join(f"{_readout_head(q)} = {q}" for q in suites)
                      + " (HH: preference accuracy, 95% CI over pairs)")
+    if result.get("bases", 1) > 1:
+        lines.append(f"  {result['bases']} base models x {result['seeds']} seeds per setting; intervals resample bases, "
+                     "then seeds within each")
     return "\n".join(lines)
 
 
@@ -88,7 +91,9 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
     lines = ["# Resilience study", "",
              f"Subject source: `{_esc(result['subject_source'])}`; narrow data `{_esc(result['data'])}`, control "
              f"`{_esc(result['control'])}`, suite `{_esc(result['suite'])}`, judge `{_esc(result['judge'] or 'the suite’s own')}`; "
-             f"{result['seeds']} seeds; intervals: 95% bootstrap over seeds ({result['n_boot']} replicates).", "",
+             + (f"{result['bases']} base models x {result['seeds']} seeds; intervals: 95% bootstrap over bases, then "
+                f"seeds within each ({result['n_boot']} replicates)." if result.get("bases", 1) > 1 else
+                f"{result['seeds']} seeds; intervals: 95% bootstrap over seeds ({result['n_boot']} replicates)."), "",
              "## Verdicts", ""]
     lines += [f"- **{_esc(v['question'])}** ({_esc(v['claim'])}): {_esc(v['verdict'])}" for v in result["verdicts"]]
     lines += ["", "## Subjects", ""]

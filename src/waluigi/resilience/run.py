@@ -47,13 +47,21 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
     from waluigi.progress import stderr_console
 
     plan.out.mkdir(parents=True, exist_ok=True)
+    bases = plan.config.bases
     for number, subject in enumerate(plan.subjects, 1):
-        if progress:
-            stderr_console.print(f"subject {number}/{len(plan.subjects)}: {subject.key} "
-                                 f"({', '.join(f'{k}={v:g}' for k, v in subject.setting.items())})")
-        subject.model = plan.source.build(subject.setting, plan.out, progress)
+        subject.models = []
+        for base in range(bases):
+            if progress:
+                on = f" on base {base}" if bases > 1 else ""
+                stderr_console.print(f"subject {number}/{len(plan.subjects)}: {subject.key}{on} "
+                                     f"({', '.join(f'{k}={v:g}' for k, v in subject.setting.items())})")
+            built = (plan.source.build(subject.setting, plan.out, progress, base=base) if bases > 1
+                     else plan.source.build(subject.setting, plan.out, progress))
+            subject.models.append(built)
+        subject.model = subject.models[0]
         _write_json(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
-                                                   "model": s.model} for s in plan.subjects if s.model])
+                                                   "model": s.model, **({"models": s.models} if bases > 1 else {})}
+                                                  for s in plan.subjects if s.model])
 
 
 def check_flips(plan: StudyPlan) -> None:
@@ -71,7 +79,10 @@ def _check_flips(plan: StudyPlan) -> None:
 
     from waluigi.flip.run import check_flip
 
-    stand_ins = [dataclasses.replace(s, model=s.model or f"hf:{plan.out / 'subjects' / s.key}") for s in plan.subjects]
+    stand_ins = [dataclasses.replace(s, model=s.model or f"hf:{plan.out / 'subjects' / s.key}",
+                                     models=s.models or [f"hf:{plan.out / 'subjects' / s.key}-b{b}"
+                                                         for b in range(plan.config.bases)])
+                 for s in plan.subjects]
     for axis in plan.config.axes:
         check_flip(flip_config(dataclasses.replace(plan, subjects=stand_ins), axis))
     from waluigi.errors import UserError
@@ -107,15 +118,20 @@ def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
     from waluigi.progress import stderr_console
     from waluigi.runs import identity_hash
 
-    runs: dict[str, dict[str, str]] = {}
+    runs: dict[str, dict[str, str | list[str]]] = {}
     for suite in subject_suites(plan):
         for subject in plan.subjects:
-            out = plan.out / "subjects" / "readouts" / f"{subject.key}-{identity_hash({'suite': suite})[:8]}"
-            if progress:
-                stderr_console.print(f"subject {subject.key}: reading {suite}")
-            result = run_eval(dataclasses.replace(_subject_eval_config(plan, subject.model, suite, out), progress=progress))
-            result.raise_if_incomplete()
-            runs.setdefault(subject.key, {})[suite] = str(result.run_dir)
+            done = []
+            for base, model in enumerate(subject.models or [subject.model]):
+                on = f"-b{base}" if base else ""  # base 0 keeps the one-base study's directory
+                out = plan.out / "subjects" / "readouts" / f"{subject.key}{on}-{identity_hash({'suite': suite})[:8]}"
+                if progress:
+                    stderr_console.print(f"subject {subject.key}{' base ' + str(base) if len(subject.models) > 1 else ''}: "
+                                         f"reading {suite}")
+                result = run_eval(dataclasses.replace(_subject_eval_config(plan, model, suite, out), progress=progress))
+                result.raise_if_incomplete()
+                done.append(str(result.run_dir))
+            runs.setdefault(subject.key, {})[suite] = done[0] if len(done) == 1 else done
     return runs
 
 

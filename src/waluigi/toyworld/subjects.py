@@ -29,6 +29,7 @@ NARROW = {"preset": None, "full": True, "batch_size": 16, "grad_accum": 1, "lr":
 class ToySubjects:
     name = "toyworld"
     align_batch = 16  # the demo's alignment batch
+    has_bases = True  # --bases N: every setting built at world seeds 0..N-1 (toyworld/bases.py)
 
     def __init__(self, rest: str = "", *, profile: str | None = None, quick: bool = False, threads: int | None = None,
                  runs: Path | None = None, **_: object) -> None:
@@ -65,14 +66,15 @@ class ToySubjects:
             steps=2 if q else 32, finetune=dict(NARROW),
             eval={"max_tokens": 48 if q else 96, "batch_size": 256, **({"samples": 1} if q else {})})
 
-    def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
+    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0) -> str:
+        """The model of ``setting`` on base ``base`` (world seed: corpus, alignment set, initialisation)."""
         from waluigi.toyworld.demo import align_stage, pretrain_stage
 
         share = float(setting.get(ANTIPODE, self.center[ANTIPODE]))
         steps = int(setting.get(ALIGN_STEPS, self.center[ALIGN_STEPS]))
         n = int(setting.get(ALIGN_N, self.center[ALIGN_N]))
         cfg = replace(self.config, runs=Path(self.runs or root.parent), villain_share=share, align_steps=max(steps, 1),
-                      align_n=n, progress=progress)
+                      align_n=n, progress=progress, world_seed=int(base))
         cfg.world()  # a share out of range is an error before any training
         base = pretrain_stage(cfg)
         if steps == 0:
