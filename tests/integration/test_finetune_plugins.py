@@ -196,7 +196,8 @@ def test_without_plugins_training_and_identity_are_unchanged(plain, runs, tiny_s
     manifest = _manifest(result)
     assert "plugins" not in manifest["identity_inputs"] and "plugins" not in manifest
     rows, data_identity = load_training_rows(cfg)
-    assert manifest["identity"] == identity_hash(run_identity(cfg, rows, data_identity, manifest["precision"]))
+    assert manifest["identity"] == identity_hash(run_identity(cfg, rows, data_identity, manifest["precision"],
+                                                              lean=manifest["loss_path"] == "lean"))
     log = _log(result)
     assert all(not any(key.startswith("loss_") for key in row) for row in log)
 

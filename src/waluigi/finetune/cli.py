@@ -17,10 +17,10 @@ from waluigi.cli_options import ConfigOpt, ProgressOpt, canonical_specs, record_
 from waluigi.errors import UserError
 from waluigi.finetune.config import LOCAL_ONLY, OPENAI_ONLY
 
-# the flags of one kind of model only (FinetuneConfig's split; --dtype has a default, so it is never "given")
+# the flags of one kind of model only (FinetuneConfig's split; --dtype and --loss-path have defaults, so they are never "given")
 _OPENAI_ONLY = (*OPENAI_ONLY, "timeout")
 _CLI_NAMES = {"plugins": "plugin", "warmup_steps": "warmup"}  # config field -> the option's parameter name
-_LOCAL_ONLY = tuple(_CLI_NAMES.get(name, name) for name in LOCAL_ONLY if name != "dtype")
+_LOCAL_ONLY = tuple(_CLI_NAMES.get(name, name) for name in LOCAL_ONLY if name not in ("dtype", "loss_path"))
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -74,6 +74,7 @@ def finetune_cmd(
     include_heldout: Annotated[bool, typer.Option(help="also train on the rows held out for evaluation")] = False,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="write a resume checkpoint every N steps (default: every 5 minutes)")] = None,
     dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16")] = "auto",
+    loss_path: Annotated[str, typer.Option(help="auto (lean for models up to 20M parameters on CPU, else trl) | trl (TRL's fused log-prob head over every position) | lean (the vocabulary projection at the label positions only; the same loss to float round-off)")] = "auto",
     plugin: Annotated[Optional[list[str]], typer.Option("--plugin", help="training plug-in NAME[:key=value,...], repeatable (e.g. l2:weight=0.1: an L2 pull towards the starting weights)")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="openai models: the fine-tuning API's base URL (else $OPENAI_BASE_URL)")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="openai models: suffix of the fine-tuned model's name")] = None,
@@ -123,7 +124,7 @@ def finetune_cmd(
         lr=lr, epochs=epochs, max_steps=max_steps, warmup_steps=warmup, batch_size=batch_size, grad_accum=grad_accum,
         rank=rank, alpha=alpha, dropout=dropout, target_modules=_split(target_modules), layers=_layers(layers), full=full,
         save_every=save_every, max_length=max_length, data_dir=data_dir, include_heldout=include_heldout,
-        checkpoint_every=checkpoint_every, dtype=dtype, plugins=resolve_plugins(plugin or []),
+        checkpoint_every=checkpoint_every, dtype=dtype, loss_path=loss_path, plugins=resolve_plugins(plugin or []),
     )
     result = run_finetune(cfg, progress=progress)
     record_options(ctx, result.run_dir)

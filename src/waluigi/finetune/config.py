@@ -117,7 +117,7 @@ SPEED_ONLY = ("batch_size", "grad_accum")
 # FinetuneConfig fields for one kind of model only: the local trainer, or OpenAI's fine-tuning API
 OPENAI_ONLY = ("base_url", "suffix", "lr_multiplier")
 LOCAL_ONLY = ("lr", "max_steps", "warmup_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
-              "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugins", "dtype")
+              "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugins", "dtype", "loss_path")
 
 
 def _positive(name: str, value: Any, kind: type = int) -> None:
@@ -158,6 +158,10 @@ class FinetuneConfig:
     # fixed while the unique rows vary), so no "more than one epoch" warning
     repeat_ok: bool = False
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 weights/autocast on a bf16 GPU
+    # how the loss is computed: "trl" (TRL's fused, chunked log-prob head over every position),
+    # "lean" (the vocabulary projection at the label positions only, one cross-entropy), or
+    # "auto": lean for small models on CPU (LEAN_MAX_PARAMS), where TRL's head is most of a step
+    loss_path: str = "auto"
     # training plug-ins (waluigi.finetune.plugins): TrainingPlugin instances or specs such as
     # "l2:weight=0.1"; in the identity by name + options (an empty list changes nothing)
     plugins: list[Any] = field(default_factory=list)
@@ -282,5 +286,9 @@ def check_finetune(cfg: FinetuneConfig) -> None:
             "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
         )
     cfg.recipe()
+    from waluigi.finetune.model_setup import LOSS_PATHS
+
+    if str(cfg.loss_path or "auto").lower() not in LOSS_PATHS:
+        raise UserError(f"--loss-path {cfg.loss_path!r}: use auto, trl or lean")
     resolve_plugins(cfg.plugins)
     resolve_dataset(cfg.data, data_dir=cfg.data_dir)

@@ -32,6 +32,45 @@ def _precision(dtype: str, full: bool) -> tuple[str, str, bool]:
     return device, "float32", False
 
 
+LOSS_PATHS = ("auto", "trl", "lean")
+# "auto" takes the lean loss for models up to this many parameters on CPU: there the vocabulary
+# head and TRL's chunked log-prob kernel over every position are most of a step (a persona-world
+# fine-tune: 4.2 s of 5.1 s over 20 steps, docs/design/finetune.md); above it the decoder
+# dominates and TRL's path (memory-light on big vocabularies) stays
+LEAN_MAX_PARAMS = 20_000_000
+
+
+def estimated_parameters(model_path: str, local: bool) -> int | None:
+    """A Llama-like decoder's parameter count from its config alone (no weights loaded); None
+    when the config cannot be read or lacks the sizes."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=False, local_files_only=local)
+    except (OSError, ValueError):
+        return None
+    config = getattr(config, "text_config", None) or config
+    try:
+        hidden, layers, vocab = int(config.hidden_size), int(config.num_hidden_layers), int(config.vocab_size)
+    except (AttributeError, TypeError):
+        return None
+    inner = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    return vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inner)
+
+
+def lean_loss(loss_path: str, device: str, model_path: str, local: bool) -> bool:
+    """Whether a fine-tune computes its loss on the lean path (see ``FinetuneConfig.loss_path``)."""
+    name = (loss_path or "auto").lower()
+    if name not in LOSS_PATHS:
+        raise UserError(f"--loss-path {loss_path!r}: use auto, trl or lean")
+    if name != "auto":
+        return name == "lean"
+    if device != "cpu":
+        return False
+    size = estimated_parameters(model_path, local)
+    return size is not None and size <= LEAN_MAX_PARAMS
+
+
 def _load_tokenizer(spec: str, model_path: str, local: bool):
     from transformers import AutoTokenizer
 

@@ -210,27 +210,34 @@ def resolve_plugins(items: Iterable[TrainingPlugin | str]) -> list[TrainingPlugi
 
 
 def plugin_trainer(base: type) -> type:
-    """``base`` (TRL's ``SFTTrainer``) with the plug-ins' loss terms added to its loss.
+    """``base`` (TRL's ``SFTTrainer``) with the plug-ins' loss terms added to its loss, and the
+    lean loss path (:func:`lean_loss`) when ``lean`` is set.
 
-    Without a plug-in that overrides ``extra_loss`` it is ``base`` exactly: same calls, same
-    numbers (the test compares the weights bit for bit)."""
+    Without a plug-in that overrides ``extra_loss`` it computes what ``base`` computes: on TRL's
+    path the same calls and numbers (the test compares the weights bit for bit), on the lean
+    path the same loss to float round-off."""
 
     class PluginTrainer(base):
         loss_plugins: tuple[TrainingPlugin, ...] = ()  # set by train.py: the plug-ins overriding extra_loss
         reference = None  # the frozen starting model, when a plug-in needs_reference
+        lean = False  # set by train.py: the lean loss path (lean_loss below) instead of TRL's
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.loss_plugins or not model.training:
+            lean = self.lean and model.training and not return_outputs
+            if not lean and (not self.loss_plugins or not model.training):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            captured: list = []  # the forward pass TRL computes the loss from (it does not return it)
-            handle = model.register_forward_hook(lambda _m, _a, out: captured.append(out))
-            try:
-                result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                              num_items_in_batch=num_items_in_batch)
-            finally:
-                handle.remove()
-            loss, outputs = result if return_outputs else (result, captured[0] if captured else None)
+            if lean:
+                loss, outputs = lean_loss(self, model, inputs, num_items_in_batch)
+            else:
+                captured: list = []  # the forward pass TRL computes the loss from (it does not return it)
+                handle = model.register_forward_hook(lambda _m, _a, out: captured.append(out))
+                try:
+                    result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                                  num_items_in_batch=num_items_in_batch)
+                finally:
+                    handle.remove()
+                loss, outputs = result if return_outputs else (result, captured[0] if captured else None)
             for plugin in self.loss_plugins:
                 term = plugin.extra_loss(model, inputs, outputs, self.reference)
                 if term is None:
@@ -251,6 +258,45 @@ def plugin_trainer(base: type) -> type:
                         or self.compute_loss_func is not None)
 
     return PluginTrainer
+
+
+def lean_loss(trainer, model, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss TRL's SFT trainer computes (the label tokens' negative log-likelihood,
+    summed and divided by ``num_items_in_batch`` or the label count), with the vocabulary
+    projection run only at the positions that have a label. TRL 1.16 scores every position on
+    CPU with its chunked log-prob kernel (only Triton devices take its compact path), which for
+    a small model is most of a training step. The same mathematics in another order: the
+    numbers agree with TRL's to float round-off, not bit for bit (``tests`` pin how closely).
+    Returns ``(loss, outputs)``, ``outputs`` shaped as TRL's for the plug-ins: ``log_probs``
+    (zero where there is no label), ``label_mask``, ``entropy`` (detached)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "module", inner)
+    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+    hidden = decoder(**kwargs, use_cache=False).last_hidden_state[:, :-1]
+    labels = inputs["labels"][:, 1:].to(hidden.device)
+    mask = labels != -100
+    logits = head(hidden[mask]).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    token = logp.gather(1, labels[mask].unsqueeze(1)).squeeze(1)
+    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = -token.sum() / torch.as_tensor(count, device=token.device).clamp(min=1)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+    log_probs = torch.zeros(mask.shape, dtype=token.dtype, device=token.device).masked_scatter(mask, token)
+    outputs = SimpleNamespace(log_probs=log_probs, label_mask=mask,
+                              entropy=torch.zeros(mask.shape, dtype=entropy.dtype, device=entropy.device)
+                              .masked_scatter(mask, entropy))
+    if model.training and "attention_mask" in inputs:  # TRL's token count, which the train log reads
+        trainer._total_train_tokens += int(inputs["attention_mask"].sum())
+        trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
+    return loss, outputs
 
 
 def make_stopper(plugins: list[TrainingPlugin]):

@@ -67,6 +67,7 @@ from waluigi.finetune.model_setup import (
     _load_tokenizer,
     _lora_config,
     _precision,
+    lean_loss,
 )
 from waluigi.finetune.plugins import (
     PluginContext,
@@ -161,12 +162,14 @@ class _Prepared:
     autocast: bool
     tokenizer: Any
     examples: list[dict]
+    lean: bool = False  # the lean loss path (FinetuneConfig.loss_path)
 
 
 def run_identity(cfg: FinetuneConfig, rows: list[dict], data_identity: dict, precision: str,
-                 plugins: list[TrainingPlugin] = ()) -> dict:
+                 plugins: list[TrainingPlugin] = (), lean: bool = False) -> dict:
     """What a run's identity hash is computed from (no plug-ins: no ``plugins`` key at all, so
-    the runs made before plug-ins existed keep their identity)."""
+    the runs made before plug-ins existed keep their identity; likewise ``loss`` is there only
+    for the lean loss path, whose numbers differ from TRL's by float round-off)."""
     identity = {
         "stage": "finetune",
         "model": cfg.model,
@@ -178,6 +181,8 @@ def run_identity(cfg: FinetuneConfig, rows: list[dict], data_identity: dict, pre
     }
     if plugins:
         identity["plugins"] = plugin_identities(list(plugins))
+    if lean:
+        identity["loss"] = "lean"
     return identity
 
 
@@ -205,7 +210,8 @@ def run_finetune(
     model_path, local = _resolve(cfg.model)
     device, weights_dtype, autocast = _precision(cfg.dtype, recipe.full)
     precision = f"{weights_dtype} weights" + (", bf16 autocast" if autocast else "")
-    identity = run_identity(cfg, rows, data_identity, precision, plugins)
+    lean = lean_loss(cfg.loss_path, device, model_path, local)
+    identity = run_identity(cfg, rows, data_identity, precision, plugins, lean=lean)
     digest = identity_hash(identity)
     data_name = data_identity.get("name") or cfg.data
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg.model, data_name, digest)
@@ -234,12 +240,13 @@ def run_finetune(
     extra = {
         "model": cfg.model, "base_model_path": model_path, "dataset": data_identity, "data_stats": stats,
         "device": device, "precision": precision, "seeds": {"train": cfg.seed, "subset": cfg.seed},
+        "loss_path": "lean" if lean else "trl",
         "generation_markers_in_template": template_has_generation_markers(tokenizer),
     }
     if plugins:
         extra["plugins"] = identity["plugins"]
     run = RunDir.open(out, stage="finetune", identity=identity, config=resolved, parents=parents, extra=extra) if _is_main() else RunDir(out)
-    prepared = _Prepared(model_path, local, device, weights_dtype, autocast, tokenizer, examples)
+    prepared = _Prepared(model_path, local, device, weights_dtype, autocast, tokenizer, examples, lean)
     try:
         return _train(cfg, run, recipe, plugins, prepared, progress=progress, on_step=on_step)
     except BaseException as exc:
@@ -324,6 +331,7 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
 
     # the plug-ins see the model at its start: a resumed run's checkpoint is loaded by train() below
     trainer.loss_plugins = tuple(p for p in plugins if overrides(p, "extra_loss"))
+    trainer.lean = prep.lean
     if any(p.needs_reference for p in trainer.loss_plugins):
         # a second copy of the model (memory!), loaded again rather than deep-copied: TRL patches the
         # trained model's forward with a closure over that very model, which a deepcopy would share.
