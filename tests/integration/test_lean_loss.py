@@ -28,7 +28,7 @@ def data(tmp_path_factory) -> Path:
 
 def _train(spec: str, data: Path, out: Path, path: str, **extra):
     settings = {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "grad_accum": 2, **extra}
-    result = run_finetune(FinetuneConfig(model=spec, data=str(data), out=out, loss_path=path, **settings), progress=False)
+    run_finetune(FinetuneConfig(model=spec, data=str(data), out=out, loss_path=path, **settings), progress=False)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     manifest = json.loads((out / "manifest.json").read_text())
     target = out / "model" / "model.safetensors" if extra.get("full") else out / "adapter" / "adapter_model.safetensors"

@@ -303,9 +303,8 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
             ft[key.split(".", 1)[1]] = value
         elif key.startswith("eval."):
             ev[key.split(".", 1)[1]] = value
-    from waluigi.models.kinds import canonical_spec
-
     from waluigi.models.families import member
+    from waluigi.models.kinds import canonical_spec
 
     bases = []
     for section in (ft, ev):  # provider/model spellings as provider:model: one cell identity per model
