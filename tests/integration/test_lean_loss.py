@@ -69,18 +69,18 @@ def test_auto_takes_the_lean_path_for_small_models_on_cpu_only(tiny_spec, data, 
     from waluigi.finetune import model_setup
 
     path = tiny_spec[3:]
-    assert model_setup.lean_loss("auto", "cpu", path, True)
-    assert not model_setup.lean_loss("auto", "cuda", path, True)
-    assert model_setup.lean_loss("lean", "cuda", path, True) and not model_setup.lean_loss("trl", "cpu", path, True)
+    assert model_setup.use_lean_loss("auto", "cpu", path, True)
+    assert not model_setup.use_lean_loss("auto", "cuda", path, True)
+    assert model_setup.use_lean_loss("lean", "cuda", path, True) and not model_setup.use_lean_loss("trl", "cpu", path, True)
     full = {"full": True, "preset": None, "lr": 5e-3, "max_steps": 6, "batch_size": 4, "grad_accum": 2}
     for path_name, lean_dir in (("auto", trained["full", "lean"][0]),):  # small: auto is the lean run, reused as is
         again = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data), out=lean_dir, loss_path=path_name, **full),
                              progress=False)
         assert again.already_finished
     monkeypatch.setattr(model_setup, "LEAN_MAX_PARAMS", 10)  # a "big" model: TRL's path, with its identity
-    assert not model_setup.lean_loss("auto", "cpu", path, True)
+    assert not model_setup.use_lean_loss("auto", "cpu", path, True)
     again = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data), out=trained["full", "trl"][0], loss_path="auto",
                                         **full), progress=False)
     assert again.already_finished
     with pytest.raises(UserError, match="use auto, trl or lean"):
-        model_setup.lean_loss("fast", "cpu", path, True)
+        model_setup.use_lean_loss("fast", "cpu", path, True)

@@ -286,9 +286,8 @@ def check_finetune(cfg: FinetuneConfig) -> None:
             "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
         )
     cfg.recipe()
-    from waluigi.finetune.model_setup import LOSS_PATHS
+    from waluigi.finetune.model_setup import check_loss_path
 
-    if str(cfg.loss_path or "auto").lower() not in LOSS_PATHS:
-        raise UserError(f"--loss-path {cfg.loss_path!r}: use auto, trl or lean")
+    check_loss_path(cfg.loss_path)
     resolve_plugins(cfg.plugins)
     resolve_dataset(cfg.data, data_dir=cfg.data_dir)

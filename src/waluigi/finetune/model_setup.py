@@ -58,11 +58,18 @@ def estimated_parameters(model_path: str, local: bool) -> int | None:
     return vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inner)
 
 
-def lean_loss(loss_path: str, device: str, model_path: str, local: bool) -> bool:
-    """Whether a fine-tune computes its loss on the lean path (see ``FinetuneConfig.loss_path``)."""
+def check_loss_path(loss_path: str | None) -> str:
+    """``loss_path`` as a known name (auto, trl or lean), else a :class:`UserError`."""
     name = (loss_path or "auto").lower()
     if name not in LOSS_PATHS:
         raise UserError(f"--loss-path {loss_path!r}: use auto, trl or lean")
+    return name
+
+
+def use_lean_loss(loss_path: str, device: str, model_path: str, local: bool) -> bool:
+    """Whether a fine-tune computes its loss on the lean path (see ``FinetuneConfig.loss_path``;
+    the loss itself is ``plugins.lean_loss``)."""
+    name = check_loss_path(loss_path)
     if name != "auto":
         return name == "lean"
     if device != "cpu":

@@ -67,7 +67,7 @@ from waluigi.finetune.model_setup import (
     _load_tokenizer,
     _lora_config,
     _precision,
-    lean_loss,
+    use_lean_loss,
 )
 from waluigi.finetune.plugins import (
     PluginContext,
@@ -210,7 +210,7 @@ def run_finetune(
     model_path, local = _resolve(cfg.model)
     device, weights_dtype, autocast = _precision(cfg.dtype, recipe.full)
     precision = f"{weights_dtype} weights" + (", bf16 autocast" if autocast else "")
-    lean = lean_loss(cfg.loss_path, device, model_path, local)
+    lean = use_lean_loss(cfg.loss_path, device, model_path, local)
     identity = run_identity(cfg, rows, data_identity, precision, plugins, lean=lean)
     digest = identity_hash(identity)
     data_name = data_identity.get("name") or cfg.data

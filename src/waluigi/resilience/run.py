@@ -55,9 +55,7 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
                 on = f" on base {base}" if bases > 1 else ""
                 stderr_console.print(f"subject {number}/{len(plan.subjects)}: {subject.key}{on} "
                                      f"({', '.join(f'{k}={v:g}' for k, v in subject.setting.items())})")
-            built = (plan.source.build(subject.setting, plan.out, progress, base=base) if bases > 1
-                     else plan.source.build(subject.setting, plan.out, progress))
-            subject.models.append(built)
+            subject.models.append(plan.source.build(subject.setting, plan.out, progress, base=base))
         subject.model = subject.models[0]
         _write_json(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
                                                    "model": s.model, **({"models": s.models} if bases > 1 else {})}

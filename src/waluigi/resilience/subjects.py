@@ -54,8 +54,9 @@ class SubjectSource(Protocol):
 
     def identity(self) -> dict: ...  # what the source is (names the study directory)
 
-    def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
-        """The model spec for ``setting`` (built under ``root`` unless cached)."""
+    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0) -> str:
+        """The model spec for ``setting`` on base ``base`` (built under ``root`` unless cached);
+        sources without ``has_bases`` have base 0 only (the plan refuses more)."""
         ...
 
 
@@ -126,7 +127,7 @@ class HFSubjects:
                             steps=20, finetune={"data_dir": self.data_dir} if self.data_dir else {},
                             eval={"data_dir": self.data_dir} if self.data_dir else {})
 
-    def build(self, setting: dict[str, float], root: Path, progress: bool) -> str:
+    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0) -> str:
         steps, n = int(setting.get(ALIGN_STEPS, 0)), int(setting.get(ALIGN_N, 0))
         if steps == 0:
             return self.model
