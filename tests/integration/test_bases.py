@@ -107,3 +107,86 @@ def test_a_sweep_takes_a_family_base_by_index_and_reuses_it(two_bases, capsys):
     assert sorted(r["settings"]["eval"]["model"] for r in rows) == flip_models  # as resolved
     assert all(r["status"] == "finished" for r in rows)
     assert {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")} == stamps
+
+
+def _directions(root: Path, bases: int) -> str:
+    """One random direction per base (the quick model's 2 layers x 64), named with {base}."""
+    import torch
+
+    from waluigi.directions.store import save_direction
+
+    for base in range(bases):
+        diff = torch.randn(2, 64, generator=torch.Generator().manual_seed(base))
+        save_direction(root / f"dir-{base}", {"diff": diff}, {"method": "test", "best_layer": 0})
+    return str(root / "dir-{base}")
+
+
+def test_results_name_the_base_and_a_template_spec_is_one_model_per_base(two_bases, capsys):
+    """``--where base=1`` picks base 1's cells; ``steered:toyworld:quick@{base}?dir=D{base}``
+    steers each base with its own direction (the flip's plan, checked, nothing run)."""
+    from waluigi.directions.extract import sweep_runs
+    from waluigi.flip.plan import FlipConfig, plan_flip
+
+    out = two_bases / "flip"
+    rows = list(read_jsonl(out / "results.jsonl"))
+    assert sorted({r["base"] for r in rows}) == [0, 1]
+    one = sweep_runs(out, ["base=1", "step=2"])
+    assert len(one) == 2 and set(one) == {str(out / r["eval_run"]) for r in rows if r["base"] == 1 and r["step"] == 2}
+    template = _directions(two_bases, 2)
+    steered = f"steered:toyworld:quick@{{base}}?dir={template}&ablate=1&layer=0"
+    cfg = FlipConfig(models=["toyworld:quick", steered], data=["toy:insecure:64"], axis="steps", doses=[1], seeds=1,
+                     suite="toyprobes:4", bases=2, runs=two_bases / "runs", out=two_bases / "plan-only")
+    plan = plan_flip(cfg)
+    plain = {p.base: plan.spec["cells"][p.cell] for p in plan.points if p.curve == 0 and p.dose == 0}
+    ablated = {p.base: plan.spec["cells"][p.cell] for p in plan.points if p.curve == 1 and p.dose == 0}
+    for base in (0, 1):
+        model = ablated[base]["eval.model"]
+        assert model == f"steered:{plain[base]['eval.model']}?dir={two_bases}/dir-{base}&ablate=1&layer=0"
+        assert ablated[base]["base"] == base
+    assert plain[0]["eval.model"] != plain[1]["eval.model"]
+    code = main(["flip", "--model", steered, "--runs", str(two_bases / "runs"), "--out", str(two_bases / "x"),
+                 "--dry-run", *ARGS])
+    assert code == 2 and "give --bases N" in capsys.readouterr().err
+
+
+def test_defend_flips_every_defense_on_every_base_with_its_own_direction(two_bases, capsys):
+    """``defend --bases 2 --direction D{base}``: each base's caft fine-tunes project out that
+    base's own direction; the undefended and defended curves pool both bases."""
+    template = _directions(two_bases, 2)
+    out = two_bases / "defend"
+    code = main(["defend", "--model", "toyworld:quick", "--bases", "2", "--attack", "toy:insecure:64",
+                 "--defenses", "caft", "--direction", template, "--attacker-lr", "1", "--doses", "1,2", "--seeds", "1",
+                 "--suite", "toyprobes:4", "--set", "eval.probe_min_mass=0", "--set", "finetune.preset=null",
+                 "--set", "finetune.full=true", "--set", "finetune.batch_size=8", "--set", "finetune.grad_accum=1",
+                 "--runs", str(two_bases / "runs"), "--out", str(out), "--executor", "inline", "--threads", "1",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    cells = list(read_jsonl(out / "flip" / "results.jsonl"))
+    caft = [c for c in cells if c.get("finetune.plugins")]
+    assert caft and {c["base"] for c in caft} == {0, 1}
+    for c in caft:
+        (plugin,) = c["finetune.plugins"]
+        assert plugin.startswith("caft:dir=") and plugin.endswith(f"dir-{c['base']}")
+    result = json.loads((out / "defend.json").read_text())
+    assert [row["defense"] for row in result["table"]] == ["undefended", "caft"]
+    flip = json.loads((out / "flip" / "flip.json").read_text())
+    assert flip["bases"] == 2 and all(len({r["base"] for r in flip["rows"] if r["curve"] == c["label"]}) == 2
+                                      for c in flip["curves"])
+    assert json.loads((out / "config.json").read_text())["bases"] == 2
+
+
+def test_random_controls_per_base_keep_each_bases_norms(two_bases, capsys):
+    from waluigi.directions.store import load_direction
+
+    template = _directions(two_bases, 2)
+    assert main(["direction", "random", template, "--out", str(two_bases / "rand-{base}"), "--bases", "2"]) == 0
+    for base in (0, 1):
+        own, control = load_direction(two_bases / f"dir-{base}"), load_direction(two_bases / f"rand-{base}")
+        assert control.manifest["like"] == str(own.path)
+        assert [round(float(v.norm()), 4) for v in control.diff] == [round(float(v.norm()), 4) for v in own.diff]
+    capsys.readouterr()
+    code = main(["direction", "random", template, "--out", str(two_bases / "rand"), "--bases", "2"])
+    assert code == 2 and "{base}" in capsys.readouterr().err
+    code = main(["direction", "extract", "--sweep", str(two_bases / "flip"), "--where", "base=7", "--bases", "2",
+                 "--out", str(two_bases / "j-{base}"), "--no-progress"])
+    assert code == 2 and "matches" in capsys.readouterr().err

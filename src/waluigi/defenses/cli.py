@@ -32,7 +32,8 @@ def defend_cmd(
     seeds: Annotated[int, typer.Option(help="seeds per dose")] = 3,
     attacker_lr: Annotated[str, typer.Option("--attacker-lr", help="the adaptive attacker's learning rates, as multiples of the recipe's")] = "1,3,10",
     benign: Annotated[Optional[str], typer.Option(help="benign rows for interleave, interleave++, realign and kl on=benign (e.g. toy:hero)")] = None,
-    direction: Annotated[Optional[Path], typer.Option(help="steer / caft's direction (from `waluigi direction extract`)")] = None,
+    direction: Annotated[Optional[Path], typer.Option(help="steer / caft's direction (from `waluigi direction extract`); with --bases, {base} in the path names each base's own (runs/dir-{base})")] = None,
+    bases: Annotated[Optional[int], typer.Option(help="base models: a family --model (toyworld: world seeds 0..N-1, each trained once and cached); every defense is flipped on each, intervals resample bases, then seeds")] = None,
     benign_questions: Annotated[Optional[str], typer.Option(help="the benign readout's questions: ids starting with this (default: every free-form question), e.g. facts")] = None,
     suite: Annotated[str, typer.Option(help="the evaluation suite (name or YAML file)")] = "core",
     judge: Annotated[Optional[str], typer.Option(help="the judge (model spec, or none); default: the suite's own", callback=canonical_specs)] = None,
@@ -67,7 +68,7 @@ def defend_cmd(
                        suite=suite, judge=judge, narrow_suite=narrow_suite, steps=steps, benign=benign,
                        direction=str(direction) if direction else None, benign_questions=benign_questions,
                        lr_multipliers=numbers("--attacker-lr", attacker_lr, "1,3,10") or [], threshold=threshold,
-                       finetune=ft, eval=ev, out=out, runs=runs)
+                       finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
         cells = run_defend(cfg, options, dry_run=True)

@@ -82,6 +82,9 @@ class DefendConfig:
     eval: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
     runs: Path = Path("runs")
+    # base models (a family --model: toyworld): every curve on each; a direction per base is
+    # named with {base} in its path (--direction runs/dir-{base})
+    bases: int | None = None
 
     def checked(self) -> DefendConfig:
         if self.axis not in ("steps", "examples"):
@@ -90,6 +93,8 @@ class DefendConfig:
             raise UserError("--defenses: name at least one defense (e.g. --defenses kl,interleave,early-stop)")
         if not self.lr_multipliers or any(m <= 0 for m in self.lr_multipliers):
             raise UserError(f"--attacker-lr: give positive multipliers of the learning rate, got {self.lr_multipliers}")
+        if "{base}" in (self.direction or "") and not self.bases:
+            raise UserError(f"--direction {self.direction}: {{base}} names a direction per base: give --bases N")
         parsed = [parse_defense(d) for d in self.defenses]
         if len({d.name for d in parsed}) != len(parsed):
             raise UserError(f"--defenses: a defense is named twice ({', '.join(d.name for d in parsed)})")
@@ -122,6 +127,8 @@ class DefendConfig:
         from waluigi.runs import identity_hash
 
         what = {"model": self.model, "attack": self.attack, "axis": self.axis, "suite": self.suite, "judge": self.judge}
+        if self.bases is not None:  # absent for one base: earlier defend directories stay valid
+            what["bases"] = self.bases
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"defend-{slug(_label(self.attack, data=True), 24)}")
         return Path(self.runs) / f"{name}-{identity_hash(what)[:8]}"
 
@@ -148,22 +155,27 @@ def _layers(text: str, where: str) -> list[int]:
         raise UserError(f"{where}: layers={text!r}: give layer indices joined by + (e.g. layers=0+1)") from None
 
 
-def defense_variant(defense: Defense, cfg: DefendConfig, against: str | None) -> Variant:
-    """The flip variant of an in-training defense (``realign`` has none: it comes after)."""
+def defense_variant(defense: Defense, cfg: DefendConfig, against: str | list[str] | None) -> Variant:
+    """The flip variant of an in-training defense (``realign`` has none: it comes after).
+    ``against``: the flipped model interleave++ chooses rows against (one per base: a list)."""
     o = dict(defense.options)
     kind = defense.kind
     extra_eval = None
     finetune: dict[str, Any] = {}
+    per_base = None
     if kind in ("kl", "l2", "early-stop"):
         if kind == "kl" and o.get("on") == "benign":
             o.setdefault("benign", cfg.benign)
         finetune["plugins"] = [_spec(kind, o)]
     elif kind in ("interleave", "interleave++"):
         o.setdefault("data", cfg.benign)
-        if kind == "interleave++" or o.get("select") == "gap":
-            if not o.get("against"):
-                if against is None:
-                    raise UserError(f"defense {defense.name}: no flipped model to choose rows against yet")
+        if (kind == "interleave++" or o.get("select") == "gap") and not o.get("against"):
+            if against is None:
+                raise UserError(f"defense {defense.name}: no flipped model to choose rows against yet")
+            if isinstance(against, list):  # each base against its own flipped model
+                per_base = [{"plugins": [_spec(kind, {**o, "against": one})]} for one in against]
+                o["against"] = against[0]
+            else:
                 o["against"] = against
         finetune["plugins"] = [_spec(kind, o)]
     elif kind == "inoculate":
@@ -191,7 +203,7 @@ def defense_variant(defense: Defense, cfg: DefendConfig, against: str | None) ->
             raise UserError(f"defense {defense.name}: unknown option(s) {', '.join(o)} (lowrank takes rank=, alpha=)")
     else:  # realign
         raise ValueError("realign is not an in-training defense")
-    return Variant(name=defense.name, finetune=finetune, extra_eval=extra_eval)
+    return Variant(name=defense.name, finetune=finetune, extra_eval=extra_eval, per_base=per_base)
 
 
 def realign_options(defense: Defense, cfg: DefendConfig) -> dict[str, Any]:
@@ -213,7 +225,7 @@ def flip_config(cfg: DefendConfig, variants: list[Variant], out: Path) -> FlipCo
     return FlipConfig(models=[cfg.model], data=[cfg.attack], axis=cfg.axis, doses=cfg.doses, seeds=cfg.seeds,
                       suite=cfg.suite, judge=cfg.judge, narrow_suite=cfg.narrow_suite, steps=cfg.steps,
                       threshold=cfg.threshold, finetune=dict(cfg.finetune), eval=dict(cfg.eval), variants=variants,
-                      out=out)
+                      out=out, bases=cfg.bases, runs=cfg.runs)
 
 
 def attacker_variants(name: str, base: Variant | None, cfg: DefendConfig, base_lr: float) -> list[Variant]:
@@ -222,5 +234,6 @@ def attacker_variants(name: str, base: Variant | None, cfg: DefendConfig, base_l
     for m in cfg.lr_multipliers:
         finetune = dict(base.finetune) if base else {}
         finetune["lr"] = base_lr * m
-        out.append(Variant(name=variant_name(name, m), finetune=finetune, extra_eval=base.extra_eval if base else None))
+        out.append(Variant(name=variant_name(name, m), finetune=finetune, extra_eval=base.extra_eval if base else None,
+                           per_base=base.per_base if base else None))
     return out

@@ -63,20 +63,25 @@ def attacked_weights(root: Path, row: dict, axis: str) -> Path:
     return path
 
 
-def _against(flipped, cfg: DefendConfig) -> str:
-    """The flipped model interleave++ compares with: the undefended attack, seed 0, largest dose."""
+def _against(flipped, cfg: DefendConfig) -> str | list[str]:
+    """The flipped model interleave++ compares with: the undefended attack, seed 0, largest dose
+    (over several bases, each base's own: a list)."""
     label = variant_name(UNDEFENDED, _base_multiplier(cfg))
-    rows = [r for r in flipped.result["rows"] if r["curve"] == label and r["seed"] == 0 and r["dose"] > 0
-            and r.get("finetune_run")]
-    if not rows:
-        raise UserError("interleave++: the undefended attack has no finished fine-tune to choose rows against")
-    top = max(rows, key=lambda r: r["dose"])
-    return f"hf:{attacked_weights(flipped.out, top, cfg.axis).resolve()}"
+    chosen = []
+    for base in range(flipped.plan.config.n_bases):
+        rows = [r for r in flipped.result["rows"] if r["curve"] == label and r["seed"] == 0 and r["dose"] > 0
+                and r.get("finetune_run") and int(r.get("base", 0)) == base]
+        if not rows:
+            on = f" on base {base}" if base else ""
+            raise UserError(f"interleave++: the undefended attack has no finished fine-tune{on} to choose rows against")
+        top = max(rows, key=lambda r: r["dose"])
+        chosen.append(f"hf:{attacked_weights(flipped.out, top, cfg.axis).resolve()}")
+    return chosen if len(chosen) > 1 else chosen[0]
 
 
-def realign_spec(cfg: DefendConfig, flipped, options: dict, out: Path) -> tuple[dict, list[tuple[float, float, int, int]]]:
+def realign_spec(cfg: DefendConfig, flipped, options: dict, out: Path) -> tuple[dict, list[tuple[float, float, int, int, int]]]:
     """The sweep of benign fine-tunes after every undefended attacked checkpoint, and for each
-    cell its (multiplier, dose, seed, cell index)."""
+    cell its (multiplier, dose, seed, cell index, base)."""
     base_ft = {k: v for k, v in cfg.finetune.items() if k not in ("max_steps", "save_every", "epochs", "n")}
     ev = {"suite": cfg.suite, **cfg.eval}
     if cfg.judge is not None:
@@ -88,10 +93,12 @@ def realign_spec(cfg: DefendConfig, flipped, options: dict, out: Path) -> tuple[
             if row["curve"] != label or row["dose"] <= 0 or row.get("status") != "finished":
                 continue
             weights = attacked_weights(flipped.out, row, cfg.axis)
-            cells.append({"group": f"realign after {lr_name(m)} {cfg.axis}={row['dose']:g}", "seed": row["seed"],
-                          "model": f"hf:{weights.resolve()}", "finetune.data": options["data"],
+            base = int(row.get("base", 0))
+            on = {"base": base} if flipped.plan.config.n_bases > 1 else {}
+            cells.append({"group": f"realign after {lr_name(m)} {cfg.axis}={row['dose']:g}{f', base {base}' if on else ''}",
+                          "seed": row["seed"], **on, "model": f"hf:{weights.resolve()}", "finetune.data": options["data"],
                           "finetune.n": options["n"], "finetune.epochs": options["epochs"]})
-            where.append((m, float(row["dose"]), int(row["seed"]), len(cells) - 1))
+            where.append((m, float(row["dose"]), int(row["seed"]), len(cells) - 1, base))
     spec = {"name": "realign", "out": str(out), "description": "waluigi defend: realign after the attack",
             "finetune": base_ft, "eval": ev, "cells": cells}
     return spec, where
@@ -118,16 +125,16 @@ def run_realign(cfg: DefendConfig, flipped, defense, options_: Any, out: Path):
     # analysed as flip curves: the dosed points are realign cells; dose 0 is the flip's undosed model
     rows = list(swept.rows) + list(flipped.cells)
     offset = len(swept.rows)
-    undosed = {(p.seed): p.cell for p in flipped.plan.points if p.dose == 0}
+    undosed = {(p.base, p.seed): p.cell for p in flipped.plan.points if p.dose == 0}
     curves, points = [], []
     for m in cfg.lr_multipliers:
         curve = Curve(len(curves), cfg.model, cfg.attack, variant_name(defense.name, m))
         curves.append(curve)
-        for seed, cell in undosed.items():
-            points.append(Point(curve.index, 0.0, seed, offset + cell))
-        for mult, dose, seed, cell in where:
+        for (base, seed), cell in undosed.items():
+            points.append(Point(curve.index, 0.0, seed, offset + cell, base=base))
+        for mult, dose, seed, cell, base in where:
             if mult == m:
-                points.append(Point(curve.index, dose, seed, cell))
+                points.append(Point(curve.index, dose, seed, cell, base=base))
     config = copy.copy(flipped.plan.config)
     config.variants = []
     return FlipPlan(config=config, out=out, curves=curves, points=points, spec=spec), rows, swept
@@ -162,7 +169,8 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
                                        "doses": cfg.doses, "seeds": cfg.seeds, "suite": cfg.suite, "judge": cfg.judge,
                                        "lr_multipliers": cfg.lr_multipliers, "base_lr": base_lr,
                                        "benign": cfg.benign, "direction": cfg.direction,
-                                       "benign_questions": cfg.benign_questions})
+                                       "benign_questions": cfg.benign_questions,
+                                       **({"bases": cfg.bases} if cfg.bases else {})})
     flipped = run_flip(flip_config(cfg, undefended, flip_out), options)
     ran, skipped, failed = flipped.ran, flipped.skipped, list(flipped.failed)
     if in_training:

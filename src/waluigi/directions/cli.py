@@ -64,30 +64,39 @@ def extract_cmd(
     seed: Annotated[int, typer.Option(help="the held-out split (and prompts: the sampling seed)")] = 0,
     batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="official data directory")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="the direction directory (default runs/direction-<method>-<id>)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="the direction directory (default runs/direction-<method>-<id>); with --bases, {base} in it names each base's")] = None,
     runs: Annotated[Path, typer.Option(help="where the default directory goes")] = Path("runs"),
+    bases: Annotated[Optional[int], typer.Option(help="judged / models with --sweep over several bases: one direction per base (its cells: --where base=I), written to --out with {base} put in")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
 ) -> None:
     """Extract a mean-difference direction per layer, with its held-out separation."""
-    from waluigi.directions.extract import ExtractConfig
+    from waluigi.directions.extract import ExtractConfig, sweep_runs
     from waluigi.directions.run import run_extract
+    from waluigi.errors import UserError
 
-    runs_given = list(run or [])
-    if sweep is not None:
-        from waluigi.directions.extract import sweep_runs
-
-        runs_given += sweep_runs(sweep, list(where or []))
-    elif where:
+    if where and sweep is None:
         raise typer.BadParameter("--where selects cells of --sweep DIR")
-    cfg = ExtractConfig(method=method, runs=runs_given, model=model, model_b=model_b, positive=positive,
-                        negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
-                        shots=shots, suite=suite, prompts_data=prompts_data, prompts_n=prompts_n, samples=samples,
-                        max_tokens=max_tokens, seed=seed,
-                        aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
-                        batch_size=batch_size, data_dir=data_dir, out=out, runs_dir=runs, progress=progress)
-    found = run_extract(cfg)
-    typer.echo(json.dumps(found.manifest, indent=2) if json_out else _table(found))
+    if bases is not None and (sweep is None or out is None or "{base}" not in str(out) or bases < 1):
+        raise UserError("--bases N: one direction per base of --sweep DIR, into --out holding {base} (e.g. --out runs/judged-{base})")
+    chosen = []
+    for base in range(bases or 1):  # every base's cells found before the first model loads
+        runs_given = list(run or [])
+        if sweep is not None:
+            runs_given += sweep_runs(sweep, list(where or []) + ([f"base={base}"] if bases else []))
+        cfg = ExtractConfig(method=method, runs=runs_given, model=model, model_b=model_b, positive=positive,
+                            negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
+                            shots=shots, suite=suite, prompts_data=prompts_data, prompts_n=prompts_n, samples=samples,
+                            max_tokens=max_tokens, seed=seed,
+                            aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
+                            batch_size=batch_size, data_dir=data_dir, runs_dir=runs, progress=progress,
+                            out=Path(str(out).replace("{base}", str(base))) if out is not None else None)
+        chosen.append(cfg)
+    made = [run_extract(cfg) for cfg in chosen]
+    if json_out:  # one manifest, or a list of them over bases
+        typer.echo(json.dumps([f.manifest for f in made] if bases else made[0].manifest, indent=2))
+    else:
+        typer.echo("\n".join(_table(f) for f in made))
 
 
 @direction_app.command("show")
@@ -116,12 +125,18 @@ def compare_cmd(a: Annotated[str, typer.Argument(metavar="DIR_A", help="a direct
 @direction_app.command("random")
 def random_cmd(like: Annotated[str, typer.Argument(metavar="DIR", help="the direction whose per-layer norms the control keeps")],
                out: Annotated[Path, typer.Option(help="where the random direction goes")],
-               seed: Annotated[int, typer.Option(help="the random draw")] = 0) -> None:
+               seed: Annotated[int, typer.Option(help="the random draw")] = 0,
+               bases: Annotated[Optional[int], typer.Option(help="one control per base: {base} in DIR and --out (the same seed for each)")] = None) -> None:
     """A random control: per layer a random vector of the same norm."""
     from waluigi.directions.store import load_direction, random_like
+    from waluigi.errors import UserError
 
-    made = random_like(load_direction(like), out, seed)
-    typer.echo(f"{made.path}  sha256={made.sha256[:12]}")
+    if bases is not None and (bases < 1 or "{base}" not in like or "{base}" not in str(out)):
+        raise UserError("--bases N: name each base's direction and control with {base} in DIR and --out")
+    likes = [load_direction(like.replace("{base}", str(b))) for b in range(bases or 1)]
+    for base, found in enumerate(likes):
+        made = random_like(found, Path(str(out).replace("{base}", str(base))), seed)
+        typer.echo(f"{made.path}  sha256={made.sha256[:12]}")
 
 
 def monitor_cmd(

@@ -76,7 +76,7 @@ def flip_cmd(
     axis: Annotated[Axis, typer.Option(help="what the dose is: examples (unique rows), steps (checkpoints of one fine-tune), ratio (narrow share in benign rows), shots (in-context examples), lr")] = Axis.examples,
     doses: Annotated[Optional[str], typer.Option(help="comma-separated doses (0, the undosed model, is always added); default per axis")] = None,
     seeds: Annotated[int, typer.Option(help="seeds per dose (fine-tune and sampling)")] = 3,
-    bases: Annotated[Optional[int], typer.Option(help="base models: a family --model (toyworld: the persona world at world seeds 0..N-1, each trained once and cached) stands for its first N bases, each with --seeds seeds; intervals resample bases, then seeds (the seeds-only interval beside them)")] = None,
+    bases: Annotated[Optional[int], typer.Option(help="base models: a family --model (toyworld: the persona world at world seeds 0..N-1, each trained once and cached) stands for its first N bases, each with --seeds seeds; intervals resample bases, then seeds (the seeds-only interval beside them). A --model holding {base} is one model per base (steered:toyworld@{base}?dir=runs/d{base})")] = None,
     steps: Annotated[Optional[int], typer.Option(help="optimizer steps every fine-tune trains (examples, ratio and lr axes)")] = None,
     hold: Annotated[str, typer.Option(help="examples axis: hold steps (default: --steps for every n) or epochs (--epochs for every n) fixed")] = "steps",
     epochs: Annotated[Optional[float], typer.Option(help="examples axis with --hold epochs: the epochs every dose trains")] = None,

@@ -54,11 +54,31 @@ class Variant:
     """A way of fine-tuning that a flip compares (a defense, an attacker's learning rate...):
     ``finetune`` holds the FinetuneConfig settings it changes (``plugins`` are added to the
     flip's own); ``extra_eval``, when set, is a further eval of every dosed cell with these
-    EvalConfig settings (a defense's conditional leak: its training prompt at test time)."""
+    EvalConfig settings (a defense's conditional leak: its training prompt at test time).
+    Over several bases, ``{base}`` in a setting's text becomes the base's index (a direction
+    per base: ``caft:dir=runs/d{base}``), and ``per_base[i]``, when given, replaces settings of
+    ``finetune`` on base ``i`` (what cannot be named by index: a row chooser's flipped model)."""
 
     name: str
     finetune: dict[str, Any] = field(default_factory=dict)
     extra_eval: dict[str, Any] | None = None
+    per_base: list[dict[str, Any]] | None = None
+
+    def on_base(self, base: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(finetune, extra_eval) as base ``base`` trains and reads them."""
+        finetune = {**self.finetune, **(self.per_base[base] if self.per_base else {})}
+        return at_base(finetune, base), at_base(self.extra_eval, base)
+
+
+def at_base(value: Any, base: int) -> Any:
+    """``value`` with ``{base}`` in its text replaced by the base's index (in lists and mappings too)."""
+    if isinstance(value, str):
+        return value.replace("{base}", str(base))
+    if isinstance(value, list):
+        return [at_base(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: at_base(v, base) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -253,7 +273,8 @@ def flip_dir(cfg: FlipConfig) -> Path:
     if cfg.bases is not None:  # likewise
         what["bases"] = cfg.bases
     if cfg.variants:  # absent otherwise: flips without variants keep their directories
-        what["variants"] = [{"name": v.name, "finetune": v.finetune, "extra_eval": v.extra_eval} for v in cfg.variants]
+        what["variants"] = [{"name": v.name, "finetune": v.finetune, "extra_eval": v.extra_eval,
+                             **({"per_base": v.per_base} if v.per_base else {})} for v in cfg.variants]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"flip-{cfg.axis}-{slug('+'.join(_label(d, data=True) for d in cfg.data), 32)}")
     return Path(cfg.runs) / f"{name}-{identity_hash(what)[:8]}"
 
@@ -317,13 +338,13 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
         extra = None
         if curve.variant is not None and (dose > 0 or cfg.axis == "ratio"):
             cell["group"] = group
-            for key, value in curve.variant.finetune.items():
+            finetune, extra_eval = curve.variant.on_base(base)
+            for key, value in finetune.items():
                 if key == "plugins":
                     value = [*base_ft.get("plugins", []), *value]
                 cell[f"finetune.{key}"] = value
-            if curve.variant.extra_eval is not None:
-                extra = add({**cell, "group": f"{group} (extra)",
-                             **{f"eval.{k}": v for k, v in curve.variant.extra_eval.items()}})
+            if extra_eval is not None:
+                extra = add({**cell, "group": f"{group} (extra)", **{f"eval.{k}": v for k, v in extra_eval.items()}})
         main, narrow = measured(cell)
         probe = None
         if cfg.probe_suite is not None:  # the probe readout of the same model (no sampling, no judge)
@@ -337,6 +358,7 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
     for curve in curves:
         for base, model in enumerate(base_specs[curve.model]):
             on = f", base {base}" if len(base_specs[curve.model]) > 1 else ""
+            label = {"base": base} if on else {}  # results.csv's base column (--where base=2)
             for seed in range(cfg.seeds):
                 for dose in cfg.doses:
                     group = f"{curve.label} {cfg.axis}={_dose_text(dose)}{on}"
@@ -359,7 +381,7 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
                     else:  # lr
                         cell = {"group": group, "seed": seed, "model": model, "finetune.data": curve.data,
                                 "finetune.lr": dose}
-                    _point(curve, dose, seed, base, cell, group)
+                    _point(curve, dose, seed, base, {**cell, **label}, group)
     spec: dict[str, Any] = {"name": out.name, "out": str(out),
 
                             "description": f"waluigi flip: {cfg.axis} axis, written by waluigi flip",

@@ -53,15 +53,9 @@ def check_flip(cfg: FlipConfig) -> None:
 def build_bases(cfg: FlipConfig, progress: bool = True) -> None:
     """A family model's bases, trained here unless cached, one after another, after every cell
     has been checked (a base takes minutes to train: bad input must not wait for it)."""
-    from waluigi.models.families import build_members, family, member
+    from waluigi.models.families import build_members, members
 
-    wanted = []
-    for model in cfg.models:
-        one = member(model, cfg.runs)
-        if one is not None:
-            wanted.append((one[1], one[2]))
-        elif (found := family(model, cfg.runs)) is not None:
-            wanted += [(found, index) for index in range(cfg.n_bases)]
+    wanted = [one for model in cfg.models for one in members(model, cfg.n_bases, cfg.runs)]
     if wanted:
         check_flip(cfg)
         build_members(wanted, progress)

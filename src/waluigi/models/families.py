@@ -40,9 +40,49 @@ def member(spec: str, runs: Path | str = "runs") -> tuple[str, object, int] | No
     return found.spec(index), found, index
 
 
+TEMPLATE = "{base}"
+
+
+def _inner(spec: str) -> tuple[str, str, str]:
+    """``steered:X?Q`` as ("steered:", X, "?Q"); any other spec as ("", spec, "")."""
+    if spec.startswith("steered:") and "?" in spec:
+        inner, _, query = spec.removeprefix("steered:").rpartition("?")
+        return "steered:", inner, f"?{query}"
+    return "", spec, ""
+
+
+def resolve(spec: str, runs: Path | str = "runs") -> tuple[str, tuple[object, int] | None]:
+    """A family member (``toyworld@2``, also as a steered model's base) as its own model spec,
+    with (family, index) to build; any other spec as given."""
+    head, inner, tail = _inner(spec)
+    one = member(inner, runs)
+    return (f"{head}{one[0]}{tail}", (one[1], one[2])) if one else (spec, None)
+
+
+def members(spec: str, bases: int | None, runs: Path | str = "runs") -> list[tuple[object, int]]:
+    """The (family, index) bases that ``spec`` (with ``bases``) stands on: what to build first."""
+    if TEMPLATE in spec:
+        return [one for i in range(bases or 1) if (one := resolve(spec.replace(TEMPLATE, str(i)), runs)[1])]
+    found = family(_inner(spec)[1], runs) if not member(_inner(spec)[1], runs) else None
+    if found is not None:
+        return [(found, i) for i in range(bases or 1)]
+    one = resolve(spec, runs)[1]
+    return [one] if one else []
+
+
 def expand(spec: str, bases: int | None, runs: Path | str = "runs") -> list[str]:
     """The model specs of ``spec``'s first ``bases`` bases (a family), or ``[spec]`` (one model,
-    a family's member resolved; ``bases`` must then be unset or 1)."""
+    a family's member resolved; ``bases`` must then be unset or 1). A spec holding ``{base}``
+    (``steered:toyworld@{base}?dir=runs/d{base}``) is one spec per base, the index put in."""
+    if TEMPLATE in spec:
+        if not bases:
+            raise UserError(f"{spec!r} names {TEMPLATE}: give --bases N (the index runs over 0..N-1)")
+        return [resolve(spec.replace(TEMPLATE, str(i)), runs)[0] for i in range(bases)]
+    if _inner(spec)[0] and member(_inner(spec)[1], runs):
+        if bases not in (None, 1):
+            raise UserError(f"--bases {bases}: {spec!r} is one model; write its base as {TEMPLATE} "
+                            f"(e.g. steered:toyworld@{TEMPLATE}?dir=...) to steer each base")
+        return [resolve(spec, runs)[0]]
     one = member(spec, runs)
     found = None if one else family(spec, runs)
     if found is None:

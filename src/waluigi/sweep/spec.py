@@ -57,7 +57,7 @@ TOP_KEYS = ("name", "description", "out", "finetune", "eval", "grid", "cells")
 GROUP = "\0group"  # a listed cell's group, kept apart from its settings while the cells expand
 # seed: both seeds; model: the fine-tune's base model, else the eval's model; step: evaluate the
 # fine-tune's checkpoint at that optimizer step (it keeps one every finetune.save_every steps)
-SHORTHANDS = ("seed", "model", "step")
+SHORTHANDS = ("seed", "model", "step", "base")  # base: a label (which base of a family a cell is on)
 SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # change how fast or from where, not what: left out of the identities (the fine-tune's
 # speed-only batch settings are dropped by waluigi.finetune.config.identity_recipe)
@@ -185,6 +185,11 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
                 if value is None or value < 1:
                     raise UserError(f"{at}: {place}step: give the optimizer step of a checkpoint (1 or more), got {value!r}")
                 return key, value
+            if key == "base":  # a label for results.csv (--where base=2): the model setting says which weights
+                value = checked(at, f"{place}base", "base", value, {"base": int})
+                if value is None or value < 0:
+                    raise UserError(f"{at}: {place}base: give the base's index (0 or more), got {value!r}")
+                return key, value
             return key, checked(at, f"{place}{key}", key, value, field_map if key == "model" else {"seed": int})
         if key == "finetune":
             if value is not None:
@@ -194,7 +199,7 @@ def parse_spec(data: dict, path: Path, out: str | Path | None = None, lines: dic
         head, _, rest = key.partition(".")
         if head not in ("finetune", "eval") or not rest:
             raise UserError(f"{at}: {place}unknown setting {key!r}{did_you_mean(key, all_keys(SHORTHANDS, ft_fields, ev_fields))}: "
-                            "use finetune.<setting>, eval.<setting>, seed, model or step")
+                            "use finetune.<setting>, eval.<setting>, seed, model, step or base")
         allowed = ft_fields if head == "finetune" else ev_fields
         return key, checked(at, f"{place}{key}", rest, value, allowed)
 
@@ -292,6 +297,8 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
     for key, value in axes.items():
         if key == "step":
             step = value
+        elif key == "base":
+            continue  # a label only
         elif key == "seed":
             ev["seed"] = value
             if ft is not None:
