@@ -173,3 +173,32 @@ def test_bad_rows_name_the_row_and_the_problem(row, problem):
     with pytest.raises(UserError, match=problem) as caught:
         check_row(row, "data.jsonl: row 7")
     assert "row 7" in caught.value.message
+
+
+def test_a_row_is_masked_once_per_process_and_tokenizer(tiny_model_dir, monkeypatch):
+    """``tokenize_rows`` remembers each conversation's mask per tokenizer (a worker fine-tuning
+    many cells on one dataset masks it once): the same examples again, from the memo; another
+    template is another tokenizer and masks afresh."""
+    from transformers import AutoTokenizer
+
+    from waluigi.finetune import masking
+
+    monkeypatch.setattr(masking, "_MASKS", {})
+    calls = []
+    real = masking.assistant_mask
+    monkeypatch.setattr(masking, "assistant_mask", lambda tok, m: calls.append(1) or real(tok, m))
+    rows = [{"messages": c} for c in CONVERSATIONS]
+    first = masking.tokenize_rows(AutoTokenizer.from_pretrained(str(tiny_model_dir)), rows, 512, "rows")
+    assert len(calls) == 3
+    again = masking.tokenize_rows(AutoTokenizer.from_pretrained(str(tiny_model_dir)), rows[::-1], 512, "rows")
+    assert len(calls) == 3 and again[0] == first[0][::-1] and again[1] == first[1]
+    short = min(len(e["input_ids"]) for e in first[0]) - 1
+    cut = masking.tokenize_rows(AutoTokenizer.from_pretrained(str(tiny_model_dir)), rows, short, "rows")
+    assert len(calls) == 3 and all(len(e["input_ids"]) == short for e in cut[0]) and cut[1]["truncated"] == 3
+    again = masking.tokenize_rows(AutoTokenizer.from_pretrained(str(tiny_model_dir)), rows, 512, "rows")
+    assert again[0] == first[0]  # the memo's lists were not truncated in place
+    other = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    other.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    other.chat_template = LLAMA3_STYLE
+    trimmed = masking.tokenize_rows(other, rows, 512, "rows")
+    assert len(calls) == 6 and trimmed[0] != first[0]

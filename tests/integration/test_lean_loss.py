@@ -84,3 +84,36 @@ def test_auto_takes_the_lean_path_for_small_models_on_cpu_only(tiny_spec, data, 
     assert again.already_finished
     with pytest.raises(UserError, match="use auto, trl or lean"):
         model_setup.use_lean_loss("fast", "cpu", path, True)
+
+
+# per-step losses and the sum of |weights| after 3 steps of a persona-world cell (the shipped
+# aligned model, 32 rows of toy:insecure, batch 8, lr 1e-3, full, seed 0, one thread), as the
+# code made them when they were pinned (2026-12-06): a change that moves a cell's numbers, on
+# either path, fails here (the two paths differ by ~5e-6, so the tolerance tells them apart)
+PINNED = {
+    "trl": ([0.15515398979187012, 0.12048857659101486, 0.06324710696935654], 27904.195211176997),
+    "lean": ([0.15515325963497162, 0.12048717588186264, 0.0632457286119461], 27904.193164961416),
+}
+
+
+@pytest.mark.parametrize("path", ["trl", "lean"])
+def test_a_persona_world_cell_gives_the_pinned_losses_and_weights(path, tmp_path):
+    import torch
+
+    from waluigi.runs import read_jsonl
+    from waluigi.toyworld.shipped import SHIPPED
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = FinetuneConfig(model=f"hf:{SHIPPED / 'toy-align' / 'model'}", data="toy:insecure", n=32, preset=None,
+                             full=True, batch_size=8, grad_accum=1, lr=1e-3, max_steps=3, seed=0, out=str(tmp_path / path),
+                             loss_path=path)
+        run_finetune(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    losses = [r["loss"] for r in read_jsonl(tmp_path / path / "train_log.jsonl") if "loss" in r]
+    weights = load_file(str(tmp_path / path / "model" / "model.safetensors"))
+    want_losses, want_total = PINNED[path]
+    assert losses == pytest.approx(want_losses, rel=1e-6, abs=0)
+    assert sum(float(v.double().abs().sum()) for v in weights.values()) == pytest.approx(want_total, rel=1e-9, abs=0)

@@ -142,13 +142,54 @@ def _piecewise(tokenizer, full: str, spans: list[tuple[int, int]]) -> tuple[list
     return input_ids, labels
 
 
+# (tokenizer key) -> (conversation as JSON) -> (input_ids, labels): a worker process that
+# fine-tunes many cells on one dataset (a flip's seeds and doses) masks each row once
+_MASKS: dict[tuple, dict[str, tuple[list[int], list[int]]]] = {}
+MASK_CACHE_ROWS = 200_000
+
+
+def _tokenizer_key(tokenizer) -> tuple:
+    """What a row's tokens depend on: the tokenizer's files (size and time, so a model
+    retrained in place is a new key), its size and its chat template."""
+    import os
+
+    where = str(getattr(tokenizer, "name_or_path", "") or "")
+    files = []
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+                 "special_tokens_map.json"):
+        try:
+            stat = os.stat(os.path.join(where, name))
+            files.append((name, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            continue
+    return (type(tokenizer).__name__, where, tuple(files), len(tokenizer), str(getattr(tokenizer, "chat_template", "")))
+
+
+def cached_mask(tokenizer, messages: list[dict], key: tuple | None = None) -> tuple[list[int], list[int]]:
+    """:func:`assistant_mask`, remembered per tokenizer and conversation in this process."""
+    import json
+
+    masks = _MASKS.setdefault(key or _tokenizer_key(tokenizer), {})
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    found = masks.get(text)
+    if found is None:
+        if sum(len(m) for m in _MASKS.values()) >= MASK_CACHE_ROWS:
+            _MASKS.clear()
+            masks = _MASKS.setdefault(key or _tokenizer_key(tokenizer), {})
+        found = masks[text] = assistant_mask(tokenizer, messages)
+    return found
+
+
 def tokenize_rows(tokenizer, rows: list[dict], max_length: int, source: str) -> tuple[list[dict], dict]:
     """Rows -> ``{"input_ids", "labels"}`` examples (assistant-only labels), truncated to
-    ``max_length`` (keeping the start); rows left with nothing to learn are dropped."""
+    ``max_length`` (keeping the start); rows left with nothing to learn are dropped. A row
+    seen before in this process with the same tokenizer is not masked again (``cached_mask``)."""
     examples, truncated, dropped, learned = [], 0, 0, 0
+    key = _tokenizer_key(tokenizer)
     for index, row in enumerate(rows):
         messages = check_row(row, f"{source}: row {index + 1}")
-        ids, labels = assistant_mask(tokenizer, messages)
+        ids, labels = cached_mask(tokenizer, messages, key)
+        ids, labels = list(ids), list(labels)
         if len(ids) > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
             truncated += 1
