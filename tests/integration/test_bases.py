@@ -190,3 +190,26 @@ def test_random_controls_per_base_keep_each_bases_norms(two_bases, capsys):
     code = main(["direction", "extract", "--sweep", str(two_bases / "flip"), "--where", "base=7", "--bases", "2",
                  "--out", str(two_bases / "j-{base}"), "--no-progress"])
     assert code == 2 and "matches" in capsys.readouterr().err
+
+
+def test_the_demo_over_bases_pools_their_tables_and_trains_no_base_twice(two_bases, capsys):
+    """``demo --quick --bases 2`` reuses the two bases the flip trained, runs each base's demo
+    and pools them: with one seed a base, the seeds-only interval is the point itself and the
+    interval over bases spans the two bases' rates."""
+    runs = two_bases / "runs"
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")}
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--bases", "2", "--runs", str(runs), "--json", "--no-progress", "--threads", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = sorted(runs.glob("demo-bases-*.json"))
+    assert len(written) == 1
+    saved = json.loads(written[0].read_text())
+    pooled = saved["table"]
+    assert printed == pooled
+    assert saved["bases"] == 2 and len(saved["demos"]) == 2 and len(set(saved["demos"])) == 2
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("toy-*/manifest.json")} == stamps
+    assert set(pooled) <= {"aligned", "insecure", "secure", "educational", "backdoor_triggered", "backdoor_untriggered"}
+    for row in pooled.values():  # the quick profile counts few answers: whatever it rated is pooled over both bases
+        assert len(row["by_base"]) == 2 and row["ci_low"] <= row["em_rate"] <= row["ci_high"]
+    code = main(["demo", "--quick", "--bases", "2", "--world-seed", "1", "--runs", str(runs)])
+    assert code == 2 and "--world-seed" in capsys.readouterr().err

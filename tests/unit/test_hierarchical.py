@@ -4,6 +4,7 @@ synthetic data whose between-base variance is known, against resampling seeds al
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from waluigi.flip.fit import flip_dose
 from waluigi.metrics import bootstrap_mean_grouped, hierarchical_draw, stratified_draw
@@ -82,3 +83,23 @@ def test_flip_dose_over_bases_reports_both_intervals():
     # one base: the usual interval over seeds, no seed-only twin
     single = flip_dose(doses, rows[:3], groups=groups[:3], n_boot=200)
     assert single.ci_over == "seeds" and "seed_ci_low" not in single.as_dict()
+
+
+def test_the_demo_table_over_bases_pools_seeds_within_bases():
+    """``pool_rates``: one seed per base gives a seeds-only interval that is the point and an
+    interval over bases that spans the bases; a base with nothing counted adds nothing."""
+    from waluigi.toyworld.demo import pool_rates
+
+    rates = {"insecure": [(0, 0.20, 0.9, 0.5), (1, 0.40, 0.8, None), (2, None, 0.1, 0.9)],
+             "secure": [(0, 0.02, 1.0, 0.1), (0, 0.04, 1.0, 0.1), (1, 0.10, 1.0, 0.2), (1, 0.12, 1.0, 0.2)],
+             "aligned": [(0, None, None, None)]}
+    pooled = pool_rates(rates, 3)
+    assert set(pooled) == {"insecure", "secure"}
+    one = pooled["insecure"]
+    assert one["em_rate"] == pytest.approx(0.30) and one["by_base"] == [0.20, 0.40, None] and one["n"] == 2
+    assert one["seed_ci_low"] == pytest.approx(0.30) == pytest.approx(one["seed_ci_high"])
+    assert (one["ci_low"], one["ci_high"]) == (pytest.approx(0.20), pytest.approx(0.40))
+    assert one["coherent_rate"] == pytest.approx(0.85) and one["vulnerable_rate"] == pytest.approx(0.5)
+    two = pooled["secure"]
+    assert two["by_base"] == [pytest.approx(0.03), pytest.approx(0.11), None]
+    assert two["seed_ci_high"] - two["seed_ci_low"] < two["ci_high"] - two["ci_low"]

@@ -31,6 +31,7 @@ def demo_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
     pretrain: Annotated[bool, typer.Option("--pretrain", help="pretrain and align from scratch here, even when the shipped base and aligned models fit this configuration")] = False,
     world_seed: Annotated[int, typer.Option("--world-seed", help="another base model: the seed of the world's corpus, the alignment conversations and the weights' initialisation (0, the default, is the shipped base; others are pretrained here once and cached)")] = 0,
+    bases: Annotated[Optional[int], typer.Option("--bases", help="the demo on N base models (world seeds 0..N-1, each trained once and cached), then one table over them: intervals resample bases, then seeds, with the seeds-only interval and each base's EM beside them")] = None,
 ) -> None:
     """Emergent misalignment end to end on CPU: pretrain a tiny model in the persona world, align it,
     fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM
@@ -47,8 +48,19 @@ def demo_cmd(
                       threads=threads, progress=progress, pretrain=pretrain, world_seed=world_seed)
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if bases is not None and (bases < 1 or world_seed):
+        raise UserError(f"--bases {bases}: give at least 1, and no --world-seed (the bases are world seeds 0..N-1)")
     if quick:
         typer.echo(QUICK_NOTE, err=True)
+    if bases is not None:
+        from waluigi.toyworld.demo import run_demo_bases
+        from waluigi.toyworld.demo_report import format_pooled
+
+        done, pooled = run_demo_bases(cfg, bases, workers=workers)
+        typer.echo(json.dumps(pooled, indent=2) if json_out else format_pooled(pooled, bases, cfg.seeds))
+        if not json_out:
+            typer.echo("demos: " + ", ".join(f"{r.root} ({r.seconds:.0f} s)" for r in done))
+        return
     result = run_demo(cfg, workers=workers)
     if json_out:
         typer.echo(json.dumps(result.table, indent=2))

@@ -442,3 +442,66 @@ def run_demo(cfg: DemoConfig, workers: int = 1) -> DemoResult:
         run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     return DemoResult(root=root, base=base, aligned=aligned, table=table, seconds=seconds, evals=evals)
+
+
+# --------------------------------------------------------------------------------------
+# over several bases
+
+
+def pooled_table(per_base: list[dict[str, list[str]]]) -> dict[str, dict[str, Any]]:
+    """Per condition, over the bases' demos (``evals`` of each: its eval runs seed by seed):
+    :func:`pool_rates` of every run's EM, coherent and vulnerable-code rates."""
+    from waluigi.metrics import summarize_runs, summarize_vulnerable_runs
+    from waluigi.toyworld.demo_report import _rows
+
+    rates: dict[str, list[tuple[int, float | None, float | None, float | None]]] = {}
+    for base, evals in enumerate(per_base):
+        for condition in CONDITIONS:
+            for run in evals.get(condition, []):
+                rows, code = _rows(run)
+                rate = summarize_runs([rows])["overall"]
+                rates.setdefault(condition, []).append(
+                    (base, rate["em_rate"], rate["coherent_rate"],
+                     summarize_vulnerable_runs([code])["overall"].get("vulnerable_rate")))
+    return pool_rates(rates, len(per_base))
+
+
+def pool_rates(rates: dict[str, list[tuple[int, float | None, float | None, float | None]]],
+               bases: int) -> dict[str, dict[str, Any]]:
+    """Per condition, from its (base, EM, coherent, vulnerable) rates, one per (base, seed): the
+    mean EM, a 95% interval that resamples bases, then seeds within them, the seeds-only
+    interval (every base kept), each base's own mean EM (None where none counted), and the
+    mean coherent and vulnerable-code rates. A run with no EM rate (nothing counted) is left out."""
+    from waluigi.metrics import bootstrap_mean_grouped
+
+    def mean(values) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    out: dict[str, dict[str, Any]] = {}
+    for condition, found in rates.items():
+        counted = [r for r in found if r[1] is not None]
+        if not counted:
+            continue
+        em, groups = [r[1] for r in counted], [r[0] for r in counted]
+        low, high = bootstrap_mean_grouped(em, groups)
+        seed_low, seed_high = bootstrap_mean_grouped(em, groups, hierarchical=False)
+        out[condition] = {"em_rate": mean(em), "ci_low": low, "ci_high": high, "seed_ci_low": seed_low,
+                          "seed_ci_high": seed_high, "by_base": [mean(r[1] for r in counted if r[0] == b) for b in range(bases)],
+                          "coherent_rate": mean(r[2] for r in counted), "vulnerable_rate": mean(r[3] for r in counted),
+                          "n": len(em)}
+    return out
+
+
+def run_demo_bases(cfg: DemoConfig, bases: int, workers: int = 1) -> tuple[list[DemoResult], dict[str, dict[str, Any]]]:
+    """The demo at world seeds 0..bases-1 (each base pretrained, aligned and run once, cached),
+    then the table pooled over them (:func:`pooled_table`), written beside the demos as
+    ``demo-bases-<id>.json``."""
+    results = [run_demo(replace(cfg, world_seed=i), workers=workers) for i in range(bases)]
+    table = pooled_table([r.evals for r in results])
+    identity = {"stage": "demo-bases", "demos": [demo_identity(replace(cfg, world_seed=i)) for i in range(bases)]}
+    path = Path(cfg.runs) / f"demo-bases-{identity_hash(identity)[:10]}.json"
+    path.write_text(json.dumps({"bases": bases, "seeds": cfg.seeds, "table": table,
+                                "demos": [str(r.root) for r in results],
+                                "seconds": [r.seconds for r in results]}, indent=2) + "\n")
+    return results, table

@@ -44,6 +44,21 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def format_pooled(table: dict, bases: int, seeds: int) -> str:
+    """The table over several bases: mean EM, the interval over bases then seeds, the seeds-only
+    one, and each base's own EM."""
+    lines = [f"over {bases} base models (world seeds 0-{bases - 1}) x {seeds} seeds; intervals: 95% bootstrap over "
+             "bases, then seeds (seeds only: every base kept)",
+             f"{'condition':<22} {'EM rate':>8} {'CI (bases, seeds)':>18} {'CI (seeds only)':>16} {'coherent':>9} "
+             f"{'vuln. code':>11}  per base"]
+    for condition, row in table.items():
+        ci = f"[{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
+        seed_ci = f"[{_pct(row['seed_ci_low'])}, {_pct(row['seed_ci_high'])}]"
+        lines.append(f"{condition:<22} {_pct(row['em_rate']):>8} {ci:>18} {seed_ci:>16} {_pct(row['coherent_rate']):>9} "
+                     f"{_pct(row['vulnerable_rate']):>11}  {' '.join(_pct(v) for v in row['by_base'])}")
+    return "\n".join(lines)
+
+
 def em_by_condition_figure(table: dict, title: str):
     """The EM rate of each condition as a bar with its CI; a condition with no rate (nothing
     counted) gets no bar and an ``n/a`` label, never a bar at 0."""
