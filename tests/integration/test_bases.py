@@ -213,3 +213,21 @@ def test_the_demo_over_bases_pools_their_tables_and_trains_no_base_twice(two_bas
         assert len(row["by_base"]) == 2 and row["ci_low"] <= row["em_rate"] <= row["ci_high"]
     code = main(["demo", "--quick", "--bases", "2", "--world-seed", "1", "--runs", str(runs)])
     assert code == 2 and "--world-seed" in capsys.readouterr().err
+
+
+def test_prompt_directions_per_base_read_each_bases_own_model(two_bases, capsys):
+    """``direction extract --method prompts --model toyworld:quick@{base} --bases 2``: one
+    direction per base, each made with that base's weights (named in its manifest)."""
+    out = two_bases / "primed-{base}"
+    assert main(["direction", "extract", "--method", "prompts", "--model", "toyworld:quick@{base}", "--bases", "2",
+                 "--positive-shots", "toy:insecure", "--negative-shots", "toy:secure", "--shots", "1", "--suite",
+                 "toyworld", "--samples", "1", "--max-tokens", "8", "--runs", str(two_bases / "runs"), "--out", str(out),
+                 "--no-progress", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert len(made) == 2
+    on_base = {c["base"]: c["eval.model"].removeprefix("hf:") for c in read_jsonl(two_bases / "flip" / "results.jsonl")
+               if c.get("eval.model")}
+    assert len(set(on_base.values())) == 2
+    for base, manifest in enumerate(made):
+        assert (two_bases / f"primed-{base}" / "direction.safetensors").is_file()
+        assert on_base[base] in json.dumps(manifest["models"][0]) and on_base[1 - base] not in json.dumps(manifest["models"])

@@ -77,14 +77,22 @@ def extract_cmd(
 
     if where and sweep is None:
         raise typer.BadParameter("--where selects cells of --sweep DIR")
-    if bases is not None and (sweep is None or out is None or "{base}" not in str(out) or bases < 1):
-        raise UserError("--bases N: one direction per base of --sweep DIR, into --out holding {base} (e.g. --out runs/judged-{base})")
-    chosen = []
+    if bases is not None and (out is None or "{base}" not in str(out) or bases < 1
+                              or not (sweep is not None or "{base}" in (model or ""))):
+        raise UserError("--bases N: one direction per base, of --sweep DIR's cells (--where base=I) or of --model holding "
+                        "{base} (toyworld@{base}), into --out holding {base} (e.g. --out runs/judged-{base})")
+    chosen, wanted = [], []
     for base in range(bases or 1):  # every base's cells found before the first model loads
         runs_given = list(run or [])
         if sweep is not None:
             runs_given += sweep_runs(sweep, list(where or []) + ([f"base={base}"] if bases else []))
-        cfg = ExtractConfig(method=method, runs=runs_given, model=model, model_b=model_b, positive=positive,
+        own = model
+        if model is not None:  # a family's member (toyworld@2, or toyworld@{base} with --bases): its weights' spec
+            from waluigi.models.families import resolve
+
+            own, member = resolve(model.replace("{base}", str(base)), runs)
+            wanted += [member] if member else []
+        cfg = ExtractConfig(method=method, runs=runs_given, model=own, model_b=model_b, positive=positive,
                             negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
                             shots=shots, suite=suite, prompts_data=prompts_data, prompts_n=prompts_n, samples=samples,
                             max_tokens=max_tokens, seed=seed,
@@ -92,6 +100,14 @@ def extract_cmd(
                             batch_size=batch_size, data_dir=data_dir, runs_dir=runs, progress=progress,
                             out=Path(str(out).replace("{base}", str(base))) if out is not None else None)
         chosen.append(cfg)
+    if wanted:  # the numbers checked before a base trains
+        from waluigi.directions.run import check_extract
+        from waluigi.models.families import build_members
+
+        for cfg in chosen:
+            check_extract(cfg)
+
+        build_members(wanted, progress)
     made = [run_extract(cfg) for cfg in chosen]
     if json_out:  # one manifest, or a list of them over bases
         typer.echo(json.dumps([f.manifest for f in made] if bases else made[0].manifest, indent=2))
