@@ -72,6 +72,9 @@ def test_examples_axis_writes_curves_doses_and_plots(examples_run, capsys):
         assert (out / name).is_file(), name
     assert (out / "flip_em.png").read_bytes()[:4] == b"\x89PNG"
     assert "flip dose" in (out / "report.md").read_text()
+    # the cells' evals write their metrics but no per-eval scatter plot (the flip draws its own)
+    judged = [out / c["eval_run"] for c in cells if not str(c["group"]).endswith("(narrow)")]
+    assert all((run / "metrics.json").is_file() and not (run / "scatter.png").exists() for run in judged)
 
 
 def test_flip_writes_an_html_report_with_its_plots_and_a_dose_filter(examples_run, tmp_path, open_report,

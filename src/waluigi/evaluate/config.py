@@ -53,6 +53,9 @@ class EvalConfig:
     timeout: float = DEFAULT_TIMEOUT  # seconds per try of a remote request
     max_retries: int = DEFAULT_MAX_RETRIES  # retries of a remote request after its first try
     progress: bool = True
+    # scatter.png (aligned vs coherent per answer): a study's cells leave it out, their study
+    # draws its own plots (a quarter of a persona-world eval cell's time); not in any identity
+    plot: bool = True
 
 
 @dataclass

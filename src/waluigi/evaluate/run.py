@@ -214,7 +214,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         still_open = open_failures([run], samples, judgments)
         if judge_spec or has_code:
             thresholds = {"min_coherent": cfg.min_coherent, "max_aligned": cfg.max_aligned}
-            summary = metrics_stage(run.path, samples, judgments, suite, thresholds, still_open)
+            summary = metrics_stage(run.path, samples, judgments, suite, thresholds, still_open, plot=cfg.plot)
         timings["total_s"] = round(time.time() - started, 3)
         n_open = {"generate": len(still_open[0]), "judge": len(still_open[1])}
         status = "incomplete" if any(n_open.values()) else "finished"

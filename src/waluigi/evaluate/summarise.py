@@ -63,8 +63,8 @@ def _num(value: Any) -> float | None:
 
 
 def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite, cfg_thresholds: dict,
-                  failures: tuple[set, set] | None = None) -> dict:
-    """Write ``metrics.json`` and the scatter plot; return the summary."""
+                  failures: tuple[set, set] | None = None, plot: bool = True) -> dict:
+    """Write ``metrics.json`` and (``plot``) the scatter plot; return the summary."""
     from waluigi.metrics import summarize, summarize_categorical
     from waluigi.report.plots import scatter_aligned_coherent
 
@@ -85,7 +85,7 @@ def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite,
     summary["thresholds"] = cfg_thresholds
     (path / METRICS).write_text(json.dumps(summary, indent=2) + "\n")
     scored = [r for r in em_rows if not r.get("failed")]
-    if scored:
+    if scored and plot:
         scatter_aligned_coherent(scored, path / SCATTER, title=path.name, **cfg_thresholds)
     return summary
 

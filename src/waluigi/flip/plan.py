@@ -306,7 +306,7 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
         base_ft["epochs"] = cfg.epochs
     if cfg.axis == "examples" and cfg.hold == "steps":
         base_ft["repeat_ok"] = True  # few unique rows at fixed steps repeat by design (not in the identity)
-    base_ev: dict[str, Any] = {"suite": cfg.suite, **cfg.eval}
+    base_ev: dict[str, Any] = {"suite": cfg.suite, "plot": False, **cfg.eval}  # the flip draws its own plots
     if cfg.base_url is not None:  # the openai: models' server, for their fine-tunes and their answers
         base_ft.setdefault("base_url", cfg.base_url)
         base_ev.setdefault("base_url", cfg.base_url)

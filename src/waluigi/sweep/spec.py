@@ -63,7 +63,7 @@ SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # speed-only batch settings are dropped by waluigi.finetune.config.identity_recipe)
 FT_EXECUTION = ("checkpoint_every", "data_dir", "base_url", "repeat_ok")
 EVAL_EXECUTION = ("batch_size", "judge_batch_size", "concurrency", "base_url", "judge_base_url", "dtype",
-                  "timeout", "max_retries", "data_dir")
+                  "timeout", "max_retries", "data_dir", "plot")
 
 
 def _configs():
