@@ -103,3 +103,24 @@ def test_the_demo_table_over_bases_pools_seeds_within_bases():
     two = pooled["secure"]
     assert two["by_base"] == [pytest.approx(0.03), pytest.approx(0.11), None]
     assert two["seed_ci_high"] - two["seed_ci_low"] < two["ci_high"] - two["ci_low"]
+
+
+def test_a_sweep_cells_base_is_a_label_outside_its_identity():
+    """``base: 2`` in a sweep cell is a results column (``--where base=2``), not a setting: the
+    cell's identity is the same with or without it; a negative or non-integer base is refused."""
+    from pathlib import Path
+
+    from waluigi.errors import UserError
+    from waluigi.sweep.spec import parse_spec
+
+    def cells(*entries):
+        return parse_spec({"name": "t", "eval": {"suite": "core", "model": "hf:/x"}, "cells": list(entries)},
+                          Path("t.yaml")).cells
+
+    plain, labelled = cells({"seed": 1}, {"seed": 2, "base": 2})
+    assert labelled.axes["base"] == 2 and "base" not in plain.axes
+    (again,) = cells({"seed": 2})
+    assert labelled.id == again.id
+    for bad in (-1, "two"):
+        with pytest.raises(UserError, match="base"):
+            cells({"seed": 0, "base": bad})
