@@ -124,3 +124,25 @@ def test_a_sweep_cells_base_is_a_label_outside_its_identity():
     for bad in (-1, "two"):
         with pytest.raises(UserError, match="base"):
             cells({"seed": 0, "base": bad})
+
+
+def test_a_ratio_of_two_curves_pairs_their_replicates():
+    """Two curves with the same (base, seed) rows resample the same rows in each replicate: a
+    curve against itself gives a ratio interval of exactly 1, and a curve whose doses are all
+    twice as large gives exactly 2 (independent draws would spread both)."""
+    from waluigi.flip.fit import ratio
+
+    rng = np.random.default_rng(3)
+    doses = [0, 1, 2, 4, 8, 16]
+    groups = [b for b in range(4) for _ in range(3)]
+    rise = np.clip(rng.normal(3.0, 1.0, size=(12, 1)), 0.5, None)  # each row's own midpoint
+    table = np.clip((np.asarray(doses, dtype=float)[None, :] / rise) * 0.1, 0, 1)
+    slow = np.clip((np.asarray(doses, dtype=float)[None, :] / (2 * rise)) * 0.1, 0, 1)
+    a = flip_dose(doses, table, baseline_index=0, threshold=0.1, groups=groups)
+    b = flip_dose(doses, slow, baseline_index=0, threshold=0.1, groups=groups)
+    same = ratio(a, flip_dose(doses, table, baseline_index=0, threshold=0.1, groups=groups))
+    assert same["ratio"] == pytest.approx(1.0) and same["ci_low"] == pytest.approx(1.0) == pytest.approx(same["ci_high"])
+    assert a.ci_high / a.ci_low > 2  # each curve's own interval over bases is wide...
+    doubled = ratio(b, a)  # ...but their ratio, replicate by replicate, is exactly 2 (log-spaced doses)
+    assert doubled["ratio"] == pytest.approx(2.0) and doubled["n"] == 2000
+    assert doubled["ci_low"] == pytest.approx(2.0) and doubled["ci_high"] == pytest.approx(2.0)

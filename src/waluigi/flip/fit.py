@@ -205,7 +205,9 @@ def flip_dose(doses: Sequence[float], values: Any, *, counts: Any = None, baseli
 
 
 def ratio(a: Crossing, b: Crossing) -> dict[str, Any]:
-    """``a.dose / b.dose`` with a 95% interval from the two (independent) bootstrap sets:
+    """``a.dose / b.dose`` with a 95% interval from the two bootstrap sets, replicate by replicate
+    (each curve's bootstrap starts from the same seed: curves with the same (base, seed) rows
+    resample the same rows in replicate i, so the pair is matched):
     a ratio with an unreached numerator is infinite (an open upper end), one with an unreached
     denominator is 0; replicates where neither is reached are left out."""
     value = None
