@@ -63,11 +63,11 @@ def members(spec: str, bases: int | None, runs: Path | str = "runs") -> list[tup
     """The (family, index) bases that ``spec`` (with ``bases``) stands on: what to build first."""
     if TEMPLATE in spec:
         return [one for i in range(bases or 1) if (one := resolve(spec.replace(TEMPLATE, str(i)), runs)[1])]
-    found = family(_inner(spec)[1], runs) if not member(_inner(spec)[1], runs) else None
-    if found is not None:
-        return [(found, i) for i in range(bases or 1)]
-    one = resolve(spec, runs)[1]
-    return [one] if one else []
+    spec, one = resolve(spec, runs)
+    if one is not None:
+        return [one]
+    found = family(spec, runs)  # a whole family, as expand() reads it
+    return [(found, i) for i in range(bases or 1)] if found is not None else []
 
 
 def expand(spec: str, bases: int | None, runs: Path | str = "runs") -> list[str]:

@@ -310,17 +310,16 @@ def _resolve(index: int, axes: dict, base_ft: dict | None, base_ev: dict, path: 
             ft[key.split(".", 1)[1]] = value
         elif key.startswith("eval."):
             ev[key.split(".", 1)[1]] = value
-    from waluigi.models.families import member
+    from waluigi.models.families import resolve
     from waluigi.models.kinds import canonical_spec
 
     bases = []
     for section in (ft, ev):  # provider/model spellings as provider:model: one cell identity per model
         if section and isinstance(section.get("model"), str):
-            section["model"] = canonical_spec(section["model"])
-            one = member(section["model"], runs)
-            if one is not None:  # the base's own spec: the cell's identity is that of its weights' place
-                section["model"] = one[0]
-                bases.append((one[1], one[2]))
+            # a family's base (also as a steered model's base) becomes the spec of its weights' place
+            section["model"], one = resolve(canonical_spec(section["model"]), runs)
+            if one is not None:
+                bases.append(one)
     cell = Cell(index=index, axes=dict(axes), finetune=ft, eval=ev, bases=bases)
     where = f"{path}: cell {index} ({cell.label()})"
     FinetuneConfig, EvalConfig = _configs()
