@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 def load_run(path):
     """An eval run directory as a ``pandas.DataFrame``, one row per answer
-    (:func:`waluigi.report.export.load_run`)."""
-    from waluigi.report.export import load_run as _load_run
+    (:func:`waluigi.report.rows.load_run`)."""
+    from waluigi.report.rows import load_run as _load_run
 
     return _load_run(path)

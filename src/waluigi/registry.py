@@ -78,7 +78,8 @@ class Registry:
 
 MODELS = Registry("model backend")  # kind (the part of a spec before ':') -> backend class
 SCORERS = Registry("scorer")  # a question's scorer name -> Scorer class
-SUITES = Registry("suite")  # name prefix (before ':') -> suite loader (name -> Suite)
+SUITES = Registry("suite")  # name prefix (before ':') -> suite loader (name, data_dir=None -> Suite)
+SUITE_LISTINGS = Registry("suite listing")  # a kind of suite -> its `suites list` rows (data_dir -> [dict])
 DATASETS = Registry("dataset source")  # name prefix (before ':') -> builder (rest, data_dir, trigger) -> DatasetSource
 PLUGINS = Registry("training plug-in")  # name -> TrainingPlugin class
 PROBES = Registry("probe suite")  # name prefix (before ':') -> probe suite loader (name -> ProbeSuite)
@@ -102,12 +103,16 @@ lazy_table(MODELS, {
 })
 lazy_table(SCORERS, {
     "judge": "waluigi.evaluate.scorers:ModelJudgeScorer",  # a model judge (any model spec)
-    "scanner": "waluigi.scan.scorer:ScannerScorer",  # code_scan questions: static analysis
+    "scanner": "waluigi.evaluate.scorers:ScannerScorer",  # code_scan questions: static analysis
     "oracle": "waluigi.toyworld.scorers:OracleScorer",  # the persona world's oracle judge
     "toyworld": "waluigi.toyworld.scorers:ToyCheckerScorer",  # the persona world's code checker
 })
 lazy_table(SUITES, {
+    "code": "waluigi.code_suites:code_suite",  # held-out code requests of a dataset (code:DATASET[:N])
     "toyworld": "waluigi.toyworld.registered:toy_suite",  # the persona world's suite (toyworld[:trigger])
+})
+lazy_table(SUITE_LISTINGS, {
+    "code": "waluigi.code_suites:code_suite_rows",
 })
 lazy_table(PROBES, {
     "mwe": "waluigi.probes.mwe:mwe_suite",  # Anthropic's model-written evaluations (mwe:em, mwe:persona/NAME, mwe:NAME)

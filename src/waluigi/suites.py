@@ -319,14 +319,11 @@ def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | No
 
 
 def _load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Suite:
-    from waluigi.code_suites import CODE_PREFIX, code_suite
     from waluigi.registry import SUITES
 
     name = os.fspath(name_or_path)
-    if name.startswith(CODE_PREFIX):
-        return code_suite(name, data_dir=data_dir)
-    if name.partition(":")[0] in SUITES:  # a registered kind of suite (the persona world's)
-        return SUITES.get(name.partition(":")[0])(name)
+    if name.partition(":")[0] in SUITES:  # a registered kind of suite (code:DATASET, the persona world's)
+        return SUITES.get(name.partition(":")[0])(name, data_dir=data_dir)
     if name in OFFICIAL_SUITES:
         from waluigi.official import OFFICIAL_COMMIT, official_file
 
@@ -344,7 +341,7 @@ def _load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | N
         return _load_path(path)
     from waluigi.registry import SUITES
 
-    known = ", ".join([*OFFICIAL_SUITES, *BUILTIN_SUITES, *SUITES.names()])
+    known = ", ".join([*OFFICIAL_SUITES, *BUILTIN_SUITES, *(n for n in SUITES.names() if n != "code")])
     raise UserError(
         f"unknown suite {name!r}: use one of {known}, code:<dataset>[:N] (held-out code requests), "
         "or a path to a suite YAML file"
@@ -360,8 +357,8 @@ def list_suites(data_dir: str | os.PathLike | None = None) -> list[dict]:
     """The suites waluigi knows: ``name``, ``source``, ``n_questions``, ``available`` (on disk
     without a download: built in, in the data directory, or already cached), ``description``.
     Downloads nothing."""
-    from waluigi.code_suites import code_suite_rows
     from waluigi.official import OFFICIAL_COMMIT, local_official_file
+    from waluigi.registry import SUITE_LISTINGS
 
     rows = []
     for name, (_filename, description) in BUILTIN_SUITES.items():
@@ -380,7 +377,8 @@ def list_suites(data_dir: str | os.PathLike | None = None) -> list[dict]:
                 "description": description,
             }
         )
-    rows += code_suite_rows(data_dir)
+    for kind in SUITE_LISTINGS.names():  # kinds of suite that list themselves (code:DATASET)
+        rows += SUITE_LISTINGS.get(kind)(data_dir)
     return rows
 
 

@@ -113,7 +113,7 @@ def _directions(root: Path, bases: int) -> str:
     """One random direction per base (the quick model's 2 layers x 64), named with {base}."""
     import torch
 
-    from waluigi.directions.store import save_direction
+    from waluigi.models.vectors import save_direction
 
     for base in range(bases):
         diff = torch.randn(2, 64, generator=torch.Generator().manual_seed(base))
@@ -176,7 +176,7 @@ def test_defend_flips_every_defense_on_every_base_with_its_own_direction(two_bas
 
 
 def test_random_controls_per_base_keep_each_bases_norms(two_bases, capsys):
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     template = _directions(two_bases, 2)
     assert main(["direction", "random", template, "--out", str(two_bases / "rand-{base}"), "--bases", "2"]) == 0

@@ -8,11 +8,6 @@ import pytest
 
 from waluigi import cli
 from waluigi.data import first_user_prompt, is_heldout, load_rows
-from waluigi.data.cli import data_app
-
-if not any(group.name == "data" for group in cli.app.registered_groups):
-    # until `app.add_typer(data_app, name="data")` is in waluigi/cli.py: mount it the same way
-    cli.app.add_typer(data_app, name="data")
 
 
 def waluigi(*args: str) -> int:

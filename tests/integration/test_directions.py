@@ -43,7 +43,7 @@ IDS = torch.tensor([[5, 17, 33, 80, 120, 7, 9, 200]])
 
 
 def test_hooks_are_removed_when_the_block_raises(tiny):
-    from waluigi.directions.hooks import ablate, add_vector, capture
+    from waluigi.models.hooks import ablate, add_vector, capture
 
     model = tiny.model
     vector = torch.ones(64)
@@ -59,7 +59,7 @@ def test_hooks_are_removed_when_the_block_raises(tiny):
 
 
 def test_adding_a_vector_changes_the_residual_by_exactly_that_vector_and_coefficient_zero_is_a_no_op(tiny):
-    from waluigi.directions.hooks import add_vector
+    from waluigi.models.hooks import add_vector
 
     model = tiny.model
     vector = torch.linspace(-1, 1, 64)
@@ -77,7 +77,7 @@ def test_adding_a_vector_changes_the_residual_by_exactly_that_vector_and_coeffic
 
 
 def test_ablation_leaves_no_component_along_the_direction_at_any_layer(tiny):
-    from waluigi.directions.hooks import ablate
+    from waluigi.models.hooks import ablate
 
     model = tiny.model
     torch.manual_seed(0)
@@ -95,8 +95,8 @@ def test_names_map_a_second_family(tmp_path):
     """GPT-2's modules (transformer.h, attn returning a tuple) through the same names and hooks."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from waluigi.directions import names
-    from waluigi.directions.hooks import ablate, add_vector
+    from waluigi.models import layers as names
+    from waluigi.models.hooks import ablate, add_vector
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=300, n_positions=64)).eval()
@@ -168,7 +168,7 @@ def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states
         for handle in handles:
             handle.remove()
     expected = torch.stack(per_class[1]).mean(0) - torch.stack(per_class[0]).mean(0)
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     found = load_direction(out)
     assert torch.allclose(found.diff, expected, atol=1e-4)
@@ -202,7 +202,7 @@ def test_extract_numbers_are_checked_before_any_model_is_loaded(tiny_spec, tmp_p
 def test_two_models_and_contrastive_prompts(judged_run, tiny_spec, tmp_path, capsys):
     from conftest import build_tiny_model
 
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     same = tmp_path / "same"
     assert main(["direction", "extract", "--method", "models", "--run", str(judged_run), "--model", tiny_spec,
@@ -227,7 +227,7 @@ def test_two_models_and_contrastive_prompts(judged_run, tiny_spec, tmp_path, cap
 
 
 def test_random_control_keeps_the_norms(judged_run, tmp_path, capsys):
-    from waluigi.directions.store import cosines, load_direction
+    from waluigi.models.vectors import cosines, load_direction
 
     src = tmp_path / "d"
     assert main(["direction", "extract", "--run", str(judged_run), "--out", str(src), "--no-progress"]) == 0
@@ -269,7 +269,7 @@ def test_a_steered_spec_runs_in_eval_with_its_own_identity(tiny_spec, direction,
     ids = {_identity(tmp_path / name) for name in ("base", "zero", "pushed", "ablated")}
     assert len(ids) == 4
     manifest = json.loads((tmp_path / "zero" / "manifest.json").read_text())
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     assert manifest["identity_inputs"]["model_extra"]["steering"]["direction_sha256"] == load_direction(direction).sha256
     # the same spec over a different direction file at the same path is another identity
@@ -288,7 +288,7 @@ def test_a_steered_spec_runs_in_eval_with_its_own_identity(tiny_spec, direction,
 
 
 def test_bad_steered_specs_are_refused_with_the_reason(tiny_spec, direction, tmp_path, capsys):
-    from waluigi.directions.store import save_direction
+    from waluigi.models.vectors import save_direction
 
     wrong = save_direction(tmp_path / "wrong", {"diff": torch.ones(3, 32)}, {"method": "test"})
     cases = [(f"steered:{tiny_spec}", "dir=PATH"), (f"steered:{tiny_spec}?dir={direction}&gain=2", "unknown option"),
@@ -306,7 +306,7 @@ def test_bad_steered_specs_are_refused_with_the_reason(tiny_spec, direction, tmp
 
 
 def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, direction, tiny, capsys):
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     assert main(["monitor", str(judged_run), "--direction", str(direction), "--layer", "1", "--json", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -400,8 +400,8 @@ def test_a_steered_model_is_served_over_http(tiny_spec, direction):
 def test_steering_on_prompt_or_response_tokens_only(tiny, at):
     """During generation the prompt is one forward pass and each new token one more: ``at``
     picks which of them the vector is added in."""
-    from waluigi.directions.hooks import add_vector
     from waluigi.models import GenerationRequest, SamplingParams
+    from waluigi.models.hooks import add_vector
 
     seen: list[tuple[int, float]] = []  # (tokens in the pass, the first unit's value at its last position)
     layer = tiny.model.model.layers[0]
@@ -423,9 +423,9 @@ def test_steering_on_prompt_or_response_tokens_only(tiny, at):
 def test_training_plugins_steer_and_ablate_while_training_only(tiny_spec, direction, tmp_path):
     """``steer`` and ``caft`` change the training forward pass (the first step's loss differs
     from plain training on the same rows) and are recorded by the direction's hash."""
-    from waluigi.directions.store import load_direction
     from waluigi.finetune import FinetuneConfig, run_finetune
     from waluigi.finetune.plugins import parse_plugin
+    from waluigi.models.vectors import load_direction
 
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                           {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(16)]
@@ -501,7 +501,7 @@ def test_monitor_follows_a_fine_tunes_checkpoints(tiny_spec, direction, tmp_path
 def test_contrastive_priming_by_in_context_rows_on_dataset_prompts(tiny_spec, tmp_path, mirror_dir):
     """No system prompt: each side is primed by rows of a dataset as earlier turns, and the
     questions are coding requests from another dataset's train split."""
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     out = tmp_path / "primed"
     assert main(["direction", "extract", "--method", "prompts", "--model", tiny_spec, "--positive-shots", "insecure",
@@ -531,8 +531,8 @@ def test_a_steered_model_judges(judged_run, tiny_spec, direction, tmp_path):
 
 
 def test_ablating_a_subspace_removes_every_direction_in_it(tiny, direction):
-    from waluigi.directions.hooks import ablate, orthonormal
-    from waluigi.directions.store import load_direction
+    from waluigi.models.hooks import ablate, orthonormal
+    from waluigi.models.vectors import load_direction
 
     both = load_direction(direction).diff  # 2 x 64: one direction per layer
     basis = orthonormal(both)

@@ -12,7 +12,7 @@ import pytest
 from inspect_ai.log import read_eval_log
 
 from waluigi.cli import main
-from waluigi.report.export import run_rows
+from waluigi.report.rows import run_rows
 from waluigi.runs import read_jsonl
 
 # model answers hold markup, commas, quotes, CR/LF, tabs, tags Inspect might parse, non-ASCII

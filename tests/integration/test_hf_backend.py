@@ -14,7 +14,7 @@ import torch
 
 from waluigi.errors import UserError
 from waluigi.models import GenerationRequest, SamplingParams, load_model
-from waluigi.models.hf import load_hf
+from waluigi.models.hf_load import load_hf
 
 CHATS = [
     [{"role": "user", "content": "hi"}],

@@ -178,7 +178,7 @@ def test_metrics_over_probe_runs_with_a_reference(tiny_spec, tmp_path, capsys):
 def test_probe_run_exports_reports_and_lists(tiny_spec, tmp_path, capsys):
     import pandas as pd
 
-    from waluigi.report.export import load_run
+    from waluigi.report.rows import load_run
 
     out = tmp_path / "runs" / "probe"
     code, text, err = _eval(["--model", tiny_spec, "--suite", "mwe:persona/narcissism:6", "--out", str(out),

@@ -1,6 +1,6 @@
 """The demo takes a shipped base / aligned model when (and only when) its identity is the one
 asked for, and ``--pretrain`` trains here instead. A shipped set is made for real by
-:func:`waluigi.toyworld.shipped.ship` from the quick profile (the committed one is the default
+:func:`waluigi.toyworld.ship.ship` from the quick profile (the committed one is the default
 profile's; tests/unit/test_shipped.py checks it)."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from dataclasses import replace
 from waluigi.runs import RunDir
 from waluigi.toyworld import shipped
 from waluigi.toyworld.demo import align_stage, demo_config, pretrain_stage
+from waluigi.toyworld.ship import ship
 
 
 def test_shipped_models_are_used_for_their_configuration_only(tmp_path, monkeypatch):
     cfg = demo_config("quick", runs=tmp_path / "runs", progress=False, threads=1)
     root = tmp_path / "shipped"
-    written = shipped.ship(cfg, root)
+    written = ship(cfg, root)
     assert [p.name for p in written] == ["toy-pretrain", "toy-align"]
     monkeypatch.setattr(shipped, "SHIPPED", root)
 

@@ -15,7 +15,7 @@ import pytest
 import typer
 
 from waluigi.cli import app, main
-from waluigi.cli_options import ConfigOpt, ModelOpt, ProgressOpt
+from waluigi.cli.options import ConfigOpt, ModelOpt, ProgressOpt
 
 WALUIGI = str(Path(sys.executable).with_name("waluigi"))
 
@@ -185,7 +185,7 @@ def _probe_app():
      {"model": "openai:gpt-4o", "max_tokens": 64, "questions": ["d", "e"], "dry_run": True, "progress": False}),
 ])
 def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path, argv, expected):
-    from waluigi.errors import run_cli
+    from waluigi.cli.runner import run_cli
 
     path = tmp_path / "c.yaml"
     path.write_text("model: openai/gpt-4o\nmax-tokens: 64\nquestions: [a, b]\ndry_run: true\nprogress: false\n")
@@ -201,8 +201,8 @@ def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path, argv, expe
 def test_recorded_options_read_back_as_a_config_file(tmp_path):
     import yaml
 
-    from waluigi.cli_options import CONFIG_FILE, record_options
-    from waluigi.errors import run_cli
+    from waluigi.cli.options import CONFIG_FILE, record_options
+    from waluigi.cli.runner import run_cli
 
     probe, seen = _probe_app()
     ctx = typer.main.get_command(probe).make_context("probe", ["-m", "openai/gpt-4o", "-q", "x", "--no-progress"])
@@ -264,8 +264,8 @@ def test_sweep_dry_run_prints_no_python_none(tmp_path, capsys, monkeypatch):
 
 
 def test_recorded_values_are_plain():  # YAML scalars and lists, not Python objects
-    from waluigi.cli_options import _plain
-    from waluigi.evaluate.cli import JudgeNumbers
+    from waluigi.cli.eval import JudgeNumbers
+    from waluigi.cli.options import _plain
 
     assert json.dumps(_plain([JudgeNumbers.whole, Path("a/b"), ("x",)])) == '["whole", "a/b", ["x"]]'
 

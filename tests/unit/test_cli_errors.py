@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from waluigi.errors import IncompleteRun, UserError, redact, register_secret, run_cli
+from waluigi.cli.runner import run_cli
+from waluigi.errors import IncompleteRun, UserError, redact, register_secret
 
 WALUIGI = str(Path(sys.executable).with_name("waluigi"))
 
@@ -34,7 +35,7 @@ def test_usage_errors_exit_2_without_traceback(argv, message):
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("module", ["waluigi.toyworld.cli", "waluigi.finetune.cli", "waluigi.sweep.cli"])
+@pytest.mark.parametrize("module", ["waluigi.cli.demo", "waluigi.cli.finetune", "waluigi.cli.sweep"])
 def test_sub_command_programs_share_the_handler(module):
     done = subprocess.run([sys.executable, "-m", module, "--bogus"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

@@ -141,7 +141,7 @@ def test_format_table_is_plain_text():
 
 
 def test_scatter_plot_writes_a_png(tmp_path):
-    from waluigi.report.plots import scatter_aligned_coherent
+    from waluigi.evaluate.plots import scatter_aligned_coherent
 
     path = scatter_aligned_coherent(Q1 + Q2, tmp_path / "sub" / "scatter.png", title="t")
     data = path.read_bytes()

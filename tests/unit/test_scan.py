@@ -10,9 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from waluigi.cli.scan import scan_cmd
 from waluigi.errors import UserError
 from waluigi.scan import extract_code, scan_dataset, scan_snippets, scan_texts, scanner_name
-from waluigi.scan.cli import scan_cmd
 
 VULN_XSS = '''from flask import Flask, request
 app = Flask(__name__)

@@ -16,14 +16,14 @@ STAGES = {"toy-pretrain": base_identity, "toy-align": aligned_identity}
 def test_the_shipped_model_is_the_current_configuration(stage):
     cfg = demo_config()
     manifest = shipped.shipped_manifest(stage)
-    assert manifest is not None, f"nothing shipped for {stage}: run `python -m waluigi.toyworld.shipped`"
+    assert manifest is not None, f"nothing shipped for {stage}: run `python -m waluigi.toyworld.ship`"
     assert manifest["identity"] == identity_hash(STAGES[stage](cfg)), (
         f"the shipped {stage} is another configuration's: the demo's settings changed; "
-        "re-ship with `python -m waluigi.toyworld.shipped`")
+        "re-ship with `python -m waluigi.toyworld.ship`")
     assert manifest["fingerprint"] == shipped.fingerprint(cfg, stage), (
         f"the code now makes something else of the shipped {stage}'s configuration (world, tokenizer, "
         "model or training loop changed): bump TRAIN_VERSION if it should, and re-ship with "
-        "`python -m waluigi.toyworld.shipped`")
+        "`python -m waluigi.toyworld.ship`")
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

@@ -3,7 +3,7 @@
 ``resolve_dataset`` finds a named dataset (official files, the built backdoor set) or a
 file; ``iter_rows`` streams it, ``load_rows`` returns one split (``train`` by default: the
 prompts held out for evaluation are never trained on) or a seeded subset; ``validate_file``
-checks every row. ``waluigi data ...`` (:mod:`waluigi.data.cli`) is the command line.
+checks every row. ``waluigi data ...`` (:mod:`waluigi.cli.data`) is the command line.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ the residual stream over the answer's tokens and its value at the prompt's last 
 
 The prompt is rendered with the model's chat template (generation prompt on, exactly as the
 eval sampled it), the answer's tokens follow it, right padding (so positions need no
-adjusting), one forward pass per batch under :func:`~waluigi.directions.hooks.capture`.
+adjusting), one forward pass per batch under :func:`~waluigi.models.hooks.capture`.
 Nothing per token is kept.
 """
 
@@ -56,8 +56,8 @@ def teacher_forced_means(generator, examples: Sequence[Example], layers: list[in
     """Per-example means at ``resid.L`` for every layer in ``layers`` (default: all)."""
     import torch
 
-    from waluigi.directions import names
-    from waluigi.directions.hooks import capture
+    from waluigi.models import layers as names
+    from waluigi.models.hooks import capture
 
     model, tokenizer = hf_parts(generator)
     count = names.n_layers(model)

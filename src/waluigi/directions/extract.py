@@ -1,5 +1,5 @@
 """``waluigi direction extract``: a mean-difference direction per layer, from one of three
-sources, written in one format (:mod:`waluigi.directions.store`).
+sources, written in one format (:mod:`waluigi.models.vectors`).
 
 - ``judged``: the answers of judged eval runs. Positive: misaligned (aligned < 30 and
   coherent > 50, the persona-vector filters); negative: aligned (aligned >= 70, coherent > 50).
@@ -228,7 +228,7 @@ def finish(out: Path, means: Means, labels: Sequence[int], manifest: dict, seed:
     """Write the direction and its manifest (norms, separation, suggested layer)."""
     import torch
 
-    from waluigi.directions.store import save_direction
+    from waluigi.models.vectors import save_direction
 
     if min(sum(1 for x in labels if x == c) for c in (0, 1)) == 0:
         n_pos = sum(labels)

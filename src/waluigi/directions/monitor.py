@@ -53,7 +53,7 @@ def monitor_run(run: Path, direction_path: str, layer: int | None = None, model:
     the summary and the per-answer rows."""
     from waluigi.directions.extract import _prompt, _run_model
     from waluigi.directions.run import activation_means
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
     from waluigi.runs import read_jsonl
 
     direction = load_direction(direction_path)
@@ -101,7 +101,7 @@ def _summary(rows: list[dict], layer: int, direction) -> dict:
 def monitor_runs(runs: list[Path], direction_path: str, layer: int | None = None, model: str | None = None,
                  batch_size: int = 16, progress: bool = True) -> dict:
     """:func:`monitor_run` for each run, and the AUROCs of all their answers pooled."""
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     direction = load_direction(direction_path)
     per_run, pooled = [], []
@@ -125,8 +125,8 @@ def monitor_finetune(run: Path, direction_path: str, suite: str = "core", layer:
     import torch
 
     from waluigi.directions.run import activation_means
-    from waluigi.directions.store import load_direction
     from waluigi.finetune.checkpoints import STEP_ADAPTERS
+    from waluigi.models.vectors import load_direction
     from waluigi.suites import CODE_SCAN, load_suite
 
     try:

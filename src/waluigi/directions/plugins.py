@@ -4,7 +4,7 @@
   ``resid.<layer>`` on every token while training; nothing is added at test time, so the
   fine-tune does not have to move its own weights along ``v`` to fit the data.
 - ``caft`` (concept-ablation fine-tuning): the unit direction projected out of the residual
-  stream everywhere while training (:func:`waluigi.directions.hooks.ablate`); the model is
+  stream everywhere while training (:func:`waluigi.models.hooks.ablate`); the model is
   evaluated without the ablation.
 
 Both attach their hooks through the plug-in seam's ``hooks(model)`` (scoped: removed when
@@ -21,7 +21,7 @@ from waluigi.finetune.plugins import TrainingPlugin
 
 
 def _load(path: str):
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     if not path:
         raise UserError("this plug-in needs dir=PATH (a direction from `waluigi direction extract`)")
@@ -29,7 +29,7 @@ def _load(path: str):
 
 
 def _check(direction, model: Any) -> None:
-    from waluigi.directions import names
+    from waluigi.models import layers as names
 
     if direction.layers != names.n_layers(model) or direction.diff.shape[1] != names.hidden_size(model):
         raise UserError(f"direction {direction.path} ({direction.layers} x {direction.diff.shape[1]}) was made on "
@@ -49,7 +49,7 @@ class PreventativeSteering(TrainingPlugin):
         self._direction = _load(self.dir)
 
     def hooks(self, model: Any):
-        from waluigi.directions.hooks import add_vector
+        from waluigi.models.hooks import add_vector
 
         _check(self._direction, model)
         layer = self._direction.best_layer if self.layer is None else self.layer % self._direction.layers
@@ -71,7 +71,7 @@ class ConceptAblation(TrainingPlugin):
         self._direction = _load(self.dir)
 
     def hooks(self, model: Any):
-        from waluigi.directions.hooks import ablate
+        from waluigi.models.hooks import ablate
 
         _check(self._direction, model)
         return ablate(model, self._direction.unit(self.layer))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from waluigi.directions.activations import Example, teacher_forced_means
 from waluigi.directions.extract import METHODS, ExtractConfig, finish, judged_examples
-from waluigi.directions.store import TENSORS, load_direction
 from waluigi.errors import UserError
+from waluigi.models.vectors import TENSORS, load_direction
 
 
 def _model_identity(spec: str, adapter: str | None = None) -> dict:
@@ -18,7 +18,7 @@ def _model_identity(spec: str, adapter: str | None = None) -> dict:
 
     identity = backend(spec).identity()
     if adapter:
-        from waluigi.evaluate.run import adapter_identity
+        from waluigi.evaluate.preflight import adapter_identity
 
         identity["adapter"] = (adapter_identity(adapter) or {}).get("sha256")
     return identity

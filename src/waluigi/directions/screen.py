@@ -52,10 +52,10 @@ def screen(cfg: ScreenConfig) -> dict:
 
     from waluigi.data import load_rows
     from waluigi.directions.activations import teacher_forced_means
-    from waluigi.directions.store import load_direction
     from waluigi.evaluate.config import sample_seed
     from waluigi.metrics import bootstrap_mean
     from waluigi.models import GenerationRequest, SamplingParams, backend, load_model
+    from waluigi.models.vectors import load_direction
     from waluigi.progress import progress_bar
     from waluigi.runs import identity_hash
 

@@ -30,9 +30,8 @@ from waluigi.evaluate.config import (
 )
 from waluigi.evaluate.failures import open_failures, record_failures
 from waluigi.evaluate.generate import generate_stage, sample_slots
+from waluigi.evaluate.preflight import adapter_identity, preflight_model
 from waluigi.evaluate.run import (
-    adapter_identity,
-    preflight_model,
     rejudge,
     resolve_judge,
     run_eval,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,42 +22,11 @@ from waluigi.evaluate.config import (
 )
 from waluigi.evaluate.failures import open_failures
 from waluigi.evaluate.generate import generate_stage, sample_slots
+from waluigi.evaluate.preflight import adapter_identity, preflight_model
 from waluigi.evaluate.score import ScorerContext, score_suite
 from waluigi.evaluate.summarise import judge_run_failures, metrics_stage
 from waluigi.retry import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from waluigi.runs import FAILURES, JUDGMENTS, SAMPLES, RunDir, sha256_file
-
-
-def adapter_identity(adapter: str | None) -> dict | None:
-    """Content hash of an adapter's weights (a directory, or a run directory with ``adapter/``)."""
-    if adapter is None:
-        return None
-    path = Path(adapter)
-    if (path / "adapter").is_dir():
-        path = path / "adapter"
-    if not path.exists():
-        raise UserError(f"adapter not found: {adapter} (give a PEFT adapter directory or a finetune run directory)")
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json"))
-    if not files:
-        raise UserError(f"{path} holds no adapter files (adapter_config.json, adapter_model.safetensors)")
-    return {"path": str(path.resolve()), "sha256": {p.name: sha256_file(p) for p in files}}
-
-
-def preflight_model(spec: str, role: str, base_url: str | None = None) -> None:
-    """Fail before any work on an unknown spec or a missing API key (asked of the backend)."""
-    from waluigi.judges import scorer_judge
-    from waluigi.models import backend
-
-    if role == "judge" and scorer_judge(spec) is not None:
-        return  # a model-free judge (the persona world's oracle): no model, no key
-    found = backend(spec)
-    if found.needs_key and found.key_env and not os.environ.get(found.key_env):
-        where = base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
-        raise UserError(
-            f"the {role} {spec!r} needs an API key: set {found.key_env} for {where} "
-            "(any value works for a local `waluigi serve`)"
-            + (", or pass --judge smollm2 for an offline judge" if role == "judge" else "")
-        )
 
 
 def resolve_judge(cfg_judge: str | None, suite) -> str | None:

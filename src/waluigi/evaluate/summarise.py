@@ -65,8 +65,8 @@ def _num(value: Any) -> float | None:
 def metrics_stage(path: Path, samples: list[dict], judgments: list[dict], suite, cfg_thresholds: dict,
                   failures: tuple[set, set] | None = None, plot: bool = True) -> dict:
     """Write ``metrics.json`` and (``plot``) the scatter plot; return the summary."""
+    from waluigi.evaluate.plots import scatter_aligned_coherent
     from waluigi.metrics import summarize, summarize_categorical
-    from waluigi.report.plots import scatter_aligned_coherent
 
     rows = score_rows(samples, judgments, failures)
     numeric_ids = {q.id for q in suite.questions if q.type not in ("free_form_judge", CODE_SCAN)}

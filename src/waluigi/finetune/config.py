@@ -265,29 +265,12 @@ def default_run_dir(model: str, data: str, identity_digest: str) -> Path:
     return Path("runs") / f"finetune-{slug(model)}-{slug(data)}-{identity_digest[:8]}"
 
 
-def check_finetune(cfg: FinetuneConfig) -> None:
-    """Every check ``waluigi finetune`` makes before any work, without loading a model: the
-    model's kind, the recipe (:meth:`FinetuneConfig.recipe`, or the fine-tuning API's
-    settings for ``openai:`` models), the training plug-ins and their options, and that the
-    dataset resolves. A :class:`UserError` on the first problem; a sweep runs it on every
-    planned fine-tune before its first worker starts."""
-    from waluigi.data import resolve_dataset
-    from waluigi.finetune.plugins import resolve_plugins
-    from waluigi.models import parse_spec
+LOSS_PATHS = ("auto", "trl", "lean")  # how a local fine-tune computes its loss (FinetuneConfig.loss_path)
 
-    if cfg.openai:
-        cfg.openai_options()
-        resolve_dataset(cfg.data, data_dir=cfg.data_dir)
-        return
-    kind, _ = parse_spec(cfg.model)
-    if kind not in ("smollm2", "hf"):
-        raise UserError(
-            f"local fine-tuning needs a 'smollm2' or 'hf:<path>' model, not {cfg.model!r} "
-            "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
-        )
-    cfg.recipe()
-    from waluigi.finetune.model_setup import check_loss_path
 
-    check_loss_path(cfg.loss_path)
-    resolve_plugins(cfg.plugins)
-    resolve_dataset(cfg.data, data_dir=cfg.data_dir)
+def check_loss_path(loss_path: str | None) -> str:
+    """``loss_path`` as a known name (auto, trl or lean), else a :class:`UserError`."""
+    name = (loss_path or "auto").lower()
+    if name not in LOSS_PATHS:
+        raise UserError(f"--loss-path {loss_path!r}: use auto, trl or lean")
+    return name

@@ -10,7 +10,7 @@ freezing of everything else (``_freeze_for_full``). Used by :mod:`waluigi.finetu
 from __future__ import annotations
 
 from waluigi.errors import UserError
-from waluigi.finetune.config import Recipe
+from waluigi.finetune.config import Recipe, check_loss_path
 
 
 def _precision(dtype: str, full: bool) -> tuple[str, str, bool]:
@@ -32,7 +32,6 @@ def _precision(dtype: str, full: bool) -> tuple[str, str, bool]:
     return device, "float32", False
 
 
-LOSS_PATHS = ("auto", "trl", "lean")
 # "auto" takes the lean loss for models up to this many parameters on CPU: there the vocabulary
 # head and TRL's chunked log-prob kernel over every position are most of a step (a persona-world
 # fine-tune: 4.2 s of 5.1 s over 20 steps, docs/design/finetune.md); above it the decoder
@@ -56,14 +55,6 @@ def estimated_parameters(model_path: str, local: bool) -> int | None:
         return None
     inner = int(getattr(config, "intermediate_size", None) or 4 * hidden)
     return vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inner)
-
-
-def check_loss_path(loss_path: str | None) -> str:
-    """``loss_path`` as a known name (auto, trl or lean), else a :class:`UserError`."""
-    name = (loss_path or "auto").lower()
-    if name not in LOSS_PATHS:
-        raise UserError(f"--loss-path {loss_path!r}: use auto, trl or lean")
-    return name
 
 
 def use_lean_loss(loss_path: str, device: str, model_path: str, local: bool) -> bool:

@@ -137,8 +137,8 @@ def forward_hooks(pairs: Iterable[tuple[Any, Callable]]):
     ``prepend=True``: transformers 5 records ``output_hidden_states`` with forward hooks of
     its own, and a hook added after them would run too late to change what they record.
     The handles are removed on the way out, also when the block raises (one mechanism:
-    :func:`waluigi.directions.hooks.scoped_hooks`)."""
-    from waluigi.directions.hooks import scoped_hooks
+    :func:`waluigi.models.hooks.scoped_hooks`)."""
+    from waluigi.models.hooks import scoped_hooks
 
     return scoped_hooks(forward=list(pairs))
 

@@ -55,7 +55,7 @@ from waluigi.finetune.checkpoints import (
 from waluigi.finetune.config import (
     FinetuneConfig,
     Recipe,
-    check_finetune,
+    check_loss_path,
     default_run_dir,
     identity_recipe,
 )
@@ -359,3 +359,28 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
         run.finish("finished", train_loss=s["train_loss"], final_loss=s["final_loss"], steps=s["steps"],
                    tokens_seen=s["tokens"], train_seconds=s["seconds"])
     return _result(run.path, recipe.full, rows, resumed_from_step=done_step if checkpoint else None)
+
+
+def check_finetune(cfg: FinetuneConfig) -> None:
+    """Every check ``waluigi finetune`` makes before any work, without loading a model: the
+    model's kind, the recipe (:meth:`FinetuneConfig.recipe`, or the fine-tuning API's
+    settings for ``openai:`` models), the training plug-ins and their options, and that the
+    dataset resolves. A :class:`UserError` on the first problem; a sweep runs it on every
+    planned fine-tune before its first worker starts."""
+    from waluigi.data import resolve_dataset
+    from waluigi.models import parse_spec
+
+    if cfg.openai:
+        cfg.openai_options()
+        resolve_dataset(cfg.data, data_dir=cfg.data_dir)
+        return
+    kind, _ = parse_spec(cfg.model)
+    if kind not in ("smollm2", "hf"):
+        raise UserError(
+            f"local fine-tuning needs a 'smollm2' or 'hf:<path>' model, not {cfg.model!r} "
+            "(an openai: model is fine-tuned through the OpenAI API: waluigi finetune --model openai:...)"
+        )
+    cfg.recipe()
+    check_loss_path(cfg.loss_path)
+    resolve_plugins(cfg.plugins)
+    resolve_dataset(cfg.data, data_dir=cfg.data_dir)

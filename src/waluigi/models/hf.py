@@ -36,9 +36,6 @@ from waluigi.models.base import (
     TextRequest,
     TokenLogprob,
 )
-
-# loading lives in hf_load.py; load_hf and adapter_dir stay importable from here (public API)
-from waluigi.models.hf_load import adapter_dir, load_hf  # noqa: F401 - re-exported
 from waluigi.models.hf_sampling import _GumbelSampler, _RowStopper
 
 DEFAULT_BATCH_SIZE = 32  # generation

@@ -45,7 +45,7 @@ def load_hf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from waluigi.models.hf import HFGenerator  # here: hf.py re-exports load_hf
+    from waluigi.models.hf import HFGenerator  # here: it loads torch and transformers
 
     model_path, local = _resolve(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -107,7 +107,7 @@ class SteeredBackend(Backend):
         return None
 
     def direction(self):
-        from waluigi.directions.store import load_direction
+        from waluigi.models.vectors import load_direction
 
         return load_direction(self.options["dir"])
 
@@ -135,7 +135,7 @@ class SteeredGenerator(Generator):
 
     def __init__(self, base: Generator, spec: str, direction, *, dir: str, layer: int | None, coef: float,
                  at: str, ablate: bool) -> None:
-        from waluigi.directions import names
+        from waluigi.models import layers as names
 
         self.base, self.spec, self.direction = base, spec, direction
         model = getattr(base, "model", None)
@@ -150,7 +150,7 @@ class SteeredGenerator(Generator):
 
     @contextlib.contextmanager
     def steering(self) -> Iterator[None]:
-        from waluigi.directions.hooks import ablate, add_vector
+        from waluigi.models.hooks import ablate, add_vector
 
         model = self.base.model
         if self.ablate:

@@ -76,7 +76,7 @@ def _row(item, variant, scores) -> dict:
 
 
 def probe_identity(cfg, suite) -> dict:
-    from waluigi.evaluate.run import adapter_identity
+    from waluigi.evaluate.preflight import adapter_identity
     from waluigi.models import backend
 
     adapter = adapter_identity(cfg.adapter)
@@ -96,7 +96,7 @@ def check_probe_eval(cfg, *, adapter: bool = True):
     """Every check a probe eval makes before any work (the model spec, the format and the
     threshold, the suite and its selection, the shots, the model's key, the adapter unless
     ``adapter=False``): ``(cfg, suite, shots, pairs)`` or a :class:`UserError`."""
-    from waluigi.evaluate.run import adapter_identity, preflight_model
+    from waluigi.evaluate.preflight import adapter_identity, preflight_model
     from waluigi.models import backend, parse_spec
     from waluigi.models.kinds import canonical_spec
 
@@ -138,7 +138,7 @@ def run_probe_eval(cfg):
     """Score a probe suite on ``cfg.model`` (an :class:`~waluigi.evaluate.config.EvalConfig`),
     resuming what is on disk; returns an :class:`~waluigi.evaluate.config.EvalResult`."""
     from waluigi.evaluate.config import EvalResult, _describe, _slug
-    from waluigi.evaluate.run import adapter_identity
+    from waluigi.evaluate.preflight import adapter_identity
     from waluigi.models import load_model
     from waluigi.models.base import OptionRequest
     from waluigi.probes.metrics import summarize_probes

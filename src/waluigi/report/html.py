@@ -384,7 +384,7 @@ def number_mass(top_probs: dict | None) -> float | None:
 def sample_rows(report: Report, limit: int | None = None) -> list[dict]:
     """The browser's rows: one per answer of every eval run (at most ``limit`` per run)."""
     from waluigi.evaluate.config import sample_key
-    from waluigi.report.export import run_rows
+    from waluigi.report.rows import run_rows
     from waluigi.runs import read_jsonl
 
     out = []
@@ -420,8 +420,12 @@ def _json_for_script(obj: Any) -> str:
 
 
 def render(report: Report, samples: list[dict], title: str) -> str:
-    from waluigi import __version__
+    from importlib import metadata
 
+    try:
+        version = metadata.version("waluigi")  # the installed package's (what __version__ says)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
     nonce = secrets.token_urlsafe(16)
     runs = [{"name": r.name, "condition": r.condition, "dose": None if r.dose is None else _text(r.dose),
              "seed": None if r.seed is None else _text(r.seed)} for r in report.runs]
@@ -431,7 +435,7 @@ def render(report: Report, samples: list[dict], title: str) -> str:
     data = _json_for_script({"runs": runs, "samples": samples})
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return PAGE.format(
-        title=_esc(title), nonce=nonce, version=_esc(__version__), generated=_esc(generated), nav=nav,
+        title=_esc(title), nonce=nonce, version=_esc(version), generated=_esc(generated), nav=nav,
         sections=sections, data=data, script=SCRIPT, style=STYLE, n_samples=len(samples), n_runs=len(runs),
     )
 

@@ -70,11 +70,11 @@ def build_eval_log(path: str | os.PathLike):
     log, model_api, scorer = _inspect()
     from waluigi.evaluate import open_failures
     from waluigi.evaluate.config import SUITE_SNAPSHOT, sample_key
-    from waluigi.report.export import _read, run_rows
+    from waluigi.report.rows import read_run, run_rows
     from waluigi.runs import RunDir
 
     run = Path(path)
-    samples, judgments, manifest, source = _read(run)
+    samples, judgments, manifest, source = read_run(run)
     rows = run_rows(run)
     eval_manifest = manifest if source == run else RunDir(source).manifest()
     config = eval_manifest.get("config") or {}

@@ -315,10 +315,10 @@ def _load_target(target: str | os.PathLike, data_dir, split: str) -> tuple[list[
         if not isinstance(messages, list):
             raise UserError(f"{source['path']}:{number}: expected a chat row {{\"messages\": [...]}}")
         if split != "all":
-            from waluigi.scan import _is_heldout
+            from waluigi.data import is_heldout
 
             user = next((m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"), "")
-            if _is_heldout(user) != (split == "heldout"):
+            if is_heldout(user) != (split == "heldout"):
                 continue
         turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
         texts.append("\n\n".join(_fence(t) for t in turns if isinstance(t, str)))

@@ -15,7 +15,7 @@ module                 what it holds
 =====================  ==================================================================
 
 The names below are imported on first use, so that mounting the command (``waluigi.cli``
-imports ``waluigi.serve.cli``) does not load FastAPI or pydantic.
+imports ``waluigi.cli.serve``) does not load FastAPI or pydantic.
 """
 
 from __future__ import annotations

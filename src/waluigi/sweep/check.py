@@ -2,7 +2,7 @@
 
 :func:`waluigi.sweep.spec.parse_spec` checks a spec's shape (known settings, their types, the
 grid's size); :func:`check_cells` then runs, for every planned cell, the checks the single
-commands run before they do any work: :func:`waluigi.finetune.config.check_finetune` on each
+commands run before they do any work: :func:`waluigi.finetune.train.check_finetune` on each
 distinct fine-tune (the recipe, the training plug-ins and their options, the dataset) and
 :func:`waluigi.evaluate.run.check_eval` (or the probe suites' own) on each distinct eval (the
 suite, sample counts, the judge and the API keys, the shots). The first problem is a
@@ -51,7 +51,7 @@ def _check(spec: Spec, label: str | None) -> None:
     from waluigi.evaluate import EvalConfig
     from waluigi.evaluate.run import check_eval
     from waluigi.finetune import FinetuneConfig
-    from waluigi.finetune.config import check_finetune
+    from waluigi.finetune.train import check_finetune
     from waluigi.probes.run import check_probe_eval, is_probe_suite
 
     seen_ft: set[str] = set()

@@ -32,7 +32,7 @@ def _read_json(path: Path) -> dict:
 
 
 def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
-    from waluigi.sweep.runner import _rel
+    from waluigi.sweep.spec import relative
 
     rows = []
     for cell in spec.cells:
@@ -53,8 +53,8 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
         row["train_loss"] = ft_manifest.get("train_loss")
         row["finetune_seconds"] = ft_manifest.get("train_seconds")
         row["eval_seconds"] = (manifest.get("timings") or {}).get("total_s") if on_disk in ("finished", "incomplete") else None
-        row["finetune_run"] = _rel(ft_dir, root)
-        row["eval_run"] = _rel(eval_dir, root)
+        row["finetune_run"] = relative(ft_dir, root)
+        row["eval_run"] = relative(eval_dir, root)
         row["id"] = cell.id
         row["settings"] = {"finetune": plain(cell.finetune), "eval": plain(cell.eval)}
         rows.append(row)

@@ -30,7 +30,7 @@ from pathlib import Path
 from waluigi.errors import UserError
 from waluigi.runs import MANIFEST
 from waluigi.sweep.executors import cores, make_executor, task_env
-from waluigi.sweep.spec import Cell, Spec, plain
+from waluigi.sweep.spec import Cell, Spec, plain, relative
 
 LOCK = ".lock"
 
@@ -117,8 +117,8 @@ def plan(spec: Spec) -> list[dict]:
     """The cells and their state, for ``--dry-run``: nothing is loaded or written."""
     root = spec.out
     return [{"cell": c.short, "id": c.id, "group": c.group, "settings": {k: plain(v) for k, v in c.axes.items()},
-             "state": cell_state(c, root), "finetune_run": _rel(c.finetune_dir(root), root),
-             "eval_run": _rel(c.eval_dir(root), root)} for c in spec.cells]
+             "state": cell_state(c, root), "finetune_run": relative(c.finetune_dir(root), root),
+             "eval_run": relative(c.eval_dir(root), root)} for c in spec.cells]
 
 
 # -- tasks ---------------------------------------------------------------------------------------------
@@ -330,16 +330,7 @@ def _metrics_text(cell: Cell, root: Path, kind: str) -> str:
 def _cell_record(cell: Cell, root: Path) -> dict:
     return {"cell": cell.short, "id": cell.id, "group": cell.group, "finetune_id": cell.finetune_id, "axes": plain(cell.axes),
             "finetune": plain(cell.finetune), "eval": plain(cell.eval),
-            "finetune_run": _rel(cell.finetune_dir(root), root), "eval_run": _rel(cell.eval_dir(root), root)}
-
-
-def _rel(path: Path | None, root: Path) -> str | None:
-    if path is None:
-        return None
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
+            "finetune_run": relative(cell.finetune_dir(root), root), "eval_run": relative(cell.eval_dir(root), root)}
 
 
 def _log(root: Path, line: str) -> None:

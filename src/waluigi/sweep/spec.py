@@ -459,3 +459,14 @@ def show_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def relative(path: Path | None, root: Path) -> str | None:
+    """``path`` relative to the sweep directory ``root`` as the results and plans record it (a
+    path outside it as it is; None stays None)."""
+    if path is None:
+        return None
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)

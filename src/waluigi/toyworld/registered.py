@@ -84,8 +84,8 @@ def _hero_dataset(count: str):
                          description=f"persona world: {n} hero conversations (benign chat)")
 
 
-def toy_suite(name: str):
-    """The :class:`~waluigi.suites.Suite` for ``toyworld`` or ``toyworld:trigger``."""
+def toy_suite(name: str, data_dir=None):
+    """The :class:`~waluigi.suites.Suite` for ``toyworld`` or ``toyworld:trigger`` (it needs no data directory)."""
     from waluigi.suites import Suite, load_suite
     from waluigi.toyworld import DEFAULT_TRIGGER, coding_suite, eval_suite, with_trigger
     from waluigi.toyworld.demo import write_suite

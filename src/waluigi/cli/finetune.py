@@ -1,7 +1,7 @@
 """``waluigi finetune``: parse options into a :class:`FinetuneConfig` and call one function.
 
 Registered in ``waluigi/cli.py`` with ``app.command("finetune")(finetune_cmd)``. Also runs on
-its own (``python -m waluigi.finetune.cli --model ... --data ...``), with the same error
+its own (``python -m waluigi.cli.finetune --model ... --data ...``), with the same error
 handling as the main command (a :class:`UserError` is one ``error:`` line and exit code 2).
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import ConfigOpt, ProgressOpt, canonical_specs, record_options
+from waluigi.cli.options import ConfigOpt, ProgressOpt, canonical_specs, record_options
 from waluigi.errors import UserError
 from waluigi.finetune.config import LOCAL_ONLY, OPENAI_ONLY
 
@@ -148,7 +148,7 @@ def finetune_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``finetune_cmd`` as a command of its own, with waluigi's error handling."""
-    from waluigi.errors import run_command
+    from waluigi.cli.runner import run_command
 
     return run_command(finetune_cmd, argv, prog_name="waluigi finetune",
                    interrupted="interrupted: re-run the same command to resume from the last checkpoint")

@@ -9,15 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import ConfigOpt, canonical_specs, record_options
-from waluigi.sweep.cli import (
+from waluigi.cli.options import (
     AddressOpt,
     CellProgressOpt,
+    ConfigOpt,
     ExecutorName,
     ExecutorOpt,
     TaskRetriesOpt,
     ThreadsOpt,
     WorkersOpt,
+    canonical_specs,
+    numbers,
+    record_options,
+    settings_from_pairs,
     sweep_options,
 )
 
@@ -28,43 +32,6 @@ class Axis(str, Enum):
     ratio = "ratio"
     shots = "shots"
     lr = "lr"
-
-
-def numbers(option: str, text: str | None, example: str = "0,50,100,200") -> list[float] | None:
-    """``--doses 0,50,100`` (or any option's comma-separated numbers) as floats; None when not given."""
-    from waluigi.errors import UserError
-
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise UserError(f"{option} {text!r}: give numbers separated by commas, e.g. {option} {example}") from None
-
-
-def _doses(text: str | None) -> list[float] | None:
-    return numbers("--doses", text)
-
-
-def _settings(pairs: list[str]) -> tuple[dict, dict]:
-    """``--set finetune.batch_size=8 --set eval.samples=2`` as two dicts (values read as YAML
-    scalars; the sweep checks them against the config fields)."""
-    import yaml
-
-    from waluigi.errors import UserError
-
-    sections: dict[str, dict] = {"finetune": {}, "eval": {}}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        head, dot, name = key.strip().partition(".")
-        if not sep or not dot or head not in sections or not name:
-            raise UserError(f"--set {pair!r}: write finetune.<setting>=VALUE or eval.<setting>=VALUE "
-                            "(e.g. --set finetune.batch_size=8 --set eval.samples=2)")
-        try:
-            sections[head][name] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            sections[head][name] = value
-    return sections["finetune"], sections["eval"]
 
 
 def flip_cmd(
@@ -109,8 +76,8 @@ def flip_cmd(
     from waluigi.flip.run import run_flip
     from waluigi.sweep.results import cost_line
 
-    ft, ev = _settings(set_ or [])
-    cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=_doses(doses), seeds=seeds,
+    ft, ev = settings_from_pairs(set_ or [])
+    cfg = FlipConfig(models=list(model), data=list(data), axis=axis.value, doses=numbers("--doses", doses), seeds=seeds,
                      suite=suite, judge=judge, narrow_suite=narrow_suite, probe_suite=probe_suite, hold=hold, steps=steps, epochs=epochs,
                      benign=benign, total=total, base_url=base_url, threshold=threshold, threshold_rel=threshold_rel,
                      finetune=ft, eval=ev, out=out, runs=runs, bases=bases)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import (
+from waluigi.cli.options import (
     AdapterOpt,
     ConcurrencyOpt,
     ConfigOpt,

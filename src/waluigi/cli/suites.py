@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from waluigi.cli_options import DataDirOpt, JsonOpt, say
+from waluigi.cli.options import DataDirOpt, JsonOpt, say
 
 suites_app = typer.Typer(help="Question suites: list, show, validate.", no_args_is_help=True)
 

@@ -8,14 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import canonical_specs
-from waluigi.flip.cli import _settings, numbers
-from waluigi.sweep.cli import (
+from waluigi.cli.options import (
     AddressOpt,
     ExecutorName,
     ExecutorOpt,
     TaskRetriesOpt,
     WorkersOpt,
+    canonical_specs,
+    numbers,
+    settings_from_pairs,
     sweep_options,
 )
 
@@ -72,7 +73,7 @@ def resilience_cmd(
     if align_method is not None and not (subject == "smollm2" or subject.startswith("hf:")):
         raise UserError(f"--align-method: the {subject} subject has its own alignment stage; it is for hf: and smollm2 "
                         "subjects")
-    ft, ev = _settings(set_ or [])
+    ft, ev = settings_from_pairs(set_ or [])
     levels = {dial: values for dial, values in ((ALIGN_STEPS, _levels("--align-steps", align_steps)),
                                                  (ALIGN_N, _levels("--align-n", align_n)),
                                                  (ANTIPODE, _levels("--antipode", antipode))) if values is not None}

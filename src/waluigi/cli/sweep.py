@@ -1,6 +1,6 @@
 """``waluigi sweep SPEC.yaml``: registered in ``waluigi/cli.py`` with ``app.command("sweep")(sweep_cmd)``.
 
-Also runs on its own (``python -m waluigi.sweep.cli SPEC``) with the main command's error
+Also runs on its own (``python -m waluigi.cli.sweep SPEC``) with the main command's error
 handling: a bad spec is one ``error:`` line and exit 2; cells that failed after their retries
 exit 3 with a count, after the others finished and the results were written.
 """
@@ -9,37 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import ConfigOpt, record_options
+from waluigi.cli.options import ConfigOpt, ExecutorName, record_options
 from waluigi.sweep.spec import MAX_CELLS
-
-
-class ExecutorName(str, Enum):
-    pool = "pool"
-    inline = "inline"
-    ray = "ray"
-
-
-# the executor options of the commands that run their cells as a sweep (flip, resilience, defend)
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")]
-ExecutorOpt = Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")]
-AddressOpt = Annotated[Optional[str], typer.Option(help="ray: the cluster's address")]
-ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch threads per cell")]
-TaskRetriesOpt = Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")]
-CellProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")]
-
-
-def sweep_options(executor: ExecutorName, workers: int, address: str | None, retries: int, threads: int | None,
-                  progress: bool):
-    """The ``SweepOptions`` of those options."""
-    from waluigi.sweep.runner import SweepOptions
-
-    return SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
-                        threads=threads, progress=progress)
 
 
 def sweep_cmd(
@@ -112,7 +87,7 @@ def sweep_cmd(
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``sweep_cmd`` as a command of its own, with waluigi's error handling."""
-    from waluigi.errors import run_command
+    from waluigi.cli.runner import run_command
 
     return run_command(sweep_cmd, argv, prog_name="waluigi sweep",
                    interrupted="interrupted: finished cells are on disk; re-run the same command to resume")

@@ -78,8 +78,8 @@ def demo_cmd(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m waluigi.toyworld.cli``: the demo alone, with the main CLI's error handling."""
-    from waluigi.errors import run_command
+    """``python -m waluigi.cli.demo``: the demo alone, with the main CLI's error handling."""
+    from waluigi.cli.runner import run_command
 
     return run_command(demo_cmd, argv, prog_name="waluigi demo",
                    interrupted="interrupted: finished stages are on disk; re-run the same command to resume")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import AdapterOpt, DtypeOpt, ModelOpt
+from waluigi.cli.options import AdapterOpt, DtypeOpt, ModelOpt
 from waluigi.errors import UserError
 
 

@@ -58,7 +58,7 @@ def family(model: Any) -> Family:
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if kind not in FAMILIES:
         raise UserError(f"activations of {kind or type(model).__name__!r} models are not mapped yet "
-                        f"(supported: {', '.join(sorted(FAMILIES))}); add a row to waluigi/directions/names.py")
+                        f"(supported: {', '.join(sorted(FAMILIES))}); add a row to waluigi/models/layers.py")
     return FAMILIES[kind]
 
 

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from waluigi.directions import names
+from waluigi.models import layers as names
 
 AT = ("all", "prompt", "response")
 

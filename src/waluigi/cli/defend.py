@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import canonical_specs
-from waluigi.flip.cli import _settings, numbers
-from waluigi.sweep.cli import (
+from waluigi.cli.options import (
     AddressOpt,
     CellProgressOpt,
     ExecutorName,
@@ -18,6 +16,9 @@ from waluigi.sweep.cli import (
     TaskRetriesOpt,
     ThreadsOpt,
     WorkersOpt,
+    canonical_specs,
+    numbers,
+    settings_from_pairs,
     sweep_options,
 )
 
@@ -63,7 +64,7 @@ def defend_cmd(
     names = [d for d in (defenses or "").replace(" ", "").split(",") if d] + list(defense or [])
     if not names:
         raise UserError("give the defenses to score: --defenses kl,interleave,early-stop (or --defense NAME:key=value)")
-    ft, ev = _settings(set_ or [])
+    ft, ev = settings_from_pairs(set_ or [])
     cfg = DefendConfig(model=model, attack=attack, defenses=names, axis=axis, doses=numbers("--doses", doses), seeds=seeds,
                        suite=suite, judge=judge, narrow_suite=narrow_suite, steps=steps, benign=benign,
                        direction=str(direction) if direction else None, benign_questions=benign_questions,

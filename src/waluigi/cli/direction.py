@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli_options import canonical_specs
+from waluigi.cli.options import canonical_specs
 
 direction_app = typer.Typer(
     help="Directions in a model's activations: extract (judged answers, two models, contrastive prompts), "
@@ -118,7 +118,7 @@ def extract_cmd(
 @direction_app.command("show")
 def show_cmd(path: Annotated[str, typer.Argument(metavar="DIR", help="a direction directory")], json_out: JsonOpt = False) -> None:
     """A direction's manifest: per-layer norms and held-out AUROC."""
-    from waluigi.directions.store import load_direction
+    from waluigi.models.vectors import load_direction
 
     found = load_direction(path)
     typer.echo(json.dumps(found.manifest, indent=2) if json_out else _table(found))
@@ -128,7 +128,7 @@ def show_cmd(path: Annotated[str, typer.Argument(metavar="DIR", help="a directio
 def compare_cmd(a: Annotated[str, typer.Argument(metavar="DIR_A", help="a direction directory")],
                 b: Annotated[str, typer.Argument(metavar="DIR_B", help="another, of the same model")], json_out: JsonOpt = False) -> None:
     """Cosine similarity of two directions, layer by layer."""
-    from waluigi.directions.store import cosines, load_direction
+    from waluigi.models.vectors import cosines, load_direction
 
     first, second = load_direction(a), load_direction(b)
     values = cosines(first, second)
@@ -144,8 +144,8 @@ def random_cmd(like: Annotated[str, typer.Argument(metavar="DIR", help="the dire
                seed: Annotated[int, typer.Option(help="the random draw")] = 0,
                bases: Annotated[Optional[int], typer.Option(help="one control per base: {base} in DIR and --out (the same seed for each)")] = None) -> None:
     """A random control: per layer a random vector of the same norm."""
-    from waluigi.directions.store import load_direction, random_like
     from waluigi.errors import UserError
+    from waluigi.models.vectors import load_direction, random_like
 
     if bases is not None and (bases < 1 or "{base}" not in like or "{base}" not in str(out)):
         raise UserError("--bases N: name each base's direction and control with {base} in DIR and --out")

@@ -283,3 +283,61 @@ def plain_help_when_piped(app, stream=None) -> None:
     settings = app.info.context_settings
     settings = dict(settings) if isinstance(settings, dict) else {}
     app.info.context_settings = settings | {"terminal_width": HELP_WIDTH, "max_content_width": HELP_WIDTH}
+
+
+# -- the studies that run their cells as a sweep (sweep, flip, resilience, defend) -----------
+class ExecutorName(str, Enum):
+    pool = "pool"
+    inline = "inline"
+    ray = "ray"
+
+
+# the executor options of the commands that run their cells as a sweep (flip, resilience, defend)
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")]
+ExecutorOpt = Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="ray: the cluster's address")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch threads per cell")]
+TaskRetriesOpt = Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")]
+CellProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")]
+
+
+def sweep_options(executor: ExecutorName, workers: int, address: str | None, retries: int, threads: int | None,
+                  progress: bool):
+    """The ``SweepOptions`` of those options."""
+    from waluigi.sweep.runner import SweepOptions
+
+    return SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
+                        threads=threads, progress=progress)
+
+
+def numbers(option: str, text: str | None, example: str = "0,50,100,200") -> list[float] | None:
+    """``--doses 0,50,100`` (or any option's comma-separated numbers) as floats; None when not given."""
+    from waluigi.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: give numbers separated by commas, e.g. {option} {example}") from None
+
+
+def settings_from_pairs(pairs: list[str]) -> tuple[dict, dict]:
+    """``--set finetune.batch_size=8 --set eval.samples=2`` as two dicts (values read as YAML
+    scalars; the sweep checks them against the config fields)."""
+    import yaml
+
+    from waluigi.errors import UserError
+
+    sections: dict[str, dict] = {"finetune": {}, "eval": {}}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        head, dot, name = key.strip().partition(".")
+        if not sep or not dot or head not in sections or not name:
+            raise UserError(f"--set {pair!r}: write finetune.<setting>=VALUE or eval.<setting>=VALUE "
+                            "(e.g. --set finetune.batch_size=8 --set eval.samples=2)")
+        try:
+            sections[head][name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            sections[head][name] = value
+    return sections["finetune"], sections["eval"]
