@@ -27,10 +27,10 @@ def main() -> None:
 
     import torch
 
-    from waluigi.directions import names
     from waluigi.directions.activations import Example, teacher_forced_means
-    from waluigi.directions.hooks import ablate, add_vector
     from waluigi.models import GenerationRequest, SamplingParams, load_model
+    from waluigi.models import layers as names
+    from waluigi.models.hooks import ablate, add_vector
     from waluigi.suites import load_suite
 
     gen = load_model(args.model)

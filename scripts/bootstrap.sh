@@ -5,7 +5,7 @@
 #                               playwright, inspect-ai
 # torch goes in FIRST and pinned, so pip takes the CPU build on a CPU machine instead of
 # pulling a multi-GB CUDA build as a dependency of something else. Measured times are in the
-# README ("Set-up").
+# docs/getting-started.md ("Set-up").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
