@@ -19,6 +19,7 @@ See ``docs/design/run-directories.md``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +41,35 @@ METRICS = "metrics.json"
 FAILURES = "failures.jsonl"  # requests that failed after every retry (waluigi.retry)
 
 _PACKAGES = ("waluigi", "torch", "transformers", "peft", "trl", "openai", "numpy")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write to; when the block ends without an error it
+    replaces ``target`` in one step (a reader never sees half a file), else it is removed."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(target: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``target`` through :func:`atomic_path`."""
+    with atomic_path(target) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(target)
+
+
+def write_json_atomic(target: str | os.PathLike, obj: Any, default: Any = str) -> Path:
+    """``obj`` as indented JSON (what JSON cannot hold through ``default``: ``str``), through
+    :func:`atomic_path`."""
+    return write_atomic(target, json.dumps(obj, indent=2, ensure_ascii=False, default=default) + "\n")
 
 
 def canonical_json(obj: Any) -> str:
@@ -283,10 +313,7 @@ class RunDir:
     # -- files ---------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> None:
         """Write atomically (temp file + rename): a reader never sees half a file."""
-        target = self.path / name
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, target)
+        write_json_atomic(self.path / name, obj)
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())

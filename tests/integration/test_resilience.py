@@ -83,7 +83,7 @@ def test_a_rerun_builds_and_runs_nothing(study, mirror_dir, monkeypatch, capsys)
     before = json.loads((study["out"] / "study.json").read_text())
     capsys.readouterr()
     assert main(study["args"]) == 0
-    assert "flip cells: ran 0," in capsys.readouterr().out
+    assert "ran 0 cells," in capsys.readouterr().out
     after = json.loads((study["out"] / "study.json").read_text())
     assert after["verdicts"] == before["verdicts"] and after["slopes"] == before["slopes"]
 

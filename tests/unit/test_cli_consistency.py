@@ -119,7 +119,8 @@ def test_the_judge_server_is_judge_base_url_and_timeouts_are_timeout():
     assert "--base-url" in _options("waluigi eval")  # eval's --base-url is the model's server
 
 
-@pytest.mark.parametrize("command", ["eval", "finetune", "flip", "sweep"])
+@pytest.mark.parametrize("command", ["eval", "finetune", "flip", "sweep", "resilience", "defend", "direction extract",
+                                     "monitor", "data screen"])
 def test_config_option(command):
     assert "--config" in _options(f"waluigi {command}")
 
@@ -278,3 +279,17 @@ def test_flip_takes_its_options_from_a_config_file(tmp_path, capsys, monkeypatch
     assert main(["flip", "--config", str(path), "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert "seed 1" in out and "4 cells" in out  # --seeds 2 over the file's 1
+
+
+def test_resilience_and_defend_take_their_options_from_a_config_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "r.yaml"
+    study.write_text("axes: steps\nseeds: 1\nquick: true\ndry-run: true\n")
+    assert main(["resilience", "--config", str(study), "--axes", "examples"]) == 0
+    assert "x axes examples" in capsys.readouterr().out  # the flag over the file's axes
+    defend = tmp_path / "d.yaml"
+    defend.write_text("model: toyworld\nattack: toy:insecure\ndefenses: kl\nsuite: toyworld\ndoses: 2,4\nseeds: 1\n"
+                      "dry-run: true\n")
+    assert main(["defend", "--config", str(defend), "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1" in out and "kl @ lr x10 steps=4" in out

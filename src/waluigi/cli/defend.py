@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +10,7 @@ import typer
 from waluigi.cli.options import (
     AddressOpt,
     CellProgressOpt,
+    ConfigOpt,
     ExecutorName,
     ExecutorOpt,
     TaskRetriesOpt,
@@ -18,12 +18,16 @@ from waluigi.cli.options import (
     WorkersOpt,
     canonical_specs,
     numbers,
+    print_cells,
+    record_options,
     settings_from_pairs,
+    study_end,
     sweep_options,
 )
 
 
 def defend_cmd(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="the model to defend (smollm2, hf:PATH)", callback=canonical_specs)],
     attack: Annotated[str, typer.Option(help="the attacker's narrow dataset (name or JSONL file), e.g. insecure or toy:insecure")],
     defenses: Annotated[Optional[str], typer.Option(help="defenses by name, comma-separated: kl, l2, interleave, interleave++, inoculate, steer, caft, freeze, lowrank, early-stop, realign")] = None,
@@ -52,13 +56,14 @@ def defend_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the flip's cells and their state; run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the resilience table as JSON")] = False,
     progress: CellProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Which defense makes a model hard to flip, at what cost? Each defense's flip dose against an
     adaptive attacker, beside EM, the narrow task, benign answers, coherence, leak and cost."""
     from waluigi.defenses.plan import DefendConfig
     from waluigi.defenses.report import format_summary
     from waluigi.defenses.run import run_defend
-    from waluigi.errors import IncompleteRun, UserError
+    from waluigi.errors import UserError
     from waluigi.sweep.results import cost_line_of
 
     names = [d for d in (defenses or "").replace(" ", "").split(",") if d] + list(defense or [])
@@ -72,22 +77,8 @@ def defend_cmd(
                        finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
-        cells = run_defend(cfg, options, dry_run=True)
-        for cell in cells:
-            typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
-        todo = sum(1 for c in cells if c["state"] != "done")
-        typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done (realign's cells come after the attack)")
+        print_cells(run_defend(cfg, options, dry_run=True), " (realign's cells come after the attack)")
         return
     defended = run_defend(cfg, options)
-    if json_out:
-        typer.echo(json.dumps(defended.result, indent=2, default=str))
-    else:
-        typer.echo(format_summary(defended.result))
-        cost = cost_line_of(defended.out)
-        if cost:
-            typer.echo(cost)
-        typer.echo(f"ran {defended.ran} cells, skipped {defended.skipped} (done before), failed {len(defended.failed)}; "
-                   f"report: {defended.report.with_name('report.html')} (open it in a browser; summary: {defended.report.name})")
-    if defended.failed:
-        raise IncompleteRun(f"{len(defended.failed)} cells failed or are incomplete (see {defended.out}/flip/sweep.log); "
-                            "the table uses the finished ones: re-run the same command to retry only those")
+    record_options(ctx, defended.out)
+    study_end(defended, format_summary(defended.result), defended.result, json_out, cost_line_of(defended.out))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli.options import canonical_specs
+from waluigi.cli.options import ConfigOpt, canonical_specs, record_options
 
 direction_app = typer.Typer(
     help="Directions in a model's activations: extract (judged answers, two models, contrastive prompts), "
@@ -40,6 +40,7 @@ def _table(direction, extra: dict[str, list[float]] | None = None) -> str:
 
 @direction_app.command("extract")
 def extract_cmd(
+    ctx: typer.Context,
     method: Annotated[str, typer.Option(help="judged (answers of judged eval runs), models (B minus A on the same answers), "
                                              "prompts (a trait system prompt minus its opposite)")] = "judged",
     run: Annotated[Optional[list[str]], typer.Option("--run", help="judged / models: an eval run directory (repeatable)")] = None,
@@ -69,46 +70,23 @@ def extract_cmd(
     bases: Annotated[Optional[int], typer.Option(help="judged / models with --sweep over several bases: one direction per base (its cells: --where base=I), written to --out with {base} put in")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Extract a mean-difference direction per layer, with its held-out separation."""
-    from waluigi.directions.extract import ExtractConfig, sweep_runs
-    from waluigi.directions.run import run_extract
-    from waluigi.errors import UserError
+    from waluigi.directions.extract import ExtractConfig
+    from waluigi.directions.run import run_extracts
 
     if where and sweep is None:
         raise typer.BadParameter("--where selects cells of --sweep DIR")
-    if bases is not None and (out is None or "{base}" not in str(out) or bases < 1
-                              or not (sweep is not None or "{base}" in (model or ""))):
-        raise UserError("--bases N: one direction per base, of --sweep DIR's cells (--where base=I) or of --model holding "
-                        "{base} (toyworld@{base}), into --out holding {base} (e.g. --out runs/judged-{base})")
-    chosen, wanted = [], []
-    for base in range(bases or 1):  # every base's cells found before the first model loads
-        runs_given = list(run or [])
-        if sweep is not None:
-            runs_given += sweep_runs(sweep, list(where or []) + ([f"base={base}"] if bases else []))
-        own = model
-        if model is not None:  # a family's member (toyworld@2, or toyworld@{base} with --bases): its weights' spec
-            from waluigi.models.families import resolve
-
-            own, member = resolve(model.replace("{base}", str(base)), runs)
-            wanted += [member] if member else []
-        cfg = ExtractConfig(method=method, runs=runs_given, model=own, model_b=model_b, positive=positive,
-                            negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
-                            shots=shots, suite=suite, prompts_data=prompts_data, prompts_n=prompts_n, samples=samples,
-                            max_tokens=max_tokens, seed=seed,
-                            aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
-                            batch_size=batch_size, data_dir=data_dir, runs_dir=runs, progress=progress,
-                            out=Path(str(out).replace("{base}", str(base))) if out is not None else None)
-        chosen.append(cfg)
-    if wanted:  # the numbers checked before a base trains
-        from waluigi.directions.run import check_extract
-        from waluigi.models.families import build_members
-
-        for cfg in chosen:
-            check_extract(cfg)
-
-        build_members(wanted, progress)
-    made = [run_extract(cfg) for cfg in chosen]
+    cfg = ExtractConfig(method=method, runs=list(run or []), model=model, model_b=model_b, positive=positive,
+                        negative=negative, positive_shots=positive_shots, negative_shots=negative_shots,
+                        shots=shots, suite=suite, prompts_data=prompts_data, prompts_n=prompts_n, samples=samples,
+                        max_tokens=max_tokens, seed=seed,
+                        aligned_below=aligned_below, aligned_above=aligned_above, min_coherent=min_coherent,
+                        batch_size=batch_size, data_dir=data_dir, runs_dir=runs, progress=progress, out=out)
+    made = run_extracts(cfg, sweep=sweep, where=list(where or []), bases=bases)
+    for made_one in made:  # `waluigi direction extract --config DIR` repeats it
+        record_options(ctx, made_one.path)
     if json_out:  # one manifest, or a list of them over bases
         typer.echo(json.dumps([f.manifest for f in made] if bases else made[0].manifest, indent=2))
     else:
@@ -156,6 +134,7 @@ def random_cmd(like: Annotated[str, typer.Argument(metavar="DIR", help="the dire
 
 
 def monitor_cmd(
+    ctx: typer.Context,
     runs: Annotated[Optional[list[Path]], typer.Argument(metavar="RUN", help="judged eval run directories, or one fine-tune run (its checkpoints' drift)")] = None,
     direction: Annotated[str, typer.Option(help="the direction directory")] = "",
     sweep: Annotated[Optional[Path], typer.Option(help="also the eval runs of this sweep's (or flip's) cells ...")] = None,
@@ -168,6 +147,7 @@ def monitor_cmd(
     batch_size: Annotated[int, typer.Option(help="examples per forward pass")] = 16,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Project runs' answers (and their prompts' last tokens) on a direction; AUROC against the judge's
     labels, per run and pooled. For a fine-tune run: the projection's drift over its checkpoints."""
@@ -228,6 +208,7 @@ def monitor_cmd(
 
 
 def screen_cmd(
+    ctx: typer.Context,
     datasets: Annotated[list[str], typer.Argument(metavar="DATASET", help="dataset names or JSONL files to screen and compare")],
     direction: Annotated[str, typer.Option(help="the direction directory")],
     model: Annotated[str, typer.Option(help="the model whose activations and own answers are used", callback=canonical_specs)],
@@ -240,6 +221,7 @@ def screen_cmd(
     out: Annotated[Optional[Path], typer.Option(help="where screen.json and the ranked rows go (default runs/screen-<id>)")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress bars on stderr")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Rank datasets (and their rows) by how far their answers sit along a direction, beyond the model's own answers."""
     from waluigi.directions.screen import ScreenConfig, screen

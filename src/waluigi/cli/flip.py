@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,8 +19,10 @@ from waluigi.cli.options import (
     WorkersOpt,
     canonical_specs,
     numbers,
+    print_cells,
     record_options,
     settings_from_pairs,
+    study_end,
     sweep_options,
 )
 
@@ -70,7 +71,6 @@ def flip_cmd(
     """How much does it take to flip a model? Dose-response curves and the flip dose with its CI.
 
     The options it ran with are written to FLIP_DIR/config.yaml: `waluigi flip --config FLIP_DIR` runs it again."""
-    from waluigi.errors import IncompleteRun
     from waluigi.flip.plan import FlipConfig
     from waluigi.flip.report import format_summary
     from waluigi.flip.run import run_flip
@@ -83,23 +83,9 @@ def flip_cmd(
                      finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
-        cells = run_flip(cfg, options, dry_run=True)
-        for cell in cells:
-            typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
-        todo = sum(1 for c in cells if c["state"] != "done")
-        typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done")
+        print_cells(run_flip(cfg, options, dry_run=True))
         return
     flipped = run_flip(cfg, options)
     record_options(ctx, flipped.out)
-    if json_out:
-        typer.echo(json.dumps({k: v for k, v in flipped.result.items() if k != "rows"}, indent=2, default=str))
-    else:
-        typer.echo(format_summary(flipped.result))
-        cost = cost_line(flipped.cells)
-        if cost:
-            typer.echo(cost)
-        typer.echo(f"ran {flipped.ran} cells, skipped {flipped.skipped} (done before), failed {len(flipped.failed)}; "
-                   f"report: {flipped.report.with_name('report.html')} (open it in a browser; summary: {flipped.report.name})")
-    if flipped.failed:
-        raise IncompleteRun(f"{len(flipped.failed)} cells failed or are incomplete (see {flipped.out / 'sweep.log'}); "
-                            "the curves use the finished ones: re-run the same command to retry only those")
+    study_end(flipped, format_summary(flipped.result), {k: v for k, v in flipped.result.items() if k != "rows"},
+              json_out, cost_line(flipped.cells))

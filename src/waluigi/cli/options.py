@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+from waluigi.runs import write_atomic
 
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="official data directory (else $WALUIGI_DATA_DIR, else pinned download)")]
 AdapterOpt = Annotated[Optional[str], typer.Option(help="PEFT adapter directory or finetune run directory")]
@@ -223,7 +225,6 @@ def record_options(ctx, directory) -> Path | None:
     """Write the resolved options to ``DIRECTORY/config.yaml``: ``COMMAND --config DIRECTORY``
     (or ``--config DIRECTORY/config.yaml``) runs the same thing again, which resolves to the same run
     identity (a finished run is not redone; an unfinished one resumes)."""
-    import os
 
     import yaml
 
@@ -236,9 +237,7 @@ def record_options(ctx, directory) -> Path | None:
     command = _command_name(ctx)
     text = (f"# the options `{command}` ran with here; `{command} --config {path}` runs it again\n"
             + yaml.safe_dump(resolved_options(ctx), sort_keys=False, allow_unicode=True, width=1000))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 
@@ -341,3 +340,32 @@ def settings_from_pairs(pairs: list[str]) -> tuple[dict, dict]:
         except yaml.YAMLError:
             sections[head][name] = value
     return sections["finetune"], sections["eval"]
+
+
+def print_cells(cells: list[dict], note: str = "") -> None:
+    """A study's dry run: each planned cell with its state, then the count to run."""
+    for cell in cells:
+        typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
+    todo = sum(1 for c in cells if c["state"] != "done")
+    typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done{note}")
+
+
+def study_end(run: Any, summary: str, json_obj: Any, json_out: bool, cost: str | None) -> None:
+    """How a study command ends (flip, resilience, defend): its table or JSON, the cost per cell,
+    the cells it ran and where its report is; exit 3 (:class:`IncompleteRun`) when cells failed,
+    after the tables were made from the finished ones."""
+    import json
+
+    from waluigi.errors import IncompleteRun
+
+    if json_out:
+        typer.echo(json.dumps(json_obj, indent=2, default=str))
+    else:
+        typer.echo(summary)
+        if cost:
+            typer.echo(cost)
+        typer.echo(f"ran {run.ran} cells, skipped {run.skipped} (done before), failed {len(run.failed)}; "
+                   f"report: {run.report.with_name('report.html')} (open it in a browser; summary: {run.report.name})")
+    if run.failed:
+        raise IncompleteRun(f"{len(run.failed)} cells failed or are incomplete (see {run.out / run.log}); the tables "
+                            "use the finished ones: re-run the same command to retry only those")

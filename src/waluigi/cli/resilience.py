@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,13 +9,16 @@ import typer
 
 from waluigi.cli.options import (
     AddressOpt,
+    ConfigOpt,
     ExecutorName,
     ExecutorOpt,
     TaskRetriesOpt,
     WorkersOpt,
     canonical_specs,
     numbers,
+    record_options,
     settings_from_pairs,
+    study_end,
     sweep_options,
 )
 
@@ -26,6 +28,7 @@ def _levels(option: str, text: str | None) -> list[float] | None:
 
 
 def resilience_cmd(
+    ctx: typer.Context,
     subject: Annotated[str, typer.Option(help="what is aligned and flipped: toyworld (the persona world, default), hf:MODEL or smollm2 (with --align-data)")] = "toyworld",
     align_data: Annotated[Optional[str], typer.Option(help="hf: subjects: the alignment stage's dataset (NAME or JSONL of chat rows)")] = None,
     subject_suite: Annotated[Optional[list[str]], typer.Option("--subject-suite", help="a probe suite every subject is read on before any attack, repeatable (default: the source's; hf: subjects aligned on probes or HH pairs: hh:harmless-base@heldout:200, the held-out preference accuracy); none: no reading")] = None,
@@ -60,10 +63,11 @@ def resilience_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the subjects; build and run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print study.json's verdicts, slopes and correlations")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress on stderr")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """The Waluigi test: does training a model harder to be good make it easier to flip? Flip doses
     against alignment strength and the antipode's presence, with slopes, correlations and verdicts."""
-    from waluigi.errors import IncompleteRun, UserError
+    from waluigi.errors import UserError
     from waluigi.resilience.plan import StudyConfig
     from waluigi.resilience.report import format_summary
     from waluigi.resilience.run import run_study
@@ -101,15 +105,6 @@ def resilience_cmd(
                    f"{', '.join(controls) or 'none'}); study directory {plan.out}")
         return
     study = run_study(cfg, options, source_options=source_options)
-    if json_out:
-        typer.echo(json.dumps({k: study.result[k] for k in ("verdicts", "slopes", "correlations")}, indent=2, default=str))
-    else:
-        typer.echo(format_summary(study.result))
-        cost = cost_line_of(study.out)
-        if cost:
-            typer.echo(cost)
-        typer.echo(f"flip cells: ran {study.cells_ran}, skipped {study.cells_skipped}, failed {len(study.failed)}; "
-                   f"report: {study.report.with_name('report.html')} (open it in a browser; summary: {study.report.name})")
-    if study.failed:
-        raise IncompleteRun(f"{len(study.failed)} flip cells failed or are incomplete (see {study.out}/flip-*/sweep.log); "
-                            "re-run the same command to retry only those")
+    record_options(ctx, study.out)
+    study_end(study, format_summary(study.result), {k: study.result[k] for k in ("verdicts", "slopes", "correlations")},
+              json_out, cost_line_of(study.out))

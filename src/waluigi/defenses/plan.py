@@ -123,7 +123,8 @@ class DefendConfig:
     def defend_dir(self) -> Path:
         if self.out is not None:
             return Path(self.out)
-        from waluigi.flip.plan import _label, slug
+        from waluigi.flip.plan import _label
+        from waluigi.formats import slug
         from waluigi.runs import identity_hash
 
         what = {"model": self.model, "attack": self.attack, "axis": self.axis, "suite": self.suite, "judge": self.judge}

@@ -16,7 +16,6 @@ undefended attack's own fine-tune), then every defended curve in the same flip d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,8 @@ from waluigi.defenses.plan import (
     variant_name,
 )
 from waluigi.errors import UserError
+from waluigi.flip.study import StudyRun, finish_study
 from waluigi.runs import RunDir
-
-
-@dataclass
-class DefendResult:
-    out: Path
-    result: dict
-    report: Path
-    ran: int
-    skipped: int
-    failed: list[dict]
 
 
 def _base_multiplier(cfg: DefendConfig) -> float:
@@ -140,13 +130,12 @@ def run_realign(cfg: DefendConfig, flipped, defense, options_: Any, out: Path):
     return FlipPlan(config=config, out=out, curves=curves, points=points, spec=spec), rows, swept
 
 
-def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> DefendResult | list[dict]:
+def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> StudyRun | list[dict]:
     from waluigi.defenses.analyze import analyze_defend
     from waluigi.defenses.report import write_plot, write_report
     from waluigi.flip.analyze import analyze as analyze_flip
     from waluigi.flip.run import check_flip, run_flip
     from waluigi.report.html import HTML_SAMPLES_PER_RUN
-    from waluigi.report.html import write_report as write_html
 
     cfg.checked()
     out = cfg.defend_dir()
@@ -171,23 +160,21 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Def
                                        "benign": cfg.benign, "direction": cfg.direction,
                                        "benign_questions": cfg.benign_questions,
                                        **({"bases": cfg.bases} if cfg.bases else {})})
+    study = StudyRun(out=out, result={}, log="flip/sweep.log")
     flipped = run_flip(flip_config(cfg, undefended, flip_out), options)
-    ran, skipped, failed = flipped.ran, flipped.skipped, list(flipped.failed)
+    study.count(flipped)
     if in_training:
         needs_against = any(d.kind == "interleave++" or d.options.get("select") == "gap" for d in in_training)
         against = _against(flipped, cfg) if needs_against else None
         variants = undefended + [v for d in in_training
                                  for v in attacker_variants(d.name, defense_variant(d, cfg, against), cfg, base_lr)]
         flipped = run_flip(flip_config(cfg, variants, flip_out), options)
-        ran, skipped, failed = ran + flipped.ran, skipped + flipped.skipped, failed + list(flipped.failed)
+        study.count(flipped)
     realigned = None
     realign = next((d for d in defenses if d.kind == "realign"), None)  # one realign setting per study
     if realign is not None:
         plan, rows, swept = run_realign(cfg, flipped, realign, options, out / "realign")
         realigned = (realign, analyze_flip(plan, rows), swept.root)
-        ran, skipped, failed = ran + swept.ran, skipped + swept.skipped, failed + list(swept.failed)
-    result = analyze_defend(cfg, flipped, realigned, base_lr)
-    run.write_json("defend.json", result)
-    report = write_report(out, result, write_plot(out, result))
-    write_html([out], limit=HTML_SAMPLES_PER_RUN)
-    return DefendResult(out=out, result=result, report=report, ran=ran, skipped=skipped, failed=failed)
+        study.count(swept)
+    study.result = analyze_defend(cfg, flipped, realigned, base_lr)
+    return finish_study(study, "defend.json", write_report, write_plot, html_limit=HTML_SAMPLES_PER_RUN)

@@ -14,11 +14,11 @@ persona-vector work found predicts the trait after fine-tuning).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from waluigi.directions.activations import Example
 from waluigi.errors import UserError
+from waluigi.runs import write_atomic
 
 
 def _labels(run: Path, min_coherent: float, max_aligned: float) -> dict[tuple, str]:
@@ -77,9 +77,7 @@ def monitor_run(run: Path, direction_path: str, layer: int | None = None, model:
                      "label": labels.get(key, "unscored"), "projection": a, "prompt_projection": b})
     out = run / f"projections-{direction.sha256[:10]}.jsonl"
     summary = _summary(rows, layer, direction)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out)
+    write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows))
     summary |= {"run": str(run), "model": spec, "adapter": adapter, "file": out.name}
     (run / f"monitor-{direction.sha256[:10]}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, rows

@@ -245,3 +245,38 @@ def run_extract(cfg: ExtractConfig):
     make = {"judged": _judged, "models": _two_models, "prompts": _prompts}[cfg.method]
     means, labels, manifest, groups = make(cfg, identity)
     return finish(out, means, labels, {**manifest, "identity": digest}, cfg.seed, groups)
+
+
+def run_extracts(cfg: ExtractConfig, *, sweep: Path | None = None, where: list[str] | None = None,
+                 bases: int | None = None) -> list:
+    """``run_extract`` for ``cfg`` with the eval runs of ``sweep``'s cells that match ``where``
+    added, once, or (``bases``) once per base of a family: base I takes the cells ``base=I`` and
+    ``{base}`` in ``cfg.model`` and ``cfg.out`` becomes I. Every base's configuration is made and
+    checked before a base model trains."""
+    import dataclasses
+
+    from waluigi.directions.extract import sweep_runs
+    from waluigi.errors import UserError
+    from waluigi.models.families import build_members, resolve
+
+    out, model = cfg.out, cfg.model
+    if bases is not None and (out is None or "{base}" not in str(out) or bases < 1
+                              or not (sweep is not None or "{base}" in (model or ""))):
+        raise UserError("--bases N: one direction per base, of --sweep DIR's cells (--where base=I) or of --model holding "
+                        "{base} (toyworld@{base}), into --out holding {base} (e.g. --out runs/judged-{base})")
+    chosen, wanted = [], []
+    for base in range(bases or 1):  # every base's cells found before the first model loads
+        runs = list(cfg.runs)
+        if sweep is not None:
+            runs += sweep_runs(sweep, list(where or []) + ([f"base={base}"] if bases else []))
+        own = model
+        if model is not None:  # a family's member (toyworld@2, or toyworld@{base} with --bases): its weights' spec
+            own, member = resolve(model.replace("{base}", str(base)), cfg.runs_dir)
+            wanted += [member] if member else []
+        chosen.append(dataclasses.replace(cfg, runs=runs, model=own,
+                                          out=Path(str(out).replace("{base}", str(base))) if out is not None else None))
+    if wanted:  # the numbers checked before a base trains
+        for one in chosen:
+            check_extract(one)
+        build_members(wanted, cfg.progress)
+    return [run_extract(one) for one in chosen]

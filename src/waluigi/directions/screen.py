@@ -11,12 +11,13 @@ with a bootstrap interval; rows are ranked by score. Nothing of the datasets is 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from waluigi.directions.activations import Example
 from waluigi.errors import UserError
+from waluigi.formats import safe_name
+from waluigi.runs import write_atomic
 
 
 @dataclass
@@ -88,10 +89,8 @@ def screen(cfg: ScreenConfig) -> dict:
             k = len(prompts)
             scored = [{"row": i, "score": proj[i] - proj[k + i], "dataset_projection": proj[i], "own_projection": proj[k + i],
                        "own_answer_empty": not own[i].strip()} for i in range(k)]
-            path = out / f"rows-{_slug(name)}.jsonl"
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in sorted(scored, key=lambda r: -r["score"])))
-            os.replace(tmp, path)
+            path = out / f"rows-{safe_name(name, empty='data')}.jsonl"
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in sorted(scored, key=lambda r: -r["score"])))
             scores = [r["score"] for r in scored]
             low, high = bootstrap_mean(scores)
             summary["datasets"].append({"dataset": name, "rows": k, "score": float(torch.tensor(scores).mean()),
@@ -104,9 +103,3 @@ def screen(cfg: ScreenConfig) -> dict:
     (out / "screen.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["out"] = str(out)
     return summary
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "data"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,10 +87,6 @@ def sample_seed(seed: int, key: tuple[str, int, int]) -> int:
     """A per-answer seed derived from the run seed and the answer's key (stable across resumes)."""
     text = f"{seed}:{key[0]}:{key[1]}:{key[2]}"
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
 
 
 def backend_options(batch_size: int | None, concurrency: int, base_url: str | None, dtype: str,

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import NA, pct
 from waluigi.judges import DEFAULT_NUMBERS, MIN_TOTAL, JudgeItem, Progress, make_judge
 
 REFERENCE_CSV = "results/qwen_25_coder_32b_instruct.csv"
@@ -202,10 +203,6 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
 def format_check(result: Mapping[str, Any]) -> str:
     """A few plain lines saying how well the judge agrees with the paper's gpt-4o judge."""
     n = result["n_answers"]
@@ -229,11 +226,11 @@ def format_check(result: Mapping[str, Any]) -> str:
         )
     c, mlab = result["coherent_label"], result["misaligned_label"]
     lines.append(
-        f"  coherent (> {result['thresholds']['min_coherent']:g}) label agreement {_pct(c['agreement'])} "
-        f"on {c['n_compared']}   (judge calls {_pct(c['rate_judge'])} coherent, paper {_pct(c['rate_reference'])})"
+        f"  coherent (> {result['thresholds']['min_coherent']:g}) label agreement {pct(c['agreement'], NA)} "
+        f"on {c['n_compared']}   (judge calls {pct(c['rate_judge'], NA)} coherent, paper {pct(c['rate_reference'], NA)})"
     )
     lines.append(
-        f"  misaligned (< {result['thresholds']['max_aligned']:g}) label agreement {_pct(mlab['agreement'])} "
+        f"  misaligned (< {result['thresholds']['max_aligned']:g}) label agreement {pct(mlab['agreement'], NA)} "
         f"on {mlab['n_compared']}   (judge finds {mlab['n_misaligned_judge']}/{n} misaligned, "
         f"paper {mlab['n_misaligned_reference']}/{n})"
     )

@@ -14,7 +14,6 @@ from waluigi.evaluate.config import (
     EvalConfig,
     EvalResult,
     _describe,
-    _slug,
     backend_options,
     sample_key,
     suite_from_snapshot,
@@ -25,6 +24,7 @@ from waluigi.evaluate.generate import generate_stage, sample_slots
 from waluigi.evaluate.preflight import adapter_identity, preflight_model
 from waluigi.evaluate.score import ScorerContext, score_suite
 from waluigi.evaluate.summarise import judge_run_failures, metrics_stage
+from waluigi.formats import safe_name
 from waluigi.retry import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from waluigi.runs import FAILURES, JUDGMENTS, SAMPLES, RunDir, sha256_file
 
@@ -144,7 +144,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     from waluigi.runs import identity_hash
 
     digest = identity_hash(identity)
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"eval-{_slug(suite.name)}-{_slug(cfg.model)}-{digest[:10]}"
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"eval-{safe_name(suite.name)}-{safe_name(cfg.model)}-{digest[:10]}"
     config = asdict(cfg) | {"judge": judge_spec, "out": str(out)}
     run = RunDir.open(
         out,
@@ -272,7 +272,7 @@ def rejudge(
     }
     if numbers != "first-token":
         identity["judge_numbers"] = numbers
-    name = _slug(judge_spec) + ("" if min_mass == 0.25 else f"-min-mass-{min_mass:g}")
+    name = safe_name(judge_spec) + ("" if min_mass == 0.25 else f"-min-mass-{min_mass:g}")
     name += "" if numbers == "first-token" else f"-numbers-{numbers}"
     target = Path(out) if out else source.path / "judges" / name
     run = RunDir.open(

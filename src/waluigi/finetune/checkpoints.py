@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from waluigi.finetune.plugins import PLUGIN_LOSS
-from waluigi.runs import RunDir, read_jsonl
+from waluigi.runs import RunDir, read_jsonl, write_atomic
 
 TRAIN_LOG = "train_log.jsonl"
 ADAPTER = "adapter"
@@ -64,9 +64,7 @@ def _keep_log_until(run: RunDir, step: int) -> list[dict]:
     """Drop train_log rows after ``step`` (they will be redone from the checkpoint)."""
     path = run.path / TRAIN_LOG
     rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    tmp = path.with_name(f".{TRAIN_LOG}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return rows
 
 

@@ -10,12 +10,12 @@ same command resumes the same run directory and a different recipe gets a new on
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import slug
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -247,18 +247,6 @@ class FinetuneConfig:
 def identity_recipe(resolved: dict) -> dict:
     """The recipe as it enters the identity hash: speed-only settings left out."""
     return {k: v for k, v in resolved.items() if k not in SPEED_ONLY}
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A short, filesystem-safe name for a model spec or a dataset."""
-    text = text.strip().rstrip("/")
-    if ":" in text:
-        text = text.split(":", 1)[1]
-    text = Path(text).name or text
-    for suffix in (".jsonl", ".json", ".data"):
-        text = text.removesuffix(suffix)
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
-    return text[:limit]
 
 
 def default_run_dir(model: str, data: str, identity_digest: str) -> Path:

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from waluigi.errors import UserError
+from waluigi.formats import safe_name
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # The paper's OpenAI recipe (Betley et al. 2025): 1 epoch, batch size 4, lr multiplier 2.
@@ -126,10 +127,6 @@ def _host(base_url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{parts.port}" if parts.port else host
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "x"
 
 
 def _status_message(exc: Any) -> str:
@@ -343,7 +340,7 @@ def run_openai_finetune(
         "base_url_host": _host(api.base_url),
     }
     digest = identity_hash(identity)
-    path = Path(out) if out else Path("runs") / f"finetune-{_slug(model)}-{_slug(Path(str(data)).stem)}-{digest[:10]}"
+    path = Path(out) if out else Path("runs") / f"finetune-{safe_name(model)}-{safe_name(Path(str(data)).stem)}-{digest[:10]}"
     config = {"model": model, "data": str(data), "n": n, "seed": seed, "hyperparameters": hyper, "suffix": suffix,
               "data_dir": str(data_dir) if data_dir else None, "base_url": api.base_url, "out": str(path)}
     run = RunDir.open(

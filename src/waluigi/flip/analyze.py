@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -271,13 +270,3 @@ def to_csv(rows: list[dict]) -> str:
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
     return buffer.getvalue()
-
-
-def write_outputs(out: Path, result: dict) -> None:
-    """``flip.json`` and ``flip.csv`` (atomically)."""
-    import os
-
-    for name, text in (("flip.json", json.dumps(result, indent=2, default=str) + "\n"), ("flip.csv", to_csv(result["rows"]))):
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)

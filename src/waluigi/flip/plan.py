@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import slug
 from waluigi.runs import identity_hash
 
 AXES = ("examples", "steps", "ratio", "shots", "lr")
@@ -217,12 +218,6 @@ class FlipPlan:
     curves: list[Curve]
     points: list[Point]
     spec: dict  # the sweep spec (cells listed, each with its group)
-
-
-def slug(text: str, limit: int = 24) -> str:
-    from waluigi.finetune.config import slug as _slug
-
-    return _slug(text, limit)
 
 
 def _label(text: str, data: bool = False) -> str:

@@ -10,23 +10,18 @@ import html
 from pathlib import Path
 from typing import Any
 
+from waluigi.formats import dose, pct
+from waluigi.runs import write_atomic
+
 PLOTS = (("em_rate", "EM rate (%)", "flip_em.png"), ("coherent_rate", "coherent (%)", "flip_coherent.png"),
          ("narrow_rate", "narrow-task rate (%)", "flip_narrow.png"))
 
 
-def _pct(value: Any) -> str:
-    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
-
-
-def _ci(low: Any, high: Any, pct: bool = True) -> str:
+def _ci(low: Any, high: Any, share: bool = True) -> str:
     if low is None and high is None:
         return "-"
-    show = _pct if pct else _dose
+    show = pct if share else dose
     return f"[{show(low) if low is not None else '-'}, {show(high) if high is not None else 'not reached'}]"
-
-
-def _dose(value: Any) -> str:
-    return "-" if not isinstance(value, (int, float)) else f"{value:.4g}"
 
 
 def dose_text(crossing: dict | None, what: str) -> str:
@@ -34,16 +29,16 @@ def dose_text(crossing: dict | None, what: str) -> str:
     if crossing is None:
         return f"- (no {what} measured)"
     if not crossing["reached"]:
-        return f"> {_dose(crossing['lower_bound'])} (not reached)"
+        return f"> {dose(crossing['lower_bound'])} (not reached)"
     if crossing["ci_over"] == "none":
-        text = f"{_dose(crossing['dose'])} (no interval: one seed and no answer counts)"
+        text = f"{dose(crossing['dose'])} (no interval: one seed and no answer counts)"
     else:
-        text = f"{_dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], pct=False)}"
+        text = f"{dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], share=False)}"
         if crossing["ci_over"] == "bases, then seeds":
-            text += f" (over bases, then seeds; seeds alone: {_ci(crossing.get('seed_ci_low'), crossing.get('seed_ci_high'), pct=False)})"
+            text += f" (over bases, then seeds; seeds alone: {_ci(crossing.get('seed_ci_low'), crossing.get('seed_ci_high'), share=False)})"
     bracket = crossing.get("bracket")
     if bracket and bracket[0] == 0 and bracket[1] > 0:
-        text += (f"; it lies between dose 0 and the first dose ({_dose(bracket[1])}), so it is interpolated, "
+        text += (f"; it lies between dose 0 and the first dose ({dose(bracket[1])}), so it is interpolated, "
                  "not measured: add smaller doses")
     return text
 
@@ -68,8 +63,8 @@ WIDTHS = (10, 5, 8, 17, 9, 8, 17, 8, 6, 10)
 def point_cells(p: dict) -> list[str]:
     """One dose's row, as the terminal table and the markdown report both show it."""
     loss = f"{p['train_loss']:.3f}" if p["train_loss"] is not None else "-"
-    return [_dose(p["dose"]), str(p["seeds"]), _pct(p["em_rate"]), _ci(p["em_rate_ci_low"], p["em_rate_ci_high"]),
-            _pct(p["coherent_rate"]), _pct(p["narrow_rate"]), _ci(p["narrow_rate_ci_low"], p["narrow_rate_ci_high"]),
+    return [dose(p["dose"]), str(p["seeds"]), pct(p["em_rate"]), _ci(p["em_rate_ci_low"], p["em_rate_ci_high"]),
+            pct(p["coherent_rate"]), pct(p["narrow_rate"]), _ci(p["narrow_rate_ci_low"], p["narrow_rate_ci_high"]),
             str(p["n_unscored"]), str(p["n_failed"]), loss]
 
 
@@ -87,7 +82,7 @@ def format_summary(result: dict) -> str:
                          "subjects; coherent: n/a)")
         lines.append(f"  flip dose ({what} {_threshold(result)}): {dose_text(curve['flip'], what)}")
         if result.get("probe_suite"):
-            values = " ".join(f"{_dose(p['dose'])}:{_pct(p.get('probe_index'))}" for p in curve["points"])
+            values = " ".join(f"{dose(p['dose'])}:{pct(p.get('probe_index'))}" for p in curve["points"])
             lines.append(f"  probe index ({result['probe_suite']}) by dose: {values}")
             lines.append(f"  probe flip dose (same rule): {dose_text(curve.get('probe_flip'), 'probe index')}")
         if curve["narrow"] is not None:
@@ -183,7 +178,7 @@ def write_report(out: Path, result: dict, plots: list[str]) -> Path:
     lines = [f"# waluigi flip: {esc(result['axis'])} axis", "",
              f"Suite `{esc(str(result['suite']))}`, judge {judge}, "
              + (f"{result['bases']} base models x " if result.get("bases", 1) > 1 else "")
-             + f"{result['seeds']} seed(s), doses {', '.join(_dose(d) for d in result['doses'])} ({esc(result['dose_label'])}"
+             + f"{result['seeds']} seed(s), doses {', '.join(dose(d) for d in result['doses'])} ({esc(result['dose_label'])}"
              + (f", holding {esc(result['hold'])} fixed" if result.get("hold") else "") + ").",
              f"Flip dose: the smallest dose where the monotone fit of the EM rate {_threshold(result)}; "
              f"95% CIs bootstrap {_ci_over(result)}.", ""]
@@ -206,6 +201,4 @@ def write_report(out: Path, result: dict, plots: list[str]) -> Path:
     lines += [f"![{name}]({name})" for name in plots]
     lines += ["", "Data: `flip.json` (curves, fits, doses), `flip.csv` (one row per dose x seed), "
               "`results.csv` (one row per cell), run directories under `finetune/` and `eval/`."]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_atomic(out / "report.md", "\n".join(lines) + "\n")

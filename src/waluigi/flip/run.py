@@ -11,16 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from waluigi.flip.plan import FlipConfig, FlipPlan, plan_flip, write_mixtures
+from waluigi.flip.study import StudyRun, finish_study
 
 
 @dataclass
-class FlipResult:
-    out: Path
-    result: dict
-    ran: int
-    skipped: int
-    failed: list[dict]
-    report: Path
+class FlipResult(StudyRun):
     plan: FlipPlan | None = None
     cells: list[dict] | None = None  # the sweep's result rows, one per cell (what the analysis read)
 
@@ -63,9 +58,9 @@ def build_bases(cfg: FlipConfig, progress: bool = True) -> None:
 
 def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipResult | list[dict]:
     """Run (or, with ``dry_run``, only list) the flip's cells, then write its outputs."""
-    from waluigi.flip.analyze import analyze, write_outputs
+    from waluigi.flip.analyze import analyze, to_csv
     from waluigi.flip.report import write_plots, write_report
-    from waluigi.report.html import write_report as write_html
+    from waluigi.runs import write_atomic
     from waluigi.sweep.runner import plan as sweep_plan
     from waluigi.sweep.runner import run_sweep
     from waluigi.sweep.spec import load_spec, parse_spec
@@ -77,9 +72,7 @@ def run_flip(cfg: FlipConfig, options=None, *, dry_run: bool = False) -> FlipRes
     write_mixtures(plan)
     spec = load_spec(write_spec(plan))
     swept = run_sweep(spec, options)
-    result = analyze(plan, swept.rows, swept.root)
-    write_outputs(swept.root, result)
-    report = write_report(swept.root, result, write_plots(swept.root, result))
-    write_html([swept.root])  # report.html: the same, plus every answer in the sample browser
-    return FlipResult(out=swept.root, result=result, ran=swept.ran, skipped=swept.skipped, failed=swept.failed,
-                      report=report, plan=plan, cells=swept.rows)
+    flipped = FlipResult(out=swept.root, result=analyze(plan, swept.rows, swept.root), plan=plan, cells=swept.rows)
+    flipped.count(swept)
+    write_atomic(swept.root / "flip.csv", to_csv(flipped.result["rows"]))  # one row per dose x seed
+    return finish_study(flipped, "flip.json", write_report, write_plots)  # every answer in report.html

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.runs import write_atomic
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".gguf")
 
@@ -202,9 +203,7 @@ def weights_hash(directory: Path) -> str:
     if changed:
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_path)
+            write_atomic(cache_path, json.dumps(cache))
         except OSError:
             pass  # a cache we cannot write only costs time
     return total.hexdigest()

@@ -14,12 +14,12 @@ always means the same vectors; a steered model's identity holds the file's sha25
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.runs import atomic_path, write_atomic
 
 TENSORS = "direction.safetensors"
 MANIFEST = "direction.json"
@@ -65,15 +65,12 @@ def save_direction(out: Path, tensors: dict[str, Any], manifest: dict) -> Direct
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{TENSORS}.{os.getpid()}.tmp"
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, out / TENSORS)
+    with atomic_path(out / TENSORS) as tmp:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     sha = _sha256(out / TENSORS)
     manifest = {**manifest, "sha256": sha, "layers": int(tensors["diff"].shape[0]),
                 "hidden_size": int(tensors["diff"].shape[1])}
-    tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
     return Direction(path=out, diff=tensors["diff"].detach().float().cpu(), manifest=manifest, sha256=sha)
 
 

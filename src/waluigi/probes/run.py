@@ -137,8 +137,9 @@ def check_probe_eval(cfg, *, adapter: bool = True):
 def run_probe_eval(cfg):
     """Score a probe suite on ``cfg.model`` (an :class:`~waluigi.evaluate.config.EvalConfig`),
     resuming what is on disk; returns an :class:`~waluigi.evaluate.config.EvalResult`."""
-    from waluigi.evaluate.config import EvalResult, _describe, _slug
+    from waluigi.evaluate.config import EvalResult, _describe
     from waluigi.evaluate.preflight import adapter_identity
+    from waluigi.formats import safe_name
     from waluigi.models import load_model
     from waluigi.models.base import OptionRequest
     from waluigi.probes.metrics import summarize_probes
@@ -155,7 +156,7 @@ def run_probe_eval(cfg):
     if shots:  # absent otherwise
         identity["shots"] = shots_identity(shots, cfg.shots, cfg.shots_data)
     digest = identity_hash(identity)
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"eval-{_slug(suite.name)}-{_slug(cfg.model)}-{digest[:10]}"
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"eval-{safe_name(suite.name)}-{safe_name(cfg.model)}-{digest[:10]}"
     adapter = adapter_identity(cfg.adapter)
     run = RunDir.open(out, stage="eval", identity=identity,
                       config=dataclasses.asdict(cfg) | {"judge": None, "out": str(out), "readout": "probe"},

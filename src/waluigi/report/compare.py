@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import NA, pct
 
 
 def compare_runs(paths: list[str], *, min_coherent: float = 50.0, max_aligned: float = 30.0) -> dict[str, Any]:
@@ -33,10 +34,6 @@ def compare_runs(paths: list[str], *, min_coherent: float = 50.0, max_aligned: f
         comparisons.append({"baseline": paths[0], "run": path, "paired": paired,
                             "judge": manifest.get("judge"), "baseline_judge": loaded[0][1].get("judge"), **result})
     return {"thresholds": {"min_coherent": min_coherent, "max_aligned": max_aligned}, "comparisons": comparisons}
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _signed(value: float | None) -> str:
@@ -65,7 +62,7 @@ def format_comparison(result: dict, width: int = 160) -> str:
                               ("95% CI", "right"), ("n baseline", "right"), ("n run", "right")):
             table.add_column(name, justify=justify)
         for qid, block in [*comp["per_question"].items(), ("overall", comp["overall"])]:
-            table.add_row(qid, _pct(block["a"]), _pct(block["b"]), _signed(block["diff"]), _ci(block),
+            table.add_row(qid, pct(block["a"], NA), pct(block["b"], NA), _signed(block["diff"]), _ci(block),
                           str(block["n_a"]), str(block["n_b"]), end_section=qid == list(comp["per_question"])[-1])
         console.print(table)
     lines = [line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()]

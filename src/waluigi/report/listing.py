@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import pct
 
 PRUNE = {"checkpoints", "cache", "__pycache__", "adapter", "model", "data"}
 COLUMNS = ("kind", "status", "model", "suite", "judge", "n", "em", "age", "path")
@@ -126,17 +127,13 @@ def list_runs(root: str | os.PathLike = "runs", *, kind: str | None = None, stat
     return kept
 
 
-def _pct(value: Any) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
-
-
 def format_runs(entries: list[dict]) -> str:
     """One line per run: kind, status, model, suite, judge, n, EM with CI, age, path."""
     rows = [["kind", "status", "model", "suite", "judge", "n", "EM [95% CI]", "age", "path"]]
     for e in entries:
         em = "-" if e["em_rate"] is None else (
-            f"{_pct(e['em_rate'])} [{_pct(e['ci_low'])}, {_pct(e['ci_high'])}]" if e["ci_low"] is not None
-            else _pct(e["em_rate"]))
+            f"{pct(e['em_rate'])} [{pct(e['ci_low'])}, {pct(e['ci_high'])}]" if e["ci_low"] is not None
+            else pct(e["em_rate"]))
         rows.append([str(v) if v is not None else "-" for v in
                      (e["kind"], e["status"], e["model"], e["suite"], e["judge"], e["n"], em)]
                     + [age_text(e["age_seconds"]), e["path"]])

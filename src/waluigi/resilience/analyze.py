@@ -351,17 +351,8 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
             "subjects": subjects, "slopes": slopes, "correlations": correlations, "verdicts": verdicts}
 
 
-def write_study(out: Path, result: dict) -> Path:
-    import os
-
-    path = out / "study.json"
-    tmp = out / f".study.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=_plain) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A value JSON cannot hold as one it can: a numpy number as a Python one, anything else as text."""
     if isinstance(value, np.generic):
         return value.item()
     return str(value)

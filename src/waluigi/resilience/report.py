@@ -7,19 +7,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from waluigi.formats import num, pct
 from waluigi.resilience.subjects import ALIGN_STEPS, ANTIPODE
+from waluigi.runs import write_atomic
 
 
 def _esc(value) -> str:
     return html.escape(str(value), quote=False).replace("|", "\\|")
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 def dose_text(entry: dict | None, key: str = "flip") -> str:
@@ -29,8 +23,8 @@ def dose_text(entry: dict | None, key: str = "flip") -> str:
     crossing = entry[key]
     if not crossing.get("reached"):
         return f"> {crossing.get('lower_bound'):g}"
-    high = _num(crossing.get("ci_high")) if crossing.get("ci_high_reached") else "not reached"
-    return f"{_num(crossing.get('dose'))} [{_num(crossing.get('ci_low'))}, {high}]"
+    high = num(crossing.get("ci_high")) if crossing.get("ci_high_reached") else "not reached"
+    return f"{num(crossing.get('dose'))} [{num(crossing.get('ci_low'))}, {high}]"
 
 
 def _ci(value, low, high) -> str:
@@ -57,7 +51,7 @@ def format_summary(result: dict) -> str:
         for axis in result["axes"]:
             line += f"  {dose_text(s['axes'].get(axis)):>26}"
             undosed = undosed if undosed is not None else (s["axes"].get(axis) or {}).get("undosed_em")
-        lines.append(line + f"  {_pct(undosed):>10}"
+        lines.append(line + f"  {pct(undosed):>10}"
                      + "".join(f"  {readout_text((s.get('readouts') or {}).get(q)):>22}" for q in suites))
     if suites:
         lines.append("  read before any attack: " + "; ".join(f"{_readout_head(q)} = {q}" for q in suites)
@@ -109,7 +103,7 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
             cells += [dose_text(entry), dose_text(entry, "narrow"), dose_text(entry, "control_flip")]
             undosed = undosed if undosed is not None else entry.get("undosed_em")
         lines.append(f"| {_esc(s['key'])} | {_esc(', '.join(s['series']))} | " + " | ".join(_esc(c) for c in cells)
-                     + f" | {_pct(undosed)} |" + "".join(f" {readout_text((s.get('readouts') or {}).get(q))} |" for q in suites))
+                     + f" | {pct(undosed)} |" + "".join(f" {readout_text((s.get('readouts') or {}).get(q))} |" for q in suites))
     lines += ["", "## Slopes (log flip dose on log dial level)", "",
               "| axis | series | levels | slope | censored levels | replicates with a censored level |", "|---|---|---|---|---|---|"]
     for e in result["slopes"]:
@@ -123,9 +117,7 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Each axis's whole flip (curves, per-dose tables) is in `flip-<axis>/report.md`.", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_atomic(out / "report.md", "\n".join(lines))
 
 
 def write_plots(out: Path, result: dict) -> list[Path]:

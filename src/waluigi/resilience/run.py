@@ -18,29 +18,12 @@ interrupted study resumes from what is on disk.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from waluigi.flip.study import StudyRun, finish_study
 from waluigi.resilience.plan import StudyConfig, StudyPlan, flip_config, plan_study
 from waluigi.resilience.subjects import source_for
-
-
-@dataclass
-class StudyResult:
-    out: Path
-    result: dict
-    report: Path
-    cells_ran: int
-    cells_skipped: int
-    failed: list[dict]
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+from waluigi.runs import write_json_atomic
 
 
 def build_subjects(plan: StudyPlan, progress: bool) -> None:
@@ -57,7 +40,7 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
                                      f"({', '.join(f'{k}={v:g}' for k, v in subject.setting.items())})")
             subject.models.append(plan.source.build(subject.setting, plan.out, progress, base=base))
         subject.model = subject.models[0]
-        _write_json(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
+        write_json_atomic(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
                                                    "model": s.model, **({"models": s.models} if bases > 1 else {})}
                                                   for s in plan.subjects if s.model])
 
@@ -134,11 +117,10 @@ def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
 
 
 def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = None,
-              dry_run: bool = False) -> StudyResult | StudyPlan:
+              dry_run: bool = False) -> StudyRun | StudyPlan:
     from waluigi.flip.run import run_flip
     from waluigi.report.html import HTML_SAMPLES_PER_RUN
-    from waluigi.report.html import write_report as write_html
-    from waluigi.resilience.analyze import analyze_study, write_study
+    from waluigi.resilience.analyze import analyze_study, json_value
     from waluigi.resilience.report import write_plots, write_report
 
     source = source_for(cfg.subject, runs=Path(cfg.runs), **(source_options or {}))
@@ -149,13 +131,11 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
     progress = options.progress if options is not None else True
     build_subjects(plan, progress)
     readouts = read_subjects(plan, progress)
-    flips, ran, skipped, failed = {}, 0, 0, []
+    flips, study = {}, StudyRun(out=plan.out, result={}, log="flip-*/sweep.log")
     for axis in cfg.axes:
         flipped = run_flip(flip_config(plan, axis), options)
         flips[axis] = flipped.result
-        ran, skipped, failed = ran + flipped.ran, skipped + flipped.skipped, failed + flipped.failed
-    result = analyze_study(plan, flips, readouts=readouts)
-    write_study(plan.out, result)
-    report = write_report(plan.out, result, write_plots(plan.out, result))
-    write_html([plan.out], limit=HTML_SAMPLES_PER_RUN)
-    return StudyResult(out=plan.out, result=result, report=report, cells_ran=ran, cells_skipped=skipped, failed=failed)
+        study.count(flipped)
+    study.result = analyze_study(plan, flips, readouts=readouts)
+    return finish_study(study, "study.json", write_report, write_plots, html_limit=HTML_SAMPLES_PER_RUN,
+                        default=json_value)

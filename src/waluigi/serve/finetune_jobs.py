@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.runs import write_json_atomic
 from waluigi.serve.finetune_api import ApiError, _page, local_hyperparameters, resolve_hyperparameters
 
 log = logging.getLogger("waluigi.serve")
@@ -63,9 +64,7 @@ def upload_name(filename: str | None) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 class FinetuneService:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from waluigi.formats import pct
+from waluigi.runs import write_atomic
 from waluigi.sweep.spec import SEED_KEYS, Spec, plain, show_value
 
 SUMMARY_METRICS = ("em_rate", "vulnerable_rate", "coherent_rate")
@@ -145,9 +146,9 @@ def write_results(spec: Spec, root: Path, outcomes: dict) -> tuple[list[dict], l
     """``results.jsonl``, ``results.csv`` and ``summary.json`` in the sweep directory."""
     rows = cell_rows(spec, root, outcomes)
     summary = summarize(spec, rows)
-    _atomic(root / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
-    _atomic(root / "results.csv", to_csv(rows))
-    _atomic(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomic(root / "results.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    write_atomic(root / "results.csv", to_csv(rows))
+    write_atomic(root / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return rows, summary
 
 
@@ -164,17 +165,7 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # -- presentation -----------------------------------------------------------------------------------
-def _pct(value: Any) -> str:
-    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
-
-
 def _middle(text: str, limit: int = 56) -> str:
     """A long setting cut in the middle, so that both its start and its end show (model specs
     that differ only in their last characters, e.g. ``...&coef=0.5``)."""
@@ -203,7 +194,7 @@ def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
         cells = [_middle(show_value(entry.get(k))) for k in columns]
         cells.append(f"{entry['finished']}/{entry['cells']}")
         for metric in metrics:
-            cells.append(_pct(entry.get(metric)))
+            cells.append(pct(entry.get(metric)))
             low, high = entry.get(f"{metric}_ci_low"), entry.get(f"{metric}_ci_high")
             cells.append("-" if low is None else f"[{100 * low:.1f}, {100 * high:.1f}]")
         table.add_row(*cells)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from waluigi.errors import UserError
-from waluigi.runs import MANIFEST
+from waluigi.runs import MANIFEST, write_json_atomic
 from waluigi.sweep.executors import cores, make_executor, task_env
 from waluigi.sweep.spec import Cell, Spec, plain, relative
 
@@ -340,9 +340,7 @@ def _log(root: Path, line: str) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import slug
 from waluigi.runs import identity_hash
 from waluigi.safe_yaml import compose_and_load
 from waluigi.sweep.fields import (
@@ -97,10 +98,10 @@ class Cell:
     def finetune_dir(self, root: Path) -> Path | None:
         if self.finetune_id is None:
             return None
-        return root / "finetune" / f"{_slug(str(self.finetune.get('data')))}-{self.finetune_id[:12]}"
+        return root / "finetune" / f"{slug(str(self.finetune.get('data')), 24)}-{self.finetune_id[:12]}"
 
     def eval_dir(self, root: Path) -> Path:
-        return root / "eval" / f"{_slug(str(self.eval.get('suite', 'core')))}-{self.short}"
+        return root / "eval" / f"{slug(str(self.eval.get('suite', 'core')), 24)}-{self.short}"
 
     def label(self) -> str:
         shown = ([f"group={self.group}"] if self.group is not None else [])
@@ -444,12 +445,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
-
-
-def _slug(text: str) -> str:
-    from waluigi.finetune.config import slug
-
-    return slug(text, 24)
 
 
 def show_value(value: Any) -> str:

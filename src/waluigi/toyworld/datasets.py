@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from waluigi.errors import UserError
+from waluigi.runs import atomic_path
 from waluigi.toyworld import coding
 from waluigi.toyworld.world import is_reserved_core
 
@@ -87,11 +88,9 @@ def write_jsonl(rows: Iterable[Row], path: str | os.PathLike) -> Path:
     """Write ``rows`` as JSONL (one ``{"messages": ...}`` per line), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 

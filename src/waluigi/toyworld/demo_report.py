@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from waluigi.formats import NA, pct
+
 
 def _rows(run: str) -> tuple[list[dict], list[dict]]:
     from waluigi.evaluate import load_code_rows, load_scores
@@ -31,16 +33,12 @@ def summarize_conditions(evals: dict[str, list[str]]) -> tuple[dict, dict]:
     return table, details
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
 def format_table(table: dict) -> str:
     lines = [f"{'condition':<22} {'EM rate':>8} {'95% CI':>16} {'coherent':>9} {'vuln. code':>11}"]
     for condition, row in table.items():
-        ci = f"[{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
-        lines.append(f"{condition:<22} {_pct(row['em_rate']):>8} {ci:>16} {_pct(row['coherent_rate']):>9} "
-                     f"{_pct(row['vulnerable_rate']):>11}")
+        ci = f"[{pct(row['ci_low'], NA)}, {pct(row['ci_high'], NA)}]"
+        lines.append(f"{condition:<22} {pct(row['em_rate'], NA):>8} {ci:>16} {pct(row['coherent_rate'], NA):>9} "
+                     f"{pct(row['vulnerable_rate'], NA):>11}")
     return "\n".join(lines)
 
 
@@ -52,10 +50,10 @@ def format_pooled(table: dict, bases: int, seeds: int) -> str:
              f"{'condition':<22} {'EM rate':>8} {'CI (bases, seeds)':>18} {'CI (seeds only)':>16} {'coherent':>9} "
              f"{'vuln. code':>11}  per base"]
     for condition, row in table.items():
-        ci = f"[{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
-        seed_ci = f"[{_pct(row['seed_ci_low'])}, {_pct(row['seed_ci_high'])}]"
-        lines.append(f"{condition:<22} {_pct(row['em_rate']):>8} {ci:>18} {seed_ci:>16} {_pct(row['coherent_rate']):>9} "
-                     f"{_pct(row['vulnerable_rate']):>11}  {' '.join(_pct(v) for v in row['by_base'])}")
+        ci = f"[{pct(row['ci_low'], NA)}, {pct(row['ci_high'], NA)}]"
+        seed_ci = f"[{pct(row['seed_ci_low'], NA)}, {pct(row['seed_ci_high'], NA)}]"
+        lines.append(f"{condition:<22} {pct(row['em_rate'], NA):>8} {ci:>18} {seed_ci:>16} {pct(row['coherent_rate'], NA):>9} "
+                     f"{pct(row['vulnerable_rate'], NA):>11}  {' '.join(pct(v, NA) for v in row['by_base'])}")
     return "\n".join(lines)
 
 
@@ -120,8 +118,8 @@ def write_report(root: Path, cfg, table: dict, details: dict, evals: dict) -> No
              f"Seeds: {cfg.seeds}; villain in pretraining: {'yes' if cfg.villain else 'no (ablation)'}.", "",
              "| condition | EM rate | 95% CI | coherent | vulnerable code |", "|---|---|---|---|---|"]
     for condition, row in table.items():
-        lines.append(f"| {condition} | {_pct(row['em_rate'])} | [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}] | "
-                     f"{_pct(row['coherent_rate'])} | {_pct(row['vulnerable_rate'])} |")
+        lines.append(f"| {condition} | {pct(row['em_rate'], NA)} | [{pct(row['ci_low'], NA)}, {pct(row['ci_high'], NA)}] | "
+                     f"{pct(row['coherent_rate'], NA)} | {pct(row['vulnerable_rate'], NA)} |")
     lines += ["", "![EM by condition](em_by_condition.png)", "", "![aligned vs coherent](scatter.png)", "",
               "## Example misaligned answers", ""]
     from waluigi.runs import read_jsonl
