@@ -13,7 +13,8 @@ Python escapes every string it writes into markup; the answers travel as JSON in
 ``<script type="application/json">`` block with ``<``, ``>`` and ``&`` escaped (so no
 ``</script>`` can end it), and the page's script puts them into the DOM with ``textContent``
 only. A Content-Security-Policy allows the page's one inline script (by nonce), inline styles
-and ``data:`` images, and nothing else: no network, no other script.
+and ``data:`` images, and nothing else: no network, no other script. The page's markup, style
+and script are in ``templates/`` (``report.html``, ``report.css``, ``report.js``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +421,11 @@ def _json_for_script(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _template(name: str) -> str:
+    """A file of ``templates/``: the page (its ``{fields}`` filled by ``str.format``), its style or its script."""
+    return resources.files("waluigi.report").joinpath("templates", name).read_text(encoding="utf-8")
+
+
 def render(report: Report, samples: list[dict], title: str) -> str:
     from importlib import metadata
 
@@ -434,9 +441,9 @@ def render(report: Report, samples: list[dict], title: str) -> str:
                        for i, s in enumerate(report.sections))
     data = _json_for_script({"runs": runs, "samples": samples})
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    return PAGE.format(
-        title=_esc(title), nonce=nonce, version=_esc(version), generated=_esc(generated), nav=nav,
-        sections=sections, data=data, script=SCRIPT, style=STYLE, n_samples=len(samples), n_runs=len(runs),
+    return _template("report.html").format(
+        title=_esc(title), nonce=nonce, version=_esc(version), generated=_esc(generated), nav=nav, sections=sections,
+        data=data, script=_template("report.js"), style=_template("report.css"), n_samples=len(samples), n_runs=len(runs),
     )
 
 
@@ -455,142 +462,3 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike | None =
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
     return target
-
-
-STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-header{background:#2d1b4e;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;opacity:.8;font-size:12px}
-nav{padding:8px 24px;background:#fff;border-bottom:1px solid #dde}nav ul{margin:0;padding:0;list-style:none;display:flex;flex-wrap:wrap;gap:4px 16px}
-main{padding:0 24px 40px;max-width:1400px}section{background:#fff;border:1px solid #dde;border-radius:6px;margin:16px 0;padding:8px 18px 16px}
-h2{font-size:17px;margin:10px 0}h3{font-size:15px;margin:14px 0 6px}h4{margin:10px 0 4px}
-table{border-collapse:collapse;margin:6px 0;font-size:13px}th,td{border:1px solid #d8dbe3;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#eef0f5}table.kv td:first-child{color:#555}td{max-width:640px;overflow-wrap:anywhere}
-figure{display:inline-block;margin:8px 16px 8px 0}figure img{max-width:640px;border:1px solid #e2e4ea}figcaption{font-size:12px;color:#555}
-.facts b{color:#555;font-weight:600}summary{cursor:pointer;margin:8px 0;color:#2d1b4e}
-.path{font-family:ui-monospace,monospace;font-size:12px;color:#666}
-.markdown table{margin:8px 0}.markdown img{max-width:640px}
-#filters{display:flex;flex-wrap:wrap;gap:8px 14px;align-items:end;margin:8px 0}#filters label{display:flex;flex-direction:column;font-size:12px;color:#444}
-#filters select,#filters input{font:inherit;padding:3px 4px;min-width:120px}
-#count{font-weight:600;margin:6px 0}.pager button{margin-right:6px}
-.sample{border:1px solid #dde;border-radius:5px;margin:8px 0;padding:6px 10px;background:#fcfcfd}
-.sample .meta{font-size:12px;color:#444;display:flex;flex-wrap:wrap;gap:4px 12px}
-.badge{border-radius:3px;padding:0 6px;color:#fff;font-weight:600}
-.b-misaligned{background:#c0392b}.b-aligned{background:#2e7d32}.b-incoherent{background:#8d6e63}.b-unscored{background:#757575}
-.b-failed{background:#000}.b-code{background:#1565c0}
-.sample .text{white-space:pre-wrap;overflow-wrap:anywhere;font-family:ui-monospace,monospace;font-size:12.5px;margin:4px 0;padding:4px 6px;background:#f3f4f7;border-radius:3px}
-.sample .answer{background:#fff8e6}.label{font-size:11px;color:#777;text-transform:uppercase;letter-spacing:.04em}
-"""
-
-SCRIPT = r"""
-(function () {
-  "use strict";
-  const D = JSON.parse(document.getElementById("waluigi-data").textContent);
-  const runs = D.runs, rows = D.samples;
-  const PAGE = 50;
-  let page = 0, shown = rows;
-  const $ = (id) => document.getElementById(id);
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function fill(id, values) {
-    const sel = $(id);
-    const uniq = Array.from(new Set(values.filter((v) => v !== null && v !== undefined && v !== "")));
-    uniq.sort((a, b) => (isFinite(a) && isFinite(b)) ? a - b : String(a).localeCompare(String(b)));
-    for (const v of uniq) { const o = el("option", "", v); o.value = String(v); sel.appendChild(o); }
-    if (uniq.length < 2) sel.parentElement.style.display = uniq.length ? "" : "none";
-  }
-  fill("f-question", rows.map((r) => r.q));
-  fill("f-class", rows.map((r) => r.c));
-  fill("f-condition", runs.map((r) => r.condition));
-  fill("f-dose", runs.map((r) => r.dose));
-  fill("f-seed", runs.map((r) => r.seed));
-  function fmt(v) { return (v === null || v === undefined) ? "n/a" : (typeof v === "number" ? (Math.round(v * 10) / 10).toString() : String(v)); }
-  function apply() {
-    const q = $("f-question").value, c = $("f-class").value, cond = $("f-condition").value;
-    const dose = $("f-dose").value, seed = $("f-seed").value, text = $("f-search").value.toLowerCase();
-    shown = rows.filter((r) => {
-      const run = runs[r.r];
-      if (q && r.q !== q) return false;
-      if (c && r.c !== c) return false;
-      if (cond && run.condition !== cond) return false;
-      if (dose && String(run.dose) !== dose) return false;
-      if (seed && String(run.seed) !== seed) return false;
-      if (text && (r.a + "\n" + r.p + "\n" + r.s).toLowerCase().indexOf(text) < 0) return false;
-      return true;
-    });
-    page = 0;
-    draw();
-  }
-  function draw() {
-    const list = $("samples");
-    list.replaceChildren();
-    const start = page * PAGE, end = Math.min(shown.length, start + PAGE);
-    $("count").textContent = shown.length + " of " + rows.length + " answers" +
-      (shown.length ? " (showing " + (start + 1) + "-" + end + ")" : "");
-    $("prev").disabled = page === 0;
-    $("next").disabled = end >= shown.length;
-    for (const r of shown.slice(start, end)) {
-      const run = runs[r.r];
-      const card = el("div", "sample");
-      card.dataset.cls = r.c;
-      const meta = el("div", "meta");
-      meta.appendChild(el("span", "badge b-" + r.c, r.c));
-      meta.appendChild(el("span", "qid", r.q + " #" + r.k));
-      for (const [name, value] of Object.entries(r.sc)) {
-        const mass = r.m[name];
-        meta.appendChild(el("span", "score", name + " " + fmt(value) + (mass === undefined ? "" : " (number mass " + fmt(mass * 100) + "%)")));
-      }
-      meta.appendChild(el("span", "run", run.condition + (run.dose !== null ? " · dose " + run.dose : "") +
-        (run.seed !== null ? " · seed " + run.seed : "")));
-      meta.appendChild(el("span", "path", run.name));
-      card.appendChild(meta);
-      if (r.s) { card.appendChild(el("div", "label", "system")); card.appendChild(el("div", "text system", r.s)); }
-      card.appendChild(el("div", "label", "question"));
-      card.appendChild(el("div", "text question", r.p));
-      card.appendChild(el("div", "label", "answer"));
-      card.appendChild(el("div", "text answer", r.a));
-      list.appendChild(card);
-    }
-  }
-  for (const id of ["f-question", "f-class", "f-condition", "f-dose", "f-seed"]) $(id).addEventListener("change", apply);
-  $("f-search").addEventListener("input", apply);
-  $("prev").addEventListener("click", () => { page = Math.max(0, page - 1); draw(); });
-  $("next").addEventListener("click", () => { page += 1; draw(); });
-  apply();
-  document.body.dataset.ready = "1";
-})();
-"""
-
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title><style>{style}</style></head>
-<body>
-<header><h1>{title}</h1><p>waluigi {version} · generated {generated} · {n_runs} eval run(s), {n_samples} answers · read from run directories only</p></header>
-<nav><ul>{nav}<li><a href="#browser">sample browser</a></li></ul></nav>
-<main>
-{sections}
-<section id="browser"><h2>Sample browser</h2>
-<p>Every answer with its question and judge scores (number mass: the probability the judge put on the replies 0-100; the paper's rule leaves an answer unscored below 25%). Model output is shown as text, never as markup.</p>
-<div id="filters">
-<label>question<select id="f-question"><option value="">all</option></select></label>
-<label>class<select id="f-class"><option value="">all</option></select></label>
-<label>condition<select id="f-condition"><option value="">all</option></select></label>
-<label>dose<select id="f-dose"><option value="">all</option></select></label>
-<label>seed<select id="f-seed"><option value="">all</option></select></label>
-<label>search<input id="f-search" type="search" placeholder="text in question or answer"></label>
-</div>
-<div id="count"></div>
-<div class="pager"><button id="prev" type="button">previous</button><button id="next" type="button">next</button></div>
-<div id="samples"></div>
-</section>
-</main>
-<script type="application/json" id="waluigi-data">{data}</script>
-<script nonce="{nonce}">{script}</script>
-</body></html>
-"""
