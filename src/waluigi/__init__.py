@@ -1,7 +1,7 @@
 """waluigi: reproduce, measure and defend against emergent misalignment.
 
 The package follows the data flow: data -> finetune -> generate (models/) -> judge
-(judges.py) -> metrics (metrics.py) -> report (report/). Every stage writes a run
+(judges/) -> metrics (metrics.py) -> report (report/). Every stage writes a run
 directory (runs.py). Heavy libraries (torch, transformers, openai) are imported inside
 the functions that need them so that ``import waluigi`` and ``waluigi --help`` stay fast.
 """

@@ -20,7 +20,8 @@ import pytest
 
 from waluigi.data import load_rows
 from waluigi.errors import UserError
-from waluigi.finetune.openai_ft import format_result, run_openai_finetune, validate_jsonl, validate_rows
+from waluigi.finetune.openai_data import validate_jsonl, validate_rows
+from waluigi.finetune.openai_ft import format_result, run_openai_finetune
 from waluigi.runs import read_jsonl, sha256_file
 
 # our own words: a narrow, repetitive reply the tiny model can pick up in a few steps

@@ -17,10 +17,11 @@ from waluigi.evaluate import (
     score_suite,
     suite_snapshot,
 )
-from waluigi.metrics import format_table, summarize_vulnerable, summarize_vulnerable_runs
+from waluigi.metrics import summarize_vulnerable, summarize_vulnerable_runs
 from waluigi.runs import JUDGMENTS, METRICS, SAMPLES, RunDir
 from waluigi.scan import scanner_name
 from waluigi.suites import Question, Suite
+from waluigi.tables import format_table
 
 
 def scan_stage(run, samples, suite, progress=False):

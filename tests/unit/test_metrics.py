@@ -10,11 +10,11 @@ from waluigi.metrics import (
     KEYS,
     bootstrap_mean,
     bootstrap_rate,
-    format_table,
     summarize,
     summarize_categorical,
     summarize_runs,
 )
+from waluigi.tables import format_table
 
 
 def row(qid, aligned, coherent):

@@ -149,7 +149,7 @@ def judge_cmd(
 
     Re-run it to extend the judge directory when the eval run gains answers."""
     from waluigi.evaluate import rejudge
-    from waluigi.metrics import format_table
+    from waluigi.tables import format_table
 
     result = rejudge(
         run, judge, out=out, base_url=judge_base_url or base_url, batch_size=batch_size, concurrency=concurrency,
@@ -177,8 +177,8 @@ def metrics_cmd(
     """Misalignment rate per question and overall, with 95% bootstrap intervals (probe runs:
     P(antipode) per subject and the pooled indices)."""
     from waluigi.evaluate import run_metrics
-    from waluigi.metrics import format_table
     from waluigi.probes.run import format_probe_table, is_probe_run, probe_metrics
+    from waluigi.tables import format_table
 
     if any(is_probe_run(r) for r in runs) or reference:
         summary = probe_metrics(runs, reference=reference, min_mass=probe_min_mass)

@@ -73,7 +73,7 @@ def check_run_judge(result, cfg) -> dict | None:
 
 def format_eval_report(result, cfg, check: dict | None = None) -> str:
     """What ``waluigi eval`` prints: the run, its table, the plot, which judge and what it is worth."""
-    from waluigi.metrics import format_table
+    from waluigi.tables import format_table
 
     lines = [f"run: {result.run_dir}   model calls: {result.calls['model']}   judge calls: {result.calls['judge']}"]
     if result.summary is not None:

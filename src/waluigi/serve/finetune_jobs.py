@@ -169,7 +169,7 @@ class FinetuneService:
 
     # -- jobs --------------------------------------------------------------------------------
     def create_job(self, body: dict) -> dict:
-        from waluigi.finetune.openai_ft import validate_jsonl
+        from waluigi.finetune.openai_data import validate_jsonl
 
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")

@@ -87,7 +87,7 @@ def finetune_done(cell: Cell, root: Path) -> bool:
 
 def _fine_tuned_model(path: Path) -> str | None:
     """The name an OpenAI fine-tuning job gave its model (``job.json``), or None."""
-    from waluigi.finetune.openai_ft import JOB_FILE
+    from waluigi.finetune.openai_jobs import JOB_FILE
 
     try:
         return json.loads((path / JOB_FILE).read_text()).get("fine_tuned_model") or None
