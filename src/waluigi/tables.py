@@ -7,23 +7,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+from waluigi.formats import pct, pct_ci
 
 
 def _ci(block: Mapping[str, Any]) -> str:
-    if block.get("ci_low") is None:
-        return "-"
-    return f"[{100 * block['ci_low']:.1f}, {100 * block['ci_high']:.1f}]"
+    return pct_ci(block.get("ci_low"), block.get("ci_high"))
 
 
 def format_vulnerable(vulnerable: Mapping[str, Any]) -> str:
     """The ``vulnerable`` summary in a few lines (per-question rates are in the JSON only:
     a code suite has one question per held-out prompt, usually one answer each)."""
     block = vulnerable["overall"]
-    rate = _pct(block.get("vulnerable_rate"))
-    ci = "-" if block.get("vuln_ci_low") is None else f"[{100 * block['vuln_ci_low']:.1f}, {100 * block['vuln_ci_high']:.1f}]"
+    rate = pct(block.get("vulnerable_rate"))
+    ci = pct_ci(block.get("vuln_ci_low"), block.get("vuln_ci_high"))
     over = "runs (rate = mean of the runs' rates)" if block.get("ci_over") == "runs" else "answers"
     return "\n".join([
         f"vulnerable code (static scanner, code questions): {rate}  95% CI {ci}  "
@@ -64,13 +60,13 @@ def format_table(summary: Mapping[str, Any], title: str | None = None, width: in
     def cells(name: str, block: Mapping[str, Any]) -> list[str]:
         row = [
             name,
-            _pct(block.get("em_rate")),
+            pct(block.get("em_rate")),
             _ci(block),
             str(block.get("n_misaligned", "-")),
             str(block.get("n_counted", "-")),
             str(block.get("n_incoherent", "-")),
             str(block.get("n_unscored", "-")),
-            _pct(block.get("coherent_rate")),
+            pct(block.get("coherent_rate")),
         ]
         if show_failed:
             row.append(str(block.get("n_failed", 0)))
@@ -93,7 +89,7 @@ def format_table(summary: Mapping[str, Any], title: str | None = None, width: in
         + ("answers" if over == "answers" else "runs (rate = mean of the runs' rates)")
     )
     if overall.get("mean_over_questions") is not None and per_question:
-        lines.append(f"mean of per-question rates (as in the paper's plots): {_pct(overall['mean_over_questions'])}")
+        lines.append(f"mean of per-question rates (as in the paper's plots): {pct(overall['mean_over_questions'])}")
     thresholds = summary.get("thresholds")
     if thresholds:
         lines.append(

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
+from waluigi.formats import NA, pct, pct_ci
 
 # the studies with hundreds of cells (resilience, defend) put this many answers per eval run in
 # their page, so it stays a few MB; `waluigi report DIR` without --limit gives them all
@@ -91,17 +92,6 @@ def _text(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, default=str)
     return str(value)
-
-
-def _pct(value: Any) -> str:
-    return "n/a" if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-        else f"{100 * value:.1f}%"
-
-
-def _ci(low: Any, high: Any) -> str:
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
-        return "n/a"
-    return f"[{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def _png(path: Path) -> str | None:
@@ -226,7 +216,7 @@ def _summary_line(manifest: dict, metrics: dict | None) -> str:
     facts = [("model", manifest.get("model") or config.get("model")), ("suite", config.get("suite")),
              ("judge", manifest.get("judge") or config.get("judge")), ("status", manifest.get("status")),
              ("answers", manifest.get("n_samples")),
-             ("EM rate", f"{_pct(overall.get('em_rate'))} {_ci(overall.get('ci_low'), overall.get('ci_high'))}")]
+             ("EM rate", f"{pct(overall.get('em_rate'), NA)} {pct_ci(overall.get('ci_low'), overall.get('ci_high'), NA)}")]
     return '<p class="facts">' + " · ".join(f"<b>{_esc(k)}</b> {_esc(v)}" for k, v in facts) + "</p>"
 
 
@@ -234,22 +224,22 @@ def _metrics_html(metrics: dict) -> str:
     overall = metrics.get("overall") or {}
     parts = [_table(
         ["EM rate", "95% CI", "counted", "misaligned", "coherent", "unscored", "failed", "answers", "CI over"],
-        [[_pct(overall.get("em_rate")), _ci(overall.get("ci_low"), overall.get("ci_high")), overall.get("n_counted"),
-          overall.get("n_misaligned"), _pct(overall.get("coherent_rate")), overall.get("n_unscored"),
+        [[pct(overall.get("em_rate"), NA), pct_ci(overall.get("ci_low"), overall.get("ci_high"), NA), overall.get("n_counted"),
+          overall.get("n_misaligned"), pct(overall.get("coherent_rate"), NA), overall.get("n_unscored"),
           overall.get("n_failed", 0), overall.get("n"), overall.get("ci_over")]], "metrics")]
     per_question = metrics.get("per_question") or {}
     if per_question:
         parts.append("<h4>Per question</h4>")
         parts.append(_table(
             ["question", "EM rate", "95% CI", "counted", "misaligned", "coherent", "unscored", "answers"],
-            [[qid, _pct(b.get("em_rate")), _ci(b.get("ci_low"), b.get("ci_high")), b.get("n_counted"),
-              b.get("n_misaligned"), _pct(b.get("coherent_rate")), b.get("n_unscored"), b.get("n")]
+            [[qid, pct(b.get("em_rate"), NA), pct_ci(b.get("ci_low"), b.get("ci_high"), NA), b.get("n_counted"),
+              b.get("n_misaligned"), pct(b.get("coherent_rate"), NA), b.get("n_unscored"), b.get("n")]
              for qid, b in per_question.items()], "metrics"))
     vulnerable = (metrics.get("vulnerable") or {}).get("overall")
     if vulnerable:
         parts.append(_table(["vulnerable code", "95% CI", "code answers"],
-                            [[_pct(vulnerable.get("vulnerable_rate")),
-                              _ci(vulnerable.get("vuln_ci_low"), vulnerable.get("vuln_ci_high")),
+                            [[pct(vulnerable.get("vulnerable_rate"), NA),
+                              pct_ci(vulnerable.get("vuln_ci_low"), vulnerable.get("vuln_ci_high"), NA),
                               vulnerable.get("n_code")]], "metrics"))
     return "".join(parts)
 
@@ -259,17 +249,17 @@ def _probe_html(metrics: dict) -> str:
     o = metrics.get("overall") or {}
     parts = [_table(["misalignment index", "95% CI", "controls", "95% CI", "items scored", "median mass",
                      "P(Yes) - 0.5", "P(earlier letter) - 0.5"],
-                    [[_pct(o.get("probe_index")), _ci(o.get("probe_ci_low"), o.get("probe_ci_high")),
-                      _pct(o.get("control_index")), _ci(o.get("control_ci_low"), o.get("control_ci_high")),
-                      f"{o.get('n_scored')}/{o.get('n_items')}", o.get("mass_median"), _pct(o.get("bias_yes")),
-                      _pct(o.get("bias_first_letter"))]], "metrics")]
+                    [[pct(o.get("probe_index"), NA), pct_ci(o.get("probe_ci_low"), o.get("probe_ci_high"), NA),
+                      pct(o.get("control_index"), NA), pct_ci(o.get("control_ci_low"), o.get("control_ci_high"), NA),
+                      f"{o.get('n_scored')}/{o.get('n_items')}", o.get("mass_median"), pct(o.get("bias_yes"), NA),
+                      pct(o.get("bias_first_letter"), NA)]], "metrics")]
     subjects = metrics.get("subjects") or {}
     parts.append("<h4>Per subject: P(antipode's option), normalised over the two options</h4>")
     parts.append(_table(
         ["subject", "set", "P(antipode)", "95% CI", "antipode wins", "scored", "median mass", "bias"],
-        [[name, "control" if b.get("control") else "misalignment", _pct(b.get("antipode")),
-          _ci(b.get("ci_low"), b.get("ci_high")), _pct(b.get("win_rate")), f"{b.get('n_scored')}/{b.get('n_items')}",
-          b.get("mass_median"), _pct(b.get("bias"))] for name, b in subjects.items()], "metrics"))
+        [[name, "control" if b.get("control") else "misalignment", pct(b.get("antipode"), NA),
+          pct_ci(b.get("ci_low"), b.get("ci_high"), NA), pct(b.get("win_rate"), NA), f"{b.get('n_scored')}/{b.get('n_items')}",
+          b.get("mass_median"), pct(b.get("bias"), NA)] for name, b in subjects.items()], "metrics"))
     if metrics.get("attribution"):
         parts.append(f"<p>data: {_esc(metrics['attribution'])}</p>")
     return "".join(parts)
@@ -305,9 +295,9 @@ def _cells_table(root: Path) -> str:
     body = []
     for row in rows:
         seed = next((row[k] for k in SEED_KEYS if row.get(k) is not None), None)
-        body.append([_condition(row), seed, row.get("status"), _pct(row.get("em_rate")),
-                     _ci(row.get("ci_low"), row.get("ci_high")), _pct(row.get("coherent_rate")),
-                     _pct(row.get("vulnerable_rate")), row.get("n_counted"), row.get("eval_run")])
+        body.append([_condition(row), seed, row.get("status"), pct(row.get("em_rate"), NA),
+                     pct_ci(row.get("ci_low"), row.get("ci_high"), NA), pct(row.get("coherent_rate"), NA),
+                     pct(row.get("vulnerable_rate"), NA), row.get("n_counted"), row.get("eval_run")])
     return (f"<details><summary>{len(rows)} cells of {_esc(root.name)}</summary>" +
             _table(["condition", "seed", "status", "EM rate", "95% CI", "coherent", "vulnerable", "counted", "eval run"],
                    body, "cells") + "</details>")
