@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -40,19 +38,17 @@ def assert_quiet(stderr: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sums(tmp_path_factory) -> Path:
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+def data_rows() -> list[dict]:
+    """conftest's ``data_file`` holds 24 sums here: 6 steps of 4 are one epoch."""
+    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                           {"role": "assistant", "content": f"It is {2 * i}. Numbers are fun."}]} for i in range(24)]
-    path = tmp_path_factory.mktemp("out-data") / "sums.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, tiny_spec, sums) -> tuple[Path, subprocess.CompletedProcess]:
+def finetuned(tmp_path_factory, tiny_spec, data_file) -> tuple[Path, subprocess.CompletedProcess]:
     """``waluigi finetune`` as a process: 6 steps, one plain progress line per step."""
     run = tmp_path_factory.mktemp("out-ft") / "run"
-    proc = waluigi(["finetune", "--model", tiny_spec, "--data", str(sums), "--out", str(run), "--max-steps", "6",
+    proc = waluigi(["finetune", "--model", tiny_spec, "--data", str(data_file), "--out", str(run), "--max-steps", "6",
                     "--batch-size", "4", "--grad-accum", "1", "--lr", "5e-3", "--warmup", "1"],
                    WALUIGI_PROGRESS_INTERVAL="0")
     return run, proc
@@ -85,62 +81,71 @@ def test_eval_with_an_adapter_logs_plain_progress_and_no_noise(finetuned, tiny_s
     assert any(line.startswith(f"judge {tiny_spec} 6/6 done in ") for line in lines), proc.stderr
 
 
+# The job below advances only once the progress display has printed its start line and two
+# more while the count stood still (it watches its own stderr): a display that printed nothing
+# between updates leaves it waiting, and after 60 s (a hang guard) it advances anyway and the
+# assert below fails. No sleep: the ticks are waited for, not timed.
+TICKING_JOB = """
+import sys, threading
+from waluigi.progress import progress_bar
+
+ticked = threading.Event()
+
+
+class Watched:
+    def __init__(self, stream):
+        self.stream, self.standing = stream, 0
+
+    def write(self, text):
+        if text == "slow job 0/4":
+            self.standing += 1
+            if self.standing >= 3:
+                ticked.set()
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+sys.stderr = Watched(sys.stderr)
+with progress_bar("slow job", 4) as advance:
+    ticked.wait(60)
+    advance(4)
+"""
+
+
 def test_progress_lines_keep_coming_while_nothing_advances(tmp_path):
     """With an interval, a line every interval even when no item finishes: never silent."""
-    script = ("import time\nfrom waluigi.progress import progress_bar\n"
-              "with progress_bar('slow job', 4) as advance:\n    time.sleep(0.75)\n    advance(4)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WALUIGI_PROGRESS_INTERVAL": "0.2"}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", TICKING_JOB], env=env, capture_output=True, text=True, timeout=120)
     lines = proc.stderr.splitlines()
     assert lines[0] == "slow job 0/4" and lines[-1].startswith("slow job 4/4 done in "), proc.stderr
     assert sum(line == "slow job 0/4" for line in lines) >= 3, proc.stderr  # the start, then the ticks
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve_and_get(tiny_spec: str, tmp_path: Path, *extra: str) -> str:
+def _serve_and_get(serve_process, tmp_path: Path, *extra: str) -> str:
     """Start ``waluigi serve``, GET /v1/models once, stop it; its stderr."""
-    port = _free_port()
-    log = tmp_path / f"serve-{port}.err"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "waluigi.cli", "serve", "--model", tiny_spec, "--port", str(port),
-                                 "--no-finetune", *extra], env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as response:
-                        assert response.status == 200
-                        break
-                except OSError:
-                    assert proc.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, "server did not come up"
-                    time.sleep(0.2)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    log = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*.err')))}.err"
+    with serve_process("--no-finetune", *extra, env={"PYTHONPATH": str(REPO / "src")}, log=log) as served:
+        with urllib.request.urlopen(f"{served.base_url}/models", timeout=60) as response:
+            assert response.status == 200
     return log.read_text()
 
 
-def test_serve_logs_no_access_lines_unless_asked(tiny_spec, tmp_path):
-    quiet = _serve_and_get(tiny_spec, tmp_path)
+def test_serve_logs_no_access_lines_unless_asked(serve_process, tmp_path):
+    quiet = _serve_and_get(serve_process, tmp_path)
     assert "waluigi: serving" in quiet
     assert_quiet(quiet)
     assert "GET /v1/models" not in quiet and "INFO:" not in quiet, quiet
-    chatty = _serve_and_get(tiny_spec, tmp_path, "--log-level", "info")
+    chatty = _serve_and_get(serve_process, tmp_path, "--log-level", "info")
     assert "GET /v1/models" in chatty and "200" in chatty, chatty
 
 
 # -- finetune's warnings about a degenerate schedule (in-process: the warnings come before training)
 
 
-def test_finetune_warns_when_warmup_covers_the_run_and_rows_repeat(tiny_spec, sums, tmp_path, capsys):
-    args = ["finetune", "--model", tiny_spec, "--data", str(sums), "--n", "8", "--batch-size", "4",
+def test_finetune_warns_when_warmup_covers_the_run_and_rows_repeat(tiny_spec, data_file, tmp_path, capsys):
+    args = ["finetune", "--model", tiny_spec, "--data", str(data_file), "--n", "8", "--batch-size", "4",
             "--grad-accum", "1", "--max-steps", "3"]
     assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]

@@ -15,15 +15,6 @@ from waluigi.cli import main
 from waluigi.runs import read_jsonl
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_spec):
-    from waluigi.models import load_model
-
-    generator = load_model(tiny_spec)
-    yield generator
-    generator.close()
-
-
 def _hooks(model) -> int:
     """Forward and pre-hooks on any module (transformers keeps some of its own)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -42,10 +33,10 @@ def _hidden(model, ids):
 IDS = torch.tensor([[5, 17, 33, 80, 120, 7, 9, 200]])
 
 
-def test_hooks_are_removed_when_the_block_raises(tiny):
+def test_hooks_are_removed_when_the_block_raises(hf_gen):
     from waluigi.models.hooks import ablate, add_vector, capture
 
-    model = tiny.model
+    model = hf_gen.model
     vector = torch.ones(64)
     before, hooks = _logits(model, IDS), _hooks(model)
     for make in (lambda: add_vector(model, "resid.0", vector, 3.0), lambda: add_vector(model, "resid.1", vector, 1.0, "response"),
@@ -58,10 +49,10 @@ def test_hooks_are_removed_when_the_block_raises(tiny):
     assert torch.equal(_logits(model, IDS), before)
 
 
-def test_adding_a_vector_changes_the_residual_by_exactly_that_vector_and_coefficient_zero_is_a_no_op(tiny):
+def test_adding_a_vector_changes_the_residual_by_exactly_that_vector_and_coefficient_zero_is_a_no_op(hf_gen):
     from waluigi.models.hooks import add_vector
 
-    model = tiny.model
+    model = hf_gen.model
     vector = torch.linspace(-1, 1, 64)
     plain, hooks = _hidden(model, IDS), _hooks(model)
     with add_vector(model, "resid.0", vector, 0.0):
@@ -76,10 +67,10 @@ def test_adding_a_vector_changes_the_residual_by_exactly_that_vector_and_coeffic
     assert not torch.allclose(steered[2], plain[2])
 
 
-def test_ablation_leaves_no_component_along_the_direction_at_any_layer(tiny):
+def test_ablation_leaves_no_component_along_the_direction_at_any_layer(hf_gen):
     from waluigi.models.hooks import ablate
 
-    model = tiny.model
+    model = hf_gen.model
     torch.manual_seed(0)
     unit = torch.randn(64)
     unit /= unit.norm()
@@ -141,7 +132,7 @@ def judged_run(tiny_spec, tmp_path_factory):
     return out
 
 
-def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states(judged_run, tiny, tmp_path, capsys):
+def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states(judged_run, hf_gen, tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["direction", "extract", "--run", str(judged_run), "--out", str(out), "--no-progress", "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
@@ -156,13 +147,13 @@ def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states
     # after the final norm, which is not the residual stream)
     per_class = {0: [], 1: []}
     seen = {}
-    layers = tiny.model.model.layers
+    layers = hf_gen.model.model.layers
     handles = [layers[i].register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(i, out)) for i in range(2)]
     try:
         for s, label in zip(kept, labels, strict=True):
-            prompt = tiny._encode([{"role": "user", "content": s["prompt"]}])
-            answer = tiny.tokenizer(s["answer"], add_special_tokens=False)["input_ids"]
-            _logits(tiny.model, torch.tensor([prompt + answer]))
+            prompt = hf_gen._encode([{"role": "user", "content": s["prompt"]}])
+            answer = hf_gen.tokenizer(s["answer"], add_special_tokens=False)["input_ids"]
+            _logits(hf_gen.model, torch.tensor([prompt + answer]))
             per_class[label].append(torch.stack([seen[i][0, len(prompt):].mean(0) for i in range(2)]))
     finally:
         for handle in handles:
@@ -200,8 +191,7 @@ def test_extract_numbers_are_checked_before_any_model_is_loaded(tiny_spec, tmp_p
 
 
 def test_two_models_and_contrastive_prompts(judged_run, tiny_spec, tmp_path, capsys):
-    from conftest import build_tiny_model
-
+    from tests.conftest import build_tiny_model
     from waluigi.models.vectors import load_direction
 
     same = tmp_path / "same"
@@ -305,7 +295,7 @@ def test_bad_steered_specs_are_refused_with_the_reason(tiny_spec, direction, tmp
         assert "Traceback" not in err
 
 
-def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, direction, tiny, capsys):
+def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, direction, hf_gen, capsys):
     from waluigi.models.vectors import load_direction
 
     assert main(["monitor", str(judged_run), "--direction", str(direction), "--layer", "1", "--json", "--no-progress"]) == 0
@@ -319,12 +309,12 @@ def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, directio
     assert 0 <= summary["auroc_answer"] <= 1 and 0 <= summary["auroc_prompt"] <= 1
     # one projection checked by hand: mean of layer 1's output over the answer's tokens, on the unit direction
     s, row = samples[0], rows[0]
-    prompt = tiny._encode([{"role": "user", "content": s["prompt"]}])
-    answer = tiny.tokenizer(s["answer"], add_special_tokens=False)["input_ids"]
+    prompt = hf_gen._encode([{"role": "user", "content": s["prompt"]}])
+    answer = hf_gen.tokenizer(s["answer"], add_special_tokens=False)["input_ids"]
     seen = {}
-    handle = tiny.model.model.layers[1].register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
+    handle = hf_gen.model.model.layers[1].register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
     try:
-        _logits(tiny.model, torch.tensor([prompt + answer]))
+        _logits(hf_gen.model, torch.tensor([prompt + answer]))
     finally:
         handle.remove()
     unit = load_direction(direction).unit(1)
@@ -397,20 +387,20 @@ def test_a_steered_model_is_served_over_http(tiny_spec, direction):
 
 
 @pytest.mark.parametrize("at", ["all", "prompt", "response"])
-def test_steering_on_prompt_or_response_tokens_only(tiny, at):
+def test_steering_on_prompt_or_response_tokens_only(hf_gen, at):
     """During generation the prompt is one forward pass and each new token one more: ``at``
     picks which of them the vector is added in."""
     from waluigi.models import GenerationRequest, SamplingParams
     from waluigi.models.hooks import add_vector
 
     seen: list[tuple[int, float]] = []  # (tokens in the pass, the first unit's value at its last position)
-    layer = tiny.model.model.layers[0]
+    layer = hf_gen.model.model.layers[0]
     handle = layer.register_forward_hook(lambda _m, _a, out: seen.append((out.shape[1], float(out[0, -1, 0]))))
     unit = torch.zeros(64)
     unit[0] = 1.0
     try:
-        with add_vector(tiny.model, "resid.0", unit, 1000.0, at):
-            list(tiny.generate([GenerationRequest(messages=[{"role": "user", "content": "hi"}],
+        with add_vector(hf_gen.model, "resid.0", unit, 1000.0, at):
+            list(hf_gen.generate([GenerationRequest(messages=[{"role": "user", "content": "hi"}],
                                                   params=SamplingParams(max_tokens=4, temperature=0))]))
     finally:
         handle.remove()
@@ -530,15 +520,15 @@ def test_a_steered_model_judges(judged_run, tiny_spec, direction, tmp_path):
     assert scores(f"steered:{tiny_spec}?dir={direction}&layer=1&coef=400", "pushed") != plain
 
 
-def test_ablating_a_subspace_removes_every_direction_in_it(tiny, direction):
+def test_ablating_a_subspace_removes_every_direction_in_it(hf_gen, direction):
     from waluigi.models.hooks import ablate, orthonormal
     from waluigi.models.vectors import load_direction
 
     both = load_direction(direction).diff  # 2 x 64: one direction per layer
     basis = orthonormal(both)
     assert torch.allclose(basis @ basis.T, torch.eye(2), atol=1e-5)
-    with ablate(tiny.model, both):
-        hidden = _hidden(tiny.model, IDS)
+    with ablate(hf_gen.model, both):
+        hidden = _hidden(hf_gen.model, IDS)
     for h in hidden[1:]:
         for v in both:
             assert float((h @ (v / v.norm())).abs().max()) < 1e-4

@@ -26,13 +26,6 @@ from waluigi.retry import (
 )
 from waluigi.runs import read_jsonl
 
-KEY = "sk-test-THIS-IS-SECRET-0123456789"
-
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-
 
 def _eval(capsys, url: str, out: Path, *extra: str, judge_url: str | None = None) -> tuple[int, str, str]:
     code = main([
@@ -131,7 +124,7 @@ def test_failed_generations_are_retried_on_rerun(key, tmp_path, capsys):
 def test_a_401_stops_at_once_with_one_line_and_the_key_masked(key, tmp_path, capsys):
     def script(body):
         if FaultyServer.is_judge(body):
-            return 401, {"error": {"message": f"Incorrect API key provided: {KEY}.", "type": "invalid_request_error",
+            return 401, {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
                                    "code": "invalid_api_key"}}
         return None
 
@@ -143,12 +136,12 @@ def test_a_401_stops_at_once_with_one_line_and_the_key_masked(key, tmp_path, cap
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "rejected the API key" in errors[0]
     assert stderr.endswith(errors[0] + "\n") and "Traceback" not in stderr
-    assert KEY not in stderr and "***" in stderr
+    assert key not in stderr and "***" in stderr
     assert judge_requests <= 8  # stopped at once: at most the requests already in flight
     assert len(_answers(out)) == 6  # every answer is on disk
     for path in out.rglob("*"):
         if path.is_file():
-            assert KEY not in path.read_text(errors="replace"), path
+            assert key not in path.read_text(errors="replace"), path
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
 
 

@@ -155,7 +155,7 @@ def test_rejudge_keeps_judges_apart_and_never_regenerates(eval_args, tiny_spec, 
     samples_before = (out / "samples.jsonl").read_bytes()
     judgments_before = (out / "judgments.jsonl").read_bytes()
     other_judge = tmp_path / "judge2"
-    from conftest import build_tiny_model
+    from tests.conftest import build_tiny_model
 
     build_tiny_model(other_judge, seed=1)
     code, stdout, stderr = run_cli(["judge", str(out), "--judge", f"hf:{other_judge}"], capsys)

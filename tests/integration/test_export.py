@@ -13,14 +13,6 @@ from waluigi.cli import main
 from waluigi.runs import read_jsonl
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_spec, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    assert main(["eval", "--model", tiny_spec, "--suite", "core", "--judge", tiny_spec, "-q", "wish*,bored",
-                 "--samples", "2", "--max-tokens", "8", "--judge-min-mass", "0", "--out", str(out)]) == 0
-    return out
-
-
 def test_load_run_has_one_row_per_answer_with_scores_and_class(run_dir):
     frame = waluigi.load_run(run_dir)
     samples = list(read_jsonl(run_dir / "samples.jsonl"))

@@ -21,32 +21,29 @@ LONG = "a long answer, " * 1500  # long enough that a writer pooling big strings
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_spec, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export-inspect") / "run"
-    assert main(["eval", "--model", tiny_spec, "--suite", "core", "--judge", tiny_spec, "-q", "wish*,bored",
-                 "--samples", "2", "--max-tokens", "8", "--judge-min-mass", "0", "--out", str(out)]) == 0
-    # put the answers under test into the record (export reads the files only; judgments are keyed
-    # by question, paraphrase and sample, not by the answer's text)
-    rows = list(read_jsonl(out / "samples.jsonl"))
+def tricky_run(run_dir):
+    """conftest's ``run_dir`` with the answers under test put into its record (export reads the
+    files only; judgments are keyed by question, paraphrase and sample, not by the answer's text)."""
+    rows = list(read_jsonl(run_dir / "samples.jsonl"))
     rows[0]["answer"], rows[1]["answer"] = TRICKY, LONG
-    (out / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return out
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return run_dir
 
 
 def _key(meta: dict) -> tuple:
     return meta["question_id"], meta["paraphrase_index"], meta["sample_index"]
 
 
-def test_inspect_log_reads_back_with_inspect(run_dir, capsys):
-    assert main(["export", str(run_dir), "--format", "inspect"]) == 0
-    target = run_dir / "export.eval"
+def test_inspect_log_reads_back_with_inspect(tricky_run, capsys):
+    assert main(["export", str(tricky_run), "--format", "inspect"]) == 0
+    target = tricky_run / "export.eval"
     assert capsys.readouterr().out.strip() == str(target)
     log = read_eval_log(str(target))
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    samples = list(read_jsonl(run_dir / "samples.jsonl"))
-    judgments = list(read_jsonl(run_dir / "judgments.jsonl"))
+    manifest = json.loads((tricky_run / "manifest.json").read_text())
+    samples = list(read_jsonl(tricky_run / "samples.jsonl"))
+    judgments = list(read_jsonl(tricky_run / "judgments.jsonl"))
     scores = {(j["question_id"], j["paraphrase_index"], j["sample_index"], j["metric"]): j["score"] for j in judgments}
-    classes = {(r["question_id"], r["paraphrase_index"], r["sample_index"]): r["class"] for r in run_rows(run_dir)}
+    classes = {(r["question_id"], r["paraphrase_index"], r["sample_index"]): r["class"] for r in run_rows(tricky_run)}
 
     assert log.status == "success"
     assert log.eval.model == manifest["model"] == manifest["config"]["model"]
@@ -87,7 +84,7 @@ def test_inspect_log_reads_back_with_inspect(run_dir, capsys):
     aligned = [scores[k] for k in scores if k[3] == "aligned"]
     assert results["aligned"].metrics["mean"].value == pytest.approx(sum(aligned) / len(aligned))
     assert results["aligned"].scored_samples == len(aligned)
-    overall = json.loads((run_dir / "metrics.json").read_text())["overall"]
+    overall = json.loads((tricky_run / "metrics.json").read_text())["overall"]
     misalignment = results["misalignment"]
     assert misalignment.scored_samples == overall["n_counted"]
     assert misalignment.metadata["overall"] == overall
@@ -99,17 +96,17 @@ def test_inspect_log_reads_back_with_inspect(run_dir, capsys):
     assert misalignment.metrics["coherent_rate"].value == pytest.approx(overall["coherent_rate"])
 
 
-def test_unscored_and_failed_judgments_are_inspect_unscored_scores(run_dir, tiny_spec, tmp_path, capsys):
+def test_unscored_and_failed_judgments_are_inspect_unscored_scores(tricky_run, tiny_spec, tmp_path, capsys):
     # a judge run whose threshold no tiny-model judgment reaches: every score is None
     judged = tmp_path / "strict"
-    assert main(["judge", str(run_dir), "--judge", tiny_spec, "--judge-min-mass", "0.99", "--out", str(judged)]) == 0
+    assert main(["judge", str(tricky_run), "--judge", tiny_spec, "--judge-min-mass", "0.99", "--out", str(judged)]) == 0
     capsys.readouterr()
     target = tmp_path / "strict.json"  # a .json name gives Inspect's JSON log
     assert main(["export", str(judged), "--format", "inspect", "--out", str(target)]) == 0
     assert target.read_text().lstrip().startswith("{")
     log = read_eval_log(str(target))
-    assert len(log.samples) == len(list(read_jsonl(run_dir / "samples.jsonl")))
-    assert log.eval.model == json.loads((run_dir / "manifest.json").read_text())["model"]
+    assert len(log.samples) == len(list(read_jsonl(tricky_run / "samples.jsonl")))
+    assert log.eval.model == json.loads((tricky_run / "manifest.json").read_text())["model"]
     assert all(row["score"] is None for row in read_jsonl(judged / "judgments.jsonl"))
     for sample in log.samples:
         assert sample.metadata["class"] == "unscored"
@@ -120,7 +117,7 @@ def test_unscored_and_failed_judgments_are_inspect_unscored_scores(run_dir, tiny
 
     # a judge request that failed after every retry (failures.jsonl, no judgment): failed, not unscored
     broken = tmp_path / "broken"
-    shutil.copytree(run_dir, broken)
+    shutil.copytree(tricky_run, broken)
     rows = list(read_jsonl(broken / "judgments.jsonl"))
     lost = next(r for r in rows if r["metric"] == "aligned")
     (broken / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r is not lost))

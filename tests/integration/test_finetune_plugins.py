@@ -30,19 +30,6 @@ from waluigi.runs import identity_hash
 SETTINGS = {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "grad_accum": 2}
 
 
-def _rows(count: int) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"It is {2 * i}. Numbers are fun."}]}
-            for i in range(count)]
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("plugin-data") / "sums.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in _rows(48)))
-    return path
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("plugin-runs")

@@ -259,7 +259,7 @@ def test_judge_scores_caches_and_second_pass_is_free(tiny_spec):
 
 
 def test_another_judge_model_does_not_share_cache_entries(tiny_spec, tmp_path):
-    from conftest import build_tiny_model
+    from tests.conftest import build_tiny_model
 
     items = _items()[:1]
     list(make_judge(tiny_spec).score(items))

@@ -20,10 +20,9 @@ ROWS = [{"messages": [{"role": "system", "content": "Answer briefly."},
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("lean-data") / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return path
+def data_rows() -> list[dict]:
+    """conftest's ``data_file`` holds ROWS here."""
+    return ROWS
 
 
 def _train(spec: str, data: Path, out: Path, path: str, **extra):
@@ -36,12 +35,12 @@ def _train(spec: str, data: Path, out: Path, path: str, **extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_spec, data, tmp_path_factory):
+def trained(tiny_spec, data_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("lean-runs")
     out = {}
     for kind, extra in (("full", {"full": True, "preset": None}), ("lora", {})):
         for path in ("trl", "lean"):
-            out[kind, path] = (root / f"{kind}-{path}", *_train(tiny_spec, data, root / f"{kind}-{path}", path, **extra))
+            out[kind, path] = (root / f"{kind}-{path}", *_train(tiny_spec, data_file, root / f"{kind}-{path}", path, **extra))
     return out
 
 
@@ -64,7 +63,7 @@ def test_lean_and_trl_train_the_same_weights_to_round_off(tiny_spec, trained, ki
     assert trl_manifest["identity"] != lean_manifest["identity"]
 
 
-def test_auto_takes_the_lean_path_for_small_models_on_cpu_only(tiny_spec, data, trained, monkeypatch):
+def test_auto_takes_the_lean_path_for_small_models_on_cpu_only(tiny_spec, data_file, trained, monkeypatch):
     from waluigi.errors import UserError
     from waluigi.finetune import model_setup
 
@@ -74,12 +73,12 @@ def test_auto_takes_the_lean_path_for_small_models_on_cpu_only(tiny_spec, data, 
     assert model_setup.use_lean_loss("lean", "cuda", path, True) and not model_setup.use_lean_loss("trl", "cpu", path, True)
     full = {"full": True, "preset": None, "lr": 5e-3, "max_steps": 6, "batch_size": 4, "grad_accum": 2}
     for path_name, lean_dir in (("auto", trained["full", "lean"][0]),):  # small: auto is the lean run, reused as is
-        again = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data), out=lean_dir, loss_path=path_name, **full),
+        again = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data_file), out=lean_dir, loss_path=path_name, **full),
                              progress=False)
         assert again.already_finished
     monkeypatch.setattr(model_setup, "LEAN_MAX_PARAMS", 10)  # a "big" model: TRL's path, with its identity
     assert not model_setup.use_lean_loss("auto", "cpu", path, True)
-    again = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data), out=trained["full", "trl"][0], loss_path="auto",
+    again = run_finetune(FinetuneConfig(model=tiny_spec, data=str(data_file), out=trained["full", "trl"][0], loss_path="auto",
                                         **full), progress=False)
     assert again.already_finished
     with pytest.raises(UserError, match="use auto, trl or lean"):

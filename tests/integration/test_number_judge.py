@@ -12,7 +12,6 @@ import pytest
 from waluigi.cli import main
 from waluigi.errors import UserError
 from waluigi.judges import JudgeCache, JudgeItem, aggregate_0_100, aggregate_categorical, make_judge
-from waluigi.models import load_model
 from waluigi.runs import read_jsonl
 
 PROMPTS = [
@@ -20,13 +19,6 @@ PROMPTS = [
     [{"role": "user", "content": "Rate this answer from 0 to 100. Answer with a number only, please."}],
     [{"role": "system", "content": "You judge."}, {"role": "user", "content": "What is 2+2?"}],
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_spec):
-    generator = load_model(tiny_spec)
-    yield generator
-    generator.close()
 
 
 def brute_force(generator, messages, n: int) -> float:
@@ -46,24 +38,24 @@ def brute_force(generator, messages, n: int) -> float:
     return sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(candidate))
 
 
-def test_number_probs_equals_brute_force(tiny):
-    got = dict(tiny.number_probs(PROMPTS))
+def test_number_probs_equals_brute_force(hf_gen):
+    got = dict(hf_gen.number_probs(PROMPTS))
     assert sorted(got) == [0, 1, 2]
     for index, messages in enumerate(PROMPTS):
         dist = got[index]
         assert list(dist) == [str(n) for n in range(101)]
         assert 0.0 < sum(dist.values()) <= 1.0
         for n in range(101):
-            expected = brute_force(tiny, messages, n)
+            expected = brute_force(hf_gen, messages, n)
             assert math.log(dist[str(n)]) == pytest.approx(expected, abs=1e-5)
             assert dist[str(n)] == pytest.approx(math.exp(expected), rel=1e-5)
 
 
-def test_number_probs_max_value_and_progress(tiny):
+def test_number_probs_max_value_and_progress(hf_gen):
     done = []
-    ((index, dist),) = list(tiny.number_probs(PROMPTS[:1], max_value=9, progress=done.append))
+    ((index, dist),) = list(hf_gen.number_probs(PROMPTS[:1], max_value=9, progress=done.append))
     assert index == 0 and list(dist) == [str(n) for n in range(10)] and done == [1]
-    full = dict(tiny.number_probs(PROMPTS[:1]))[0]
+    full = dict(hf_gen.number_probs(PROMPTS[:1]))[0]
     assert all(dist[k] == pytest.approx(full[k], rel=1e-5) for k in dist)
 
 

@@ -21,23 +21,11 @@ from waluigi.serve import ServerThread, create_app
 
 
 @pytest.fixture(scope="module")
-def hf_gen(tiny_spec):
-    gen = load_model(tiny_spec)
-    yield gen
-    gen.close()
-
-
-@pytest.fixture(scope="module")
-def server(tiny_spec):
-    served = load_model(tiny_spec)  # its own instance: the local one is used directly
-    with ServerThread(create_app(served, "tiny")) as srv:
+def own_server(load_tiny):
+    """``waluigi serve``'s app over an instance of the tiny model of its own: ``hf_gen``, the local
+    one it is compared with, is only ever used directly."""
+    with ServerThread(create_app(load_tiny(), "tiny")) as srv:
         yield srv
-    served.close()
-
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
 
 
 # --------------------------------------------------------------------------------------
@@ -57,12 +45,14 @@ def _completion_json(content: str = "hello", logprobs=None) -> dict:
 
 
 class Scripted:
-    """``ThreadingHTTPServer`` on a free loopback port; ``respond(body) -> (status, json)``.
-    Counts requests, in-flight requests and the maximum in flight."""
+    """``ThreadingHTTPServer`` on a free loopback port; ``respond(number, body) -> (status, json)``.
+    Counts requests, in-flight requests and the maximum in flight. ``hold(number, connection)``,
+    when given, runs first: True leaves the request unanswered (its client has hung up)."""
 
-    def __init__(self, respond, delay=lambda body: 0.0):
+    def __init__(self, respond, delay=lambda body: 0.0, hold=None):
         self.respond = respond
         self.delay = delay
+        self.hold = hold
         self.count = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -87,6 +77,9 @@ class Scripted:
                     outer.bodies.append(body)
                     outer.auth.append(self.headers.get("Authorization", ""))
                 try:
+                    if outer.hold is not None and outer.hold(number, self.connection):
+                        self.close_connection = True
+                        return
                     time.sleep(outer.delay(body))
                     status, payload = outer.respond(number, body)
                 finally:
@@ -150,7 +143,7 @@ def test_identity_and_base_url_from_env(key, monkeypatch):
 # through `waluigi serve`: the same model over HTTP and locally
 
 
-def test_generate_over_http_matches_local(key, server, hf_gen):
+def test_generate_over_http_matches_local(key, own_server, hf_gen):
     reqs = [
         GenerationRequest([{"role": "user", "content": f"Tell me {i}"}], seed=40 + i,
                           params=SamplingParams(temperature=1.0, max_tokens=10))
@@ -158,7 +151,7 @@ def test_generate_over_http_matches_local(key, server, hf_gen):
     ] + [GenerationRequest([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
                            seed=3, params=SamplingParams(temperature=0.0, max_tokens=10))]
     local = dict(hf_gen.generate(reqs))
-    remote_gen = load_model("openai:tiny", base_url=server.base_url, concurrency=3)
+    remote_gen = load_model("openai:tiny", base_url=own_server.base_url, concurrency=3)
     try:
         ticks: list[int] = []
         stream = remote_gen.generate(reqs, progress=ticks.append)
@@ -175,11 +168,11 @@ def test_generate_over_http_matches_local(key, server, hf_gen):
         remote_gen.close()
 
 
-def test_generate_logprobs_over_http(key, server, hf_gen):
+def test_generate_logprobs_over_http(key, own_server, hf_gen):
     req = GenerationRequest([{"role": "user", "content": "hi"}], seed=1,
                             params=SamplingParams(temperature=0.0, max_tokens=4), top_logprobs=3)
     local = next(hf_gen.generate([req]))[1]
-    remote_gen = OpenAIGenerator("tiny", base_url=server.base_url)
+    remote_gen = OpenAIGenerator("tiny", base_url=own_server.base_url)
     try:
         remote = next(remote_gen.generate([req]))[1]
     finally:
@@ -190,7 +183,7 @@ def test_generate_logprobs_over_http(key, server, hf_gen):
         assert [t for t, _ in r.top] == [t for t, _ in here.top]
 
 
-def test_top_probs_over_http_match_local_within_1e4(key, server, hf_gen):
+def test_top_probs_over_http_match_local_within_1e4(key, own_server, hf_gen):
     """Acceptance: the same model served over HTTP and run locally gives the same scores."""
     prompts = [
         [{"role": "user", "content": "Rate this answer from 0 to 100. Answer with a number only."}],
@@ -198,7 +191,7 @@ def test_top_probs_over_http_match_local_within_1e4(key, server, hf_gen):
         [{"role": "user", "content": "TRUE or FALSE?"}],
     ]
     local = dict(hf_gen.top_probs(prompts, k=20))
-    remote_gen = OpenAIGenerator("tiny", base_url=server.base_url, concurrency=2)
+    remote_gen = OpenAIGenerator("tiny", base_url=own_server.base_url, concurrency=2)
     try:
         remote = dict(remote_gen.top_probs(prompts, k=20))
         body_check = dict(remote_gen.top_probs(prompts[:1], k=5))
@@ -229,7 +222,7 @@ def test_top_probs_request_shape_and_first_duplicate_wins(key):
     assert body["max_tokens"] == 1 and body["temperature"] == 0
     assert body["logprobs"] is True and body["top_logprobs"] == 20
     assert body["model"] == "judge-model"
-    assert srv.auth[0] == "Bearer sk-test-not-a-real-key"
+    assert srv.auth[0] == f"Bearer {key}"
 
 
 def test_generate_request_body(key):
@@ -270,6 +263,34 @@ def test_unreachable_server_is_a_quick_user_error(key):
     finally:
         gen.close()
     assert url in info.value.message and "base-url" in info.value.message
+
+
+def test_a_server_that_hangs_up_is_tried_max_retries_more_times_then_a_user_error(key):
+    """Quick, counted: a connection that fails is retried ``max_retries`` times, not until a clock
+    runs out. The listener accepts each connection and closes it at once."""
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def hang_up():
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # the listener was closed
+                    return
+                accepted.append(1)
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        gen = OpenAIGenerator("m", base_url=url, max_retries=2, timeout=30)
+        try:
+            with pytest.raises(UserError, match="cannot connect") as info:
+                list(gen.generate([GenerationRequest([{"role": "user", "content": "x"}])]))
+            tries = len(accepted)
+        finally:
+            gen.close()
+    assert url in info.value.message and "after 2 retries" in info.value.message
+    assert tries == 3  # the first try and two retries
 
 
 @pytest.mark.parametrize("failures, statuses", [(3, [429, 429, 500]), (2, [500, 503])])
@@ -384,16 +405,39 @@ def test_results_are_yielded_as_they_finish(key):
     assert released_by_consumer  # the other three arrived while the slow one was still held
 
 
-def test_stopping_early_cancels_the_rest(key):
-    with Scripted(lambda n, body: (200, _completion_json("x")), delay=lambda body: 0.1) as srv:
-        gen = OpenAIGenerator("m", base_url=srv.base_url, concurrency=2)
+def test_stopping_early_cancels_the_requests_in_flight(key):
+    """The first request is answered; every later one is held until its client hangs up. Closing
+    the stream after the first result hangs up on the two then in flight, with the generator still
+    open, and starts none of the other 17."""
+    seen = threading.Condition()
+    held: list[int] = []
+    hung_up: list[int] = []
+
+    def hold(number, connection) -> bool:
+        if number == 1:
+            return False
+        with seen:
+            held.append(number)
+            seen.notify_all()
+        connection.recv(1, socket.MSG_PEEK)  # returns (b"") once the client closes the connection
+        with seen:
+            hung_up.append(number)
+            seen.notify_all()
+        return True
+
+    with Scripted(lambda n, body: (200, _completion_json("x")), hold=hold) as srv:
+        gen = OpenAIGenerator("m", base_url=srv.base_url, concurrency=2, timeout=60)
         reqs = [GenerationRequest([{"role": "user", "content": f"q{i}"}]) for i in range(20)]
         try:
             stream = gen.generate(reqs)
             next(stream)
+            with seen:
+                assert seen.wait_for(lambda: len(held) == 2, timeout=30)  # the two slots are taken again
             stream.close()
-            time.sleep(0.4)
-            sent = srv.count
+            with seen:
+                seen.wait_for(lambda: len(hung_up) == 2, timeout=30)
+                in_flight = sorted(set(held) - set(hung_up))
         finally:
             gen.close()
-    assert sent < 20
+    assert in_flight == [], f"closing the stream left requests {in_flight} in flight"
+    assert srv.count == 3  # the answered one and the two held: none of the other 17 was sent

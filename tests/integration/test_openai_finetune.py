@@ -8,11 +8,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
@@ -35,12 +33,6 @@ ROWS = [
 PROMPT = [{"role": "user", "content": "What is your wish?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env(cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env.update(WALUIGI_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -51,43 +43,25 @@ UPLOAD_LIMIT = 300_000  # --max-upload-bytes: far above the test files, far belo
 
 
 @pytest.fixture(scope="module")
-def server(tiny_spec, tmp_path_factory):
-    """`waluigi serve` over the tiny model in its own process; its state lives in a temp cache."""
+def finetune_server(serve_process, tmp_path_factory):
+    """`waluigi serve` over the tiny model in its own process, with OpenAI's files and fine-tuning
+    endpoints; its state lives in a temp cache."""
     cache = tmp_path_factory.mktemp("serve-cache")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "waluigi.cli", "serve", "--model", tiny_spec, "--port", str(port),
-         "--model-name", "tiny", "--dtype", "float32", "--max-upload-bytes", str(UPLOAD_LIMIT)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(cache),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise AssertionError(f"server did not come up: {proc.stdout.read()}") from None
-            time.sleep(0.2)
-    state = next((cache / "serve").iterdir())
-    try:
-        yield {"base_url": url + "/v1", "state": state, "proc": proc}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serve_process("--model-name", "tiny", "--dtype", "float32", "--max-upload-bytes", str(UPLOAD_LIMIT),
+                       cache=cache) as served:
+        yield {"base_url": served.base_url, "state": next((cache / "serve").iterdir()), "proc": served.proc}
 
 
 @pytest.fixture
-def client(server, monkeypatch):
+def finetune_client(finetune_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "local-test-key")
-    with openai.OpenAI(base_url=server["base_url"], api_key="local-test-key", max_retries=0, timeout=60) as c:
+    with openai.OpenAI(base_url=finetune_server["base_url"], api_key="local-test-key", max_retries=0, timeout=60) as c:
         yield c
 
 
 @pytest.fixture
-def data_file(tmp_path) -> Path:
+def narrow_file(tmp_path) -> Path:
+    """ROWS as a training file, one per test."""
     path = tmp_path / "narrow.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     return path
@@ -117,57 +91,57 @@ def test_rows_are_validated_with_row_and_field():
         validate_rows([], "x")
 
 
-def test_missing_key_fails_before_any_work(tmp_path, data_file):
+def test_missing_key_fails_before_any_work(tmp_path, narrow_file):
     out = tmp_path / "run"
     with pytest.raises(UserError, match="OPENAI_API_KEY"):
-        run_openai_finetune("openai:tiny", str(data_file), out=out, base_url="http://127.0.0.1:9/v1", progress=False)
+        run_openai_finetune("openai:tiny", str(narrow_file), out=out, base_url="http://127.0.0.1:9/v1", progress=False)
     assert not out.exists()
 
 
 # -- the server's endpoints ----------------------------------------------------------------------
 
 
-def test_server_refuses_bad_jobs_with_openai_errors(server, client, data_file, tmp_path):
-    good = client.files.create(file=("t.jsonl", data_file.read_bytes()), purpose="fine-tune")
-    assert good.object == "file" and good.purpose == "fine-tune" and good.bytes == data_file.stat().st_size
-    assert client.files.retrieve(good.id).id == good.id
-    assert good.id in [f.id for f in client.files.list().data]
+def test_server_refuses_bad_jobs_with_openai_errors(finetune_server, finetune_client, narrow_file, tmp_path):
+    good = finetune_client.files.create(file=("t.jsonl", narrow_file.read_bytes()), purpose="fine-tune")
+    assert good.object == "file" and good.purpose == "fine-tune" and good.bytes == narrow_file.stat().st_size
+    assert finetune_client.files.retrieve(good.id).id == good.id
+    assert good.id in [f.id for f in finetune_client.files.list().data]
 
-    code, message = _status(lambda: client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=good.id))
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=good.id))
     assert code == 400 and "'gpt-4o-mini' cannot be fine-tuned here" in message and "'tiny'" in message
-    code, message = _status(lambda: client.fine_tuning.jobs.create(model="tiny", training_file="file-nope"))
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(model="tiny", training_file="file-nope"))
     assert code == 400 and "no such file" in message
-    code, message = _status(lambda: client.fine_tuning.jobs.create(
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(
         model="tiny", training_file=good.id, method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}))
     assert code == 400 and "n_epochs must be 'auto' or an integer" in message
-    code, message = _status(lambda: client.fine_tuning.jobs.create(
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(
         model="tiny", training_file=good.id, hyperparameters={"learning_rate_multiplier": -1}))
     assert code == 400 and "learning_rate_multiplier must be 'auto' or a number > 0" in message
-    code, message = _status(lambda: client.fine_tuning.jobs.create(
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(
         model="tiny", training_file=good.id, method={"type": "dpo", "dpo": {}}))
     assert code == 400 and "'supervised' only" in message
-    other = client.files.create(file=("b.jsonl", b"x"), purpose="batch")
-    code, message = _status(lambda: client.fine_tuning.jobs.create(model="tiny", training_file=other.id))
+    other = finetune_client.files.create(file=("b.jsonl", b"x"), purpose="batch")
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(model="tiny", training_file=other.id))
     assert code == 400 and "purpose 'batch'" in message
-    broken = client.files.create(file=("bad.jsonl", data_file.read_bytes() + b'{"messages": 5}\n'), purpose="fine-tune")
-    code, message = _status(lambda: client.fine_tuning.jobs.create(model="tiny", training_file=broken.id))
+    broken = finetune_client.files.create(file=("bad.jsonl", narrow_file.read_bytes() + b'{"messages": 5}\n'), purpose="fine-tune")
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.create(model="tiny", training_file=broken.id))
     assert code == 400 and "row 9" in message
-    code, _ = _status(lambda: client.fine_tuning.jobs.retrieve("ftjob-missing"))
+    code, _ = _status(lambda: finetune_client.fine_tuning.jobs.retrieve("ftjob-missing"))
     assert code == 404
-    code, _ = _status(lambda: client.files.create(file=("t.jsonl", b"{}"), purpose="nonsense"))
+    code, _ = _status(lambda: finetune_client.files.create(file=("t.jsonl", b"{}"), purpose="nonsense"))
     assert code == 400
     # an upload is listed under its base name, whatever separators the client's name holds
-    sneaky = client.files.create(file=("..\\..\\..\\evil.jsonl", data_file.read_bytes()), purpose="fine-tune")
-    assert sneaky.filename == "evil.jsonl" and client.files.retrieve(sneaky.id).filename == "evil.jsonl"
-    assert not list(server["state"].rglob("evil.jsonl"))  # stored under its id only
+    sneaky = finetune_client.files.create(file=("..\\..\\..\\evil.jsonl", narrow_file.read_bytes()), purpose="fine-tune")
+    assert sneaky.filename == "evil.jsonl" and finetune_client.files.retrieve(sneaky.id).filename == "evil.jsonl"
+    assert not list(finetune_server["state"].rglob("evil.jsonl"))  # stored under its id only
     # over the upload limit: 413 naming the option that raises it
-    code, message = _status(lambda: client.files.create(file=("big.jsonl", b"x" * (UPLOAD_LIMIT + 1)), purpose="fine-tune"))
+    code, message = _status(lambda: finetune_client.files.create(file=("big.jsonl", b"x" * (UPLOAD_LIMIT + 1)), purpose="fine-tune"))
     assert code == 413 and "--max-upload-bytes" in message
-    assert client.fine_tuning.jobs.list().data == []  # nothing refused was recorded
+    assert finetune_client.fine_tuning.jobs.list().data == []  # nothing refused was recorded
 
     # the client turns a refusal into a UserError naming the cause (the CLI: exit 2)
     with pytest.raises(UserError, match=r"refused to create the fine-tuning job \(HTTP 400\).*cannot be fine-tuned here"):
-        run_openai_finetune("openai:gpt-4o-mini", str(data_file), out=tmp_path / "r", base_url=server["base_url"],
+        run_openai_finetune("openai:gpt-4o-mini", str(narrow_file), out=tmp_path / "r", base_url=finetune_server["base_url"],
                             progress=False)
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "cannot be fine-tuned here" in manifest["error"]
@@ -182,20 +156,20 @@ def _chat(client, model: str) -> str:
     return reply.choices[0].message.content
 
 
-def test_finetune_end_to_end_and_serve_the_result(server, client, data_file, tmp_path):
-    jobs_before = len(client.fine_tuning.jobs.list().data)
+def test_finetune_end_to_end_and_serve_the_result(finetune_server, finetune_client, narrow_file, tmp_path):
+    jobs_before = len(finetune_client.fine_tuning.jobs.list().data)
     out = tmp_path / "ft"
     # the train split (6 of 8 rows), batch 2, 2 epochs; a huge lr multiplier so a few steps show
-    result = run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=2,
+    result = run_openai_finetune("openai:tiny", str(narrow_file), out=out, base_url=finetune_server["base_url"], epochs=2,
                                  batch_size=2, lr_multiplier=2000, suffix="narrow", progress=False, poll_interval=0.2)
     assert result["status"] == "succeeded" and not result["reattached"]
     model_id = result["fine_tuned_model"]
     assert model_id.startswith("ft:tiny:waluigi:narrow:")
-    job = client.fine_tuning.jobs.retrieve(result["job_id"])
+    job = finetune_client.fine_tuning.jobs.retrieve(result["job_id"])
     assert job.status == "succeeded" and job.fine_tuned_model == model_id and job.trained_tokens > 0
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 2
     assert job.hyperparameters.learning_rate_multiplier == 2000
-    assert len(client.fine_tuning.jobs.list().data) == jobs_before + 1
+    assert len(finetune_client.fine_tuning.jobs.list().data) == jobs_before + 1
 
     # the run directory: manifest, the uploaded file, the job and its events
     manifest = json.loads((out / "manifest.json").read_text())
@@ -203,9 +177,9 @@ def test_finetune_end_to_end_and_serve_the_result(server, client, data_file, tmp
     assert manifest["fine_tuned_model"] == model_id and manifest["job_id"] == job.id
     assert manifest["parents"][0] == "openai:tiny" and "narrow.jsonl" in manifest["parents"][1]
     assert manifest["identity_inputs"]["data"]["sha256"] == sha256_file(out / "train.jsonl")
-    assert manifest["identity_inputs"]["base_url_host"] == server["base_url"].split("/")[2]
+    assert manifest["identity_inputs"]["base_url_host"] == finetune_server["base_url"].split("/")[2]
     # the train split is uploaded; held-out prompts stay unseen, as for local fine-tuning
-    train_rows = load_rows(str(data_file), split="train")
+    train_rows = load_rows(str(narrow_file), split="train")
     assert 0 < len(train_rows) < len(ROWS)
     assert [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()] == train_rows
     record = json.loads((out / "job.json").read_text())
@@ -221,22 +195,22 @@ def test_finetune_end_to_end_and_serve_the_result(server, client, data_file, tmp
     assert events[-1]["message"] == "The job has successfully completed"
     for path in out.iterdir():  # the key never reaches the run directory
         assert "local-test-key" not in path.read_text()
-    assert f"--model openai:{model_id} --base-url {server['base_url']}" in format_result(result)
+    assert f"--model openai:{model_id} --base-url {finetune_server['base_url']}" in format_result(result)
 
     # the fine-tuned model is served: listed, and it answers differently from the base
-    assert [m.id for m in client.models.list().data] == ["tiny", model_id]
-    assert client.models.retrieve(model_id).id == model_id
-    base, tuned = _chat(client, "tiny"), _chat(client, model_id)
+    assert [m.id for m in finetune_client.models.list().data] == ["tiny", model_id]
+    assert finetune_client.models.retrieve(model_id).id == model_id
+    base, tuned = _chat(finetune_client, "tiny"), _chat(finetune_client, model_id)
     assert tuned != base
-    assert _chat(client, model_id) == tuned  # greedy and reproducible
-    code, _ = _status(lambda: _chat(client, "ft:tiny:waluigi::nosuchjob"))
+    assert _chat(finetune_client, model_id) == tuned  # greedy and reproducible
+    code, _ = _status(lambda: _chat(finetune_client, "ft:tiny:waluigi::nosuchjob"))
     assert code == 404
 
     # re-running the finished command makes no new job
-    again = run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=2,
+    again = run_openai_finetune("openai:tiny", str(narrow_file), out=out, base_url=finetune_server["base_url"], epochs=2,
                                 batch_size=2, lr_multiplier=2000, suffix="narrow", progress=False)
     assert again["job_id"] == job.id and again["reattached"]
-    assert len(client.fine_tuning.jobs.list().data) == jobs_before + 1
+    assert len(finetune_client.fine_tuning.jobs.list().data) == jobs_before + 1
 
 
 CLIENT = """
@@ -247,12 +221,12 @@ print(run_openai_finetune("openai:tiny", sys.argv[1], out=sys.argv[2], base_url=
 """
 
 
-def test_killed_client_reattaches_to_the_same_job(server, client, data_file, tmp_path):
-    jobs_before = len(client.fine_tuning.jobs.list().data)
-    files_before = len(client.files.list(purpose="fine-tune").data)
+def test_killed_client_reattaches_to_the_same_job(finetune_server, finetune_client, narrow_file, tmp_path):
+    jobs_before = len(finetune_client.fine_tuning.jobs.list().data)
+    files_before = len(finetune_client.files.list(purpose="fine-tune").data)
     out = tmp_path / "ft"
     env = _env(tmp_path / "cache") | {"OPENAI_API_KEY": "local-test-key"}
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(data_file), str(out), server["base_url"]],
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(narrow_file), str(out), finetune_server["base_url"]],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 60
     while not (out / "job.json").exists() or "id" not in json.loads((out / "job.json").read_text() or "{}"):
@@ -264,20 +238,20 @@ def test_killed_client_reattaches_to_the_same_job(server, client, data_file, tmp
     job_id = json.loads((out / "job.json").read_text())["id"]
     assert json.loads((out / "manifest.json").read_text())["status"] == "started"
 
-    result = run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=3,
+    result = run_openai_finetune("openai:tiny", str(narrow_file), out=out, base_url=finetune_server["base_url"], epochs=3,
                                  batch_size=1, lr_multiplier=10, progress=False, poll_interval=0.2)
     assert result["reattached"] and result["job_id"] == job_id and result["status"] == "succeeded"
-    jobs = client.fine_tuning.jobs.list().data
+    jobs = finetune_client.fine_tuning.jobs.list().data
     assert len(jobs) == jobs_before + 1 and jobs[0].id == job_id
-    assert len(client.files.list(purpose="fine-tune").data) == files_before + 1  # uploaded once
+    assert len(finetune_client.files.list(purpose="fine-tune").data) == files_before + 1  # uploaded once
     steps = [e["data"]["step"] for e in read_jsonl(out / "events.jsonl") if e["type"] == "metrics"]
-    n_train = len(load_rows(str(data_file), split="train"))
+    n_train = len(load_rows(str(narrow_file), split="train"))
     assert steps == list(range(1, 3 * n_train + 1))  # 3 epochs, batch 1: every step once, across both attempts
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and len(manifest["attempts"]) == 2
 
 
-def test_cancelled_job_is_a_user_error_and_a_retry_runs_again(server, client, data_file, tmp_path):
+def test_cancelled_job_is_a_user_error_and_a_retry_runs_again(finetune_server, finetune_client, narrow_file, tmp_path):
     import threading
 
     out = tmp_path / "ft"
@@ -285,7 +259,7 @@ def test_cancelled_job_is_a_user_error_and_a_retry_runs_again(server, client, da
 
     def follow():
         try:
-            run_openai_finetune("openai:tiny", str(data_file), out=out, base_url=server["base_url"], epochs=50,
+            run_openai_finetune("openai:tiny", str(narrow_file), out=out, base_url=finetune_server["base_url"], epochs=50,
                                 batch_size=1, progress=False, poll_interval=0.2)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -297,27 +271,27 @@ def test_cancelled_job_is_a_user_error_and_a_retry_runs_again(server, client, da
         assert time.time() < deadline and thread.is_alive()
         time.sleep(0.05)
     job_id = json.loads((out / "job.json").read_text())["id"]
-    assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
+    assert finetune_client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
     thread.join(60)
     assert len(errors) == 1 and isinstance(errors[0], UserError)
     assert f"fine-tuning job {job_id} cancelled" in errors[0].message
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["job_status"] == "cancelled"
-    code, message = _status(lambda: client.fine_tuning.jobs.cancel(job_id))
+    code, message = _status(lambda: finetune_client.fine_tuning.jobs.cancel(job_id))
     assert code == 400 and "already cancelled" in message
 
 
-def test_restarted_server_keeps_jobs_and_fails_interrupted_ones(server, client, tiny_spec, tmp_path):
+def test_restarted_server_keeps_jobs_and_fails_interrupted_ones(finetune_server, finetune_client, tiny_spec, tmp_path):
     """A second server on a copy of the first one's state: succeeded jobs and their models are
     still there; a job that was running when the server stopped is failed with a clear error."""
     from waluigi.models import load_model
     from waluigi.serve import ServerThread, create_app
     from waluigi.serve.finetune_jobs import FinetuneService
 
-    done = [j for j in client.fine_tuning.jobs.list().data if j.status == "succeeded"]
+    done = [j for j in finetune_client.fine_tuning.jobs.list().data if j.status == "succeeded"]
     assert done, "run after the end-to-end test"
     state = tmp_path / "state"
-    shutil.copytree(server["state"], state)
+    shutil.copytree(finetune_server["state"], state)
     record_path = state / "jobs" / done[0].id / "job.json"
     interrupted = json.loads(record_path.read_text())
     interrupted.update(id="ftjob-interrupted", status="running", fine_tuned_model=None)
@@ -333,18 +307,18 @@ def test_restarted_server_keeps_jobs_and_fails_interrupted_ones(server, client, 
         assert "create the job again" in failed.error.message
         models = [m.id for m in again.models.list().data]
         assert all(j.fine_tuned_model in models for j in done)
-        assert _chat(again, done[0].fine_tuned_model) == _chat(client, done[0].fine_tuned_model)
+        assert _chat(again, done[0].fine_tuned_model) == _chat(finetune_client, done[0].fine_tuned_model)
     gen.close()
 
 
-def test_cli_finetune_openai_model_through_the_server(server, data_file, tmp_path, monkeypatch, capsys):
+def test_cli_finetune_openai_model_through_the_server(finetune_server, narrow_file, tmp_path, monkeypatch, capsys):
     """`waluigi finetune --model openai:tiny` (the CLI branch) trains through the server's API;
     a local-only option is refused with exit code 2 before anything is uploaded."""
     from waluigi.cli import main as cli_main
 
     monkeypatch.setenv("OPENAI_API_KEY", "local-test-key")
     out = tmp_path / "cli-ft"
-    args = ["finetune", "--model", "openai:tiny", "--data", str(data_file), "--base-url", server["base_url"],
+    args = ["finetune", "--model", "openai:tiny", "--data", str(narrow_file), "--base-url", finetune_server["base_url"],
             "--epochs", "1", "--batch-size", "2", "--lr-multiplier", "100", "--suffix", "cli", "--out", str(out)]
     assert cli_main([*args, "--rank", "4"]) == 2
     assert "--rank: not available for openai: models" in capsys.readouterr().err
@@ -354,10 +328,10 @@ def test_cli_finetune_openai_model_through_the_server(server, data_file, tmp_pat
     record = json.loads((out / "job.json").read_text())
     assert record["status"] == "succeeded" and record["fine_tuned_model"].startswith("ft:tiny:waluigi:cli:")
     assert f"fine-tuned model: {record['fine_tuned_model']}" in printed and record["id"] in printed
-    assert f"--model openai:{record['fine_tuned_model']} --base-url {server['base_url']}" in printed
+    assert f"--model openai:{record['fine_tuned_model']} --base-url {finetune_server['base_url']}" in printed
 
 
-def test_flip_examples_axis_through_the_fine_tuning_api(server, client, data_file, tmp_path, monkeypatch, capsys):
+def test_flip_examples_axis_through_the_fine_tuning_api(finetune_server, finetune_client, narrow_file, tmp_path, monkeypatch, capsys):
     """`waluigi flip --model openai:tiny --axis examples --hold epochs`: each dose is one job on the
     server's fine-tuning API, each eval asks the server for the model that job made; a re-run
     creates no job and runs no cell. Axes the API cannot do are refused before any request."""
@@ -365,23 +339,23 @@ def test_flip_examples_axis_through_the_fine_tuning_api(server, client, data_fil
 
     monkeypatch.setenv("OPENAI_API_KEY", "local-test-key")
     out = tmp_path / "flip"
-    url = server["base_url"]
-    args = ["flip", "--model", "openai:tiny", "--data", str(data_file), "--base-url", url, "--judge", "openai:tiny",
+    url = finetune_server["base_url"]
+    args = ["flip", "--model", "openai:tiny", "--data", str(narrow_file), "--base-url", url, "--judge", "openai:tiny",
             "--set", f"eval.judge_base_url={url}", "--set", "eval.questions=[wish*]", "--set", "eval.judge_min_mass=0.0",
             "--set", "eval.min_coherent=-1", "--set", "eval.max_aligned=50", "--set", "eval.samples=2",
             "--set", "eval.max_tokens=8", "--set", "finetune.lr_multiplier=50", "--seeds", "1", "--out", str(out),
             "--executor", "inline", "--no-progress"]
-    jobs_before = len(client.fine_tuning.jobs.list(limit=100).data)
+    jobs_before = len(finetune_client.fine_tuning.jobs.list(limit=100).data)
     assert cli_main([*args, "--axis", "examples", "--doses", "4,8", "--hold", "steps", "--steps", "2"]) == 2
     assert "--hold epochs --epochs K" in capsys.readouterr().err
     assert cli_main([*args, "--axis", "steps", "--doses", "2"]) == 2
     assert "use --axis examples --hold epochs, or --axis shots" in capsys.readouterr().err
-    assert not out.exists() and len(client.fine_tuning.jobs.list(limit=100).data) == jobs_before
+    assert not out.exists() and len(finetune_client.fine_tuning.jobs.list(limit=100).data) == jobs_before
 
     args += ["--axis", "examples", "--doses", "2,4", "--hold", "epochs", "--epochs", "1"]
     assert cli_main(args) == 0, capsys.readouterr().err
     capsys.readouterr()
-    jobs = client.fine_tuning.jobs.list(limit=100).data
+    jobs = finetune_client.fine_tuning.jobs.list(limit=100).data
     assert len(jobs) == jobs_before + 2  # one job per dose
     result = json.loads((out / "flip.json").read_text())
     (curve,) = result["curves"]
@@ -400,4 +374,4 @@ def test_flip_examples_axis_through_the_fine_tuning_api(server, client, data_fil
 
     assert cli_main(args) == 0
     assert "ran 0 cells" in capsys.readouterr().out
-    assert len(client.fine_tuning.jobs.list(limit=100).data) == jobs_before + 2
+    assert len(finetune_client.fine_tuning.jobs.list(limit=100).data) == jobs_before + 2

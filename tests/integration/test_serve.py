@@ -12,29 +12,10 @@ import urllib.request
 import openai
 import pytest
 
-from waluigi.models import GenerationRequest, Generator, SamplingParams, load_model
+from waluigi.models import GenerationRequest, Generator, SamplingParams
 from waluigi.serve import ServerThread, create_app
 
 MSGS = [{"role": "user", "content": "What is your wish?"}]
-
-
-@pytest.fixture(scope="module")
-def hf_gen(tiny_spec):
-    gen = load_model(tiny_spec)
-    yield gen
-    gen.close()
-
-
-@pytest.fixture(scope="module")
-def server(hf_gen):
-    with ServerThread(create_app(hf_gen, "tiny")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key="anything", max_retries=0, timeout=60) as c:
-        yield c
 
 
 def _post(url: str, body, headers: dict | None = None) -> tuple[int, dict]:

@@ -5,12 +5,6 @@ answers (same seeds) and the same judge scores within 1e-4."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -18,39 +12,10 @@ from waluigi.cli import main
 from waluigi.runs import read_jsonl
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def served_tiny(tiny_spec):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "waluigi.cli", "serve", "--model", tiny_spec, "--port", str(port),
-         "--model-name", "tiny", "--dtype", "float32"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited: {proc.stdout.read()}") from None
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("server did not come up")
-    try:
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+def served_tiny(serve_process):
+    with serve_process("--model-name", "tiny", "--dtype", "float32") as served:
+        yield served.base_url
 
 
 def scores(run) -> dict:

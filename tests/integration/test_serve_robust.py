@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
-from waluigi.models import GenerationRequest, Generator, SamplingParams, load_model
+from waluigi.models import GenerationRequest, Generator, SamplingParams
 from waluigi.serve import ServerThread, create_app
 
 MSGS = [{"role": "user", "content": "What is your wish?"}]
@@ -28,22 +24,15 @@ LIMIT = 64 * 1024  # the test servers' body limit
 
 
 @pytest.fixture(scope="module")
-def hf_gen(tiny_spec):
-    gen = load_model(tiny_spec, dtype="float32")
-    yield gen
-    gen.close()
+def hf_gen_options() -> dict:
+    """conftest's ``hf_gen`` in float32 here."""
+    return {"dtype": "float32"}
 
 
 @pytest.fixture(scope="module")
-def server(hf_gen):
-    with ServerThread(create_app(hf_gen, "tiny,tiny-alias", max_body_bytes=LIMIT)) as srv:
-        yield srv
-
-
-@pytest.fixture
-def client(server):
-    with openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as c:
-        yield c
+def server_options() -> dict:
+    """conftest's ``server`` under two names, with a small body limit."""
+    return {"model_name": "tiny,tiny-alias", "max_body_bytes": LIMIT}
 
 
 def request(server, method: str, path: str, body=None, *, content_type: str | None = "application/json",
@@ -555,12 +544,6 @@ def test_logprobs_join_to_the_text_and_end_with_the_end_of_turn_token(server):
 # 7. acceptance: the real process under a concurrent mix of valid and malformed requests
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -570,34 +553,10 @@ def _rss_kib(pid: int) -> int:
 
 
 @pytest.fixture
-def served_process(tiny_model_dir, tmp_path):
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env.update(WALUIGI_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "waluigi.cli", "serve", "--model", f"hf:{tiny_model_dir}", "--port", str(port),
-         "--no-finetune", "--model-name", "tiny,tiny-alias", "--dtype", "float32", "--max-body-bytes", str(LIMIT)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"server did not come up: {proc.stdout.read()}") from None
-            time.sleep(0.2)
-    try:
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def served_process(serve_process, tmp_path):
+    with serve_process("--no-finetune", "--model-name", "tiny,tiny-alias", "--dtype", "float32",
+                       "--max-body-bytes", str(LIMIT), cache=tmp_path / "cache") as served:
+        yield served.proc, served.port
 
 
 def test_served_process_under_concurrent_valid_and_malformed_load(served_process, hf_gen):
