@@ -407,6 +407,8 @@ def finetune_identity(fields: dict) -> tuple[dict, dict]:
     for f in dataclasses.fields(cfg):
         if f.name in FT_SET_BY_SWEEP or f.name in FT_EXECUTION or f.name in recipe:
             continue
+        if f.name == "loss_path" and str(cfg.loss_path).lower() == "trl":
+            continue  # TRL's loss, the only one before the lean path: such cells keep their identities
         identity[f.name] = plain(getattr(cfg, f.name))
     return identity, recipe
 
