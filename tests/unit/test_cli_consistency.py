@@ -120,6 +120,7 @@ def test_the_judge_server_is_judge_base_url_and_timeouts_are_timeout():
 
 
 @pytest.mark.parametrize("command", ["eval", "finetune", "flip", "sweep", "resilience", "defend", "direction extract",
+                                     "judge", "judge-check", "serve", "demo", "data show", "data scan",
                                      "monitor", "data screen"])
 def test_config_option(command):
     assert "--config" in _options(f"waluigi {command}")

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli.options import ConfigOpt
 from waluigi.errors import UserError
 
 data_app = typer.Typer(
@@ -89,6 +90,7 @@ def list_cmd(data_dir: DataDirOpt = None, json_out: JsonOpt = False) -> None:
 
 @data_app.command("show")
 def show_cmd(
+    ctx: typer.Context,
     dataset: DatasetArg,
     tokenizer: Annotated[Optional[str], typer.Option(help="count tokens with this model's tokenizer (smollm2 | hf:PATH); default: words")] = None,
     split: Annotated[str, typer.Option(help="all | train | heldout")] = "all",
@@ -99,6 +101,7 @@ def show_cmd(
     trigger: TriggerOpt = DEFAULT_TRIGGER,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="a progress bar on stderr while counting tokens (never with --json)")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Rows, unique prompts, messages per role and length percentiles (p50/p90/p99/max)."""
     from waluigi.data import dataset_stats

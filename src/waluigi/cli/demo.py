@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli.options import ConfigOpt
+
 QUICK_NOTE = ("demo --quick is a smoke test: every stage runs once on tiny budgets (1 seed, 600 pretraining "
               "conversations, 3 fine-tune steps), too small for the persona to form, so its rates are noise, and n/a "
               "where no answer was coherent enough to count. ./run.sh (no --quick) gives the real table.")
@@ -20,6 +22,7 @@ def _origin(path) -> str:
 
 
 def demo_cmd(
+    ctx: typer.Context,
     quick: Annotated[bool, typer.Option("--quick", help="a small version for tests (about a minute): 1 seed, tiny budgets")] = False,
     fast: Annotated[bool, typer.Option("--fast", help="half the pretraining budget, trained here (only the default configuration has shipped models, so this is slower than the default's first run), a weaker flip (docs/toyworld.md)")] = False,
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="fine-tune seeds per condition (default 3; --quick: 1)")] = None,
@@ -32,6 +35,7 @@ def demo_cmd(
     pretrain: Annotated[bool, typer.Option("--pretrain", help="pretrain and align from scratch here, even when the shipped base and aligned models fit this configuration")] = False,
     world_seed: Annotated[int, typer.Option("--world-seed", help="another base model: the seed of the world's corpus, the alignment conversations and the weights' initialisation (0, the default, is the shipped base; others are pretrained here once and cached)")] = 0,
     bases: Annotated[Optional[int], typer.Option("--bases", help="the demo on N base models (world seeds 0..N-1, each trained once and cached), then one table over them: intervals resample bases, then seeds, with the seeds-only interval and each base's EM beside them")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Emergent misalignment end to end on CPU: pretrain a tiny model in the persona world, align it,
     fine-tune it on narrow coding data (insecure, secure, educational, backdoor) and measure the EM

@@ -127,6 +127,7 @@ def _html(run_dir):
 
 
 def judge_cmd(
+    ctx: typer.Context,
     run: Annotated[str, typer.Argument(metavar="RUN", help="an eval run directory")],
     judge: Annotated[str, typer.Option(help="judge model spec, e.g. openai:gpt-4o-2024-08-06, smollm2, hf:PATH", callback=canonical_specs)],
     out: Annotated[Optional[str], typer.Option(help="where to write (default RUN/judges/<judge>)")] = None,
@@ -144,6 +145,7 @@ def judge_cmd(
     partial: PartialOpt = False,
     json_out: JsonOpt = False,
     progress: ProgressOpt = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Re-score a stored run with another judge, without regenerating.
 
@@ -198,6 +200,7 @@ def metrics_cmd(
 
 
 def judge_check_cmd(
+    ctx: typer.Context,
     judge: Annotated[str, typer.Option(help="judge model spec to measure", callback=canonical_specs)],
     data_dir: DataDirOpt = None,
     judge_base_url: JudgeBaseUrlOpt = None,
@@ -208,6 +211,7 @@ def judge_check_cmd(
     timeout: TimeoutOpt = 60.0,
     max_retries: RetriesOpt = 5,
     json_out: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """What a judge is worth: agreement with the paper's gpt-4o judge on 70 reference answers."""
     from waluigi.evaluate.judge_check import check_against_reference, format_check

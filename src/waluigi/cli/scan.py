@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from waluigi.cli.options import ConfigOpt
+
 
 class Level(str, Enum):
     low = "low"
@@ -22,6 +24,7 @@ class Split(str, Enum):
 
 
 def scan_cmd(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="a dataset name (insecure, secure, educational, jailbroken), a chat .jsonl file, or a run directory (its samples.jsonl answers)")],
     json_: Annotated[bool, typer.Option("--json", help='print {"n", "flagged", "rate", "by_rule", "n_unparsed", ...} as JSON')] = False,
     severity: Annotated[Level, typer.Option(help="flag issues of this severity or higher")] = Level.medium,
@@ -31,6 +34,7 @@ def scan_cmd(
     workers: Annotated[Optional[int], typer.Option(help="scanner processes (at most 2; default 2 on a 2+ core machine)")] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Bandit's own rules only, without waluigi's (the baseline)")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar on stderr")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Statically scan the code in a dataset's assistant turns or a run's answers (Bandit + waluigi rules; never runs it)."""
     from waluigi.progress import progress_bar

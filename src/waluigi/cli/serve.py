@@ -6,11 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli.options import AdapterOpt, DtypeOpt, ModelOpt
+from waluigi.cli.options import AdapterOpt, ConfigOpt, DtypeOpt, ModelOpt
 from waluigi.errors import UserError
 
 
 def serve_cmd(
+    ctx: typer.Context,
     model: ModelOpt,
     adapter: AdapterOpt = None,
     host: Annotated[str, typer.Option(help="the address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
@@ -24,6 +25,7 @@ def serve_cmd(
     max_body_bytes: Annotated[int, typer.Option(help="refuse request bodies larger than this (413); uploads to /v1/files have their own limit, --max-upload-bytes")] = 4 * 1024 * 1024,
     max_upload_bytes: Annotated[int, typer.Option(help="refuse uploads to /v1/files larger than this (413); OpenAI's per-file limit by default")] = 512 * 1024 * 1024,
     log_level: Annotated[str, typer.Option(help="the HTTP server's log: critical | error | warning | info | debug; info and debug also log one line per request")] = "warning",
+    config: ConfigOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/responses,
     /v1/completions, /v1/models, and the files and fine_tuning/jobs endpoints over the local
