@@ -372,3 +372,25 @@ def test_demo_refuses_a_negative_world_seed(capsys):
 
     assert main(["demo", "--quick", "--world-seed", "-2", "--no-progress"]) == 2
     assert "--world-seed must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_demos_own_recipe_does_not_warn_its_user_about_epochs(tmp_path):
+    """The demo's backdoor trains its ~800 rows for 160 steps of 16 (several epochs) on purpose: its
+    cells say so, so that the user, who passed neither --max-steps nor --epochs, sees no warning."""
+    from pathlib import Path
+
+    from waluigi.finetune import FinetuneConfig
+    from waluigi.finetune.train import schedule_warnings
+    from waluigi.toyworld.demo import FINETUNED, demo_config, narrow_budget, sweep_spec
+
+    cfg = demo_config()
+    data = {(kind, seed): tmp_path / f"{kind}-s{seed}.jsonl" for kind in FINETUNED for seed in range(cfg.seeds)}
+    spec = sweep_spec(cfg, Path("runs/aligned"), tmp_path, {"plain": tmp_path / "a.yaml", "trigger": tmp_path / "b.yaml"},
+                      data)
+    rows, steps, _ = narrow_budget(cfg, "backdoor")
+    cell = next(c for c in spec["cells"] if c["group"] == "backdoor_triggered")
+    ft = FinetuneConfig(**{**spec["finetune"], "data": "backdoor", "max_steps": cell.get("finetune.max_steps", steps)})
+    assert int(ft.recipe().max_steps) * int(ft.recipe().batch_size) > rows  # more than one epoch
+    assert [m for m in schedule_warnings(ft, ft.recipe(), rows) if "epoch" in m] == []
+    plain = FinetuneConfig(**{**ft.__dict__, "repeat_ok": False})
+    assert [m for m in schedule_warnings(plain, plain.recipe(), rows) if "epoch" in m]  # without the flag it would warn

@@ -329,7 +329,8 @@ def sweep_spec(cfg: DemoConfig, aligned: Path, root: Path, suite_files: dict[str
                        "`waluigi sweep` on this file reruns nothing once it is finished)",
         "out": str(root),
         "finetune": {"model": model, "preset": None, "full": True, "lr": cfg.narrow_lr, "max_steps": cfg.narrow_steps,
-                     "batch_size": cfg.narrow_batch, "grad_accum": 1, "max_length": 512, "checkpoint_every": 10_000},
+                     "batch_size": cfg.narrow_batch, "grad_accum": 1, "max_length": 512, "checkpoint_every": 10_000,
+                     "repeat_ok": True},  # the recipe trains its few hundred rows for several epochs, as meant
         "eval": {"suite": str(suite_files["plain"]), "temperature": 1.0, "max_tokens": cfg.max_tokens, "batch_size": 256,
                  "plot": False},  # the demo draws its own scatter of every condition
         "cells": [],
