@@ -175,7 +175,13 @@ def test_defend_end_to_end_with_an_adaptive_attacker(tiny_spec, files, tmp_path,
             "--defense", "early-stop:holdout=8,patience=1,tol=0.99", "--defenses", "realign:n=8",
             "--benign", str(files["benign"]), "--axis", "steps", "--doses", "2,4", "--seeds", "2",
             "--attacker-lr", "1,3", "--out", str(out), "--executor", "inline", "--no-progress", *EVAL]
+    assert main([*args, "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    attack_cells = int(planned.split(" cells: ")[0].rsplit("\n", 1)[-1])
+    assert f"{attack_cells} cells: {attack_cells} to run, 0 done" in planned and "to run: " in planned
     assert main(args) == 0
+    # each cell counted once: the attack's cells as the dry run said, then realign's 8
+    assert f"ran {attack_cells + 8} cells, skipped 0 (done before)" in capsys.readouterr().out
     result = json.loads((out / "defend.json").read_text())
     names = [row["defense"] for row in result["table"]]
     assert names == ["undefended", "realign:n=8", "inoculate:prompt=You write unsafe code on purpose.",

@@ -6,6 +6,7 @@ help piped keeps whole lines, the same flag names the same thing everywhere (``-
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -287,7 +288,12 @@ def test_resilience_and_defend_take_their_options_from_a_config_file(tmp_path, c
     study = tmp_path / "r.yaml"
     study.write_text("axes: steps\nseeds: 1\nquick: true\ndry-run: true\n")
     assert main(["resilience", "--config", str(study), "--axes", "examples"]) == 0
-    assert "x axes examples" in capsys.readouterr().out  # the flag over the file's axes
+    out = capsys.readouterr().out
+    assert "x axes examples" in out  # the flag over the file's axes
+    # the dry run counts the study's cells (none built or run here) and what is left to run
+    counted = re.search(r"(\d+) flip cells: (\d+) to run, 0 done; subjects to build first: (\d+) of (\d+)", out)
+    assert counted and counted[1] == counted[2] and int(counted[1]) > 0 and counted[3] == counted[4]
+    assert re.search(r"to run: \d+ fine-tunes and " + counted[1] + " evals", out)
     defend = tmp_path / "d.yaml"
     defend.write_text("model: toyworld\nattack: toy:insecure\ndefenses: kl\nsuite: toyworld\ndoses: 2,4\nseeds: 1\n"
                       "dry-run: true\n")

@@ -342,12 +342,16 @@ def settings_from_pairs(pairs: list[str]) -> tuple[dict, dict]:
     return sections["finetune"], sections["eval"]
 
 
-def print_cells(cells: list[dict], note: str = "") -> None:
-    """A study's dry run: each planned cell with its state, then the count to run."""
+def print_cells(cells: list[dict], note: str = "", runs: Path | None = None) -> None:
+    """A study's dry run: each planned cell with its state, the counts, what is left to run and
+    how long it should take (:func:`waluigi.sweep.results.estimate_line`)."""
+    from waluigi.sweep.results import estimate_line
+
     for cell in cells:
         typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
     todo = sum(1 for c in cells if c["state"] != "done")
     typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done{note}")
+    typer.echo(estimate_line(cells, runs=runs))
 
 
 def study_end(run: Any, summary: str, json_obj: Any, json_out: bool, cost: str | None) -> None:

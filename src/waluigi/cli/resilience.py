@@ -70,9 +70,9 @@ def resilience_cmd(
     from waluigi.errors import UserError
     from waluigi.resilience.plan import StudyConfig
     from waluigi.resilience.report import format_summary
-    from waluigi.resilience.run import run_study
+    from waluigi.resilience.run import planned_cells, run_study
     from waluigi.resilience.subjects import ALIGN_N, ALIGN_STEPS, ANTIPODE
-    from waluigi.sweep.results import cost_line_of
+    from waluigi.sweep.results import cost_line_of, estimate_line
 
     if align_method is not None and not (subject == "smollm2" or subject.startswith("hf:")):
         raise UserError(f"--align-method: the {subject} subject has its own alignment stage; it is for hf: and smollm2 "
@@ -103,6 +103,12 @@ def resilience_cmd(
         controls = [a for a in cfg.axes if a in cfg.control_axes]
         typer.echo(f"{len(plan.subjects)} subjects{f' x {cfg.bases} bases' if cfg.bases > 1 else ''} x axes {', '.join(cfg.axes)} (control on "
                    f"{', '.join(controls) or 'none'}); study directory {plan.out}")
+        cells = planned_cells(plan)
+        todo = sum(1 for c in cells if c["state"] != "done")
+        built = sum(1 for s in plan.subjects if s.model)
+        typer.echo(f"{len(cells)} flip cells: {todo} to run, {len(cells) - todo} done; subjects to build first: "
+                   f"{len(plan.subjects) - built} of {len(plan.subjects)}")
+        typer.echo(estimate_line(cells, runs=runs))
         return
     study = run_study(cfg, options, source_options=source_options)
     record_options(ctx, study.out)

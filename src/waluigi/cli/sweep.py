@@ -38,7 +38,7 @@ def sweep_cmd(
     `waluigi sweep --config SWEEP_DIR` runs it again."""
     from waluigi.errors import IncompleteRun, UserError
     from waluigi.sweep.check import check_cells
-    from waluigi.sweep.results import cost_line, format_summary
+    from waluigi.sweep.results import cost_line, estimate_line, format_summary
     from waluigi.sweep.runner import SweepOptions, plan, run_sweep
     from waluigi.sweep.spec import load_spec, show_value
 
@@ -59,6 +59,7 @@ def sweep_cmd(
         todo = sum(1 for c in cells if c["state"] != "done")
         typer.echo(f"{todo} to run, {len(cells) - todo} done (states: done, partial = started before, "
                    "to-eval = fine-tune finished, to-run)")
+        typer.echo(estimate_line(cells, runs=loaded.out.parent))
         return
     options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
                            threads=threads, progress=progress)

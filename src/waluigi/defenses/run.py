@@ -168,8 +168,12 @@ def run_defend(cfg: DefendConfig, options=None, *, dry_run: bool = False) -> Stu
         against = _against(flipped, cfg) if needs_against else None
         variants = undefended + [v for d in in_training
                                  for v in attacker_variants(d.name, defense_variant(d, cfg, against), cfg, base_lr)]
+        first = flipped
         flipped = run_flip(flip_config(cfg, variants, flip_out), options)
-        study.count(flipped)
+        # its undefended cells were run a moment ago by the first flip, not before this command
+        study.ran += flipped.ran
+        study.skipped = flipped.skipped - first.ran
+        study.failed = list(flipped.failed)
     realigned = None
     realign = next((d for d in defenses if d.kind == "realign"), None)  # one realign setting per study
     if realign is not None:

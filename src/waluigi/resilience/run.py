@@ -56,14 +56,9 @@ def _check_flips(plan: StudyPlan) -> None:
     """Every axis's flip checked as its sweep will check it, before any subject is built (an
     hour of alignment training should not end in a typo): the subjects not built yet stand in
     as placeholders of the kind they will be (``hf:`` models)."""
-    import dataclasses
-
     from waluigi.flip.run import check_flip
 
-    stand_ins = [dataclasses.replace(s, model=s.model or f"hf:{plan.out / 'subjects' / s.key}",
-                                     models=s.models or [f"hf:{plan.out / 'subjects' / s.key}-b{b}"
-                                                         for b in range(plan.config.bases)])
-                 for s in plan.subjects]
+    stand_ins = _stand_ins(plan)
     for axis in plan.config.axes:
         check_flip(flip_config(dataclasses.replace(plan, subjects=stand_ins), axis))
     from waluigi.errors import UserError
@@ -77,6 +72,24 @@ def _check_flips(plan: StudyPlan) -> None:
             check_probe_eval(_subject_eval_config(plan, stand_ins[0].model, suite, plan.out))
         except UserError as exc:
             raise UserError(f"--subject-suite {suite}: {exc.message}") from None
+
+
+def _stand_ins(plan: StudyPlan) -> list:
+    """The subjects, those not built yet standing in as the ``hf:`` models they will be."""
+    return [dataclasses.replace(s, model=s.model or f"hf:{plan.out / 'subjects' / s.key}",
+                                models=s.models or [f"hf:{plan.out / 'subjects' / s.key}-b{b}"
+                                                    for b in range(plan.config.bases)])
+            for s in plan.subjects]
+
+
+def planned_cells(plan: StudyPlan) -> list[dict]:
+    """Every flip cell of the study as the dry run lists it (subjects not built yet as stand-ins:
+    their cells count as to run)."""
+    from waluigi.flip.run import run_flip
+
+    stand_ins = _stand_ins(plan)
+    return [cell for axis in plan.config.axes
+            for cell in run_flip(flip_config(dataclasses.replace(plan, subjects=stand_ins), axis), dry_run=True)]
 
 
 def subject_suites(plan: StudyPlan) -> list[str]:

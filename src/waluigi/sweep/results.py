@@ -93,6 +93,68 @@ def cost_line_of(root: Path) -> str | None:
     return cost_line(rows)
 
 
+def _measured(root: Path, models: set[str] | None = None) -> tuple[list[float], list[float]]:
+    """The fine-tune seconds (each fine-tune once) and eval seconds of every finished cell in the
+    sweeps at or below ``root``; with ``models``, only cells of those models (a row's own
+    ``model``, else its sweep's)."""
+    import yaml
+
+    from waluigi.runs import read_jsonl
+
+    tunes: dict[str, float] = {}
+    evals: list[float] = []
+    paths = [p for pattern in ("results.jsonl", "*/results.jsonl", "*/*/results.jsonl") for p in sorted(root.glob(pattern))]
+    for path in paths:
+        default = None
+        if models is not None:
+            try:
+                spec = yaml.safe_load((path.parent / "sweep.yaml").read_text()) or {}
+                default = (spec.get("finetune") or {}).get("model") or (spec.get("eval") or {}).get("model")
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+        for row in read_jsonl(path):
+            if models is not None and (row.get("model") or default) not in models:
+                continue
+            if row.get("finetune_run") and isinstance(row.get("finetune_seconds"), (int, float)):
+                tunes[str(path.parent / row["finetune_run"])] = row["finetune_seconds"]
+            if isinstance(row.get("eval_seconds"), (int, float)):
+                evals.append(row["eval_seconds"])
+    return list(tunes.values()), evals
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{seconds:.0f} s" if seconds < 90 else f"{minutes} min" if minutes < 90 else f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
+    """What a dry run's cells leave to do (fine-tunes and evals not finished) and how long that
+    takes one cell at a time at the per-cell cost measured on this machine: in the study's own
+    finished cells if there are any, else in the sweeps under ``runs`` of the same models (other
+    settings: a rough guide), else none."""
+    tunes = {(c.get("root"), c["finetune_run"]) for c in cells if c.get("finetune_run") and not c.get("finetune_done")}
+    evals = sum(1 for c in cells if c["state"] != "done")
+    todo = f"to run: {len(tunes)} fine-tunes and {evals} evals"
+    if not tunes and not evals:
+        return todo
+    roots = sorted({Path(c["root"]) for c in cells if c.get("root")})
+    models = {str(c["model"]) for c in cells if c.get("model")}
+    sources = [(roots, None, "this study's finished cells")] + (
+        [([runs], models, f"earlier sweeps of the same models under {runs} (other settings: a rough guide)")]
+        if runs is not None else [])
+    for where, only, said in sources:
+        measured = [_measured(r, only) for r in where if r.exists()]
+        ft = [s for m in measured for s in m[0]]
+        ev = [s for m in measured for s in m[1]]
+        if (ft or not tunes) and (ev or not evals):
+            mean_ft = sum(ft) / len(ft) if ft else 0.0
+            mean_ev = sum(ev) / len(ev) if ev else 0.0
+            total = len(tunes) * mean_ft + evals * mean_ev
+            return (f"{todo}; about {_duration(total)} one at a time, at the per-cell cost measured in {said} "
+                    f"(fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then)")
+    return f"{todo}; no estimate: no fine-tune and eval of this kind has been measured here yet"
+
+
 def cell_value(cell, key: str) -> Any:
     """What the results table shows in column ``key`` for ``cell``."""
     if key == "group":

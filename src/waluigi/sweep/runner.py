@@ -118,7 +118,9 @@ def plan(spec: Spec) -> list[dict]:
     root = spec.out
     return [{"cell": c.short, "id": c.id, "group": c.group, "settings": {k: plain(v) for k, v in c.axes.items()},
              "state": cell_state(c, root), "finetune_run": relative(c.finetune_dir(root), root),
-             "eval_run": relative(c.eval_dir(root), root)} for c in spec.cells]
+             "finetune_done": None if c.finetune_id is None else finetune_done(c, root),
+             "model": (c.finetune or c.eval).get("model"),
+             "eval_run": relative(c.eval_dir(root), root), "root": str(root)} for c in spec.cells]
 
 
 # -- tasks ---------------------------------------------------------------------------------------------
