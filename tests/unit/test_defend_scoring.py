@@ -40,3 +40,22 @@ def test_the_four_criteria():
 def test_defense_specs():
     d = parse_defense("kl:weight=0.3, on=benign")
     assert d.kind == "kl" and d.options == {"weight": "0.3", "on": "benign"} and d.name == "kl:weight=0.3, on=benign"
+
+
+def test_the_undefended_attack_is_said_to_be_destroyed_or_not_resolved_where_that_is_the_truth():
+    from types import SimpleNamespace
+
+    from waluigi.defenses.analyze import attacker_state
+
+    flipped = SimpleNamespace(reached=True, bracket=(2.0, 4.0))
+    early = SimpleNamespace(reached=True, bracket=(0.0, 2.0))  # between the undosed model and the first dose
+    never = SimpleNamespace(reached=False, bracket=None)
+    broken = [{"dose": 0, "coherent_rate": 0.98}] + [{"dose": d, "coherent_rate": 0.25} for d in (2, 4, 8)]
+    sound = [{"dose": 0, "coherent_rate": 0.98}] + [{"dose": d, "coherent_rate": 0.9} for d in (2, 4, 8)]
+    assert attacker_state(flipped, sound) == "flipped"
+    assert attacker_state(early, sound) == "not resolved"
+    assert attacker_state(never, broken) == "destroyed"
+    assert attacker_state(never, sound) == "did not flip"
+    assert attacker_state(None, []) == "did not flip"
+    # half the attacked cells broken is not most of them
+    assert attacker_state(never, sound[:3] + broken[3:]) == "did not flip"

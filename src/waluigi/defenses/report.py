@@ -131,11 +131,11 @@ def write_report(out: Path, result: dict, plot: Path | None) -> Path:
         cells = []
         for s in row["settings"]:
             if s.get("ratio") is not None:
-                cells.append(f"{s['ratio']:.2f}")
+                cells.append(f"{s['ratio']:.2f}" + (" (undefended not resolved)" if s.get("undefended") == "not resolved" else ""))
             elif s.get("lower_bound") is not None:
                 cells.append(f"> {s['lower_bound']:.2g}")
             elif not s.get("undefended_reached"):
-                cells.append("undefended did not flip")
+                cells.append(f"undefended {s.get('undefended', 'did not flip')}")
             else:
                 cells.append("n/a")
         lines.append(f"| {row['defense']} | " + " | ".join(cells) + " |")
@@ -149,6 +149,16 @@ def write_report(out: Path, result: dict, plot: Path | None) -> Path:
     if result.get("max_dose_over_flip") is not None and result["max_dose_over_flip"] < 4:
         lines += [f"Note: the largest dose is only {result['max_dose_over_flip']:.1f} x the undefended flip dose (the adaptive "
                   "attacker should reach 4 x): add larger doses.", ""]
+    unresolved = sorted({s["setting"] for row in result["table"] for s in row["settings"]
+                         if s.get("undefended") == "not resolved"})
+    if unresolved:
+        lines += [f"Note: the undefended attack at {', '.join(unresolved)} flips below the first dose measured: its flip "
+                  "dose is interpolated from 0, not resolved, and so is every ratio against it. Add smaller doses.", ""]
+    destroyed = sorted({s["setting"] for row in result["table"] for s in row["settings"]
+                        if s.get("undefended") == "destroyed"})
+    if destroyed:
+        lines += [f"Note: the undefended attack at {', '.join(destroyed)} destroyed the model (most attacked cells under "
+                  "50% coherent) rather than flipped it: no ratio there.", ""]
     if plot is not None:
         lines += [f"![flip-dose multipliers]({plot.name})", ""]
     lines += [f"The curves: `{result['flip_dir']}/report.md`.", ""]
