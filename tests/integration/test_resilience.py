@@ -6,6 +6,7 @@ re-run that builds and runs nothing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,8 +117,11 @@ def test_the_persona_world_plans_the_waluigi_tests_two_series(tmp_path, capsys):
     default antipode share, and five antipode shares at the centre alignment."""
     assert main(["resilience", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1].startswith("13 subjects x axes steps, examples, shots")
-    keys = [line.split()[0] for line in lines[:-1]]
+    assert lines[-3].startswith("13 subjects x axes steps, examples, shots")
+    # then its flip cells counted (none built or run here) and what is left to run
+    assert lines[-2] == "897 flip cells: 897 to run, 0 done; subjects to build first: 13 of 13"
+    assert lines[-1].startswith("to run: 234 fine-tunes and 897 evals")
+    keys = [line.split()[0] for line in lines[:-3]]
     assert keys == ["steps0", "steps10-n100", "n100", "steps100-n100", "steps300-n100", "steps10", "centre",
                     "steps100", "steps300", "antipode0", "antipode0.05", "antipode0.1", "antipode0.4"]
     assert "(alignment n=400; antipode)" in next(line for line in lines if line.split()[0] == "centre")
@@ -226,7 +230,11 @@ def test_bases_are_the_persona_worlds_and_name_their_own_study(tmp_path, tiny_sp
     assert "has one base model" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     assert main(["resilience", "--quick", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
-    one = capsys.readouterr().out.strip().splitlines()[-1]
+    one_out = capsys.readouterr().out
+    one = next(line for line in one_out.splitlines() if "study directory " in line)
     assert main(["resilience", "--quick", "--bases", "3", "--dry-run", "--runs", str(tmp_path), "--no-progress"]) == 0
-    three = capsys.readouterr().out.strip().splitlines()[-1]
+    three_out = capsys.readouterr().out
+    three = next(line for line in three_out.splitlines() if "study directory " in line)
+    cells = [int(re.search(r"(\d+) flip cells", out)[1]) for out in (one_out, three_out)]
+    assert cells[1] == 3 * cells[0]  # every cell on each base
     assert one.split("study directory ")[1] != three.split("study directory ")[1]  # a study of its own
