@@ -71,7 +71,9 @@ def test_examples_axis_writes_curves_doses_and_plots(examples_run, capsys):
     for name in ("report.md", "flip_em.png", "flip_coherent.png", "sweep.yaml"):
         assert (out / name).is_file(), name
     assert (out / "flip_em.png").read_bytes()[:4] == b"\x89PNG"
-    assert "flip dose" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "flip dose" in report
+    assert "&gt;" not in report and "&lt;" not in report  # its own "> 8 (not reached)" is not escaped twice
     # the cells' evals write their metrics but no per-eval scatter plot (the flip draws its own)
     judged = [out / c["eval_run"] for c in cells if not str(c["group"]).endswith("(narrow)")]
     assert all((run / "metrics.json").is_file() and not (run / "scatter.png").exists() for run in judged)

@@ -187,16 +187,16 @@ def write_report(out: Path, result: dict, plots: list[str]) -> Path:
                   f"Model `{esc(curve['model'])}`, data `{esc(curve['data'])}`.", "",
                   "| " + " | ".join(MD_COLUMNS) + " |", "|" + "---|" * len(MD_COLUMNS)]
         lines += ["| " + " | ".join(point_cells(p)) + " |" for p in curve["points"]]
-        lines += ["", f"- flip dose: {esc(dose_text(curve['flip'], 'EM rate'))}"]
+        lines += ["", f"- flip dose: {dose_text(curve['flip'], 'EM rate')}"]
         if curve["narrow"] is not None:
-            lines += [f"- narrow dose: {esc(dose_text(curve['narrow'], 'narrow rate'))}",
-                      f"- flip dose / narrow dose: {esc(ratio_text(curve['flip_over_narrow']))}"]
+            lines += [f"- narrow dose: {dose_text(curve['narrow'], 'narrow rate')}",
+                      f"- flip dose / narrow dose: {ratio_text(curve['flip_over_narrow'])}"]
         else:
             lines.append(f"- narrow dose: {esc(curve['narrow_note'])}")
         lines.append("")
     if result["compare"]:
         lines += ["## Comparison", ""]
-        lines += [f"- flip dose of {esc(e['curve'])} / {esc(e['against'])}: {esc(ratio_text(e))}" for e in result["compare"]]
+        lines += [f"- flip dose of {esc(e['curve'])} / {esc(e['against'])}: {ratio_text(e)}" for e in result["compare"]]
         lines.append("")
     lines += [f"![{name}]({name})" for name in plots]
     lines += ["", "Data: `flip.json` (curves, fits, doses), `flip.csv` (one row per dose x seed), "
