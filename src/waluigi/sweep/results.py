@@ -78,18 +78,21 @@ def cost_line(rows: list[dict]) -> str | None:
     return "per cell: " + ", ".join(parts)
 
 
-def cost_line_of(root: Path) -> str | None:
-    """:func:`cost_line` over every sweep at or below ``root`` (a study's flips and realign cells)."""
+def _result_rows(root: Path):
+    """(sweep directory, row) for every row of every sweep at or below ``root`` (a study's flips
+    and realign cells)."""
     from waluigi.runs import read_jsonl
 
-    rows: list[dict] = []
-    for path in sorted(Path(root).glob("results.jsonl")) + sorted(Path(root).glob("*/results.jsonl")) + \
-            sorted(Path(root).glob("*/*/results.jsonl")):
-        base = path.parent
-        for row in read_jsonl(path):
-            if row.get("finetune_run"):  # fine-tunes shared within a sweep, told apart across sweeps
-                row = {**row, "finetune_run": str(base / row["finetune_run"])}
-            rows.append(row)
+    for pattern in ("results.jsonl", "*/results.jsonl", "*/*/results.jsonl"):
+        for path in sorted(Path(root).glob(pattern)):
+            for row in read_jsonl(path):
+                yield path.parent, row
+
+
+def cost_line_of(root: Path) -> str | None:
+    """:func:`cost_line` over every sweep at or below ``root`` (a study's flips and realign cells)."""
+    rows = [{**row, "finetune_run": str(base / row["finetune_run"])} if row.get("finetune_run") else row
+            for base, row in _result_rows(root)]  # fine-tunes shared within a sweep, told apart across sweeps
     return cost_line(rows)
 
 
@@ -99,26 +102,26 @@ def _measured(root: Path, models: set[str] | None = None) -> tuple[list[float], 
     ``model``, else its sweep's)."""
     import yaml
 
-    from waluigi.runs import read_jsonl
+    defaults: dict[Path, str | None] = {}
+
+    def sweep_model(base: Path) -> str | None:
+        if base not in defaults:
+            try:
+                spec = yaml.safe_load((base / "sweep.yaml").read_text()) or {}
+                defaults[base] = (spec.get("finetune") or {}).get("model") or (spec.get("eval") or {}).get("model")
+            except (OSError, yaml.YAMLError, AttributeError):
+                defaults[base] = None
+        return defaults[base]
 
     tunes: dict[str, float] = {}
     evals: list[float] = []
-    paths = [p for pattern in ("results.jsonl", "*/results.jsonl", "*/*/results.jsonl") for p in sorted(root.glob(pattern))]
-    for path in paths:
-        default = None
-        if models is not None:
-            try:
-                spec = yaml.safe_load((path.parent / "sweep.yaml").read_text()) or {}
-                default = (spec.get("finetune") or {}).get("model") or (spec.get("eval") or {}).get("model")
-            except (OSError, yaml.YAMLError, AttributeError):
-                continue
-        for row in read_jsonl(path):
-            if models is not None and (row.get("model") or default) not in models:
-                continue
-            if row.get("finetune_run") and isinstance(row.get("finetune_seconds"), (int, float)):
-                tunes[str(path.parent / row["finetune_run"])] = row["finetune_seconds"]
-            if isinstance(row.get("eval_seconds"), (int, float)):
-                evals.append(row["eval_seconds"])
+    for base, row in _result_rows(root):
+        if models is not None and (row.get("model") or sweep_model(base)) not in models:
+            continue
+        if row.get("finetune_run") and isinstance(row.get("finetune_seconds"), (int, float)):
+            tunes[str(base / row["finetune_run"])] = row["finetune_seconds"]
+        if isinstance(row.get("eval_seconds"), (int, float)):
+            evals.append(row["eval_seconds"])
     return list(tunes.values()), evals
 
 

@@ -63,6 +63,9 @@ SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
 # change how fast or from where, not what: left out of the identities (the fine-tune's
 # speed-only batch settings are dropped by waluigi.finetune.config.identity_recipe)
 FT_EXECUTION = ("checkpoint_every", "data_dir", "base_url", "repeat_ok")
+# Fine-tune fields added after cells existed, with the value that does what the code did before
+# them: at that value a field stays out of the identity, so those cells are found again.
+FT_ADDED_LATER = {"loss_path": "trl"}  # TRL's loss, the only one before the lean path
 EVAL_EXECUTION = ("batch_size", "judge_batch_size", "concurrency", "base_url", "judge_base_url", "dtype",
                   "timeout", "max_retries", "data_dir", "plot")
 
@@ -407,8 +410,8 @@ def finetune_identity(fields: dict) -> tuple[dict, dict]:
     for f in dataclasses.fields(cfg):
         if f.name in FT_SET_BY_SWEEP or f.name in FT_EXECUTION or f.name in recipe:
             continue
-        if f.name == "loss_path" and str(cfg.loss_path).lower() == "trl":
-            continue  # TRL's loss, the only one before the lean path: such cells keep their identities
+        if f.name in FT_ADDED_LATER and str(getattr(cfg, f.name)).lower() == FT_ADDED_LATER[f.name]:
+            continue
         identity[f.name] = plain(getattr(cfg, f.name))
     return identity, recipe
 
