@@ -11,7 +11,9 @@ lines instead, without escape codes::
 
 one at the start, one every ``WALUIGI_PROGRESS_INTERVAL`` seconds (default 10; a float; 0: a
 line at every update) while the job runs, even when no step ends in between, and one at the
-end. ``enabled=False`` (``--no-progress``) turns both kinds off.
+end. While nothing changes the lines come less often (the wait doubles, up to 6 intervals: a
+minute by default), so a long wait reads as one heartbeat a minute, not hundreds of equal
+lines. ``enabled=False`` (``--no-progress``) turns both kinds off.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ stderr_console = Console(stderr=True)
 
 INTERVAL_ENV = "WALUIGI_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 10.0  # seconds between plain progress lines
+QUIET_FACTOR = 6  # while nothing changes, the wait doubles up to this many intervals
 
 
 def progress_interval() -> float:
@@ -40,6 +43,12 @@ def progress_interval() -> float:
     except ValueError:
         return DEFAULT_INTERVAL
     return value if value >= 0 else DEFAULT_INTERVAL
+
+
+def quiet_wait(interval: float, unchanged: int) -> float:
+    """The wait before the next plain line after ``unchanged`` lines in a row that showed
+    nothing new: the interval, doubled each time, at most ``QUIET_FACTOR`` intervals."""
+    return interval * min(2 ** min(unchanged, 16), QUIET_FACTOR)
 
 
 def format_duration(seconds: float) -> str:
@@ -105,6 +114,9 @@ class PlainProgress(_Noop):
         total = "?" if self.total is None else fmt(self.total)
         return f"{fmt(self.done)}/{total}" + (" MiB" if self.unit == "bytes" else "")
 
+    def _state(self) -> tuple:
+        return self.done, self.total, self.description, tuple(self.fields.items())
+
     def line(self, final: bool = False, stopped: bool = False) -> str:
         with self._lock:
             parts = [self.description, self._count()]
@@ -153,7 +165,11 @@ class PlainProgress(_Noop):
         return self
 
     def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
+        unchanged, shown = 0, self._state()
+        while not self._stop.wait(quiet_wait(self.interval, unchanged)):
+            now = self._state()
+            unchanged = unchanged + 1 if now == shown else 0
+            shown = now
             try:
                 self.emit()
             except (OSError, ValueError):  # stderr closed or a broken pipe: stop ticking, quietly

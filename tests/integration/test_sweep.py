@@ -126,6 +126,26 @@ def test_ray_gives_the_same_cells_and_results(pool_run, tmp_path, capsys):
         assert answers(fresh / row["eval_run"]) == answers(pool_run["out"] / row["eval_run"])
 
 
+def test_progress_counts_fine_tunes_and_evals_and_names_each_fine_tune(tmp_path, tiny_spec, mirror_dir, monkeypatch, capsys):
+    """The sweep's line moves when a fine-tune ends (not only when an eval does), and each
+    fine-tune's step lines say which of how many it is and what tells it from the others."""
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    monkeypatch.setenv("WALUIGI_PROGRESS_INTERVAL", "0")
+    spec = write_spec(tmp_path / "counted.yaml", {
+        "name": "counted", "out": str(tmp_path / "sweep"),
+        "finetune": {"model": tiny_spec, "n": 4, "max_steps": 1, "batch_size": 2, "grad_accum": 1},
+        "eval": {"suite": "core", "questions": ["wish*"], "judge": "none", "samples": 1, "max_tokens": 4},
+        "grid": {"finetune.data": ["insecure", "secure"]},
+    })
+    assert main(["sweep", str(spec), "--executor", "inline"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    sweep = [line for line in lines if line.startswith("sweep counted ")]
+    assert sweep[0] == "sweep counted 0/4" and "fine-tunes 0/2 evals 0/2" in sweep[1], sweep
+    assert any(line.startswith("sweep counted 1/4 fine-tunes 1/2 evals 0/2") for line in sweep), sweep
+    assert sweep[-1].startswith("sweep counted 4/4 fine-tunes 2/2 evals 2/2 done in "), sweep
+    assert "finetune 1/2 (data=insecure) step 0/1" in lines and "finetune 2/2 (data=secure) step 0/1" in lines, lines
+
+
 def test_a_cell_that_fails_at_run_time_fails_once_is_reported_and_the_others_finish(tmp_path, tiny_spec, capsys):
     """A problem no up-front check can see (a dataset file that resolves but holds no valid
     row: it is read only when the fine-tune loads it) fails that cell, once, and the others

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from waluigi.progress import format_duration, progress_bar, progress_interval, progress_task
+from waluigi.progress import format_duration, progress_bar, progress_interval, progress_task, quiet_wait
 
 
 def test_format_duration():
@@ -56,3 +56,21 @@ def test_unknown_total_bytes_and_an_error(monkeypatch, capsys):
     assert lines[:2] == ["job-1: queued 0/?", "job-1: running, loss 0.300 3/10"]
     assert lines[3] == "download f 0.0/3.0 MiB" and lines[4].startswith("download f 1.0/3.0 MiB eta ")
     assert lines[-1].startswith("work 2/5 stopped after ")
+
+
+def test_quiet_lines_come_less_often_up_to_a_cap():
+    assert [quiet_wait(10, n) for n in range(6)] == [10, 20, 40, 60, 60, 60]
+    assert quiet_wait(0.5, 100) == 3.0
+
+
+def test_a_long_wait_with_nothing_new_is_a_few_heartbeats_not_one_per_interval(monkeypatch, capsys):
+    """Nothing advances for 40 intervals: the doubling wait leaves far fewer lines than 40,
+    and they still come (the job does not look dead)."""
+    import time
+
+    monkeypatch.setenv("WALUIGI_PROGRESS_INTERVAL", "0.02")
+    with progress_bar("sweep flip", 10):
+        time.sleep(0.8)
+    lines = capsys.readouterr().err.splitlines()
+    ticks = [line for line in lines if line == "sweep flip 0/10"]
+    assert 3 <= len(ticks) <= 15, lines  # the start line and the heartbeats; 41 without the back-off

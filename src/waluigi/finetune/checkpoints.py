@@ -104,7 +104,8 @@ def _summary(rows: list[dict]) -> dict:
 # the callback: train_log rows, progress, adapters every K steps, resume checkpoints
 
 
-def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every, checkpoint_every, full: bool):
+def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every, checkpoint_every, full: bool,
+                   label: str = "finetune"):
     from transformers import TrainerCallback
 
     from waluigi.progress import progress_bar
@@ -125,7 +126,7 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
             if _is_main():
                 # advanced in on_log, once the step's loss is known (a resumed run starts at its step)
                 self.shown = state.global_step
-                self.advance = self.stack.enter_context(progress_bar("finetune step", state.max_steps, progress,
+                self.advance = self.stack.enter_context(progress_bar(f"{label} step", state.max_steps, progress,
                                                                      initial=state.global_step))
 
         def on_step_end(self, args, state, control, **kwargs):

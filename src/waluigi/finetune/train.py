@@ -187,10 +187,13 @@ def run_identity(cfg: FinetuneConfig, rows: list[dict], data_identity: dict, pre
 
 
 def run_finetune(
-    cfg: FinetuneConfig, *, progress: bool = True, on_step: Callable[[dict], None] | None = None
+    cfg: FinetuneConfig, *, progress: bool = True, on_step: Callable[[dict], None] | None = None,
+    progress_label: str = "finetune",
 ) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.data`` into a run directory (see the module docstring).
 
+    ``progress_label`` names the step lines (``finetune step 3/20``; a sweep says which of its
+    fine-tunes: ``finetune 2/12 (data=toy:insecure) step 3/20``).
     ``on_step`` is called with every train_log row as it is written. Bad input raises
     :class:`UserError`; a finished run re-run returns at once with ``already_finished``.
     """
@@ -248,7 +251,8 @@ def run_finetune(
     run = RunDir.open(out, stage="finetune", identity=identity, config=resolved, parents=parents, extra=extra) if _is_main() else RunDir(out)
     prepared = _Prepared(model_path, local, device, weights_dtype, autocast, tokenizer, examples, lean)
     try:
-        return _train(cfg, run, recipe, plugins, prepared, progress=progress, on_step=on_step)
+        return _train(cfg, run, recipe, plugins, prepared, progress=progress, on_step=on_step,
+                      progress_label=progress_label)
     except BaseException as exc:
         if _is_main():
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -257,7 +261,7 @@ def run_finetune(
 
 
 def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[TrainingPlugin], prep: _Prepared, *,
-           progress: bool, on_step) -> FinetuneResult:
+           progress: bool, on_step, progress_label: str = "finetune") -> FinetuneResult:
     import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
@@ -305,7 +309,8 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
         dataloader_num_workers=0,
         dataloader_pin_memory=prep.device == "cuda",
     )
-    recorder = _make_recorder(run, base, on_step, progress, recipe.save_every, cfg.checkpoint_every, recipe.full)
+    recorder = _make_recorder(run, base, on_step, progress, recipe.save_every, cfg.checkpoint_every, recipe.full,
+                              label=progress_label)
     stopper = make_stopper([p for p in plugins if overrides(p, "should_stop")])
     datasets.disable_progress_bars()
     train_dataset = datasets.Dataset.from_list(prep.examples)

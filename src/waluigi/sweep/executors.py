@@ -185,7 +185,7 @@ def _finetune(task: dict) -> dict:
 
         record = run_openai_finetune(cfg.model, out=cfg.out, progress=bool(task.get("progress")), **cfg.openai_options())
         return {"status": "finished", "calls": {"job": record["job_id"], "reattached": record["reattached"]}}
-    result = run_finetune(cfg, progress=bool(task.get("progress")))
+    result = run_finetune(cfg, progress=bool(task.get("progress")), progress_label=task.get("label") or "finetune")
     return {"status": "finished", "calls": {"steps": result.steps, "already_finished": result.already_finished}}
 
 

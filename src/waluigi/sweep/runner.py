@@ -30,7 +30,7 @@ from pathlib import Path
 from waluigi.errors import UserError
 from waluigi.runs import MANIFEST, write_json_atomic
 from waluigi.sweep.executors import cores, make_executor, task_env
-from waluigi.sweep.spec import Cell, Spec, plain, relative
+from waluigi.sweep.spec import Cell, Spec, plain, relative, show_value
 
 LOCK = ".lock"
 
@@ -141,11 +141,13 @@ def _local(value):
     return value
 
 
-def finetune_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progress: bool = False) -> dict:
+def finetune_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progress: bool = False,
+                  label: str | None = None) -> dict:
+    """``label``: what the fine-tune's step lines are called (``finetune 3/12 (toy-insecure) step``)."""
     config = {k: (_local(v) if k in ("model", "data", "data_dir") else v) for k, v in cell.finetune.items()}
     path = cell.finetune_dir(root)
     return {"kind": "finetune", "config": config, "out": str(path), "threads": threads, "env": task_env(), "argv": sys.argv,
-            "progress": progress,
+            "progress": progress, "label": label,
             "log": str(root / "logs" / f"finetune-{cell.finetune_id[:12]}.log") if redirect else None}
 
 
@@ -234,10 +236,13 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
                                           else max(1, cores() // options.workers))
             executor = make_executor(options.executor, options.workers, options.address)
             try:
-                with progress_bar(f"sweep {spec.name} (cells)", len(todo), options.progress) as advance:
+                tally = _Tally(todo, root)
+                with progress_bar(f"sweep {spec.name}", tally.total, options.progress) as advance:
+                    tally.bar = advance
+                    advance(0, **tally.fields())
                     # the tasks' own bars only where they share this terminal (inline)
                     task_progress = options.progress and not executor.redirect
-                    _schedule(todo, root, executor, options.retries, threads, outcomes, advance, task_progress)
+                    _schedule(todo, root, executor, options.retries, threads, outcomes, tally, task_progress)
             except BaseException:
                 executor.close(cancel=True)
                 for cell in todo:
@@ -252,7 +257,46 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
                        failed=failed)
 
 
-def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, advance,
+class _Tally:
+    """The sweep's progress: fine-tunes and evals both count as they finish, so a sweep whose
+    fine-tunes run first does not sit at 0 (``sweep flip 3/96 fine-tunes 3/12 evals 0/84``)."""
+
+    def __init__(self, todo: list[Cell], root: Path) -> None:
+        self.finetunes = len({c.finetune_id for c in todo if c.finetune_id is not None and not finetune_done(c, root)})
+        self.evals = len(todo)
+        self.total = self.finetunes + self.evals
+        self.done_finetunes = self.done_evals = 0
+        self.bar = lambda n=1, **fields: None
+
+    def fields(self) -> dict:
+        shown = {"fine-tunes": f"{self.done_finetunes}/{self.finetunes}"} if self.finetunes else {}
+        return {**shown, "evals": f"{self.done_evals}/{self.evals}"}
+
+    def finetune(self, failed_evals: int = 0) -> None:
+        """A fine-tune ended; ``failed_evals``: its cells' evals that will not run now (it failed)."""
+        self.done_finetunes += 1
+        self.done_evals += failed_evals
+        self.bar(1 + failed_evals, **self.fields())
+
+    def eval(self) -> None:
+        self.done_evals += 1
+        self.bar(1, **self.fields())
+
+
+
+def _finetune_names(groups: dict[str, list[Cell]]) -> dict[str, str]:
+    """Each fine-tune's short name for its step lines: the settings that tell it from the
+    sweep's other fine-tunes (``data=toy:insecure, base=1, seed=2``), not every setting."""
+    axes = {ft: {k.removeprefix("finetune."): v for k, v in cells[0].axes.items()
+                 if not k.startswith("eval.") and k != "step"} for ft, cells in groups.items()}
+    keys = [k for k in dict.fromkeys(k for a in axes.values() for k in a)
+            if len({repr(a.get(k)) for a in axes.values()}) > 1]
+    if "base" in keys and "model" in keys:  # a family's member: its number says which model
+        keys.remove("model")
+    return {ft: ", ".join(f"{k}={show_value(a[k])}" for k in keys if k in a) for ft, a in axes.items()}
+
+
+def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, tally,
               progress: bool = False) -> None:
     """Submit fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
     fine-tune is finished; a failed task is resubmitted up to ``retries`` times."""
@@ -274,8 +318,10 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
             groups.setdefault(cell.finetune_id, []).append(cell)
         else:
             evals_first.append(cell)
-    for ft_id, cells in groups.items():
-        submit("finetune", ft_id, finetune_task(cells[0], root, threads, redirect, progress), 1)
+    names = _finetune_names(groups)
+    for number, (ft_id, cells) in enumerate(groups.items(), 1):
+        label = f"finetune {number}/{len(groups)}" + (f" ({names[ft_id]})" if names[ft_id] else "")
+        submit("finetune", ft_id, finetune_task(cells[0], root, threads, redirect, progress, label), 1)
     for cell in evals_first:
         submit_eval(cell)
     by_id = {c.id: c for c in todo}
@@ -292,11 +338,12 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
             if status == "finished":
                 _log(root, f"{what} finished in {seconds:.1f} s (attempt {attempt})" + _metrics_text(cells[0], root, kind))
                 if kind == "finetune":
+                    tally.finetune()
                     for cell in cells:
                         submit_eval(cell)
                 else:
                     outcomes[key] = Outcome("finished", ran=True, attempts=attempt, seconds=seconds)
-                    advance(1)
+                    tally.eval()
                 continue
             if result.get("permanent"):
                 _log(root, f"{what} {status} (attempt {attempt}, not retried: the same settings would fail the same way): {error}")
@@ -310,7 +357,10 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 reason = error if kind == "eval" else f"fine-tune failed: {error}"
                 outcomes[cell.id] = Outcome(status if kind == "eval" else "failed", ran=True, attempts=attempt,
                                             error=reason, seconds=seconds)
-                advance(1)
+            if kind == "finetune":
+                tally.finetune(failed_evals=len(cells))
+            else:
+                tally.eval()
 
 
 def _ft_label(cell: Cell) -> str:
