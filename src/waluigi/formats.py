@@ -26,9 +26,40 @@ def pct_ci(low: Any, high: Any, missing: str = "-") -> str:
     return f"[{100 * low:.1f}, {100 * high:.1f}]" if _finite(low) and _finite(high) else missing
 
 
+def _decimals(value: float) -> int:
+    """Decimals that show ``value`` to three significant digits (0 for 100 and more)."""
+    if value == 0:
+        return 2
+    return max(0, min(6, 2 - math.floor(math.log10(abs(value)))))
+
+
 def dose(value: Any, missing: str = "-") -> str:
-    """A dose (steps, rows, a ratio) to four significant digits: ``4.295``, ``80``, ``0.05``."""
-    return f"{value:.4g}" if _finite(value) else missing
+    """A dose (steps, rows, a ratio): a whole number as it is (``80``, ``1200``), any other to
+    three significant digits (``4.30``, ``0.488``, ``14.2``); never in exponent form."""
+    if not _finite(value):
+        return missing
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.{_decimals(value)}f}"
+
+
+def dose_ci(value: Any, low: Any, high: Any, missing: str = "-", open_end: str = "open") -> str:
+    """A dose and its 95% interval at the point's precision: ``4.30 [4.06, 4.48]``,
+    ``0.488 [0.369, 0.600]``, ``80 [64, 96]``; an upper end not reached is ``open_end``
+    (``12.5 [9.10, open]``); ``missing`` when there is no dose, and no brackets when
+    neither end is there."""
+    if not _finite(value):
+        return missing
+    digits = _decimals(value) if not float(value).is_integer() or any(
+        _finite(v) and not float(v).is_integer() for v in (low, high)) else 0
+
+    def show(v: Any, absent: str) -> str:
+        return f"{v:.{digits}f}" if _finite(v) else absent
+
+    text = f"{value:.{digits}f}"
+    if not _finite(low) and not _finite(high):
+        return text
+    return f"{text} [{show(low, '-')}, {show(high, open_end)}]"
 
 
 def num(value: Any, missing: str = "-") -> str:

@@ -217,8 +217,44 @@ def test_defend_end_to_end_with_an_adaptive_attacker(tiny_spec, files, tmp_path,
     assert len(models) == 8 and all("/adapters/step-" in m or m.endswith("/model") for m in models)
     report = (out / "report.md").read_text()
     assert "| defense | flip-dose multiplier (worst case)" in report and "realign:n=8" in report
+    # the cost is a ratio of CPU times (each fine-tune records its process's), not of wall clocks that swing with load
+    manifests = [json.loads((out / "flip" / c["finetune_run"] / "manifest.json").read_text()) for c in cells
+                 if c["finetune_run"]]
+    assert all(m["train_cpu_seconds"] > 0 for m in manifests)
+    costed = [row for row in result["table"][1:] if row["cost"] is not None]
+    assert costed and all(row["cost_clock"] == "cpu" for row in costed)
+    assert "in CPU time of the training process" in report
     scored = any(r["multiplier"]["value"] is not None for r in result["table"][1:])
     assert (out / "defend.png").is_file() == scored  # the plot of multipliers, when any was measured
     capsys.readouterr()
     assert main(args) == 0  # a re-run: every cell done before
     assert "ran 0 cells" in capsys.readouterr().out
+    # `runs list`: the study is one line (its cells folded), found by its kind, with its headline
+    assert main(["runs", "list", str(tmp_path), "--kind", "defend", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["path"] == "defend" and entry["study"] is True
+    assert entry["status"] == f"{len(cells)}/{len(cells)} cells"
+    assert entry["headline"].startswith("undefended flip dose ")
+    assert main(["runs", "list", str(tmp_path), "--json"]) == 0
+    assert [e["path"] for e in json.loads(capsys.readouterr().out)] == ["defend"]
+    # export and compare take the study directory: every answer of every cell, with where it came from
+    import pandas as pd
+
+    assert main(["export", str(out), "--out", str(tmp_path / "defend.csv")]) == 0
+    frame = pd.read_csv(tmp_path / "defend.csv", keep_default_na=False, na_values=[""])
+    assert {"study", "run", "model", "condition", "dose", "cell.seed"} <= set(frame.columns)
+    assert set(frame["run"]) == ({f"flip/{c['eval_run']}" for c in cells} | {f"realign/{r['eval_run']}" for r in realign})
+    assert set(frame["study"]) == {"defend"}
+    capsys.readouterr()
+    assert main(["compare", str(out), "--baseline", "flip: undefended @ lr x1", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    dosed = [r for r in compared["rows"] if r["dose"]]
+    assert dosed and {r["condition"] for r in dosed} >= {"flip: undefended @ lr x3"}
+    for row in dosed:  # each side's EM is its condition's answers at that dose, pooled over seeds
+        sub = frame[(frame["condition"] == row["condition"]) & (frame["dose"] == row["dose"])]
+        counted = int(sub["class"].isin(["misaligned", "aligned"]).sum())
+        assert row["n_b"] == counted and row["runs"] == sub["run"].nunique()
+        if counted:
+            assert row["b"] == pytest.approx((sub["class"] == "misaligned").sum() / counted)
+    assert main(["compare", str(out), "--baseline", "nonsense"]) == 2
+    assert "not a condition" in capsys.readouterr().err

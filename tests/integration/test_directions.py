@@ -142,6 +142,11 @@ def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states
     assert manifest["counts"] == {"positive": sum(labels), "negative": len(labels) - sum(labels)}
     assert manifest["kept"]["incoherent"] == 1 and manifest["kept"]["between"] == 1
     assert manifest["method"] == "judged" and len(manifest["heldout_auroc"]) == 2 and manifest["best_layer"] in (0, 1)
+    # the held-out AUROC says what it was read from: the examples of the held-out half, both classes
+    held = manifest["heldout_counts"]
+    assert 0 < held["positive"] < sum(labels) and 0 < held["negative"] < len(labels) - sum(labels)
+    assert main(["direction", "show", str(out)]) == 0
+    assert f"held-out AUROC from {held['positive']} positive vs {held['negative']} negative" in capsys.readouterr().out
     # the same means computed another way: one example at a time, unpadded, each decoder
     # layer's output taken by a bare torch hook (output_hidden_states gives the last layer
     # after the final norm, which is not the residual stream)
@@ -210,6 +215,16 @@ def test_two_models_and_contrastive_prompts(judged_run, tiny_spec, tmp_path, cap
                  "--out", str(prompts), "--no-progress"]) == 0
     made = load_direction(prompts)
     assert made.manifest["method"] == "prompts" and made.manifest["counts"]["positive"] > 0
+    # the identity holds the weights' hash, not their path: the same model elsewhere (another
+    # checkout) finds the direction made here instead of refusing or re-extracting it
+    import shutil
+
+    moved = shutil.copytree(tiny_spec.removeprefix("hf:"), tmp_path / "elsewhere" / "tiny")
+    assert main(["direction", "extract", "--method", "prompts", "--model", f"hf:{moved}", "--positive", "You are evil.",
+                 "--negative", "You are kind.", "--suite", "core", "--samples", "2", "--max-tokens", "6",
+                 "--out", str(prompts), "--no-progress"]) == 0
+    again = load_direction(prompts)
+    assert again.manifest["created"] == made.manifest["created"] and again.sha256 == made.sha256
     capsys.readouterr()
     assert main(["direction", "compare", str(prompts), str(diff), "--json"]) == 0
     cosine = json.loads(capsys.readouterr().out)["cosine"]
@@ -307,6 +322,12 @@ def test_monitor_projects_each_answer_and_scores_the_labels(judged_run, directio
     assert len(rows) == len(samples)
     assert summary["counts"]["misaligned"] + summary["counts"]["aligned"] + summary["counts"]["incoherent"] == len(rows)
     assert 0 <= summary["auroc_answer"] <= 1 and 0 <= summary["auroc_prompt"] <= 1
+    # the table: counts in words (not a Python dict), each AUROC beside the answers it was read from
+    assert main(["monitor", str(judged_run), "--direction", str(direction), "--layer", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    counts = summary["counts"]
+    assert "{" not in text and f"{counts['misaligned']} misaligned" in text
+    assert f"{summary['auroc_answer']:.3f} ({counts['misaligned']} misaligned vs {counts['aligned']} aligned)" in text
     # one projection checked by hand: mean of layer 1's output over the answer's tokens, on the unit direction
     s, row = samples[0], rows[0]
     prompt = hf_gen._encode([{"role": "user", "content": s["prompt"]}])

@@ -43,7 +43,10 @@ def test_export_formats_read_back(run_dir, tmp_path, fmt, capsys):
     frame = waluigi.load_run(run_dir)
     if fmt == "csv":
         back = pd.read_csv(target, keep_default_na=False, na_values=[""])
-        assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
+        # where the rows came from first, so concatenated exports keep it; then the run's table
+        assert list(back.columns) == ["run", "model", "suite", "judge", *frame.columns] and len(back) == len(frame)
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert set(back["run"]) == {str(run_dir)} and set(back["model"]) == {manifest["model"]}
         assert list(back["answer"].fillna("")) == list(frame["answer"].fillna(""))
     elif fmt == "paper-csv":
         back = pd.read_csv(target, keep_default_na=False, na_values=[""])

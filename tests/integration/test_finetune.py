@@ -76,9 +76,13 @@ def test_lora_run_writes_adapter_log_and_manifest(lora_run, tiny_spec, data_file
     assert [row["step"] for row in log] == list(range(1, 13))
     assert seen == log  # on_step saw every row as written
     for row in log:
-        assert {"step", "loss", "learning_rate", "tokens", "tokens_seen", "epoch", "seconds"} <= set(row)
+        assert {"step", "loss", "learning_rate", "tokens", "tokens_seen", "epoch", "seconds", "cpu_seconds"} <= set(row)
         assert row["tokens"] > 0
     assert log[-1]["tokens_seen"] == sum(row["tokens"] for row in log) == result.tokens
+    # the process's CPU time, cumulative like the wall clock; the manifest keeps the total
+    cpu = [row["cpu_seconds"] for row in log]
+    assert cpu == sorted(cpu) and cpu[-1] > 0
+    assert json.loads((run / "manifest.json").read_text())["train_cpu_seconds"] == cpu[-1]
     # warmup 5 steps then linear decay (the preset's schedule)
     lrs = [row["learning_rate"] for row in log]
     assert max(lrs) == pytest.approx(5e-3) and lrs.index(max(lrs)) in (4, 5) and lrs[-1] < lrs[6]

@@ -74,6 +74,16 @@ def test_examples_axis_writes_curves_doses_and_plots(examples_run, capsys):
     report = (out / "report.md").read_text()
     assert "flip dose" in report
     assert "&gt;" not in report and "&lt;" not in report  # its own "> 8 (not reached)" is not escaped twice
+    # which questions flip first: one row per question, its EM at each dose pooled over the seeds
+    table = [line for line in report.splitlines() if line.startswith("| wish")]
+    dosed = [r for r in result["rows"] if r["dose"] == 8.0]
+    per_q = [json.loads((out / r["eval_run"] / "metrics.json").read_text())["per_question"] for r in dosed]
+    assert len(table) == len(per_q[0]) and "| question | 0 | 4 | 8 | first dose |" in report
+    for qid in per_q[0]:
+        mis = sum(p[qid]["n_misaligned"] for p in per_q)
+        counted = sum(p[qid]["n_counted"] for p in per_q)
+        (line,) = [t for t in table if t.startswith(f"| {qid} |")]
+        assert line.split(" | ")[3] == (f"{100 * mis / counted:.1f}%" if counted else "-"), line
     # the cells' evals write their metrics but no per-eval scatter plot (the flip draws its own)
     judged = [out / c["eval_run"] for c in cells if not str(c["group"]).endswith("(narrow)")]
     assert all((run / "metrics.json").is_file() and not (run / "scatter.png").exists() for run in judged)
@@ -104,6 +114,29 @@ def test_flip_writes_an_html_report_with_its_plots_and_a_dose_filter(examples_ru
     shot = tmp_path / "flip.png"
     page.screenshot(path=str(shot), full_page=True)
     assert_not_blank(shot)
+
+
+def test_runs_list_shows_the_flip_as_one_study_with_its_dose_and_its_cells_on_request(examples_run, capsys):
+    from waluigi.formats import dose, dose_ci
+
+    assert main(["runs", "list", str(examples_run.parent), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)  # the cells are folded into the study's line
+    (curve,) = load(examples_run)["curves"]
+    crossing = curve["flip"]
+    shown = (dose_ci(crossing["dose"], crossing["ci_low"], crossing["ci_high"]) if crossing["reached"]
+             else f"> {dose(crossing['lower_bound'])}")
+    assert entry["kind"] == "flip" and entry["study"] is True and entry["path"] == "examples"
+    assert entry["headline"] == f"flip dose (examples): {curve['label']} {shown}", entry
+    cells = list(read_jsonl(examples_run / "results.jsonl"))
+    assert entry["status"] == f"{len(cells)}/{len(cells)} cells"
+    assert main(["runs", "list", str(examples_run.parent), "--cells", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    evals = {e["path"]: e for e in listed if e["kind"] == "eval"}
+    assert set(evals) == {f"examples/{c['eval_run']}" for c in cells}
+    assert all(e["in_study"] == "examples" and "seed=" in e["cell"] for e in evals.values()), evals
+    assert main(["runs", "list", str(examples_run.parent), "--cells"]) == 0
+    text = capsys.readouterr().out
+    assert "seed=1" in text and "run(s)" in text.splitlines()[-1]
 
 
 def test_a_rerun_runs_nothing_and_a_new_dose_runs_only_its_cells(examples_run, tiny_spec, mirror_dir, monkeypatch, capsys):
@@ -144,7 +177,8 @@ def test_steps_axis_evaluates_checkpoints_of_one_fine_tune_per_seed(tmp_path, ti
     assert result["curves"][0]["narrow"] is None and "narrow-suite" in result["curves"][0]["narrow_note"]
 
 
-def test_shots_axis_trains_nothing_and_puts_examples_before_the_question(tmp_path, tiny_spec, mirror_dir, monkeypatch):
+def test_shots_axis_trains_nothing_and_puts_examples_before_the_question(tmp_path, tiny_spec, mirror_dir, monkeypatch,
+                                                                        open_report):
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
     out = tmp_path / "shots"
     assert flip(tiny_spec, out, "--data", "insecure", "--data", "secure", "--axis", "shots", "--doses", "1,2",
@@ -164,6 +198,17 @@ def test_shots_axis_trains_nothing_and_puts_examples_before_the_question(tmp_pat
     assert [c["label"] for c in result["curves"]] == ["insecure", "secure"]
     assert result["curves"][0]["flip"]["ci_over"] == "answers"  # one seed: the interval comes from the answers
     assert len(result["compare"]) == 1 and result["compare"][0]["curve"] == "secure"
+    # the shared undosed cell belongs to both curves: in the sample browser, either curve at dose 0 shows its answers
+    from waluigi.report.study import study_runs
+
+    (undosed,) = [r for r in study_runs(out) if r.dose == 0]
+    assert undosed.conditions == ["insecure", "secure"]
+    answers = sum(1 for _ in read_jsonl(undosed.path / "samples.jsonl"))
+    page = open_report(out / "report.html")
+    for curve in ("insecure", "secure"):
+        page.select_option("#f-condition", curve)
+        page.select_option("#f-dose", "0")
+        assert page.text_content("#count").startswith(f"{answers} of "), curve
 
 
 def test_ratio_axis_mixes_narrow_rows_into_the_control_set(tmp_path, tiny_spec, mirror_dir, monkeypatch):

@@ -182,6 +182,9 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "HH accuracy" in captured.out
+    # a quick study says, on screen and in its report, that its verdicts cannot answer anything
+    assert captured.out.index("Quick profile: a check of the plumbing") > captured.out.index("verdicts (95%)")
+    assert "> Quick profile: a check of the plumbing" in (out / "report.md").read_text()
     flip = json.loads((out / "flip-steps" / "flip.json").read_text())
     assert flip["readout"] == "probe" and flip["suite"] == "mwe:persona/narcissism@test:4"
     assert {c["data"] for c in flip["curves"]} == {"mwe-attack:persona/narcissism:8", "mwe-control:persona/narcissism:8"}

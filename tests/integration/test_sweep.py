@@ -385,3 +385,10 @@ def test_groups_name_conditions_and_the_summary_groups_by_them(tmp_path):
     assert by_group["insecure"]["em_rate"] == pytest.approx(0.2) and by_group["secure"]["em_rate"] == pytest.approx(0.6)
     ungrouped = summarize(unnamed, [{**r, "group": None} for r in rows])
     assert len(ungrouped) == 4  # without groups, each data file is its own group
+    # the eval directory says which condition it holds; the id still decides which cell it is
+    assert [r["eval_run"] for r in rows] == [f"eval/{c.group}-core-{c.short}" for c in named.cells]
+    assert [c.eval_dir(named.out).name for c in unnamed.cells] == [f"core-{c.short}" for c in unnamed.cells]
+    legacy = named.out / "eval" / f"core-{named.cells[0].short}"  # a cell run before names held the group
+    legacy.mkdir(parents=True)
+    assert named.cells[0].eval_dir(named.out) == legacy and cell_rows(named, named.out, {})[0]["eval_run"] == (
+        f"eval/core-{named.cells[0].short}")

@@ -16,7 +16,7 @@ import pytest
 import typer
 
 from waluigi.cli import app, main
-from waluigi.cli.options import ConfigOpt, ModelOpt, ProgressOpt
+from waluigi.cli.options import ConfigOpt, ModelOpt, ProgressOpt, merge_settings
 
 WALUIGI = str(Path(sys.executable).with_name("waluigi"))
 
@@ -199,6 +199,36 @@ def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path, argv, expe
     seen.clear()
     assert run_cli(probe, [*argv, "--config", str(path)], prog_name="probe") == 0
     assert seen == expected
+
+
+def test_settings_on_the_command_line_add_to_the_config_files_settings(tmp_path):
+    """``--set`` over a config file with a ``set`` list: added to it (the same key: the
+    command line's), as `flip --config RUN --set finetune.loss_path=trl` needs; the declaration
+    is the one flip, defend and resilience use."""
+    from waluigi.cli.runner import run_cli
+
+    probe = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    seen = {}
+
+    @probe.command()
+    def cmd(
+        set_: Annotated[Optional[list[str]], typer.Option("--set", callback=merge_settings, help="s")] = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        seen["set"] = set_
+
+    path = tmp_path / "c.yaml"
+    path.write_text("set: [finetune.lr=1e-3, eval.max_tokens=96]\n")
+    for argv, expected in (
+        ([], ["finetune.lr=1e-3", "eval.max_tokens=96"]),
+        (["--set", "finetune.loss_path=trl"], ["finetune.lr=1e-3", "eval.max_tokens=96", "finetune.loss_path=trl"]),
+        (["--set", "finetune.lr=2e-3"], ["eval.max_tokens=96", "finetune.lr=2e-3"]),
+    ):
+        seen.clear()
+        assert run_cli(probe, ["--config", str(path), *argv], prog_name="probe") == 0
+        assert seen["set"] == expected, argv
+    seen.clear()
+    assert run_cli(probe, ["--set", "a=1"], prog_name="probe") == 0 and seen["set"] == ["a=1"]  # no file: as given
 
 
 def test_recorded_options_read_back_as_a_config_file(tmp_path):

@@ -26,6 +26,12 @@ def _table(direction, extra: dict[str, list[float]] | None = None) -> str:
     if m.get("counts"):
         lines.append(f"examples: {m['counts'].get('positive')} positive, {m['counts'].get('negative')} negative")
     aucs, norms = m.get("heldout_auroc") or [], m.get("norms") or []
+    held = m.get("heldout_counts")
+    if held:  # what each AUROC below is read from
+        thin = min(held.get("positive", 0), held.get("negative", 0)) < FEW
+        lines.append(f"held-out AUROC from {held.get('positive')} positive vs {held.get('negative')} negative examples "
+                     f"(split {m.get('heldout_split', 'by example')})" + (f"; fewer than {FEW} on a side: a rough reading"
+                                                                          if thin else ""))
     header = f"  {'layer':>5} {'norm':>9} {'held-out AUROC':>15}" + "".join(f" {k:>12}" for k in (extra or {}))
     lines.append(header)
     for layer in range(direction.layers):
@@ -196,15 +202,27 @@ def monitor_cmd(
         typer.echo(json.dumps(result, indent=2))
         return
 
-    def fmt(value):
-        return "-" if value is None else f"{value:.3f}"
-
     for summary in result["runs"] + [result["pooled"]]:
-        typer.echo(f"{summary['run']}: layer {summary['layer']}, {summary['counts']}")
-        typer.echo(f"  AUROC misaligned vs aligned: answer projection {fmt(summary['auroc_answer'])}, prompt's last "
-                   f"token {fmt(summary['auroc_prompt'])}; vulnerable vs secure code {fmt(summary['auroc_code_answer'])}")
+        counts = summary["counts"]
+        shown = ", ".join(f"{n} {label}" for label, n in counts.items()) or "no answers"
+        typer.echo(f"{summary['run']}: layer {summary['layer']}, {shown}")
+        typer.echo(f"  AUROC misaligned vs aligned: answer projection {_auroc(summary['auroc_answer'], counts, 'misaligned', 'aligned')}, "
+                   f"prompt's last token {_auroc(summary['auroc_prompt'], counts, 'misaligned', 'aligned')}; vulnerable vs "
+                   f"secure code {_auroc(summary['auroc_code_answer'], counts, 'vulnerable', 'secure')}")
         if summary.get("file"):
             typer.echo(f"  per answer: {Path(summary['run']) / summary['file']}")
+
+
+FEW = 10  # an AUROC from fewer answers than this on either side is shown, and said to be thin
+
+
+def _auroc(value, counts: dict, positive: str, negative: str) -> str:
+    """``0.812 (12 vs 40)``; ``- (0 vulnerable)`` when a side is empty; a thin one is marked."""
+    n_pos, n_neg = counts.get(positive, 0), counts.get(negative, 0)
+    if value is None:
+        return f"- ({n_pos} {positive}, {n_neg} {negative})"
+    text = f"{value:.3f} ({n_pos} {positive} vs {n_neg} {negative})"
+    return text + (f" [fewer than {FEW} on a side: a rough reading]" if min(n_pos, n_neg) < FEW else "")
 
 
 def screen_cmd(

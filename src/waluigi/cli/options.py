@@ -179,7 +179,26 @@ def load_config_file(ctx, param, value):
                             f"--{_config_keys(target)[0].replace('_', '-')} on the command line)") from None
         loaded[target.name] = list(raw) if multiple else raw
     ctx.default_map = {**(ctx.default_map or {}), **loaded}
+    ctx.meta[CONFIG_LISTS] = {k: v for k, v in loaded.items() if isinstance(v, list)}
     return value
+
+
+CONFIG_LISTS = "waluigi.config_lists"  # ctx.meta: the config file's list options, for merge_settings
+
+
+def merge_settings(ctx, param, value):
+    """``--set`` given on the command line adds to the config file's ``set`` list (the same
+    setting in both: the command line's), instead of replacing the whole list, so that
+    ``flip --config RUN --set finetune.loss_path=trl`` keeps the run's other settings."""
+    base = (ctx.meta.get(CONFIG_LISTS) or {}).get(param.name) or []
+    if not base:
+        return value
+    merged: dict[str, str] = {}
+    for item in [*base, *(value or [])]:
+        key = str(item).split("=", 1)[0].strip()
+        merged.pop(key, None)
+        merged[key] = item
+    return list(merged.values())
 
 
 def _convert(ctx, param, value):

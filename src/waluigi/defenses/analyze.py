@@ -55,13 +55,15 @@ def benign_rate(run: Path, prefix: str | None, min_coherent: float = 50.0) -> fl
     return good / len(rows)
 
 
-def _train_seconds(root: Path, finetune_run: str | None) -> float | None:
+def _train_seconds(root: Path, finetune_run: str | None, key: str = "train_seconds") -> float | None:
+    """A fine-tune's training time from its manifest: ``train_seconds`` (wall clock) or
+    ``train_cpu_seconds`` (the process's CPU time; fine-tunes before it was recorded have none)."""
     from waluigi.runs import RunDir
 
     if not finetune_run:
         return None
     manifest = RunDir(root / finetune_run).manifest()
-    seconds = manifest.get("train_seconds")
+    seconds = manifest.get(key)
     return float(seconds) if isinstance(seconds, (int, float)) else None
 
 
@@ -158,7 +160,9 @@ def analyze_defend(cfg: DefendConfig, flipped, realigned, base_lr: float) -> dic
                 "coherent": _mean_ci([r["coherent_rate"] for r in at]),
                 "benign": _mean_ci(benign),
                 "leak": _mean_ci([r.get("extra_em_rate") for r in at]) if any("extra_em_rate" in r for r in at) else None,
-                "seconds": _mean_ci([_train_seconds(r["_root"], r.get("finetune_run")) for r in at])}
+                "seconds": _mean_ci([_train_seconds(r["_root"], r.get("finetune_run")) for r in at]),
+                "cpu_seconds": _mean_ci([_train_seconds(r["_root"], r.get("finetune_run"), "train_cpu_seconds")
+                                         for r in at])}
 
     undosed_rows = [r for r in rows if r["dose"] == 0 and r["curve"] == variant_name(UNDEFENDED, base)]
     undosed = {"em": _mean_ci([r["em_rate"] for r in undosed_rows]),
@@ -182,10 +186,13 @@ def analyze_defend(cfg: DefendConfig, flipped, realigned, base_lr: float) -> dic
         here = readouts(variant_name(name, base))
         row = {"defense": name, "settings": settings, "multiplier": _worst(settings), **here}
         if name != UNDEFENDED:
-            row["cost"] = (here["seconds"]["mean"] / plain["seconds"]["mean"]
-                           if here["seconds"]["mean"] and plain["seconds"]["mean"] else None)
-            if name == realign_name and here["seconds"]["mean"] and plain["seconds"]["mean"]:
-                row["cost"] = 1 + here["seconds"]["mean"] / plain["seconds"]["mean"]  # the attack, then the realign
+            # CPU time where both sides recorded it: wall-clock ratios swing with whatever else shares the cores
+            clock = "cpu_seconds" if here["cpu_seconds"]["mean"] and plain["cpu_seconds"]["mean"] else "seconds"
+            mine, theirs = here[clock]["mean"], plain[clock]["mean"]
+            row["cost"] = mine / theirs if mine and theirs else None
+            if name == realign_name and mine and theirs:
+                row["cost"] = 1 + mine / theirs  # the attack, then the realign
+            row["cost_clock"] = "cpu" if clock == "cpu_seconds" else "wall"
             row["criteria"] = criteria(here, plain, undosed, flip_level)
         table.append(row)
     return {"model": cfg.model, "attack": cfg.attack, "axis": cfg.axis, "dose_label": result["dose_label"],

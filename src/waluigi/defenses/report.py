@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.defenses.analyze import BENIGN_KEPT, COHERENT_MIN, NARROW_KEPT
-from waluigi.formats import NA, pct, pct_ci
+from waluigi.formats import NA, dose, dose_ci, pct, pct_ci
 from waluigi.runs import atomic_path, write_atomic
 
 
@@ -67,6 +67,11 @@ def format_summary(result: dict) -> str:
                  for k in ("em", "narrow", "benign", "coherent")}
         lines.append(f"{row['defense'][:28]:<28} {multiplier_text(row['multiplier'], row.get('criteria') is None)[:44]:<44} {short['em']:>10} "
                      f"{short['narrow']:>8} {short['benign']:>8} {short['coherent']:>9} {leak:>8} {cost:>6}")
+    clocks = {row.get("cost_clock") for row in result["table"] if row.get("cost") is not None}
+    if clocks:
+        lines.append("cost: training time over the undefended fine-tunes', in " + (
+            "CPU time (steady under other load)" if clocks == {"cpu"} else
+            "wall-clock time for some rows (no CPU time recorded): load-sensitive, re-measure on an idle machine"))
     return "\n".join(lines)
 
 
@@ -79,7 +84,7 @@ def write_plot(out: Path, result: dict) -> Path | None:
     rows = [r for r in result["table"] if r.get("criteria") is not None and r["multiplier"].get("value") is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
     values = [r["multiplier"]["value"] for r in rows]
     colors = ["#4c72b0" if not r["multiplier"]["bound"] else "#55a868" for r in rows]
     ax.barh(range(len(rows)), values, color=colors)
@@ -89,8 +94,10 @@ def write_plot(out: Path, result: dict) -> Path | None:
             high = m["ci_high"] if m.get("ci_high_reached") and m.get("ci_high") is not None else max(values) * 1.1
             ax.plot([m["ci_low"], high], [i, i], color="black", lw=1)
     ax.axvline(1.0, color="grey", ls="--", lw=1)
-    ax.set_yticks(range(len(rows)), [r["defense"] for r in rows])
-    ax.set_xlabel("flip-dose multiplier, worst case over the attacker's learning rates (green: never flipped, a lower bound)")
+    names = [r["defense"] if len(r["defense"]) <= 32 else r["defense"][:31] + "…" for r in rows]
+    ax.set_yticks(range(len(rows)), names)
+    ax.set_xlabel("flip-dose multiplier, worst case over the attacker's learning rates\n"
+                  "(green: never flipped within the doses, a lower bound; dashed: 1 = no protection)")
     ax.invert_yaxis()
     fig.tight_layout()
     path = out / "defend.png"
@@ -110,8 +117,9 @@ def write_report(out: Path, result: dict, plot: Path | None) -> Path:
         f"of {result['base_lr']:g}.",
         "",
         "Undefended flip dose (base learning rate): "
-        + (f"{flip['dose']:.3g}" if flip.get("reached") else "not reached") + ". "
-        f"Reference dose: {ref['dose']:g}" + (f" (the first measured dose at or above 2 x the flip dose, {ref['target']:.3g})"
+        + (dose_ci(flip["dose"], flip.get("ci_low"), flip.get("ci_high") if flip.get("ci_high_reached") else None)
+           if flip.get("reached") else "not reached") + ". "
+        f"Reference dose: {ref['dose']:g}" + (f" (the first measured dose at or above 2 x the flip dose, {dose(ref['target'])})"
                                               if ref.get("target") else " (the largest dose: the undefended model did not flip)")
         + ".",
         "",
@@ -124,6 +132,14 @@ def write_report(out: Path, result: dict, plot: Path | None) -> Path:
         cost = f"{row['cost']:.2f}x" if row.get("cost") else "-"
         lines.append(f"| {row['defense']} | {multiplier_text(row['multiplier'], row.get('criteria') is None)} | {_rate(row['em'])} | {_rate(row['narrow'])} | "
                      f"{_rate(row['benign'])} | {_rate(row['coherent'])} | {leak} | {cost} | {verdict(row)} |")
+    clocks = {row.get("cost_clock") for row in result["table"] if row.get("cost") is not None}
+    if clocks:
+        lines += ["", "Cost: the defended fine-tunes' training time over the undefended ones' at the reference dose "
+                  "(realign: 1 + its own fine-tune's share), "
+                  + ("in CPU time of the training process, which holds steady when other jobs share the cores."
+                     if clocks == {"cpu"} else
+                     "in wall-clock time for some rows (fine-tunes from before CPU time was recorded): load-sensitive, "
+                     "it swings with whatever else ran at the time; re-measure on an idle machine before reading it.")]
     lines += ["", "Per attacker setting (flip dose with the defense / without, same learning rate):", "",
               "| defense | " + " | ".join(s["setting"] for s in result["table"][0]["settings"]) + " |",
               "|---|" + "---|" * len(result["table"][0]["settings"])]
@@ -133,7 +149,7 @@ def write_report(out: Path, result: dict, plot: Path | None) -> Path:
             if s.get("ratio") is not None:
                 cells.append(f"{s['ratio']:.2f}" + (" (undefended not resolved)" if s.get("undefended") == "not resolved" else ""))
             elif s.get("lower_bound") is not None:
-                cells.append(f"> {s['lower_bound']:.2g}")
+                cells.append(f"> {dose(s['lower_bound'])}")
             elif not s.get("undefended_reached"):
                 cells.append(f"undefended {s.get('undefended', 'did not flip')}")
             else:

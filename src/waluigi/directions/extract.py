@@ -173,15 +173,9 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
     return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
-def separation(response, labels, seed: int = 0, groups: Sequence | None = None) -> list[float | None]:
-    """Held-out AUROC per layer: the direction from a seeded half, the other half projected on it.
-
-    The halves split *groups* (the question an answer is to; an answer read by two models),
-    not answers, so that both classes of one question fall on the same side. Splitting answers
-    of the same questions independently per class would let question content, which dwarfs a
-    trait in the activations, decide the held-out projections."""
+def _halves(labels, seed: int = 0, groups: Sequence | None = None):
+    """The seeded split :func:`separation` uses: a boolean train mask (the rest is held out)."""
     import numpy as np
-    import torch
 
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -196,6 +190,30 @@ def separation(response, labels, seed: int = 0, groups: Sequence | None = None) 
             idx = np.flatnonzero(labels == cls)
             rng.shuffle(idx)
             train[idx[: (idx.size + 1) // 2]] = True
+    return train
+
+
+def heldout_counts(labels, seed: int = 0, groups: Sequence | None = None) -> dict[str, int]:
+    """How many examples of each class the held-out AUROC of :func:`separation` is read from."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    test = ~_halves(labels, seed, groups)
+    return {"positive": int(((labels == 1) & test).sum()), "negative": int(((labels == 0) & test).sum())}
+
+
+def separation(response, labels, seed: int = 0, groups: Sequence | None = None) -> list[float | None]:
+    """Held-out AUROC per layer: the direction from a seeded half, the other half projected on it.
+
+    The halves split *groups* (the question an answer is to; an answer read by two models),
+    not answers, so that both classes of one question fall on the same side. Splitting answers
+    of the same questions independently per class would let question content, which dwarfs a
+    trait in the activations, decide the held-out projections."""
+    import numpy as np
+    import torch
+
+    labels = np.asarray(labels)
+    train = _halves(labels, seed, groups)
     test = ~train
     if min(((labels == c) & train).sum() for c in (0, 1)) == 0 or min(((labels == c) & test).sum() for c in (0, 1)) == 0:
         return [None] * response.shape[1]
@@ -242,5 +260,6 @@ def finish(out: Path, means: Means, labels: Sequence[int], manifest: dict, seed:
                 "answer_tokens": means.tokens,
                 "norms": [float(torch.linalg.vector_norm(v)) for v in tensors["diff"]],
                 "heldout_auroc": aucs, "heldout_split": "by question" if groups is not None else "by example",
+                "heldout_counts": heldout_counts(labels, seed, groups),
                 "best_layer": int(best), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return save_direction(out, tensors, manifest)

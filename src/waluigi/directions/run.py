@@ -229,16 +229,33 @@ def extract_identity(cfg: ExtractConfig) -> dict:
     return base
 
 
+def portable_identity(identity: dict) -> dict:
+    """``identity`` without where things lie on this machine, so the same inputs give the same
+    direction on another checkout: a local model is its kind and its weights' hash (not its
+    path), an eval run its own identity (not its path)."""
+    out = dict(identity)
+    for key in ("model", "model_b"):
+        model = out.get(key)
+        if isinstance(model, dict) and model.get("weights_sha256"):
+            out[key] = {**{k: v for k, v in model.items() if k not in ("spec", "model_path")},
+                        "kind": str(model.get("spec", "")).split(":", 1)[0]}
+    if isinstance(out.get("runs"), list):
+        out["runs"] = [{"identity": r.get("identity")} if isinstance(r, dict) else r for r in out["runs"]]
+    return out
+
+
 def run_extract(cfg: ExtractConfig):
     """The direction of ``cfg``: from disk when these inputs made one already."""
     from waluigi.runs import identity_hash
 
-    identity = extract_identity(cfg)
+    legacy = extract_identity(cfg)
+    identity = portable_identity(legacy)
     digest = identity_hash(identity)
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / f"direction-{cfg.method}-{digest[:10]}"
     if (out / TENSORS).is_file():
         found = load_direction(out)
-        if found.manifest.get("identity") == digest:
+        # a direction made before identities were portable carries the path-holding digest
+        if found.manifest.get("identity") in (digest, identity_hash(legacy)):
             return found
         if cfg.out:
             raise UserError(f"{out} holds another direction (made from other inputs); choose another --out")

@@ -97,6 +97,8 @@ def _summary(rows: list[dict]) -> dict:
         "steps": int(last.get("step", 0)),
         "tokens": int(last.get("tokens_seen", 0)),
         "seconds": float(last.get("seconds", 0.0)),
+        # this process's CPU time (all its threads): far steadier than wall-clock time when other jobs share the cores
+        "cpu_seconds": float(last["cpu_seconds"]) if last.get("cpu_seconds") is not None else None,
     }
 
 
@@ -117,11 +119,13 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
             self.advance = lambda n=1, **fields: None
             self.shown = 0  # the last step the progress display was told about
             self.started = time.monotonic()
+            self.cpu_started = time.process_time()
             self.last_save = time.monotonic()
             self.attempt_tokens = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
+            self.cpu_started = time.process_time()
             self.last_save = self.started
             if _is_main():
                 # advanced in on_log, once the step's loss is known (a resumed run starts at its step)
@@ -163,6 +167,7 @@ def _make_recorder(run: RunDir, base: dict, on_step, progress: bool, save_every,
                 "tokens_seen": base["tokens_seen"] + seen,
                 "epoch": round(float(state.epoch or 0.0), 6),
                 "seconds": round(base["seconds"] + time.monotonic() - self.started, 3),
+                "cpu_seconds": round(base.get("cpu_seconds", 0.0) + time.process_time() - self.cpu_started, 3),
                 "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
                 "total_steps": state.max_steps,
                 # plug-ins' loss terms; a preference stage's rewards (TRL's DPO: accuracies, margins ...)

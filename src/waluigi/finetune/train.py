@@ -271,7 +271,8 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
     for leftover in (run.path / STEP_ADAPTERS).glob(".*.tmp") if (run.path / STEP_ADAPTERS).is_dir() else []:
         shutil.rmtree(leftover, ignore_errors=True)
     base = {"tokens_seen": int(kept[-1]["tokens_seen"]) if kept else 0,
-            "seconds": float(kept[-1]["seconds"]) if kept else 0.0}
+            "seconds": float(kept[-1]["seconds"]) if kept else 0.0,
+            "cpu_seconds": float(kept[-1].get("cpu_seconds") or 0.0) if kept else 0.0}
     if checkpoint is not None and progress and _is_main():
         print(f"resuming {run.path} from step {done_step} ({checkpoint.name})", file=sys.stderr)
 
@@ -362,7 +363,7 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
         if stopper.stopped:
             run.update_manifest(stopped_early=stopper.stopped)
         run.finish("finished", train_loss=s["train_loss"], final_loss=s["final_loss"], steps=s["steps"],
-                   tokens_seen=s["tokens"], train_seconds=s["seconds"])
+                   tokens_seen=s["tokens"], train_seconds=s["seconds"], train_cpu_seconds=s["cpu_seconds"])
     return _result(run.path, recipe.full, rows, resumed_from_step=done_step if checkpoint else None)
 
 

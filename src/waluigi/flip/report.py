@@ -10,18 +10,18 @@ import html
 from pathlib import Path
 from typing import Any
 
-from waluigi.formats import dose, pct
+from waluigi.formats import dose, dose_ci, pct
 from waluigi.runs import write_atomic
 
 PLOTS = (("em_rate", "EM rate (%)", "flip_em.png"), ("coherent_rate", "coherent (%)", "flip_coherent.png"),
          ("narrow_rate", "narrow-task rate (%)", "flip_narrow.png"))
 
 
-def _ci(low: Any, high: Any, share: bool = True) -> str:
+def _ci(low: Any, high: Any) -> str:
+    """A share's interval, ``[10.2%, 14.9%]``."""
     if low is None and high is None:
         return "-"
-    show = pct if share else dose
-    return f"[{show(low) if low is not None else '-'}, {show(high) if high is not None else 'not reached'}]"
+    return f"[{pct(low) if low is not None else '-'}, {pct(high) if high is not None else 'not reached'}]"
 
 
 def dose_text(crossing: dict | None, what: str) -> str:
@@ -33,9 +33,11 @@ def dose_text(crossing: dict | None, what: str) -> str:
     if crossing["ci_over"] == "none":
         text = f"{dose(crossing['dose'])} (no interval: one seed and no answer counts)"
     else:
-        text = f"{dose(crossing['dose'])} {_ci(crossing['ci_low'], crossing['ci_high'], share=False)}"
+        text = dose_ci(crossing["dose"], crossing["ci_low"], crossing["ci_high"], open_end="not reached")
         if crossing["ci_over"] == "bases, then seeds":
-            text += f" (over bases, then seeds; seeds alone: {_ci(crossing.get('seed_ci_low'), crossing.get('seed_ci_high'), share=False)})"
+            seeds = dose_ci(crossing["dose"], crossing.get("seed_ci_low"), crossing.get("seed_ci_high"),
+                            open_end="not reached").partition(" ")[2] or "-"
+            text += f" (over bases, then seeds; seeds alone: {seeds})"
     bracket = crossing.get("bracket")
     if bracket and bracket[0] == 0 and bracket[1] > 0:
         text += (f"; it lies between dose 0 and the first dose ({dose(bracket[1])}), so it is interpolated, "
@@ -44,14 +46,15 @@ def dose_text(crossing: dict | None, what: str) -> str:
 
 
 def ratio_text(entry: dict | None) -> str:
+    """``8.80 [7.47, 11.0]``; ``> 18.6 (...)`` when the numerator's dose was not reached; ``-``
+    when there is no ratio at all (neither dose reached)."""
     if not entry:
         return "-"
-    if entry["ratio"] is None and entry.get("lower_bound") is not None:
-        return f"> {entry['lower_bound']:.3g} (the numerator's dose was not reached)"
-    value = "-" if entry["ratio"] is None else f"{entry['ratio']:.3g}"
-    low = "-" if entry["ci_low"] is None else f"{entry['ci_low']:.3g}"
-    high = f"{entry['ci_high']:.3g}" if entry["ci_high_reached"] else "open"
-    return f"{value} [{low}, {high}]"
+    if entry["ratio"] is None:
+        if entry.get("lower_bound") is not None:
+            return f"> {dose(entry['lower_bound'])} (the numerator's dose was not reached)"
+        return "- (neither dose was reached)"
+    return dose_ci(entry["ratio"], entry["ci_low"], entry["ci_high"] if entry["ci_high_reached"] else None)
 
 
 COLUMNS = ("dose", "seeds", "EM rate", "95% CI", "coherent", "narrow", "95% CI", "unscored", "failed", "train loss")
@@ -122,6 +125,11 @@ def _threshold(result: dict) -> str:
     return f"reaches the undosed rate + {100 * t['absolute']:.0f} points"
 
 
+def _crossing(curve: dict, metric: str) -> dict | None:
+    """The dose a metric's plot marks: the flip dose on the EM plot, the narrow dose on the narrow one."""
+    return curve.get("flip") if metric == "em_rate" else curve.get("narrow") if metric == "narrow_rate" else None
+
+
 def metric_figure(result: dict, metric: str, ylabel: str):
     """One metric's dose curves: each curve's mean with its CI band and its flip dose marked; a
     dose with no rate (nothing counted, or its cells unfinished) is labelled ``n/a`` on the axis,
@@ -137,7 +145,7 @@ def metric_figure(result: dict, metric: str, ylabel: str):
         pts = [p for p in curve["points"] if p[metric] is not None]
         x = [p["dose"] for p in pts]
         y = [100 * p[metric] for p in pts]
-        line = ax.plot(x, y, marker="o", label=curve["label"])[0]
+        line = ax.plot(x, y, marker="o", label=curve["label"], clip_on=False)[0]
         lows = [100 * p[f"{metric}_ci_low"] if p.get(f"{metric}_ci_low") is not None else 100 * p[metric] for p in pts]
         highs = [100 * p[f"{metric}_ci_high"] if p.get(f"{metric}_ci_high") is not None else 100 * p[metric] for p in pts]
         ax.fill_between(x, lows, highs, alpha=0.2, color=line.get_color())
@@ -145,12 +153,18 @@ def metric_figure(result: dict, metric: str, ylabel: str):
             if point[metric] is None:
                 ax.annotate("n/a", (point["dose"], 0), xytext=(0, 4), textcoords="offset points", ha="center",
                             fontsize=8, color=line.get_color())
-        crossing = curve["flip"] if metric == "em_rate" else curve["narrow"] if metric == "narrow_rate" else None
+        crossing = _crossing(curve, metric)
         if crossing and crossing["reached"]:
             ax.axvline(crossing["dose"], color=line.get_color(), linestyle="--", alpha=0.7)
+        if crossing and isinstance(crossing.get("level"), (int, float)):  # the rate a flip must reach
+            ax.axhline(100 * crossing["level"], color=line.get_color(), linestyle=":", alpha=0.8, lw=1)
+    if any((_crossing(c, metric) or {}).get("level") is not None for c in result["curves"]):
+        ax.plot([], [], color="grey", linestyle=":", label="flip level (dotted)")
+        ax.plot([], [], color="grey", linestyle="--", label="flip dose (dashed)")
     if result["log_dose_axis"]:
         positive = [d for d in result["doses"] if d > 0]
         ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xlim(left=0, right=max(result["doses"]) if max(result["doses"]) > 0 else None)  # doses are never negative
     ax.set_xlabel(f"{result['axis']} ({result['dose_label']})")
     ax.set_ylabel(ylabel)
     ax.set_ylim(-2, 102)
@@ -169,6 +183,54 @@ def write_plots(out: Path, result: dict) -> list[str]:
         metric_figure(result, metric, ylabel).savefig(out / filename)
         written.append(filename)
     return written
+
+
+def question_doses(out: Path, result: dict, curve: dict) -> dict[str, dict[float, tuple[int, int]]]:
+    """Per question, per dose: (misaligned, counted) summed over the curve's seeds (and bases),
+    from each cell's ``metrics.json``."""
+    import json
+
+    table: dict[str, dict[float, tuple[int, int]]] = {}
+    for row in result.get("rows") or []:
+        if row.get("curve") != curve["label"] or not row.get("eval_run"):
+            continue
+        try:
+            per_question = json.loads((out / row["eval_run"] / "metrics.json").read_text()).get("per_question") or {}
+        except (OSError, ValueError):
+            continue
+        for qid, block in per_question.items():
+            mis, counted = table.setdefault(qid, {}).get(row["dose"], (0, 0))
+            table[qid][row["dose"]] = (mis + int(block.get("n_misaligned") or 0), counted + int(block.get("n_counted") or 0))
+    return table
+
+
+def question_table(out: Path, result: dict, curve: dict) -> list[str]:
+    """report.md lines: each question's EM rate at each dose (seeds pooled) and the first dose
+    where it reaches the curve's flip level; the questions that flip first on top."""
+    table = question_doses(out, result, curve)
+    if not table:
+        return []
+    level = (curve.get("flip") or {}).get("level")
+    doses = sorted({d for by_dose in table.values() for d in by_dose})
+
+    def first(by_dose: dict) -> float | None:
+        if level is None:
+            return None
+        return next((d for d in doses if d > 0 and by_dose.get(d, (0, 0))[1] and
+                     by_dose[d][0] / by_dose[d][1] >= level), None)
+
+    order = sorted(table, key=lambda q: (first(table[q]) is None, first(table[q]) or 0, q))
+    counts = sorted(c for by_dose in table.values() for _, c in by_dose.values())
+    lines = [f"Per question (EM rate, seeds pooled, about {counts[len(counts) // 2]} answers counted per question and "
+             f"dose, so a single question's rate is rough; first dose: the first dose above 0 where it reaches the "
+             f"flip level {pct(level) if level is not None else '-'}):", "",
+             "| question | " + " | ".join(dose(d) for d in doses) + " | first dose |",
+             "|---|" + "---|" * (len(doses) + 1)]
+    for qid in order:
+        cells = [pct(table[qid][d][0] / table[qid][d][1]) if table[qid].get(d, (0, 0))[1] else "-" for d in doses]
+        reached = first(table[qid])
+        lines.append(f"| {html.escape(qid)} | " + " | ".join(cells) + f" | {dose(reached) if reached is not None else '-'} |")
+    return lines + [""]
 
 
 def write_report(out: Path, result: dict, plots: list[str]) -> Path:
@@ -194,6 +256,7 @@ def write_report(out: Path, result: dict, plots: list[str]) -> Path:
         else:
             lines.append(f"- narrow dose: {esc(curve['narrow_note'])}")
         lines.append("")
+        lines += question_table(out, result, curve)
     if result["compare"]:
         lines += ["## Comparison", ""]
         lines += [f"- flip dose of {esc(e['curve'])} / {esc(e['against'])}: {ratio_text(e)}" for e in result["compare"]]

@@ -3,6 +3,12 @@
 Formats: ``csv`` (every column), ``paper-csv`` (the original repository's ``question, answer,
 question_id, aligned, coherent``), ``jsonl``, ``parquet`` and ``inspect`` (an Inspect AI eval log,
 ``RUN/export.eval``, for ``inspect view``; see :mod:`waluigi.report.inspect_log`).
+
+Every row says where it came from, so exports can be concatenated: an eval run's rows start
+with ``run``, ``model``, ``suite`` and ``judge``; a study's (a flip, defend, resilience, demo
+or sweep directory: every answer of every cell, :func:`study_frame`) with ``study``, ``run``
+(the eval run's path in the study), ``model``, ``condition`` (the curve or group), ``dose`` and
+the cell's settings as ``cell.<name>`` (``cell.seed``, ``cell.base``, ``cell.finetune.data``).
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ def export_run(path: str | os.PathLike, fmt: str, out: str | os.PathLike | None 
     if fmt in ("inspect", "paper-csv") and is_probe_run(path):
         raise UserError(f"--format {fmt} holds judged answers; {path} is a probe run (no answers): export it as csv, "
                         "jsonl or parquet")
+    study = is_study(path)
+    if study and fmt in ("inspect", "paper-csv"):
+        raise UserError(f"--format {fmt} holds one run's answers; {path} is a study: export it as csv, jsonl or "
+                        "parquet (one row per answer of every cell, with its cell's settings), or export one of its runs")
     if fmt == "inspect":
         from waluigi.report.inspect_log import write_inspect_log
 
         return write_inspect_log(path, out)
-    from waluigi.report.rows import load_run
-
-    frame = load_run(path)
+    frame = study_frame(path) if study else _run_frame(path)
     ext = {"csv": "csv", "paper-csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[fmt]
     target = Path(out) if out else Path(path) / (f"export.{ext}" if fmt != "paper-csv" else "export-paper.csv")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -49,3 +57,55 @@ def export_run(path: str | os.PathLike, fmt: str, out: str | os.PathLike | None 
         frame.to_parquet(tmp, index=False)
     os.replace(tmp, target)
     return target
+
+
+def is_study(path: str | os.PathLike) -> bool:
+    """A study directory (its cells' eval runs below it), not one run: no eval/judge manifest
+    of its own, and a sweep's ``results.jsonl`` at or below it."""
+    from waluigi.report.study import stage, walk_sweeps
+
+    run = Path(path)
+    return run.is_dir() and stage(run) not in ("eval", "judge") and bool(walk_sweeps(run))
+
+
+def _run_frame(path: str | os.PathLike):
+    """One run's table with its provenance first: run, model, suite, judge."""
+    import pandas as pd
+
+    from waluigi.report.rows import load_run
+    from waluigi.runs import RunDir
+
+    frame = load_run(path)
+    if (Path(path) / "manifest.json").is_file():
+        manifest = RunDir(Path(path)).manifest()
+        config = manifest.get("config") or {}
+        front = {"run": str(path), "model": manifest.get("model") or config.get("model"),
+                 "suite": config.get("suite"), "judge": manifest.get("judge") or config.get("judge")}
+        front = {k: v for k, v in front.items() if k not in frame.columns}
+        frame = pd.concat([pd.DataFrame({k: [v] * len(frame) for k, v in front.items()}, index=frame.index), frame],
+                          axis=1)
+    return frame
+
+
+def study_frame(path: str | os.PathLike):
+    """Every answer (or probe item) of every cell of the study at ``path``, one row each, with
+    the provenance columns of the module docstring first."""
+    import pandas as pd
+
+    from waluigi.report.rows import run_rows
+    from waluigi.report.study import study_runs
+    from waluigi.runs import RunDir
+
+    root = Path(path)
+    runs = study_runs(root)
+    if not runs:
+        raise UserError(f"{root}: a study with no finished eval runs yet; nothing to export")
+    rows = []
+    for run in runs:
+        manifest = RunDir(run.path).manifest()
+        front = {"study": root.name, "run": run.name, "model": manifest.get("model") or (manifest.get("config") or {}).get("model"),
+                 "condition": run.condition, "dose": run.dose}
+        front.update({f"cell.{k}": v for k, v in run.settings.items() if k not in ("model", "dose")})
+        for row in run_rows(run.path):
+            rows.append({**front, **{k: v for k, v in row.items() if k not in front}})
+    return pd.DataFrame(rows)

@@ -33,24 +33,17 @@ from typing import Any
 
 from waluigi.errors import UserError
 from waluigi.formats import NA, pct, pct_ci
+from waluigi.report.study import SEED_KEYS, EvalRun, condition, study_runs, walk_sweeps
+from waluigi.report.study import read_json as _read_json
+from waluigi.report.study import stage as _stage
+from waluigi.report.study import value_text as _text
 
 # the studies with hundreds of cells (resilience, defend) put this many answers per eval run in
 # their page, so it stays a few MB; `waluigi report DIR` without --limit gives them all
 HTML_SAMPLES_PER_RUN = 40
-SEED_KEYS = ("seed", "finetune.seed", "eval.seed")
-SKIP_DIRS = {"finetune", "judges", "cache", "__pycache__"}
 
 
 # -- what a report holds --------------------------------------------------------------------
-@dataclass
-class EvalRun:
-    path: Path
-    name: str
-    condition: str = ""
-    dose: Any = None
-    seed: Any = None
-
-
 @dataclass
 class Section:
     title: str
@@ -65,33 +58,8 @@ class Report:
     runs: list[EvalRun] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _stage(path: Path) -> str | None:
-    manifest = _read_json(path / "manifest.json")
-    return manifest.get("stage") if isinstance(manifest, dict) else None
-
-
 def _esc(value: Any) -> str:
     return html.escape(_text(value), quote=True)
-
-
-def _text(value: Any) -> str:
-    """A value as the page shows it: ``n/a`` for None / NaN, never a Python literal."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return str(value)
 
 
 def _png(path: Path) -> str | None:
@@ -142,62 +110,6 @@ def render_markdown(text: str, base: Path) -> str:
 
 
 # -- finding the runs -----------------------------------------------------------------------
-def _condition(row: dict) -> str:
-    if row.get("group") not in (None, ""):
-        return str(row["group"])
-    axes = []
-    for key, value in row.items():
-        if key == "status":
-            break
-        if key in ("cell",) or key in SEED_KEYS:
-            continue
-        axes.append(f"{key}={_text(value)}")
-    return ", ".join(axes)
-
-
-def _sweep_runs(root: Path) -> list[EvalRun]:
-    """The eval runs of a sweep directory, labelled from its ``results.jsonl`` (condition = the
-    cell's group or settings, seed) and, for a flip, from ``flip.json`` (curve, dose)."""
-    from waluigi.runs import read_jsonl
-
-    runs: dict[str, EvalRun] = {}
-    for row in read_jsonl(root / "results.jsonl"):
-        rel = row.get("eval_run")
-        if not rel or not (root / rel / "manifest.json").is_file():
-            continue
-        seed = next((row[k] for k in SEED_KEYS if row.get(k) is not None), None)
-        runs[rel] = EvalRun(root / rel, rel, _condition(row), None, seed)
-    flip = _read_json(root / "flip.json")
-    if isinstance(flip, dict):
-        for point in flip.get("rows") or []:
-            for key, suffix in (("eval_run", ""), ("extra_eval_run", " (extra)")):
-                run = runs.get(point.get(key) or "")
-                if run is not None:
-                    run.condition = f"{point.get('curve')}{suffix}"
-                    run.dose = point.get("dose")
-                    run.seed = point.get("seed")
-    return list(runs.values())  # a flip's narrow-task cells keep their group, which names the dose
-
-
-def _walk_sweeps(root: Path, depth: int = 4) -> list[Path]:
-    """Sweep directories (holding ``results.jsonl``) at or below ``root``; run directories and
-    fine-tune outputs are not entered."""
-    found = []
-    if (root / "results.jsonl").is_file():
-        found.append(root)
-    if depth <= 0:
-        return found
-    try:
-        children = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError:
-        return found
-    for child in children:
-        if child.name in SKIP_DIRS or child.name.startswith(".") or _stage(child) in ("eval", "judge", "finetune"):
-            continue
-        found += _walk_sweeps(child, depth - 1)
-    return found
-
-
 # -- sections -------------------------------------------------------------------------------
 def _config_table(manifest: dict) -> str:
     config = manifest.get("config") or {}
@@ -295,7 +207,7 @@ def _cells_table(root: Path) -> str:
     body = []
     for row in rows:
         seed = next((row[k] for k in SEED_KEYS if row.get(k) is not None), None)
-        body.append([_condition(row), seed, row.get("status"), pct(row.get("em_rate"), NA),
+        body.append([condition(row), seed, row.get("status"), pct(row.get("em_rate"), NA),
                      pct_ci(row.get("ci_low"), row.get("ci_high"), NA), pct(row.get("coherent_rate"), NA),
                      pct(row.get("vulnerable_rate"), NA), row.get("n_counted"), row.get("eval_run")])
     return (f"<details><summary>{len(rows)} cells of {_esc(root.name)}</summary>" +
@@ -340,19 +252,16 @@ def collect(paths: list[Path]) -> Report:
                 seen.add(path.resolve())
                 report.runs.append(EvalRun(path, path.name, path.name))
             continue
-        sweeps = _walk_sweeps(path)
+        sweeps = walk_sweeps(path)
         if not sweeps and not (path / "report.md").is_file():
             raise UserError(f"{path}: neither a run directory (manifest.json of an eval or judge run) nor a study "
                             "directory (report.md or a sweep's results.jsonl); nothing to report")
         report.sections.append(_study_section(path, sweeps))
-        for sweep in sweeps:
-            prefix = "" if sweep == path else f"{sweep.relative_to(path)}: "
-            for run in _sweep_runs(sweep):
-                if run.path.resolve() in seen:
-                    continue
-                seen.add(run.path.resolve())
-                run.condition = prefix + run.condition
-                report.runs.append(run)
+        for run in study_runs(path):
+            if run.path.resolve() in seen:
+                continue
+            seen.add(run.path.resolve())
+            report.runs.append(run)
     return report
 
 
@@ -424,7 +333,7 @@ def render(report: Report, samples: list[dict], title: str) -> str:
     except metadata.PackageNotFoundError:
         version = "unknown"
     nonce = secrets.token_urlsafe(16)
-    runs = [{"name": r.name, "condition": r.condition, "dose": None if r.dose is None else _text(r.dose),
+    runs = [{"name": r.name, "condition": r.condition, "conditions": r.conditions, "dose": None if r.dose is None else _text(r.dose),
              "seed": None if r.seed is None else _text(r.seed)} for r in report.runs]
     nav = "".join(f'<li><a href="#s{i}">{_esc(s.title)}</a></li>' for i, s in enumerate(report.sections))
     sections = "".join(f'<section id="s{i}"><h2>{_esc(s.title)}</h2>{s.html}</section>'

@@ -7,9 +7,19 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from waluigi.formats import num, pct
+from waluigi.formats import dose, dose_ci, pct
 from waluigi.resilience.subjects import ALIGN_STEPS, ANTIPODE
 from waluigi.runs import write_atomic
+
+QUICK_NOTE = ("Quick profile: a check of the plumbing (the quick world, few levels, doses and evaluations), too "
+              "small for the subjects to differ or for most flip doses to be read, so its verdicts are inconclusive by "
+              "design and say nothing about the claims. Run without --quick for the study (--dry-run gives its cells "
+              "and a time estimate).")
+
+
+def is_quick(result: dict) -> bool:
+    source = result.get("subject_source") or {}
+    return source.get("profile") == "quick" or bool(source.get("quick"))
 
 
 def _esc(value) -> str:
@@ -22,9 +32,18 @@ def dose_text(entry: dict | None, key: str = "flip") -> str:
         return "-"
     crossing = entry[key]
     if not crossing.get("reached"):
-        return f"> {crossing.get('lower_bound'):g}"
-    high = num(crossing.get("ci_high")) if crossing.get("ci_high_reached") else "not reached"
-    return f"{num(crossing.get('dose'))} [{num(crossing.get('ci_low'))}, {high}]"
+        return f"> {dose(crossing.get('lower_bound'))}"
+    return dose_ci(crossing.get("dose"), crossing.get("ci_low"),
+                   crossing.get("ci_high") if crossing.get("ci_high_reached") else None, open_end="not reached")
+
+
+def _settings_text(settings) -> str:
+    """``toyworld (profile quick)``, ``hf: model smollm2, align_data mwe-align:em, align_lr 1e-05``:
+    a settings dict in words, its values in code spans."""
+    if not isinstance(settings, dict):
+        return f"`{_esc(settings)}`"
+    rest = ", ".join(f"{_esc(k)} `{_esc(v)}`" for k, v in settings.items() if k != "source")
+    return f"`{_esc(settings.get('source', '?'))}`" + (f" ({rest})" if rest else "")
 
 
 def _ci(value, low, high) -> str:
@@ -59,6 +78,8 @@ def format_summary(result: dict) -> str:
     if result.get("bases", 1) > 1:
         lines.append(f"  {result['bases']} base models x {result['seeds']} seeds per setting; intervals resample bases, "
                      "then seeds within each")
+    if is_quick(result):  # last, under the verdicts it qualifies
+        lines += ["", QUICK_NOTE]
     return "\n".join(lines)
 
 
@@ -83,12 +104,14 @@ def readout_text(entry: dict | None) -> str:
 
 def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
     lines = ["# Resilience study", "",
-             f"Subject source: `{_esc(result['subject_source'])}`; narrow data `{_esc(result['data'])}`, control "
+             f"Subject source: {_settings_text(result['subject_source'])}; narrow data `{_esc(result['data'])}`, control "
              f"`{_esc(result['control'])}`, suite `{_esc(result['suite'])}`, judge `{_esc(result['judge'] or 'the suite’s own')}`; "
              + (f"{result['bases']} base models x {result['seeds']} seeds; intervals: 95% bootstrap over bases, then "
                 f"seeds within each ({result['n_boot']} replicates)." if result.get("bases", 1) > 1 else
                 f"{result['seeds']} seeds; intervals: 95% bootstrap over seeds ({result['n_boot']} replicates)."), "",
              "## Verdicts", ""]
+    if is_quick(result):
+        lines += [f"> {QUICK_NOTE}", ""]
     lines += [f"- **{_esc(v['question'])}** ({_esc(v['claim'])}): {_esc(v['verdict'])}" for v in result["verdicts"]]
     lines += ["", "## Subjects", ""]
     suites = sorted({suite for s in result["subjects"] for suite in s.get("readouts") or {}})

@@ -109,6 +109,8 @@ class HFSubjects:
         identity = {"source": self.name, "model": self.model, "align_data": self.align_data, "align_lr": self.align_lr}
         if self.align_method != "sft":  # absent for SFT: earlier studies keep their identities
             identity["align_method"] = self.align_method
+        if self.quick:  # its levels and doses differ; and the report says what a quick study cannot show
+            identity["profile"] = "quick"
         return identity
 
     def defaults(self) -> FlipDefaults:

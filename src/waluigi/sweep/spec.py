@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from waluigi.errors import UserError
-from waluigi.formats import slug
+from waluigi.formats import safe_name, slug
 from waluigi.runs import identity_hash
 from waluigi.safe_yaml import compose_and_load
 from waluigi.sweep.fields import (
@@ -104,7 +104,16 @@ class Cell:
         return root / "finetune" / f"{slug(str(self.finetune.get('data')), 24)}-{self.finetune_id[:12]}"
 
     def eval_dir(self, root: Path) -> Path:
-        return root / "eval" / f"{slug(str(self.eval.get('suite', 'core')), 24)}-{self.short}"
+        """``eval/<group>-<suite>-<id>`` (``eval/insecure-toyworld-58c31c1194b8``): its condition
+        readable in the name; the id decides. A cell run before names carried the group keeps
+        its ``eval/<suite>-<id>`` directory."""
+        suite = slug(str(self.eval.get("suite", "core")), 24)
+        legacy = root / "eval" / f"{suite}-{self.short}"
+        if legacy.exists():
+            return legacy
+        suite = suite.removesuffix(".yaml").removesuffix(".yml") or suite
+        group = f"{safe_name(self.group, 40)}-" if self.group else ""
+        return root / "eval" / f"{group}{suite}-{self.short}"
 
     def label(self) -> str:
         shown = ([f"group={self.group}"] if self.group is not None else [])

@@ -20,7 +20,7 @@
   }
   fill("f-question", rows.map((r) => r.q));
   fill("f-class", rows.map((r) => r.c));
-  fill("f-condition", runs.map((r) => r.condition));
+  fill("f-condition", runs.flatMap((r) => r.conditions || [r.condition]));
   fill("f-dose", runs.map((r) => r.dose));
   fill("f-seed", runs.map((r) => r.seed));
   function fmt(v) { return (v === null || v === undefined) ? "n/a" : (typeof v === "number" ? (Math.round(v * 10) / 10).toString() : String(v)); }
@@ -31,7 +31,7 @@
       const run = runs[r.r];
       if (q && r.q !== q) return false;
       if (c && r.c !== c) return false;
-      if (cond && run.condition !== cond) return false;
+      if (cond && (run.conditions || [run.condition]).indexOf(cond) < 0) return false;
       if (dose && String(run.dose) !== dose) return false;
       if (seed && String(run.seed) !== seed) return false;
       if (text && (r.a + "\n" + r.p + "\n" + r.s).toLowerCase().indexOf(text) < 0) return false;
