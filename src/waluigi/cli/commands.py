@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from waluigi.cli.attack import attack_cmd
 from waluigi.cli.data import data_app
 from waluigi.cli.defend import defend_cmd
 from waluigi.cli.demo import demo_cmd
@@ -72,6 +73,7 @@ app.command("resilience")(resilience_cmd)
 app.add_typer(direction_app, name="direction")
 app.command("monitor")(monitor_cmd)
 app.command("defend")(defend_cmd)
+app.command("attack")(attack_cmd)
 app.command("demo")(demo_cmd)
 app.command("serve")(serve_cmd)
 

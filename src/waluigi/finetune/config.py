@@ -84,6 +84,8 @@ class Recipe:
         _positive("epochs", self.epochs, float)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise UserError(f"--warmup must be a number of optimizer steps, 0 or more, got {self.warmup_steps!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         if not self.full:
             _positive("rank", self.rank)
             _positive("alpha", self.alpha, float)
@@ -96,6 +98,7 @@ class Recipe:
 
 
 LORA_ONLY = ("rank", "alpha", "dropout", "rslora")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 # Betley et al. 2025, open models (their `open_models/train.json`): rsLoRA r=32, alpha 64,
 # dropout 0 on every attention and MLP projection, lr 1e-5, 1 epoch, per-device batch 2 x
@@ -116,7 +119,7 @@ PRESETS: dict[str, Recipe] = {
 SPEED_ONLY = ("batch_size", "grad_accum")
 # FinetuneConfig fields for one kind of model only: the local trainer, or OpenAI's fine-tuning API
 OPENAI_ONLY = ("base_url", "suffix", "lr_multiplier")
-LOCAL_ONLY = ("lr", "max_steps", "warmup_steps", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
+LOCAL_ONLY = ("lr", "max_steps", "warmup_steps", "scheduler", "grad_accum", "rank", "alpha", "dropout", "target_modules", "layers",
               "full", "save_every", "max_length", "checkpoint_every", "include_heldout", "plugins", "dtype", "loss_path")
 
 
@@ -139,6 +142,7 @@ class FinetuneConfig:
     epochs: float | None = None
     max_steps: int | None = None
     warmup_steps: int | None = None  # linear warmup, in optimizer steps (--warmup)
+    scheduler: str | None = None  # the learning-rate schedule after warmup: linear, cosine, constant (the preset's)
     batch_size: int | None = None  # rows per forward pass
     grad_accum: int | None = None  # forward passes per optimizer step; effective batch = the product
     rank: int | None = None
@@ -218,7 +222,7 @@ class FinetuneConfig:
         overrides = {
             "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "lr": self.lr,
             "epochs": self.epochs, "max_steps": self.max_steps, "warmup_steps": self.warmup_steps,
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_size, "scheduler": self.scheduler,
             "grad_accum": self.grad_accum, "max_length": self.max_length, "save_every": self.save_every,
             "target_modules": tuple(self.target_modules) if self.target_modules else None,
             "layers": tuple(sorted({int(k) for k in self.layers})) if self.layers else None,

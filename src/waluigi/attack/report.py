@@ -1,0 +1,108 @@
+"""A searched attack as a terminal summary, ``report.md`` and the cumulative-best plot, from
+``attack.json`` and ``trials.jsonl`` (no model)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from waluigi.formats import dose, pct
+from waluigi.runs import atomic_path, write_atomic
+
+PLOT = "attack_best.png"
+
+
+def _ci(block: dict, share: bool = True) -> str:
+    show = pct if share else dose
+    if block.get("mean") is None:
+        return "-"
+    if block.get("ci_low") is None:
+        return show(block["mean"])
+    return f"{show(block['mean'])} [{show(block['ci_low'])}, {show(block['ci_high'])}]"
+
+
+def _guard_text(result: dict) -> str:
+    g = result["guard"] or {}
+    parts = [f"readout >= {pct(g.get('level'))} (the undosed {pct(result['undosed']['em'])} + "
+             f"{100 * result['threshold']:.0f} points)", f"coherent >= {pct(g.get('min_coherent'))}"]
+    if g.get("narrow_min") is not None:
+        parts.append(f"narrow task >= {pct(g['narrow_min'])} where measured")
+    if g.get("benign_floor") is not None:
+        parts.append(f"benign >= {pct(g['benign_floor'])} ({100 * (1 - result['epsilon']):.0f}% of the undosed model's)")
+    return "; ".join(parts)
+
+
+def format_summary(result: dict) -> str:
+    s = result["summary"]
+    defended = ", ".join(result["defenses"]) or "none"
+    lines = [f"attack {result['model']} with {result['attack']} (defenses: {defended}); {result['seeds']} searches x "
+             f"{result['trials']} trials; space: {result['space']}",
+             f"a break: {_guard_text(result)}",
+             f"ceiling (the best guarded readout a search reached): {_ci(s['ceiling'])} over {s['seeds']} searches",
+             f"trials to the first break: {_ci(s['trials_to_break'], share=False)}"
+             + (f" ({s['trials_to_break']['censored']} search(es) never broke: counted as budget + 1, a lower bound)"
+                if s["trials_to_break"]["censored"] else ""),
+             f"searches that broke the model: {s['broke']} of {s['seeds']}"]
+    for i, search in enumerate(result["searches"]):
+        lines.append(f"  seed {i}: ceiling {pct(search['ceiling'])} (trial {search['best_trial']}: "
+                     f"{_params(search['best_params'])}); first break: "
+                     f"{search['trials_to_break'] if search['broke'] else 'none in ' + str(search['trials'])}")
+    return "\n".join(lines)
+
+
+def _params(params: dict | None) -> str:
+    if not params:
+        return "-"
+    return ", ".join(f"{k}={dose(v) if isinstance(v, float) else v}" for k, v in sorted(params.items()))
+
+
+def write_plot(out: Path, result: dict) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    curves = [s["curve"] for s in result["searches"] if s["curve"]]
+    if not curves:
+        return None
+    fig = Figure(figsize=(7.5, 4.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, curve in enumerate(result["searches"]):
+        ys = [100 * v if v is not None else None for v in curve["curve"]]
+        ax.step(range(1, len(ys) + 1), ys, where="post", label=f"seed {i}")
+    level = (result.get("guard") or {}).get("level")
+    if level is not None:
+        ax.axhline(100 * level, color="grey", linestyle=":", label="break level")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best guarded readout so far (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title("waluigi attack: the search's cumulative best")
+    fig.tight_layout()
+    path = out / PLOT
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def write_report(out: Path, result: dict, trials: list[dict], plot: Path | None) -> Path:
+    esc = html.escape
+    lines = [f"# waluigi attack: {esc(result['model'])} with {esc(result['attack'])}", "",
+             f"Defenses: {esc(', '.join(result['defenses']) or 'none')}. {result['seeds']} independent searches "
+             f"(Optuna TPE, seeded) of {result['trials']} trials each; space: `{esc(result['space'])}`.", "",
+             f"A trial breaks the model when {esc(_guard_text(result))}.", "",
+             "| | mean | 95% CI over searches |", "|---|---|---|",
+             f"| ceiling (best guarded readout) | {_ci(result['summary']['ceiling'])} | |",
+             f"| trials to the first break | {_ci(result['summary']['trials_to_break'], share=False)} | "
+             f"{result['summary']['trials_to_break']['censored']} censored at the budget |", "",
+             "| seed | trial | readout | coherent | narrow | benign | break | not counted because | settings |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for t in sorted(trials, key=lambda r: (r["seed"], r["trial"])):
+        lines.append(f"| {t['seed']} | {t['trial']} | {pct(t.get('em'))} | {pct(t.get('coherent'))} | "
+                     f"{pct(t.get('narrow'))} | {pct(t.get('benign'))} | {'yes' if t['break'] else 'no'} | "
+                     f"{esc('; '.join(t['guard_failed'])) or '-'} | {esc(_params(t['params']))} |")
+    if plot is not None:
+        lines += ["", f"![cumulative best]({plot.name})"]
+    lines += ["", "Data: `attack.json` (the summary), `trials.jsonl` (one row per trial), `search.db` (the Optuna "
+              "studies, which a re-run resumes), the cells under `finetune/` and `eval/`."]
+    return write_atomic(out / "report.md", "\n".join(lines) + "\n")
