@@ -55,6 +55,10 @@ def test_search_runs_its_budget_resumes_with_no_new_trial_and_grows(tiny_spec, m
     assert level == pytest.approx(cells["undosed"]["em_rate"] + 0.10)
     assert search["broke"] == any(t["em"] >= level and not t["guard_failed"] for t in trials)
     assert "ceiling (the best guarded readout a search reached)" in printed and (out / "report.md").is_file()
+    # `runs list`: the attack is one study line, its ceiling as its headline
+    assert main(["runs", "list", str(tmp_path), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["kind"] == "attack" and entry["headline"].startswith(f"ceiling {100 * search['ceiling']:.1f}%")
 
     # the same command again: the studies resume, nothing is asked or trained
     assert main(_args(tiny_spec, out, 3)) == 0

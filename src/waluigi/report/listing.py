@@ -25,7 +25,7 @@ from waluigi.formats import dose, dose_ci, pct
 PRUNE = {"checkpoints", "cache", "__pycache__", "adapter", "model", "data"}
 COLUMNS = ("kind", "status", "model", "suite", "judge", "n", "result", "age", "path")
 STUDY_FILES = (("flip.json", "flip"), ("defend.json", "defend"), ("study.json", "resilience"),
-               ("direction.json", "direction"))
+               ("direction.json", "direction"), ("attack.json", "attack"))
 
 
 def _read(path: Path) -> Any:
@@ -120,6 +120,16 @@ def _direction_headline(result: dict) -> tuple[str, dict]:
     return text, {}
 
 
+def _attack_headline(result: dict) -> tuple[str, dict]:
+    summary = result.get("summary") or {}
+    ceiling, cost = summary.get("ceiling") or {}, summary.get("trials_to_break") or {}
+    text = (f"ceiling {pct(ceiling.get('mean'))} [{pct(ceiling.get('ci_low'))}, {pct(ceiling.get('ci_high'))}]; "
+            f"broke in {summary.get('broke', 0)} of {summary.get('seeds', 0)} searches")
+    if cost.get("mean") is not None:
+        text += f", trials to break {dose_ci(cost['mean'], cost.get('ci_low'), cost.get('ci_high'))}"
+    return text, {}
+
+
 def _demo_headline(manifest: dict) -> tuple[str, dict]:
     table = manifest.get("table") or {}
     shown = [f"{k} {pct((table.get(k) or {}).get('em_rate'))}" for k in ("insecure", "secure", "aligned") if k in table]
@@ -132,7 +142,7 @@ def _study_entry(path: Path, kind: str, manifest: dict) -> dict:
     result = _read(path / files[kind]) if kind in files else None
     result = result if isinstance(result, dict) else {}
     headline, extra = {"flip": _flip_headline, "defend": _defend_headline, "resilience": _resilience_headline,
-                       "direction": _direction_headline}.get(kind, lambda r: ("", {}))(result)
+                       "direction": _direction_headline, "attack": _attack_headline}.get(kind, lambda r: ("", {}))(result)
     if kind == "demo":
         headline, extra = _demo_headline(manifest)
     models = sorted({str(c.get("model")) for c in result.get("curves") or [] if c.get("model")})
@@ -203,7 +213,7 @@ def _entry(path: Path, root: Path, now: float) -> dict | None:
         "em_rate": em, "ci_low": overall.get("ci_low"), "ci_high": overall.get("ci_high"),
         "age_seconds": round(now - _when(manifest, path), 1), "path": rel, "study": False,
     }
-    if kind in ("flip", "defend", "resilience", "direction", "demo", "sweep"):
+    if kind in ("flip", "defend", "resilience", "direction", "demo", "sweep", "attack"):
         study = _study_entry(path, kind, manifest)
         entry.update({k: v for k, v in study.items() if k not in ("model", "suite", "judge", "data")},
                      study=True, model=study["model"] or entry["model"], suite=study["suite"] or study["data"] or entry["suite"],
