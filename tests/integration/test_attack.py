@@ -30,8 +30,9 @@ def _completed(out) -> int:
 def test_search_runs_its_budget_resumes_with_no_new_trial_and_grows(tiny_spec, mirror_dir, tmp_path, monkeypatch,
                                                                      capsys):
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
-    out = tmp_path / "attack"
-    assert main(_args(tiny_spec, out, 3)) == 0, capsys.readouterr().err
+    top = tmp_path / "attack"
+    out = top / "undefended"  # the undefended arm's search (no --defense: the only arm)
+    assert main(_args(tiny_spec, top, 3)) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     trials = list(read_jsonl(out / "trials.jsonl"))
     assert [t["trial"] for t in trials] == [0, 1, 2] and _completed(out) == 3
@@ -55,18 +56,21 @@ def test_search_runs_its_budget_resumes_with_no_new_trial_and_grows(tiny_spec, m
     assert level == pytest.approx(cells["undosed"]["em_rate"] + 0.10)
     assert search["broke"] == any(t["em"] >= level and not t["guard_failed"] for t in trials)
     assert "ceiling (the best guarded readout a search reached)" in printed and (out / "report.md").is_file()
+    combined = json.loads((top / "attack.json").read_text())
+    assert list(combined["arms"]) == ["undefended"] and combined["arms"]["undefended"]["verdict"] is None
+    assert (top / "report.md").is_file() and (out / "report.md").is_file()
     # `runs list`: the attack is one study line, its ceiling as its headline
     assert main(["runs", "list", str(tmp_path), "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
-    assert entry["kind"] == "attack" and entry["headline"].startswith(f"ceiling {100 * search['ceiling']:.1f}%")
+    assert entry["kind"] == "attack" and entry["headline"] == f"ceiling: undefended {100 * search['ceiling']:.1f}%"
 
     # the same command again: the studies resume, nothing is asked or trained
-    assert main(_args(tiny_spec, out, 3)) == 0
+    assert main(_args(tiny_spec, top, 3)) == 0
     assert "ran 0 cells" in capsys.readouterr().out
     assert _completed(out) == 3 and list(read_jsonl(out / "trials.jsonl")) == trials
 
     # a larger budget: only the new trial runs (one fine-tune and its eval)
-    assert main(_args(tiny_spec, out, 4)) == 0
+    assert main(_args(tiny_spec, top, 4)) == 0
     assert "ran 1 cells" in capsys.readouterr().out
     assert _completed(out) == 4 and len(list(read_jsonl(out / "trials.jsonl"))) == 4
 
@@ -79,3 +83,24 @@ def test_bad_space_is_one_error_line(tiny_spec, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err, err
     assert not (tmp_path / "a").exists()  # refused before any work
+
+
+def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(tiny_spec, mirror_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    top = tmp_path / "attack"
+    args = _args(tiny_spec, top, 2)
+    assert main([*args, "--defense", "kl:weight=0.5", "--space", "rank=full"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    combined = json.loads((top / "attack.json").read_text())
+    assert list(combined["arms"]) == ["undefended", "kl:weight=0.5"]
+    assert combined["arms"]["kl:weight=0.5"]["dir"] == "kl-weight-0.5"  # each arm's search in a directory of its own
+    verdict = combined["arms"]["kl:weight=0.5"]["verdict"]
+    assert set(verdict) == {"holds", "lowers_ceiling", "raises_cost", "why"} and "  kl:weight=0.5: " in printed
+    for row in read_jsonl(top / "kl-weight-0.5" / "results.jsonl"):
+        if row["finetune_run"]:  # every trial of the arm trained with the defense
+            manifest = json.loads((top / "kl-weight-0.5" / row["finetune_run"] / "manifest.json").read_text())
+            assert [p["name"] for p in manifest["plugins"]] == ["kl"]
+    for row in read_jsonl(top / "undefended" / "results.jsonl"):
+        if row["finetune_run"]:
+            assert "plugins" not in json.loads((top / "undefended" / row["finetune_run"] / "manifest.json").read_text())

@@ -56,3 +56,27 @@ def test_the_space_takes_ranges_choices_and_fixed_values():
     assert space["rank"].choices == ("full", 8) and space["poison"].choices == (1.0,)
     assert space["batch_size"] == DEFAULT_SPACE["batch_size"]  # untouched names keep their default
     assert "lr=0.0001:0.01:log" in space_text(space)
+
+
+def _result(ceilings: list[float], first_breaks: list[int | None], budget: int = 10) -> dict:
+    summaries = []
+    for ceiling, first in zip(ceilings, first_breaks):
+        rows = [trial(i, 0.05) for i in range(budget)]
+        if first is not None:
+            rows[first - 1] = trial(first - 1, ceiling)
+        else:
+            rows[-1] = trial(budget - 1, ceiling if ceiling < GUARD.level else 0.05)
+        summaries.append(search_summary(rows, budget))
+    return {"summary": across_seeds(summaries, n_boot=500)}
+
+
+def test_a_defense_holds_only_beyond_the_undefended_ci():
+    from waluigi.attack.arms import holds
+
+    undefended = _result([0.40, 0.45, 0.42], [2, 3, 2])
+    same = holds(_result([0.41, 0.44, 0.43], [2, 2, 3]), undefended)
+    assert not same["holds"] and "neither" in same["why"]
+    delays = holds(_result([0.40, 0.45, 0.42], [8, 9, 9]), undefended)  # breaks as high, only later
+    assert delays["holds"] and delays["raises_cost"] and not delays["lowers_ceiling"]
+    lowers = holds(_result([0.10, 0.11, 0.09], [None, None, None]), undefended)  # never breaks, low ceiling
+    assert lowers["holds"] and lowers["lowers_ceiling"] and lowers["raises_cost"]

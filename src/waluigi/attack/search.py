@@ -90,7 +90,7 @@ def _training_data(cfg: AttackConfig, poison: float, seed: int) -> tuple[str, in
         tmp = path.with_name(path.name + ".tmp")
         write_rows(tmp, rows)
         tmp.replace(path)
-    return str(path.resolve()), None
+    return str(path), None  # as the flip's mixtures: relative to where the command runs, like OUT
 
 
 def trial_cell(cfg: AttackConfig, seed: int, number: int, params: dict[str, Any]) -> dict[str, Any]:

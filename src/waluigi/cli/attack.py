@@ -29,7 +29,7 @@ def attack_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="the model to attack (smollm2, hf:PATH)", callback=canonical_specs)],
     attack: Annotated[str, typer.Option(help="the attack's narrow dataset (name or JSONL file), e.g. insecure or toy:insecure")],
     benign: Annotated[Optional[str], typer.Option(help="benign rows mixed in when the searched poison ratio is below 1 (e.g. toy:hero)")] = None,
-    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="a training plug-in on every trial, NAME:key=value (repeatable): the defended model, e.g. kl:weight=0.3")] = None,
+    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="a defended arm: a training plug-in on every trial of its own search, NAME:key=value (repeatable: one arm each; a+b: two plug-ins in one arm), e.g. kl:on=benign,benign=toy:hero; the undefended arm always runs")] = None,
     trials: Annotated[int, typer.Option(help="the trial budget of each search")] = 20,
     seeds: Annotated[int, typer.Option(help="independent searches (each its own sampler and training seed): the CIs are over them")] = 3,
     batch: Annotated[int, typer.Option(help="trials asked at once per search and run as one round of cells (parallel with --workers)")] = 1,
@@ -61,31 +61,33 @@ def attack_cmd(
     A re-run resumes the searches."""
     import json
 
-    from waluigi.attack.report import format_summary, write_plot, write_report
-    from waluigi.attack.search import AttackConfig, run_attack
+    from waluigi.attack.arms import run_arms
+    from waluigi.attack.report import format_arms, write_arms_plot, write_arms_report, write_plot, write_report
+    from waluigi.attack.search import AttackConfig
     from waluigi.attack.space import parse_space
     from waluigi.errors import IncompleteRun
     from waluigi.formats import safe_name
+    from waluigi.runs import read_jsonl
 
     ft, ev = settings_from_pairs(set_ or [])
-    name = safe_name(f"attack-{attack}" + ("-" + "-".join(d.split(":")[0] for d in defense) if defense else "-undefended"), 60)
-    cfg = AttackConfig(model=model, attack=attack, benign=benign, defenses=list(defense or []), suite=suite, judge=judge,
+    arms = list(defense or [])
+    name = safe_name(f"attack-{attack}" + ("-" + "-".join(a.split(":")[0] for a in arms) if arms else ""), 60)
+    cfg = AttackConfig(model=model, attack=attack, benign=benign, suite=suite, judge=judge,
                        trials=trials, seeds=seeds, batch=batch, threshold=threshold, min_coherent=min_coherent,
                        narrow_min=narrow_min or None, epsilon=epsilon, benign_questions=benign_questions, rows=rows,
                        space=parse_space(space), finetune=ft, eval=ev, out=out or runs / name)
     options = sweep_options(executor, workers, address, retries, threads, progress)
-    done = run_attack(cfg, options, log=lambda line: typer.echo(line, err=True))
-    record_options(ctx, done.out)
-    from waluigi.runs import read_jsonl
-
-    trials_rows = list(read_jsonl(done.out / "trials.jsonl"))
-    plot = write_plot(done.out, done.result)
-    report = write_report(done.out, done.result, trials_rows, plot)
+    combined, results = run_arms(cfg, arms, options, log=lambda line: typer.echo(line, err=True))
+    record_options(ctx, cfg.out)
+    for done in results.values():  # each arm's own page
+        write_report(done.out, done.result, list(read_jsonl(done.out / "trials.jsonl")), write_plot(done.out, done.result))
+    report = write_arms_report(cfg.out, combined, write_arms_plot(cfg.out, combined, results))
+    failed = sum(len(done.failed) for done in results.values())
     if json_out:
-        typer.echo(json.dumps({k: done.result[k] for k in ("summary", "searches", "guard", "undosed")}, indent=2, default=str))
+        typer.echo(json.dumps(combined, indent=2, default=str))
     else:
-        typer.echo(format_summary(done.result))
-        typer.echo(f"ran {done.ran} cells, failed {len(done.failed)}; report: {report}")
-    if done.failed:
-        raise IncompleteRun(f"{len(done.failed)} trial cells failed or are incomplete (see {done.out / 'sweep.log'}); "
+        typer.echo(format_arms(combined, results))
+        typer.echo(f"ran {sum(d.ran for d in results.values())} cells, failed {failed}; report: {report}")
+    if failed:
+        raise IncompleteRun(f"{failed} trial cells failed or are incomplete (see each arm's sweep.log under {cfg.out}); "
                             "they count as failed trials: re-run the same command to go on")

@@ -121,6 +121,14 @@ def _direction_headline(result: dict) -> tuple[str, dict]:
 
 
 def _attack_headline(result: dict) -> tuple[str, dict]:
+    if isinstance(result.get("arms"), dict):  # undefended and defended searches side by side
+        parts = []
+        for arm, entry in result["arms"].items():
+            ceiling = ((entry.get("summary") or {}).get("ceiling") or {}).get("mean")
+            verdict = entry.get("verdict")
+            parts.append(f"{arm} {pct(ceiling)}" + ("" if verdict is None else
+                                                    " (holds)" if verdict.get("holds") else " (does not hold)"))
+        return "ceiling: " + "; ".join(parts), {}
     summary = result.get("summary") or {}
     ceiling, cost = summary.get("ceiling") or {}, summary.get("trials_to_break") or {}
     text = (f"ceiling {pct(ceiling.get('mean'))} [{pct(ceiling.get('ci_low'))}, {pct(ceiling.get('ci_high'))}]; "
