@@ -89,7 +89,7 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
                                                                               monkeypatch, capsys):
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
     top = tmp_path / "attack"
-    args = _args(tiny_spec, top, 2)
+    args = _args(tiny_spec, top, 1)
     assert main([*args, "--defense", "kl:weight=0.5", "--space", "rank=full"]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     combined = json.loads((top / "attack.json").read_text())
