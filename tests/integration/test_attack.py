@@ -97,6 +97,11 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     assert combined["arms"]["kl:weight=0.5"]["dir"] == "kl-weight-0.5"  # each arm's search in a directory of its own
     verdict = combined["arms"]["kl:weight=0.5"]["verdict"]
     assert set(verdict) == {"holds", "lowers_ceiling", "raises_cost", "why"} and "  kl:weight=0.5: " in printed
+    paired = combined["arms"]["kl:weight=0.5"]["checks"]["paired"]  # acceptance check (a), seed against seed
+    undefended = json.loads((top / "undefended" / "attack.json").read_text())["searches"][0]
+    defended = json.loads((top / "kl-weight-0.5" / "attack.json").read_text())["searches"][0]
+    assert paired["pairs"] == 1 and paired["ceiling_diff"]["mean"] == pytest.approx(defended["ceiling"] - undefended["ceiling"])
+    assert "paired check (a)" in (top / "report.md").read_text()
     for row in read_jsonl(top / "kl-weight-0.5" / "results.jsonl"):
         if row["finetune_run"]:  # every trial of the arm trained with the defense
             manifest = json.loads((top / "kl-weight-0.5" / row["finetune_run"] / "manifest.json").read_text())

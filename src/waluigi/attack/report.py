@@ -21,6 +21,16 @@ def _ci(block: dict, share: bool = True) -> str:
     return f"{show(block['mean'])} [{show(block['ci_low'])}, {show(block['ci_high'])}]"
 
 
+def _signed_ci(block: dict, share: bool) -> str:
+    if block.get("mean") is None:
+        return "-"
+    scale, unit = (100, " pts") if share else (1, "")
+    text = f"{scale * block['mean']:+.3g}{unit}"
+    if block.get("ci_low") is not None:
+        text += f" [{scale * block['ci_low']:+.3g}, {scale * block['ci_high']:+.3g}]"
+    return text
+
+
 def _guard_text(result: dict) -> str:
     g = result["guard"] or {}
     parts = [f"readout >= {pct(g.get('level'))} (the undosed {pct(result['undosed']['em'])} + "
@@ -119,6 +129,11 @@ def format_arms(combined: dict, results: dict) -> str:
         if entry["verdict"] is not None:
             lines.append(f"  {arm}: {'HOLDS' if entry['verdict']['holds'] else 'does not hold'} "
                          f"({entry['verdict']['why']})")
+            paired = (entry.get("checks") or {}).get("paired")
+            if paired:
+                lines.append(f"    paired check over {paired['pairs']} search seeds: "
+                             f"{'passed' if paired['passed'] else 'not passed'} ({paired['why']}; ceiling "
+                             f"{_signed_ci(paired['ceiling_diff'], True)}, trials {_signed_ci(paired['trials_diff'], False)})")
     if len(combined["arms"]) == 1:
         lines.append("  (no defense given: --defense SPEC adds an arm)")
     return "\n".join(lines)
@@ -168,16 +183,21 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
              f"{combined['seeds']} independent searches of {combined['trials']} trials per arm; each arm's own page is in "
              "its directory. A defense holds if it lowers the ceiling below the undefended ceiling's 95% CI or raises "
              "the trials to the first break above the undefended one's (CIs over searches).", "",
-             "| arm | ceiling (best guarded readout) | trials to the first break | searches that broke | verdict |",
-             "|---|---|---|---|---|"]
+             "| arm | ceiling (best guarded readout) | trials to the first break | searches that broke | verdict | "
+             "paired check (a) |",
+             "|---|---|---|---|---|---|"]
     for arm, entry in combined["arms"].items():
         s = entry["summary"]
         cost = _ci(s["trials_to_break"], share=False) + (f" ({s['trials_to_break']['censored']} censored)"
                                                          if s["trials_to_break"]["censored"] else "")
         verdict = "the baseline" if entry["verdict"] is None else (
             ("holds: " if entry["verdict"]["holds"] else "does not hold: ") + entry["verdict"]["why"])
+        paired = (entry.get("checks") or {}).get("paired")
+        check = "-" if not paired else (f"{'passed' if paired['passed'] else 'not passed'}: ceiling "
+                                        f"{_signed_ci(paired['ceiling_diff'], True)}, trials "
+                                        f"{_signed_ci(paired['trials_diff'], False)}")
         lines.append(f"| [{esc(arm)}]({esc(entry['dir'])}/report.md) | {_ci(s['ceiling'])} | {cost} | "
-                     f"{s['broke']} of {s['seeds']} | {esc(verdict)} |")
+                     f"{s['broke']} of {s['seeds']} | {esc(verdict)} | {esc(check)} |")
     if plot is not None:
         lines += ["", f"![cumulative best per arm]({plot.name})"]
     return write_atomic(out / "report.md", "\n".join(lines) + "\n")
