@@ -32,6 +32,8 @@ def test_search_runs_its_budget_resumes_with_no_new_trial_and_grows(tiny_spec, m
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
     top = tmp_path / "attack"
     out = top / "undefended"  # the undefended arm's search (no --defense: the only arm)
+    assert main([*_args(tiny_spec, top, 3), "--dry-run"]) == 0
+    assert "3 trials: 3 to run, 0 done" in capsys.readouterr().out and not top.exists()  # nothing run or written
     assert main(_args(tiny_spec, top, 3)) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     trials = list(read_jsonl(out / "trials.jsonl"))
@@ -69,7 +71,11 @@ def test_search_runs_its_budget_resumes_with_no_new_trial_and_grows(tiny_spec, m
     assert "ran 0 cells" in capsys.readouterr().out
     assert _completed(out) == 3 and list(read_jsonl(out / "trials.jsonl")) == trials
 
-    # a larger budget: only the new trial runs (one fine-tune and its eval)
+    # a larger budget: the dry run prices the one new trial at this study's measured cost; only it runs
+    assert main([*_args(tiny_spec, top, 4), "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "4 trials: 1 to run, 3 done" in planned and "to run: 1 fine-tunes and 1 evals; about " in planned
+    assert "this study's finished cells" in planned
     assert main(_args(tiny_spec, top, 4)) == 0
     assert "ran 1 cells" in capsys.readouterr().out
     assert _completed(out) == 4 and len(list(read_jsonl(out / "trials.jsonl"))) == 4

@@ -67,6 +67,35 @@ def paired_check(arm: dict, undefended: dict, n_boot: int = 2000) -> dict[str, A
     return out
 
 
+def planned_trials(cfg: AttackConfig, arms: list[str]) -> list[dict[str, Any]]:
+    """What a run of ``cfg`` would do, without doing it: one entry per trial of every arm and
+    search seed (``state`` done or to-run, from the arms' stored studies), shaped as the sweep's
+    dry-run cells so that :func:`waluigi.sweep.results.estimate_line` can price the trials
+    (each one fine-tune and one eval)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    out = []
+    for arm in [UNDEFENDED, *[a for a in arms if a != UNDEFENDED]]:
+        root = arm_dir(cfg.out, arm)
+        db = root / "search.db"
+        for seed in range(cfg.seeds):
+            done = 0
+            if db.is_file():
+                try:
+                    study = optuna.load_study(study_name=f"seed-{seed}", storage=f"sqlite:///{db.resolve()}")
+                    done = len(study.get_trials(deepcopy=False, states=finished))
+                except KeyError:  # no study of that seed yet
+                    done = 0
+            for n in range(cfg.trials):
+                state = "done" if n < done else "to-run"
+                out.append({"arm": arm, "seed": seed, "trial": n, "state": state, "root": str(root),
+                            "model": cfg.model, "finetune_run": f"{arm}/seed-{seed}/trial-{n}",
+                            "finetune_done": state == "done"})
+    return out
+
+
 def run_arms(cfg: AttackConfig, arms: list[str], options=None, *, log=None) -> tuple[dict, dict[str, AttackResult]]:
     """The undefended arm, then one arm per defense spec in ``arms``; the combined result."""
     from waluigi.runs import write_json_atomic

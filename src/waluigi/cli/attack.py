@@ -50,6 +50,7 @@ def attack_cmd(
     address: AddressOpt = None,
     threads: ThreadsOpt = None,
     retries: TaskRetriesOpt = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="say the arms, searches and trials, how many are done and an estimate; run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print attack.json's summary and searches as JSON")] = False,
     progress: CellProgressOpt = True,
     config: ConfigOpt = None,
@@ -77,6 +78,21 @@ def attack_cmd(
                        narrow_min=narrow_min or None, epsilon=epsilon, benign_questions=benign_questions, rows=rows,
                        space=parse_space(space), finetune=ft, eval=ev, out=out or runs / name)
     options = sweep_options(executor, workers, address, retries, threads, progress)
+    if dry_run:
+        from waluigi.attack.arms import planned_trials
+        from waluigi.attack.search import check_attack
+        from waluigi.attack.space import space_text
+        from waluigi.sweep.results import estimate_line
+
+        check_attack(cfg)
+        planned = planned_trials(cfg, arms)
+        todo = sum(1 for t in planned if t["state"] != "done")
+        typer.echo(f"arms: {', '.join(['undefended', *arms])}; {seeds} searches x {trials} trials each; space: "
+                   f"{space_text(cfg.space)}; directory {cfg.out}")
+        typer.echo(f"{len(planned)} trials: {todo} to run, {len(planned) - todo} done (each a fine-tune and an eval; "
+                   "every arm also evaluates the undosed model once)")
+        typer.echo(estimate_line(planned, runs=runs))
+        return
     combined, results = run_arms(cfg, arms, options, log=lambda line: typer.echo(line, err=True))
     record_options(ctx, cfg.out)
     for done in results.values():  # each arm's own page
