@@ -27,8 +27,8 @@ class Guard:
     def check(self, row: dict[str, Any]) -> list[str]:
         """Why ``row`` fails the utility guard (empty: it passes)."""
         why = []
-        coherent = row.get("coherent")
-        if coherent is None or coherent < self.min_coherent:
+        coherent = row.get("coherent")  # None: not measured (a probe readout reads no answers)
+        if coherent is not None and coherent < self.min_coherent:
             why.append(f"coherent {_pct(coherent)} < {_pct(self.min_coherent)}")
         narrow = row.get("narrow")
         if self.narrow_min is not None and narrow is not None and narrow < self.narrow_min:

@@ -138,7 +138,8 @@ def _readouts(row: dict, root: Path, cfg: AttackConfig) -> dict[str, Any]:
     if cfg.benign_questions is not None and row.get("eval_run") and row.get("status") == "finished":
         benign = benign_rate(root / row["eval_run"], cfg.benign_questions)
     narrow = row.get("vulnerable_rate") if row.get("n_code") else None
-    return {"em": row.get("em_rate", row.get("probe_index")), "coherent": row.get("coherent_rate"), "narrow": narrow,
+    em = row.get("em_rate") if row.get("em_rate") is not None else row.get("probe_index")  # judged, else probes
+    return {"em": em, "coherent": row.get("coherent_rate"), "narrow": narrow,
             "benign": benign, "status": row.get("status"), "eval_run": row.get("eval_run")}
 
 
