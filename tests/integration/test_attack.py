@@ -108,6 +108,9 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     defended = json.loads((top / "kl-weight-0.5" / "attack.json").read_text())["searches"][0]
     assert paired["pairs"] == 1 and paired["ceiling_diff"]["mean"] == pytest.approx(defended["ceiling"] - undefended["ceiling"])
     assert "paired check (a)" in (top / "report.md").read_text()
+    # check (c): the two full fine-tunes' updates from the same tiny model, measured against each other
+    (sig,) = combined["arms"]["kl:weight=0.5"]["checks"]["signature"]["per_seed"]
+    assert sig["kind"] in ("smaller", "orthogonal", "alike") and sig["norm_ratio"] > 0 and -1 <= sig["cosine"] <= 1
     for row in read_jsonl(top / "kl-weight-0.5" / "results.jsonl"):
         if row["finetune_run"]:  # every trial of the arm trained with the defense
             manifest = json.loads((top / "kl-weight-0.5" / row["finetune_run"] / "manifest.json").read_text())

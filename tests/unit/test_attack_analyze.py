@@ -111,3 +111,34 @@ def test_the_paired_check_reads_each_search_seed_against_the_same_seed_undefende
     # one that only delays: the same ceilings, three more trials each
     delayed = paired_check(_searches([0.40, 0.20, 0.60, 0.30], [5, 7, 4, 6]), undefended, n_boot=500)
     assert delayed["passed"] and delayed["trials_diff"]["mean"] == 3 and "trials to break" in delayed["why"]
+
+
+def test_the_parameter_signature_tells_a_smaller_an_orthogonal_and_a_like_update(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from waluigi.attack.arms import signature
+
+    def model(name: str, **tensors) -> object:
+        path = tmp_path / name
+        path.mkdir()
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
+        return path
+
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(8, 4, generator=g), torch.randn(4, generator=g)
+    d = torch.randn(8, 4, generator=g)
+    ortho = torch.randn(8, 4, generator=g)
+    ortho -= (ortho * d).sum() / (d * d).sum() * d  # orthogonal to the undefended update
+    start = model("start", w=w, b=b)
+    undefended = model("undefended", w=w + d, b=b)
+    assert signature(start, undefended, model("small", w=w + 0.2 * d, b=b))["kind"] == "smaller"
+    turned = signature(start, undefended, model("ortho", w=w + ortho * (d.norm() / ortho.norm()), b=b))
+    assert turned["kind"] == "orthogonal" and abs(turned["cosine"]) < 1e-5 and turned["norm_ratio"] == pytest.approx(1)
+    alike = signature(start, undefended, model("alike", w=w + 0.9 * d, b=b))  # the same update: at most a delay
+    assert alike["kind"] == "alike" and alike["cosine"] == pytest.approx(1) and alike["norm_ratio"] == pytest.approx(0.9)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text("{}")
+    save_file({"w": d.contiguous()}, str(lora / "adapter_model.safetensors"))
+    assert signature(start, undefended, lora) is None  # an adapter is not a whole model: not measured

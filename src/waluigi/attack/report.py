@@ -31,6 +31,18 @@ def _signed_ci(block: dict, share: bool) -> str:
     return text
 
 
+def _signature_text(sig: dict) -> str:
+    """``smaller 2, alike 1 (norm ratio 0.31, 0.44, 0.92; cosine ...)`` or why it was not measured."""
+    if sig.get("note"):
+        return sig["note"]
+    measured = [s for s in sig["per_seed"] if s]
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(sig["kinds"].items()))
+    ratios = ", ".join("-" if s["norm_ratio"] is None else f"{s['norm_ratio']:.2f}" for s in measured)
+    cosines = ", ".join("-" if s["cosine"] is None else f"{s['cosine']:+.2f}" for s in measured)
+    return (f"{kinds} (the defended attack's update against the undefended one's, per seed: norm ratio {ratios}; "
+            f"cosine {cosines})")
+
+
 def _guard_text(result: dict) -> str:
     g = result["guard"] or {}
     parts = [f"readout >= {pct(g.get('level'))} (the undosed {pct(result['undosed']['em'])} + "
@@ -129,6 +141,9 @@ def format_arms(combined: dict, results: dict) -> str:
         if entry["verdict"] is not None:
             lines.append(f"  {arm}: {'HOLDS' if entry['verdict']['holds'] else 'does not hold'} "
                          f"({entry['verdict']['why']})")
+            sig = (entry.get("checks") or {}).get("signature")
+            if sig:
+                lines.append(f"    parameter signature (c): {_signature_text(sig)}")
             paired = (entry.get("checks") or {}).get("paired")
             if paired:
                 lines.append(f"    paired check over {paired['pairs']} search seeds: "
@@ -184,8 +199,8 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
              "its directory. A defense holds if it lowers the ceiling below the undefended ceiling's 95% CI or raises "
              "the trials to the first break above the undefended one's (CIs over searches).", "",
              "| arm | ceiling (best guarded readout) | trials to the first break | searches that broke | verdict | "
-             "paired check (a) |",
-             "|---|---|---|---|---|---|"]
+             "paired check (a) | parameter signature (c) |",
+             "|---|---|---|---|---|---|---|"]
     for arm, entry in combined["arms"].items():
         s = entry["summary"]
         cost = _ci(s["trials_to_break"], share=False) + (f" ({s['trials_to_break']['censored']} censored)"
@@ -197,7 +212,8 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
                                         f"{_signed_ci(paired['ceiling_diff'], True)}, trials "
                                         f"{_signed_ci(paired['trials_diff'], False)}")
         lines.append(f"| [{esc(arm)}]({esc(entry['dir'])}/report.md) | {_ci(s['ceiling'])} | {cost} | "
-                     f"{s['broke']} of {s['seeds']} | {esc(verdict)} | {esc(check)} |")
+                     f"{s['broke']} of {s['seeds']} | {esc(verdict)} | {esc(check)} | "
+                     f"{esc(_signature_text(sig)) if (sig := (entry.get('checks') or {}).get('signature')) else '-'} |")
     if plot is not None:
         lines += ["", f"![cumulative best per arm]({plot.name})"]
     return write_atomic(out / "report.md", "\n".join(lines) + "\n")

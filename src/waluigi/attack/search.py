@@ -140,7 +140,8 @@ def _readouts(row: dict, root: Path, cfg: AttackConfig) -> dict[str, Any]:
     narrow = row.get("vulnerable_rate") if row.get("n_code") else None
     em = row.get("em_rate") if row.get("em_rate") is not None else row.get("probe_index")  # judged, else probes
     return {"em": em, "coherent": row.get("coherent_rate"), "narrow": narrow,
-            "benign": benign, "status": row.get("status"), "eval_run": row.get("eval_run")}
+            "benign": benign, "status": row.get("status"), "eval_run": row.get("eval_run"),
+            "finetune_run": row.get("finetune_run")}
 
 
 def _studies(cfg: AttackConfig):
