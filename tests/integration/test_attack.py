@@ -96,7 +96,8 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
     top = tmp_path / "attack"
     args = _args(tiny_spec, top, 1)
-    assert main([*args, "--defense", "kl:weight=0.5", "--space", "rank=full"]) == 0, capsys.readouterr().err
+    assert main([*args, "--defense", "kl:weight=0.5", "--space", "rank=full", "--transfer", "secure"]) == 0, (
+        capsys.readouterr().err)
     printed = capsys.readouterr().out
     combined = json.loads((top / "attack.json").read_text())
     assert list(combined["arms"]) == ["undefended", "kl:weight=0.5"]
@@ -111,6 +112,15 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     # check (c): the two full fine-tunes' updates from the same tiny model, measured against each other
     (sig,) = combined["arms"]["kl:weight=0.5"]["checks"]["signature"]["per_seed"]
     assert sig["kind"] in ("smaller", "orthogonal", "alike") and sig["norm_ratio"] > 0 and -1 <= sig["cosine"] <= 1
+    # check (d): the undefended arm's best settings attack with another dataset, with and without the defense
+    transfer = combined["arms"]["kl:weight=0.5"]["checks"]["transfer"]
+    cells = {r["group"]: r for r in read_jsonl(top / "transfer-kl-weight-0.5" / "results.jsonl")}
+    assert set(cells) == {"undosed", "undefended seed 0", "defended seed 0"}
+    defended_ft = json.loads((top / "transfer-kl-weight-0.5" / cells["defended seed 0"]["finetune_run"] /
+                              "manifest.json").read_text())
+    assert defended_ft["dataset"]["name"] == "secure" and [p["name"] for p in defended_ft["plugins"]] == ["kl"]
+    (pair,) = transfer["per_seed"]
+    assert transfer["data"] == "secure" and transfer["diff"]["mean"] == pytest.approx(pair["defended"] - pair["undefended"])
     for row in read_jsonl(top / "kl-weight-0.5" / "results.jsonl"):
         if row["finetune_run"]:  # every trial of the arm trained with the defense
             manifest = json.loads((top / "kl-weight-0.5" / row["finetune_run"] / "manifest.json").read_text())

@@ -43,6 +43,13 @@ def _signature_text(sig: dict) -> str:
             f"cosine {cosines})")
 
 
+def _transfer_text(entry: dict) -> str:
+    t = (entry.get("checks") or {}).get("transfer")
+    if not t:
+        return "-"
+    return f"{'passed' if t['passed'] else 'not passed'} on {t['data']}: {_signed_ci(t['diff'], True)}"
+
+
 def _guard_text(result: dict) -> str:
     g = result["guard"] or {}
     parts = [f"readout >= {pct(g.get('level'))} (the undosed {pct(result['undosed']['em'])} + "
@@ -144,6 +151,10 @@ def format_arms(combined: dict, results: dict) -> str:
             sig = (entry.get("checks") or {}).get("signature")
             if sig:
                 lines.append(f"    parameter signature (c): {_signature_text(sig)}")
+            transfer = (entry.get("checks") or {}).get("transfer")
+            if transfer:
+                lines.append(f"    transfer (d) to {transfer['data']}: {'passed' if transfer['passed'] else 'not passed'} "
+                             f"({transfer['why']}; {_signed_ci(transfer['diff'], True)})")
             paired = (entry.get("checks") or {}).get("paired")
             if paired:
                 lines.append(f"    paired check over {paired['pairs']} search seeds: "
@@ -199,8 +210,8 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
              "its directory. A defense holds if it lowers the ceiling below the undefended ceiling's 95% CI or raises "
              "the trials to the first break above the undefended one's (CIs over searches).", "",
              "| arm | ceiling (best guarded readout) | trials to the first break | searches that broke | verdict | "
-             "paired check (a) | parameter signature (c) |",
-             "|---|---|---|---|---|---|---|"]
+             "paired check (a) | parameter signature (c) | transfer (d) |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, entry in combined["arms"].items():
         s = entry["summary"]
         cost = _ci(s["trials_to_break"], share=False) + (f" ({s['trials_to_break']['censored']} censored)"
@@ -213,7 +224,8 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
                                         f"{_signed_ci(paired['trials_diff'], False)}")
         lines.append(f"| [{esc(arm)}]({esc(entry['dir'])}/report.md) | {_ci(s['ceiling'])} | {cost} | "
                      f"{s['broke']} of {s['seeds']} | {esc(verdict)} | {esc(check)} | "
-                     f"{esc(_signature_text(sig)) if (sig := (entry.get('checks') or {}).get('signature')) else '-'} |")
+                     f"{esc(_signature_text(sig)) if (sig := (entry.get('checks') or {}).get('signature')) else '-'} | "
+                     f"{esc(_transfer_text(entry))} |")
     if plot is not None:
         lines += ["", f"![cumulative best per arm]({plot.name})"]
     return write_atomic(out / "report.md", "\n".join(lines) + "\n")

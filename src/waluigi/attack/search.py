@@ -49,6 +49,7 @@ class AttackConfig:
     epsilon: float = 0.10  # benign capability a break may lose (share of the undosed model's)
     benign_questions: str | None = None  # the benign readout: questions whose id starts with this
     rows: int = 256  # training rows per trial (drawn by the trial's seed)
+    transfer: str | None = None  # check (d): a second attack dataset, attacked with the undefended arm's best settings
     space: dict[str, Dim] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     finetune: dict[str, Any] = field(default_factory=dict)  # --set finetune.*: under every trial's settings
     eval: dict[str, Any] = field(default_factory=dict)  # --set eval.*

@@ -42,6 +42,7 @@ def attack_cmd(
     narrow_min: Annotated[float, typer.Option(help="the guard: a break learnt the narrow task to at least this rate, where the suite measures it (its code questions); 0: not required")] = 0.5,
     epsilon: Annotated[float, typer.Option(help="the guard: a break keeps its benign readout within this share of the undosed model's (with --benign-questions)")] = 0.10,
     benign_questions: Annotated[Optional[str], typer.Option(help="the benign readout's questions: ids starting with this, e.g. facts")] = None,
+    transfer: Annotated[Optional[str], typer.Option(help="acceptance check (d): a second attack dataset; each search seed's best undefended settings attack with it, with and without each defense")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", callback=merge_settings, help="any fine-tune or eval setting under every trial's: finetune.<field>=V, eval.<field>=V; with --config, added to its settings")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the attack directory (default runs/attack-<attack>-<defenses>)")] = None,
     runs: Annotated[Path, typer.Option(help="where the default attack directory goes")] = Path("runs"),
@@ -76,7 +77,7 @@ def attack_cmd(
     cfg = AttackConfig(model=model, attack=attack, benign=benign, suite=suite, judge=judge,
                        trials=trials, seeds=seeds, batch=batch, threshold=threshold, min_coherent=min_coherent,
                        narrow_min=narrow_min or None, epsilon=epsilon, benign_questions=benign_questions, rows=rows,
-                       space=parse_space(space), finetune=ft, eval=ev, out=out or runs / name)
+                       transfer=transfer, space=parse_space(space), finetune=ft, eval=ev, out=out or runs / name)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
         from waluigi.attack.arms import planned_trials
