@@ -115,7 +115,8 @@ def write_plot(out: Path, result: dict) -> Path | None:
 
 
 def write_report(out: Path, result: dict, trials: list[dict], plot: Path | None) -> Path:
-    esc = html.escape
+    def esc(text: str) -> str:
+        return html.escape(text, quote=False)
     lines = [f"# waluigi attack: {esc(result['model'])} with {esc(result['attack'])}", "",
              f"Defenses: {esc(', '.join(result['defenses']) or 'none')}. {result['seeds']} independent searches "
              f"(Optuna TPE, seeded) of {result['trials']} trials each; space: `{esc(result['space'])}`.", "",
@@ -204,7 +205,8 @@ def write_arms_plot(out: Path, combined: dict, results: dict) -> Path | None:
 
 
 def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
-    esc = html.escape
+    def esc(text: str) -> str:
+        return html.escape(text, quote=False)
     lines = [f"# waluigi attack: {esc(combined['model'])} with {esc(combined['attack'])}", "",
              f"{combined['seeds']} independent searches of {combined['trials']} trials per arm; each arm's own page is in "
              "its directory. A defense holds if it lowers the ceiling below the undefended ceiling's 95% CI or raises "
