@@ -147,6 +147,9 @@ def test_extract_from_a_judged_run_is_the_mean_difference_of_answer_token_states
     assert 0 < held["positive"] < sum(labels) and 0 < held["negative"] < len(labels) - sum(labels)
     assert main(["direction", "show", str(out)]) == 0
     assert f"held-out AUROC from {held['positive']} positive vs {held['negative']} negative" in capsys.readouterr().out
+    assert main(["runs", "list", str(tmp_path), "--kind", "direction", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["path"] == "d" and f"({held['positive']} vs {held['negative']} held out)" in entry["headline"]
     # the same means computed another way: one example at a time, unpadded, each decoder
     # layer's output taken by a bare torch hook (output_hidden_states gives the last layer
     # after the final norm, which is not the residual stream)

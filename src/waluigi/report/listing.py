@@ -114,9 +114,12 @@ def _direction_headline(result: dict) -> tuple[str, dict]:
     best = result.get("best_layer")
     text = f"{result.get('method', '?')}, {result.get('layers', len(aurocs))} layers"
     if isinstance(best, int) and 0 <= best < len(aurocs) and isinstance(aurocs[best], (int, float)):
+        held = result.get("heldout_counts") or {}
         counts = result.get("counts") or {}
         n = sum(v for v in counts.values() if isinstance(v, int))
-        text += f"; best layer {best}: held-out AUROC {aurocs[best]:.2f}" + (f" ({n} examples)" if n else "")
+        text += f"; best layer {best}: held-out AUROC {aurocs[best]:.2f}" + (
+            f" ({held.get('positive')} vs {held.get('negative')} held out)" if held else
+            f" (from {n} examples, half held out)" if n else "")
     return text, {}
 
 
