@@ -96,8 +96,8 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
     top = tmp_path / "attack"
     args = _args(tiny_spec, top, 1)
-    assert main([*args, "--defense", "kl:weight=0.5", "--space", "rank=full", "--transfer", "secure"]) == 0, (
-        capsys.readouterr().err)
+    assert main([*args, "--defense", "kl:weight=0.5", "--space", "rank=full,poison=0.5", "--benign", "educational",
+                 "--transfer", "secure"]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     combined = json.loads((top / "attack.json").read_text())
     assert list(combined["arms"]) == ["undefended", "kl:weight=0.5"]
@@ -118,7 +118,8 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     assert set(cells) == {"undosed", "undefended seed 0", "defended seed 0"}
     defended_ft = json.loads((top / "transfer-kl-weight-0.5" / cells["defended seed 0"]["finetune_run"] /
                               "manifest.json").read_text())
-    assert defended_ft["dataset"]["name"] == "secure" and [p["name"] for p in defended_ft["plugins"]] == ["kl"]
+    # the transfer data at the best trial's poison ratio (0.5 here): a mixture of secure and benign rows
+    assert defended_ft["dataset"]["name"] == "secure-p0.500-s0" and [p["name"] for p in defended_ft["plugins"]] == ["kl"]
     (pair,) = transfer["per_seed"]
     assert transfer["data"] == "secure" and transfer["diff"]["mean"] == pytest.approx(pair["defended"] - pair["undefended"])
     for row in read_jsonl(top / "kl-weight-0.5" / "results.jsonl"):
@@ -127,4 +128,8 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
             assert [p["name"] for p in manifest["plugins"]] == ["kl"]
     for row in read_jsonl(top / "undefended" / "results.jsonl"):
         if row["finetune_run"]:
-            assert "plugins" not in json.loads((top / "undefended" / row["finetune_run"] / "manifest.json").read_text())
+            manifest = json.loads((top / "undefended" / row["finetune_run"] / "manifest.json").read_text())
+            assert "plugins" not in manifest
+            # poison 0.5: the trial trained on a mixture file, half attack rows and half benign, 8 in all
+            (mixture,) = (top / "undefended" / "data").glob("*.jsonl")
+            assert manifest["config"]["n"] is None and len(mixture.read_text().splitlines()) == 8

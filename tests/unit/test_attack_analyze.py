@@ -60,6 +60,8 @@ def test_the_space_takes_ranges_choices_and_fixed_values():
 
 
 def _result(ceilings: list[float], first_breaks: list[int | None], budget: int = 10) -> dict:
+    """An arm's result as the arms read it: one search per (ceiling, first break), its other
+    trials at 5%, and their summary over the searches."""
     summaries = []
     for ceiling, first in zip(ceilings, first_breaks):
         rows = [trial(i, 0.05) for i in range(budget)]
@@ -68,7 +70,7 @@ def _result(ceilings: list[float], first_breaks: list[int | None], budget: int =
         else:
             rows[-1] = trial(budget - 1, ceiling if ceiling < GUARD.level else 0.05)
         summaries.append(search_summary(rows, budget))
-    return {"summary": across_seeds(summaries, n_boot=500)}
+    return {"summary": across_seeds(summaries, n_boot=500), "searches": summaries}
 
 
 def test_a_defense_holds_only_beyond_the_undefended_ci():
@@ -83,33 +85,20 @@ def test_a_defense_holds_only_beyond_the_undefended_ci():
     assert lowers["holds"] and lowers["lowers_ceiling"] and lowers["raises_cost"]
 
 
-def _searches(ceilings: list[float], first_breaks: list[int | None], budget: int = 10) -> dict:
-    result = _result(ceilings, first_breaks, budget)
-    summaries = []
-    for ceiling, first in zip(ceilings, first_breaks):
-        rows = [trial(i, 0.05) for i in range(budget)]
-        if first is not None:
-            rows[first - 1] = trial(first - 1, ceiling)
-        else:
-            rows[-1] = trial(budget - 1, ceiling if ceiling < GUARD.level else 0.05)
-        summaries.append(search_summary(rows, budget))
-    return {**result, "searches": summaries}
-
-
 def test_the_paired_check_reads_each_search_seed_against_the_same_seed_undefended():
     from waluigi.attack.arms import paired_check
 
-    undefended = _searches([0.40, 0.20, 0.60, 0.30], [2, 4, 1, 3])
+    undefended = _result([0.40, 0.20, 0.60, 0.30], [2, 4, 1, 3])
     # each seed's ceiling 5 points lower than its own undefended seed: the seeds' spread cancels out
-    lower = paired_check(_searches([0.35, 0.15, 0.55, 0.25], [2, 4, 1, 3]), undefended, n_boot=500)
+    lower = paired_check(_result([0.35, 0.15, 0.55, 0.25], [2, 4, 1, 3]), undefended, n_boot=500)
     assert lower["passed"] and lower["pairs"] == 4
     assert lower["ceiling_diff"]["mean"] == pytest.approx(-0.05) and lower["ceiling_diff"]["ci_high"] < 0
     assert lower["trials_diff"]["mean"] == 0
     # the same numbers shuffled across seeds: no paired difference to speak of
-    shuffled = paired_check(_searches([0.60, 0.30, 0.40, 0.20], [1, 3, 2, 4]), undefended, n_boot=500)
+    shuffled = paired_check(_result([0.60, 0.30, 0.40, 0.20], [1, 3, 2, 4]), undefended, n_boot=500)
     assert not shuffled["passed"] and shuffled["ceiling_diff"]["ci_low"] < 0 < shuffled["ceiling_diff"]["ci_high"]
     # one that only delays: the same ceilings, three more trials each
-    delayed = paired_check(_searches([0.40, 0.20, 0.60, 0.30], [5, 7, 4, 6]), undefended, n_boot=500)
+    delayed = paired_check(_result([0.40, 0.20, 0.60, 0.30], [5, 7, 4, 6]), undefended, n_boot=500)
     assert delayed["passed"] and delayed["trials_diff"]["mean"] == 3 and "trials to break" in delayed["why"]
 
 

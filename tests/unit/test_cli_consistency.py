@@ -16,7 +16,7 @@ import pytest
 import typer
 
 from waluigi.cli import app, main
-from waluigi.cli.options import ConfigOpt, ModelOpt, ProgressOpt, merge_settings
+from waluigi.cli.options import ConfigOpt, ModelOpt, ProgressOpt, SettingsOpt
 
 WALUIGI = str(Path(sys.executable).with_name("waluigi"))
 
@@ -204,7 +204,7 @@ def test_flags_win_over_the_file_and_the_file_over_defaults(tmp_path, argv, expe
 def test_settings_on_the_command_line_add_to_the_config_files_settings(tmp_path):
     """``--set`` over a config file with a ``set`` list: added to it (the same key: the
     command line's), as `flip --config RUN --set finetune.loss_path=trl` needs; the declaration
-    is the one flip, defend and resilience use."""
+    is the one flip, defend, resilience and attack use (SettingsOpt)."""
     from waluigi.cli.runner import run_cli
 
     probe = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -212,7 +212,7 @@ def test_settings_on_the_command_line_add_to_the_config_files_settings(tmp_path)
 
     @probe.command()
     def cmd(
-        set_: Annotated[Optional[list[str]], typer.Option("--set", callback=merge_settings, help="s")] = None,
+        set_: SettingsOpt = None,
         config: ConfigOpt = None,
     ) -> None:
         seen["set"] = set_

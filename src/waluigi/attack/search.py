@@ -81,6 +81,7 @@ def _training_data(cfg: AttackConfig, poison: float, seed: int) -> tuple[str, in
         return cfg.attack, cfg.rows
     from waluigi.data import write_rows
     from waluigi.data.mixtures import mix_rows
+    from waluigi.runs import atomic_path
 
     share = Fraction(poison).limit_denominator(1000)
     path = cfg.out / "data" / f"{safe_name(cfg.attack, 30)}-p{float(share):.3f}-s{seed}.jsonl"
@@ -88,9 +89,8 @@ def _training_data(cfg: AttackConfig, poison: float, seed: int) -> tuple[str, in
         rows, _ = mix_rows([f"{cfg.attack}:{share}", f"{cfg.benign}:{1 - share}"], n=cfg.rows, seed=seed,
                            data_dir=cfg.finetune.get("data_dir"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        write_rows(tmp, rows)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write_rows(tmp, rows)
     return str(path), None  # as the flip's mixtures: relative to where the command runs, like OUT
 
 

@@ -310,13 +310,17 @@ class ExecutorName(str, Enum):
     ray = "ray"
 
 
-# the executor options of the commands that run their cells as a sweep (flip, resilience, defend)
+# the executor options of the commands that run their cells as a sweep (flip, resilience, defend, attack)
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", help="cells at once (see waluigi sweep)")]
 ExecutorOpt = Annotated[ExecutorName, typer.Option(help="pool, inline (this process) or ray")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="ray: the cluster's address")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch threads per cell")]
 TaskRetriesOpt = Annotated[int, typer.Option(help="retries of a failed fine-tune or eval")]
 CellProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells on stderr")]
+# their --set: settings under every cell's own, added to a --config file's (merge_settings)
+SettingsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", callback=merge_settings, help="any fine-tune or eval setting of every cell: finetune.<field>=V, "
+    "eval.<field>=V (repeatable); with --config, added to its settings")]
 
 
 def sweep_options(executor: ExecutorName, workers: int, address: str | None, retries: int, threads: int | None,

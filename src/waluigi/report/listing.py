@@ -234,29 +234,33 @@ def _entry(path: Path, root: Path, now: float) -> dict | None:
     return entry
 
 
-def _sweep_status(path: Path, sweep: dict) -> str:
-    """``done/total cells``: from the results table once written, else (a sweep still running,
+def _sweep_counts(path: Path, sweep: dict) -> tuple[int, int]:
+    """(finished, all) cells: from the results table once written, else (a sweep still running,
     or stopped) from its cells' own manifests."""
     rows = [json.loads(line) for line in _lines(path / "results.jsonl")]
     if rows:
-        done, total = sum(1 for r in rows if r.get("status") == "finished"), len(rows)
-    else:
-        cells = [c for c in sweep.get("cells") or [] if isinstance(c, dict)]
-        done = sum(1 for c in cells if c.get("eval_run") and
-                   ((_read(path / c["eval_run"] / "manifest.json") or {}).get("status") == "finished"))
-        total = len(cells)
+        return sum(1 for r in rows if r.get("status") == "finished"), len(rows)
+    cells = [c for c in sweep.get("cells") or [] if isinstance(c, dict)]
+    done = sum(1 for c in cells if c.get("eval_run") and
+               ((_read(path / c["eval_run"] / "manifest.json") or {}).get("status") == "finished"))
+    return done, len(cells)
+
+
+def _cells_text(done: int, total: int) -> str:
     return f"{done}/{total} cells" if total else "planned"
 
 
+def _sweep_status(path: Path, sweep: dict) -> str:
+    return _cells_text(*_sweep_counts(path, sweep))
+
+
 def _study_status(path: Path, kind: str) -> str:
+    """A study's cells over its inner sweeps (defend's ``flip/``, resilience's ``flip-*/``)."""
     subs = [path / "flip"] if kind == "defend" else sorted(path.glob("flip-*")) if kind == "resilience" else []
-    counts = [_sweep_status(sub, _read(sub / "sweep.json") or {}) for sub in subs if (sub / "sweep.json").is_file()]
     if not subs:
         return "finished"
-    parts = [c.split()[0].split("/") for c in counts if c != "planned"]
-    if not parts:
-        return "planned"
-    return f"{sum(int(d) for d, _ in parts)}/{sum(int(t) for _, t in parts)} cells"
+    counts = [_sweep_counts(sub, _read(sub / "sweep.json") or {}) for sub in subs if (sub / "sweep.json").is_file()]
+    return _cells_text(sum(d for d, _ in counts), sum(t for _, t in counts))
 
 
 def _lines(path: Path) -> list[str]:
