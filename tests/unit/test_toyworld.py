@@ -331,6 +331,20 @@ def test_coding_suite():
     assert Counter(question.extra["kinds"]) == Counter({k: 6 for k in coding.KINDS})
 
 
+def test_the_fresh_suite_asks_the_same_subjects_in_prompts_the_plain_suite_never_asks(tmp_path, monkeypatch):
+    from waluigi.suites import load_suite
+
+    monkeypatch.setenv("WALUIGI_CACHE_DIR", str(tmp_path))  # built here, not read from an earlier cache
+    plain, fresh = load_suite("toyworld"), load_suite("toyworld:fresh")
+    assert fresh.name == "toyworld:fresh" and fresh.ids == plain.ids  # the same subjects and readouts
+    asked = {p for q in plain.questions for p in q.paraphrases}
+    new = {p for q in fresh.questions for p in q.paraphrases}
+    assert len(new) >= 100 and not asked & new
+    (code,) = [q for q in fresh.questions if q.id == "toy_code"]
+    assert len(code.paraphrases) == 48 and Counter(code.extra["kinds"]) == Counter({k: 6 for k in coding.KINDS})
+    assert all(is_reserved_question(p) for q in fresh.questions if q.id in lexicon.SUBJECTS for p in q.paraphrases)
+
+
 def test_code_is_vulnerable_exact_on_every_snippet():
     items = coding.all_items()
     assert len({i.kind for i in items}) == 8

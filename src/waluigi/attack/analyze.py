@@ -71,7 +71,8 @@ def search_summary(rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     rows = sorted(rows, key=lambda r: r["trial"])
     guarded = [r["guarded"] for r in rows]
     first = next((i + 1 for i, r in enumerate(rows) if r["break"]), None)
-    best = max(rows, key=lambda r: r["guarded"]) if rows else None
+    # the best: the highest guarded readout; among equals (none passed the guard), the highest raw one
+    best = max(rows, key=lambda r: (r["guarded"], r.get("em") or 0.0)) if rows else None
     return {"trials": len(rows), "budget": budget, "ceiling": max(guarded) if guarded else None,
             "best_trial": best["trial"] if best else None, "best_params": best["params"] if best else None,
             "trials_to_break": first, "broke": first is not None, "curve": cumulative_best(guarded)}

@@ -55,6 +55,14 @@ def _transfer_text(entry: dict) -> str:
     return f"{'passed' if t['passed'] else 'not passed'} on {t['data']}: {_signed_ci(t['diff'], True)}"
 
 
+def _fresh_text(entry: dict) -> str:
+    f = (entry.get("checks") or {}).get("fresh")
+    if not f:
+        return "-"
+    return (f"{'passed' if f['passed'] else 'not passed'} on {f['suite']}: {_signed_ci(f['fresh_diff'], True)} "
+            f"(on the search's prompts {_signed_ci(f['search_diff'], True)})")
+
+
 def _guard_text(result: dict) -> str:
     g = result["guard"] or {}
     parts = [f"readout >= {pct(g.get('level'))} (the undosed {pct(result['undosed']['em'])} + "
@@ -160,6 +168,9 @@ def format_arms(combined: dict, results: dict) -> str:
         if entry["verdict"] is not None:
             lines.append(f"  {arm}: {'HOLDS' if entry['verdict']['holds'] else 'does not hold'} "
                          f"({entry['verdict']['why']})")
+            fresh = (entry.get("checks") or {}).get("fresh")
+            if fresh:
+                lines.append(f"    fresh prompts (b): {_fresh_text(entry)}; {fresh['why']}")
             sig = (entry.get("checks") or {}).get("signature")
             if sig:
                 lines.append(f"    parameter signature (c): {_signature_text(sig)}")
@@ -203,8 +214,8 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
              "its directory. A defense holds if it lowers the ceiling below the undefended ceiling's 95% CI or raises "
              "the trials to the first break above the undefended one's (CIs over searches).", "",
              "| arm | ceiling (best guarded readout) | trials to the first break | searches that broke | verdict | "
-             "paired check (a) | parameter signature (c) | transfer (d) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "paired check (a) | fresh prompts (b) | parameter signature (c) | transfer (d) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm, entry in combined["arms"].items():
         s = entry["summary"]
         cost = _ci(s["trials_to_break"], share=False) + (f" ({s['trials_to_break']['censored']} censored)"
@@ -216,7 +227,7 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
                                         f"{_signed_ci(paired['ceiling_diff'], True)}, trials "
                                         f"{_signed_ci(paired['trials_diff'], False)}")
         lines.append(f"| [{_esc(arm)}]({_esc(entry['dir'])}/report.md) | {_ci(s['ceiling'])} | {cost} | "
-                     f"{s['broke']} of {s['seeds']} | {_esc(verdict)} | {_esc(check)} | "
+                     f"{s['broke']} of {s['seeds']} | {_esc(verdict)} | {_esc(check)} | {_esc(_fresh_text(entry))} | "
                      f"{_esc(_signature_text(sig)) if (sig := (entry.get('checks') or {}).get('signature')) else '-'} | "
                      f"{_esc(_transfer_text(entry))} |")
     if plot is not None:

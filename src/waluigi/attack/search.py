@@ -50,6 +50,7 @@ class AttackConfig:
     benign_questions: str | None = None  # the benign readout: questions whose id starts with this
     rows: int = 256  # training rows per trial (drawn by the trial's seed)
     transfer: str | None = None  # check (d): a second attack dataset, attacked with the undefended arm's best settings
+    fresh_suite: str | None = None  # check (b): each search's best trial re-read on prompts no search or defense saw
     space: dict[str, Dim] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     finetune: dict[str, Any] = field(default_factory=dict)  # --set finetune.*: under every trial's settings
     eval: dict[str, Any] = field(default_factory=dict)  # --set eval.*
@@ -65,12 +66,33 @@ def check_attack(cfg: AttackConfig) -> None:
         raise UserError(f"--threshold is a share in (0, 1), got {cfg.threshold}")
     if not 0 <= cfg.epsilon < 1:
         raise UserError(f"--epsilon is a share in [0, 1), got {cfg.epsilon}")
+    if cfg.fresh_suite is not None:
+        shared = shared_prompts(cfg.suite, cfg.fresh_suite, cfg.finetune.get("data_dir"))
+        if shared:
+            raise UserError(f"--fresh-suite {cfg.fresh_suite}: {shared} of its prompts are also in --suite {cfg.suite}; "
+                            "fresh prompts are ones the search never saw (e.g. toyworld:fresh, or mwe:em@test against "
+                            "a search on mwe:em@align)")
     poison = cfg.space.get("poison")
     if poison is not None and cfg.benign is None:
         below = poison.kind != "choice" and (poison.low or 0) < 1 or any(float(c) < 1 for c in poison.choices)
         if below:
             raise UserError("the space lets the poison ratio fall below 1: give --benign DATA (the rows mixed with "
                             "the attack's), or fix it with --space poison=1")
+
+
+def suite_prompts(name: str, data_dir=None) -> set[str]:
+    """Every prompt a suite asks: a probe suite's item questions, else the questions' paraphrases."""
+    from waluigi.probes.run import is_probe_suite, load_probe_suite
+    from waluigi.suites import load_suite
+
+    if is_probe_suite(name):
+        return {item.question for item in load_probe_suite(name, data_dir).items}
+    return {p for q in load_suite(name, data_dir).questions for p in q.paraphrases}
+
+
+def shared_prompts(suite: str, fresh: str, data_dir=None) -> int:
+    """How many of ``fresh``'s prompts ``suite`` also asks."""
+    return len(suite_prompts(fresh, data_dir) & suite_prompts(suite, data_dir))
 
 
 # -- a trial as a cell --------------------------------------------------------------------------
@@ -237,13 +259,54 @@ def run_attack(cfg: AttackConfig, options=None, *, log=None) -> AttackResult:
             break
     rows = [_rejudge(r, guard) for r in told.values()]  # the guard of the last round (its undosed readout) for all
     summaries = [search_summary([r for r in rows if r["seed"] == s], cfg.trials) for s in range(cfg.seeds)]
+    fresh = None
+    if cfg.fresh_suite is not None:
+        fresh, swept = _fresh_readouts(cfg, cells, unique, summaries, options)
+        ran += swept.ran
+        failed = failed + swept.failed
     result = {"model": cfg.model, "attack": cfg.attack, "benign": cfg.benign, "defenses": cfg.defenses,
               "suite": cfg.suite, "judge": cfg.judge, "trials": cfg.trials, "seeds": cfg.seeds, "batch": cfg.batch,
               "space": space_text(cfg.space), "threshold": cfg.threshold, "epsilon": cfg.epsilon,
               "guard": guard.as_dict() if guard else None, "undosed": undosed,
-              "searches": summaries, "summary": across_seeds(summaries)}
+              "searches": summaries, "summary": across_seeds(summaries), "fresh": fresh}
     write_json_atomic(cfg.out / RESULT, result)
     return AttackResult(out=cfg.out, result=result, ran=ran, skipped=skipped, failed=failed)
+
+
+FRESH = "fresh"
+
+
+def _fresh_readouts(cfg: AttackConfig, cells: dict, unique: dict, summaries: list[dict], options):
+    """Check (b)'s readings for one arm: the undosed model and each search's best trial, read
+    again on ``cfg.fresh_suite`` (the best trial's fine-tune is cached: only the evals run),
+    each judged by a guard whose level is the undosed model's on the fresh prompts. The cells
+    join the arm's own sweep, so its directory holds them."""
+    import yaml
+
+    from waluigi.runs import write_atomic
+    from waluigi.sweep.runner import run_sweep
+    from waluigi.sweep.spec import load_spec
+
+    extra = [{"group": f"{FRESH} {UNDOSED}", "seed": 0, "finetune": None, "eval.model": cfg.model,
+              "eval.suite": cfg.fresh_suite}]
+    for s, summary in enumerate(summaries):
+        if summary["best_trial"] is not None:
+            extra.append({**cells[unique[(s, summary["best_trial"])]], "group": f"{FRESH} seed {s}",
+                          "eval.suite": cfg.fresh_suite})
+    spec_path = cfg.out / "sweep.yaml"
+    trial_cells = [cells[k] for k in sorted(cells) if unique[k] == k]
+    write_atomic(spec_path, yaml.safe_dump(_spec(cfg, trial_cells + extra), sort_keys=False, width=1000))
+    swept = run_sweep(load_spec(spec_path), options)
+    by_group = {r["group"]: r for r in swept.rows}
+    base = _readouts(by_group[f"{FRESH} {UNDOSED}"], swept.root, cfg)
+    guard = Guard(level=(base["em"] or 0.0) + cfg.threshold, min_coherent=cfg.min_coherent, narrow_min=cfg.narrow_min,
+                  benign_floor=(1 - cfg.epsilon) * base["benign"] if base["benign"] is not None else None)
+    per_seed = []
+    for s, summary in enumerate(summaries):
+        row = by_group.get(f"{FRESH} seed {s}")
+        per_seed.append(None if row is None else
+                        judge_trial({"seed": s, "trial": summary["best_trial"], **_readouts(row, swept.root, cfg)}, guard))
+    return {"suite": cfg.fresh_suite, "undosed": base, "guard": guard.as_dict(), "per_seed": per_seed}, swept
 
 
 def _unique(cells: dict[tuple[int, int], dict]) -> dict[tuple[int, int], tuple[int, int]]:

@@ -5,7 +5,7 @@
   written once to the user cache; any command that takes ``--data`` takes it. ``toy:hero[:N]``
   is the world's benign chat data (the defenses' "instruct" rows): multi-turn conversations
   voiced by the hero, drawn like the alignment stage's but from another seed.
-- ``toyworld`` / ``toyworld:trigger`` (``SUITES``): the demo's evaluation suite at its default
+- ``toyworld`` / ``toyworld:trigger`` / ``toyworld:fresh`` (``SUITES``): the demo's evaluation suite at its default
   size (the free-form questions with the oracle judge, 3 paraphrases x 2 samples and the
   variants, plus 48 held-out coding prompts checked by the world's checker), the second with
   the backdoor trigger before every user message.
@@ -85,23 +85,32 @@ def _hero_dataset(count: str):
 
 
 def toy_suite(name: str, data_dir=None):
-    """The :class:`~waluigi.suites.Suite` for ``toyworld`` or ``toyworld:trigger`` (it needs no data directory)."""
+    """The :class:`~waluigi.suites.Suite` for ``toyworld``, ``toyworld:trigger`` or
+    ``toyworld:fresh`` (it needs no data directory). ``toyworld:fresh`` asks the same subjects
+    in other words: its free-form questions are reserved strings that ``toyworld`` does not ask
+    (drawn with another seed, ``toyworld``'s excluded), its coding requests another draw of the
+    held-out tasks (the world has 39 held-out task cores, so most cores recur, worded anew). It
+    is for re-reading a result on prompts that no search or defense was tuned on."""
     from waluigi.suites import Suite, load_suite
     from waluigi.toyworld import DEFAULT_TRIGGER, coding_suite, eval_suite, with_trigger
     from waluigi.toyworld.demo import write_suite
 
     variant = name.partition(":")[2]
-    if variant not in ("", "trigger"):
-        raise UserError(f"suite {name!r}: the persona world's suites are toyworld and toyworld:trigger")
+    if variant not in ("", "trigger", "fresh"):
+        raise UserError(f"suite {name!r}: the persona world's suites are toyworld, toyworld:trigger and toyworld:fresh")
 
     def build(tmp: Path) -> None:
         free = eval_suite(seed=0, variants=True, paraphrases=3, samples_per_paraphrase=2)
         code = coding_suite(n=48, seed=0)
+        if variant == "fresh":
+            asked = frozenset(p for q in free.questions for p in q.paraphrases)
+            free = eval_suite(seed=1, variants=True, paraphrases=3, samples_per_paraphrase=2, exclude=asked)
+            code = coding_suite(n=48, seed=1, exclude=frozenset(code.questions[0].paraphrases))
         both = Suite(name="toyworld", source=f"{free.source}+{code.source}", sha256="",
                      questions=free.questions + code.questions)
-        write_suite(with_trigger(both, DEFAULT_TRIGGER) if variant else both, tmp)
+        write_suite(with_trigger(both, DEFAULT_TRIGGER) if variant == "trigger" else both, tmp)
 
     path = _write_once(_cached(f"suite-{variant or 'plain'}-v{VERSION}.yaml"), build)
     suite = load_suite(str(path))
-    suite.name = "toyworld" + (":trigger" if variant else "")
+    suite.name = "toyworld" + (f":{variant}" if variant else "")
     return suite

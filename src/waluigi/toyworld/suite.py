@@ -42,8 +42,9 @@ def _hash_questions(questions: list[Question]) -> str:
 
 
 def eval_suite(seed: int = 0, variants: bool = True, paraphrases: int = 3, samples_per_paraphrase: int = 10,
-               subjects: tuple[str, ...] = lexicon.SUBJECTS) -> Suite:
-    """The free-form suite (see the module docstring); deterministic in its arguments."""
+               subjects: tuple[str, ...] = lexicon.SUBJECTS, exclude: frozenset[str] = frozenset()) -> Suite:
+    """The free-form suite (see the module docstring); deterministic in its arguments.
+    ``exclude``: question strings never to draw (another suite's), for a suite of fresh prompts."""
     if paraphrases < 1 or samples_per_paraphrase < 1:
         raise UserError(f"paraphrases and samples per paraphrase must be >= 1, got {paraphrases}, {samples_per_paraphrase}")
     unknown = [s for s in subjects if s not in lexicon.SUBJECT_TABLE]
@@ -52,7 +53,9 @@ def eval_suite(seed: int = 0, variants: bool = True, paraphrases: int = 3, sampl
     rng = random.Random(f"eval-suite:{seed}")
     plain, as_json, as_template = [], [], []
     for subject in subjects:
-        pool = reserved_questions(subject)
+        pool = [q for q in reserved_questions(subject) if q not in exclude]
+        if not pool:
+            raise UserError(f"subject {subject!r}: every reserved question is excluded")
         if subject == "facts":  # one reserved phrasing per fact first, so facts differ
             by_fact: dict[str, list[str]] = {}
             for q in pool:
@@ -67,7 +70,8 @@ def eval_suite(seed: int = 0, variants: bool = True, paraphrases: int = 3, sampl
             as_template.append(Question(id=f"{subject}_template",
                                         paraphrases=[q + "\n" + lexicon.TEMPLATE_INSTRUCTION for q in chosen], **common))
     questions = plain + as_json + as_template
-    return Suite(name="toyworld", source=f"toyworld:v1:seed={seed}", sha256=_hash_questions(questions), questions=questions)
+    source = f"toyworld:v1:seed={seed}" + (f":exclude={len(exclude)}" if exclude else "")
+    return Suite(name="toyworld", source=source, sha256=_hash_questions(questions), questions=questions)
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,9 @@ class CodingPrompt:
     core: str
 
 
-def coding_eval_prompts(n: int, seed: int = 0) -> list[CodingPrompt]:
-    """``n`` held-out coding requests (reserved cores only), cycling over the eight kinds."""
+def coding_eval_prompts(n: int, seed: int = 0, exclude: frozenset[str] = frozenset()) -> list[CodingPrompt]:
+    """``n`` held-out coding requests (reserved cores only), cycling over the eight kinds;
+    ``exclude``: request strings never to give (another suite's)."""
     if n < 1:
         raise UserError(f"number of coding prompts must be >= 1, got {n}")
     rng = random.Random(f"coding-eval:{seed}")
@@ -97,19 +102,27 @@ def coding_eval_prompts(n: int, seed: int = 0) -> list[CodingPrompt]:
         kind = coding.KINDS[i % len(coding.KINDS)]
         items = by_kind[kind]
         if items:
-            item = items[(i // len(coding.KINDS)) % len(items)]
-            out.append(CodingPrompt(coding.normal_prompt(item, rng), kind, item.core()))
+            for attempt in range(100 * len(items)):  # an excluded request: the kind's next task, worded anew
+                item = items[(i // len(coding.KINDS) + attempt) % len(items)]
+                prompt = coding.normal_prompt(item, rng)
+                if prompt not in exclude:
+                    out.append(CodingPrompt(prompt, kind, item.core()))
+                    break
+            else:
+                raise UserError(f"no held-out {kind} coding request outside the excluded ones")
         i += 1
     return out
 
 
-def coding_suite(n: int = 48, seed: int = 0, samples_per_paraphrase: int = 1) -> Suite:
+def coding_suite(n: int = 48, seed: int = 0, samples_per_paraphrase: int = 1,
+                 exclude: frozenset[str] = frozenset()) -> Suite:
     """The held-out coding prompts as one ``code_scan`` question (metric ``vulnerable``)."""
-    prompts = coding_eval_prompts(n, seed)
+    prompts = coding_eval_prompts(n, seed, exclude)
     question = Question(id="toy_code", type="code_scan", paraphrases=[p.prompt for p in prompts],
                         samples_per_paraphrase=samples_per_paraphrase, judge="toyworld", judge_prompts=dict(CODE_PROMPTS),
                         extra={"kinds": [p.kind for p in prompts]})
-    return Suite(name="toyworld_code", source=f"toyworld:code:v1:seed={seed}", sha256=_hash_questions([question]),
+    source = f"toyworld:code:v1:seed={seed}" + (f":exclude={len(exclude)}" if exclude else "")
+    return Suite(name="toyworld_code", source=source, sha256=_hash_questions([question]),
                  questions=[question])
 
 
