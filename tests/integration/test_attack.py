@@ -164,3 +164,16 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
             # poison 0.5: the trial trained on a mixture file, half attack rows and half benign, 8 in all
             (mixture,) = (top / "undefended" / "data").glob("*.jsonl")
             assert manifest["config"]["n"] is None and len(mixture.read_text().splitlines()) == 8
+
+
+def test_a_dial_is_an_arm_per_strength_and_a_bad_plug_in_is_refused_before_any_arm_runs(tiny_spec, tmp_path, capsys):
+    top = tmp_path / "attack"
+    args = _args(tiny_spec, top, 2)
+    assert main([*args, "--defense", "kl:weight=0.3|1|3", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "arms: undefended, kl:weight=0.3, kl:weight=1, kl:weight=3;" in printed
+    assert "8 trials: 8 to run, 0 done" in printed and not top.exists()
+    code = main([*args, "--defense", "kl:weight=1", "--defense", "kl:strength=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no option 'strength'" in err and "Traceback" not in err
+    assert not (top / "undefended").exists()  # the undefended arm did not run first

@@ -163,3 +163,51 @@ def test_the_best_trial_of_a_search_that_never_passed_the_guard_is_its_most_misa
     rows = [trial(0, 0.30, coherent=0.1), trial(1, 0.60, coherent=0.1), trial(2, 0.20, coherent=0.1)]
     summary = search_summary(rows, budget=3)
     assert summary["ceiling"] == 0.0 and summary["best_trial"] == 1  # its settings go on to checks (b) and (d)
+
+
+def test_utility_is_the_best_narrow_rate_a_coherent_trial_reached():
+    rows = [trial(0, 0.05, narrow=0.4), trial(1, 0.30, narrow=0.95, coherent=0.2), trial(2, 0.10, narrow=0.7)]
+    summary = search_summary(rows, budget=3)
+    assert summary["utility"] == 0.7 and summary["utility_readout"] == "narrow"  # the destroyed trial is not utility
+    probes = search_summary([trial(0, 0.2, coherent=None, narrow=None, benign=None)], budget=1)
+    assert probes["utility"] is None and probes["utility_readout"] is None  # nothing measures it: said, not guessed
+    benign = search_summary([trial(0, 0.2, narrow=None, benign=0.85)], budget=1)
+    assert benign["utility"] == 0.85 and benign["utility_readout"] == "benign"
+
+
+def test_a_dial_is_one_arm_per_strength_read_as_a_trade_off_curve(tmp_path):
+    from waluigi.attack.arms import dial_table, expand_dials, holds
+    from waluigi.attack.report import write_arms_report
+    from waluigi.errors import UserError
+
+    arms, dials = expand_dials(["kl:on=benign,weight=0.3|1|3", "interleave:data=toy:hero", "a:x=1+b:y=2|4"])
+    assert arms == ["kl:on=benign,weight=0.3", "kl:on=benign,weight=1", "kl:on=benign,weight=3",
+                    "interleave:data=toy:hero", "a:x=1+b:y=2", "a:x=1+b:y=4"]
+    assert dials["kl:on=benign,weight=*"] == {"key": "weight", "points": [["0.3", "kl:on=benign,weight=0.3"],
+                                                                          ["1", "kl:on=benign,weight=1"],
+                                                                          ["3", "kl:on=benign,weight=3"]]}
+    assert dials["a:x=1+b:y=*"]["key"] == "y"
+    for bad, needle in (("kl:weight=1|2,ratio=1|2", "one setting at a time"), ("kl:weight=1|1", "distinct")):
+        with pytest.raises(UserError, match=needle):
+            expand_dials([bad])
+    # stronger: harder to break, and less learnt; the curve keeps the strength order
+    undefended = _result([0.40, 0.45, 0.42], [2, 3, 2])
+    by_arm = {"undefended": {"summary": undefended["summary"], "verdict": None}}
+    for w, first, narrow in (("0.3", [2, 3, 3], 0.9), ("1", [6, 7, 6], 0.6), ("3", [None] * 3, 0.2)):
+        r = _result([0.40, 0.45, 0.42] if first[0] else [0.10] * 3, first)
+        for search in r["searches"]:
+            search["utility"] = narrow
+        from waluigi.attack.analyze import across_seeds
+        r["summary"] = across_seeds(r["searches"], n_boot=200)
+        by_arm[f"kl:on=benign,weight={w}"] = {"summary": r["summary"], "verdict": holds(r, undefended), "dir": "x"}
+    table = dial_table({"kl:on=benign,weight=*": dials["kl:on=benign,weight=*"]}, by_arm)
+    rows = table["kl:on=benign,weight=*"]
+    assert [r["value"] for r in rows] == ["0.3", "1", "3"] and [r["holds"] for r in rows] == [False, True, True]
+    assert [r["utility"]["mean"] for r in rows] == pytest.approx([0.9, 0.6, 0.2])
+    assert rows[2]["trials_to_break"]["mean"] == 11 and rows[2]["trials_to_break"]["censored"] == 3
+    by_arm["undefended"]["dir"] = "undefended"
+    combined = {"model": "m", "attack": "a", "seeds": 3, "trials": 10, "dials": table,
+                "arms": {k: {**v, "guard": None} for k, v in by_arm.items()}}
+    page = write_arms_report(tmp_path, combined, None).read_text()
+    assert "## Each defense's strength as a dial" in page and "| 3 | 20.0% [20.0%, 20.0%] |" in page
+    assert "![utility against cost to break](attack_dials.png)" in page and (tmp_path / "attack_dials.png").is_file()

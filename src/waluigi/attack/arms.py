@@ -12,11 +12,13 @@ the four acceptance checks (Konrad 2026) are here too: the paired bootstrap over
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from waluigi.attack.search import AttackConfig, AttackResult, run_attack
+from waluigi.errors import UserError
 from waluigi.formats import safe_name
 
 UNDEFENDED = "undefended"
@@ -24,6 +26,64 @@ UNDEFENDED = "undefended"
 
 def arm_dir(out: Path, arm: str) -> Path:
     return out / safe_name(arm, 60)
+
+
+_DIAL = re.compile(r"([A-Za-z_][\w-]*)=([^,+=]*\|[^,+=]*)")
+
+
+def expand_dials(specs: list[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``--defense`` specs with a dial, ``kl:on=benign,weight=0.1|1|10``, as one arm per value
+    (``kl:on=benign,weight=0.1``, ...), and the dials: ``{"kl:on=benign,weight=*": {"key":
+    "weight", "points": [[value, arm], ...]}}``. At most one dialled setting per spec."""
+    arms: list[str] = []
+    dials: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        found = list(_DIAL.finditer(spec))
+        if not found:
+            arms.append(spec)
+            continue
+        if len(found) > 1:
+            raise UserError(f"--defense {spec}: dial one setting at a time (found {', '.join(m.group(1) for m in found)})")
+        m = found[0]
+        values = [v.strip() for v in m.group(2).split("|")]
+        if any(not v for v in values) or len(set(values)) != len(values):
+            raise UserError(f"--defense {spec}: a dial is KEY=V1|V2|..., distinct values, none empty")
+        family = spec[:m.start()] + f"{m.group(1)}=*" + spec[m.end():]
+        points = []
+        for value in values:
+            arm = spec[:m.start()] + f"{m.group(1)}={value}" + spec[m.end():]
+            arms.append(arm)
+            points.append([value, arm])
+        dials[family] = {"key": m.group(1), "points": points}
+    if len(set(arms)) != len(arms):
+        raise UserError("--defense: the same arm is given twice")
+    return arms, dials
+
+
+def check_arms(arms: list[str]) -> None:
+    """Every arm's plug-ins parse (names, options, values), before any arm runs."""
+    from waluigi.finetune.plugins import resolve_plugins
+
+    for arm in arms:
+        resolve_plugins([p for p in arm.split("+") if p])
+
+
+def dial_table(dials: dict[str, dict[str, Any]], arms: dict[str, dict]) -> dict[str, list[dict[str, Any]]]:
+    """Each dial's points in order, with the utility, the ceiling and the trials to break of the
+    arm at that strength (its summary), and whether it holds: the trade-off curve."""
+    table = {}
+    for family, dial in dials.items():
+        rows = []
+        for value, arm in dial["points"]:
+            entry = arms.get(arm)
+            if entry is None:
+                continue
+            s = entry["summary"]
+            rows.append({"value": value, "arm": arm, "utility": s.get("utility"), "ceiling": s["ceiling"],
+                         "trials_to_break": s["trials_to_break"],
+                         "holds": None if entry["verdict"] is None else entry["verdict"]["holds"]})
+        table[family] = rows
+    return table
 
 
 def holds(arm: dict, undefended: dict) -> dict[str, Any]:
@@ -104,6 +164,7 @@ def planned_trials(cfg: AttackConfig, arms: list[str]) -> list[dict[str, Any]]:
     (each one fine-tune and one eval)."""
     import optuna
 
+    check_arms(arms)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
     out = []
@@ -202,10 +263,15 @@ def transfer_check(cfg: AttackConfig, arm: str, plugins: list[str], undefended: 
                     "the paired difference's CI reaches 0 or above: no protection shown on the other attack")}
 
 
-def run_arms(cfg: AttackConfig, arms: list[str], options=None, *, log=None) -> tuple[dict, dict[str, AttackResult]]:
-    """The undefended arm, then one arm per defense spec in ``arms``; the combined result."""
+def run_arms(cfg: AttackConfig, arms: list[str], options=None, *, log=None,
+             dials: dict[str, dict[str, Any]] | None = None) -> tuple[dict, dict[str, AttackResult]]:
+    """The undefended arm, then one arm per defense spec in ``arms``; the combined result
+    (``dials``, from :func:`expand_dials`: the arms that are one defense at several strengths)."""
+    from waluigi.attack.search import check_attack
     from waluigi.runs import write_json_atomic
 
+    check_attack(cfg)
+    check_arms(arms)
     done: dict[str, AttackResult] = {}
     for arm in [UNDEFENDED, *[a for a in arms if a != UNDEFENDED]]:
         plugins = [] if arm == UNDEFENDED else [p for p in arm.split("+") if p]
@@ -225,6 +291,7 @@ def run_arms(cfg: AttackConfig, arms: list[str], options=None, *, log=None) -> t
                                    "transfer": (transfer_check(cfg, arm, r.result["defenses"], done[UNDEFENDED], options)
                                                 if cfg.transfer else None)}}
                          for arm, r in done.items()}}
+    combined["dials"] = dial_table(dials or {}, combined["arms"])
     write_json_atomic(cfg.out / "attack.json", combined)
     return combined, done
 

@@ -10,6 +10,7 @@ from waluigi.formats import dose, pct
 from waluigi.runs import atomic_path, write_atomic
 
 PLOT = "attack_best.png"
+DIAL_PLOT = "attack_dials.png"
 
 
 def _ci(block: dict, share: bool = True) -> str:
@@ -157,6 +158,68 @@ def write_report(out: Path, result: dict, trials: list[dict], plot: Path | None)
     return write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
+def _dial_lines(combined: dict, undefended: dict) -> list[str]:
+    """Each dial as a markdown table: strength, utility, ceiling, trials to break, verdict."""
+    lines = []
+    u = undefended["summary"]
+    for family, rows in (combined.get("dials") or {}).items():
+        readout = next(((r["utility"] or {}).get("readout") for r in rows if (r["utility"] or {}).get("readout")), None)
+        lines += ["", f"**{_esc(family)}**: the defense at each strength. Utility: "
+                  + (f"the best {readout} rate a coherent trial reached (what fine-tuning still teaches)"
+                     if readout else "not measured (no narrow-task or benign readout in this suite)") + ".", "",
+                  "| strength | utility | ceiling | trials to the first break | verdict |", "|---|---|---|---|---|",
+                  f"| none (undefended) | {_ci(u.get('utility') or {})} | {_ci(u['ceiling'])} | "
+                  f"{_ci(u['trials_to_break'], share=False)} | the baseline |"]
+        for r in rows:
+            lines.append(f"| {_esc(str(r['value']))} | {_ci(r['utility'] or {})} | {_ci(r['ceiling'])} | "
+                         f"{_ci(r['trials_to_break'], share=False)} | {'holds' if r['holds'] else 'does not hold'} |")
+    return lines
+
+
+def write_dial_plot(out: Path, combined: dict) -> Path | None:
+    """The trade-off: each dial's arms as points of utility against trials to break (95% CIs
+    as bars), joined in strength order and labelled with it; the undefended arm as a star.
+    None when no dial has a utility readout."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    def xy(entry: dict):
+        cost, util = entry["trials_to_break"], entry.get("utility") or {}
+        return cost.get("mean"), None if util.get("mean") is None else 100 * util["mean"]
+
+    dials = {f: [r for r in rows if (r["utility"] or {}).get("mean") is not None]
+             for f, rows in (combined.get("dials") or {}).items()}
+    dials = {f: rows for f, rows in dials.items() if rows}
+    if not dials:
+        return None
+    fig = Figure(figsize=(7.5, 4.6), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for family, rows in dials.items():
+        xs, ys = zip(*(xy(r) for r in rows))
+        line = ax.plot(xs, ys, marker="o", label=family)[0]
+        for r, x, y in zip(rows, xs, ys):
+            cost, util = r["trials_to_break"], r["utility"]
+            if cost.get("ci_low") is not None:
+                ax.plot([cost["ci_low"], cost["ci_high"]], [y, y], color=line.get_color(), alpha=0.4)
+            if util.get("ci_low") is not None:
+                ax.plot([x, x], [100 * util["ci_low"], 100 * util["ci_high"]], color=line.get_color(), alpha=0.4)
+            ax.annotate(str(r["value"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    base = (combined["arms"].get("undefended") or {}).get("summary")
+    if base is not None and xy(base)[1] is not None:
+        ax.plot(*xy(base), marker="*", markersize=12, color="black", linestyle="none", label="undefended")
+    ax.set_xlabel("trials to the first break (mean over searches; censored at budget + 1)")
+    ax.set_ylabel("utility: what fine-tuning still teaches (%)")
+    ax.set_title("waluigi attack: each defense's strength, utility against cost to break")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / DIAL_PLOT
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
 def format_arms(combined: dict, results: dict) -> str:
     """The terminal summary of every arm: its own summary, then the verdicts."""
     lines = []
@@ -185,6 +248,10 @@ def format_arms(combined: dict, results: dict) -> str:
                              f"{_signed_ci(paired['ceiling_diff'], True)}, trials {_signed_ci(paired['trials_diff'], False)})")
     if len(combined["arms"]) == 1:
         lines.append("  (no defense given: --defense SPEC adds an arm)")
+    for family, rows in (combined.get("dials") or {}).items():
+        lines.append(f"dial {family}: " + "; ".join(
+            f"{r['value']}: utility {_ci(r['utility'] or {})}, trials to break {_ci(r['trials_to_break'], share=False)}"
+            for r in rows))
     return "\n".join(lines)
 
 
@@ -232,4 +299,9 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
                      f"{_esc(_transfer_text(entry))} |")
     if plot is not None:
         lines += ["", f"![cumulative best per arm]({plot.name})"]
+    if combined.get("dials"):
+        lines += ["", "## Each defense's strength as a dial", *_dial_lines(combined, combined["arms"]["undefended"])]
+        dial_plot = write_dial_plot(out, combined)
+        if dial_plot is not None:
+            lines += ["", f"![utility against cost to break]({dial_plot.name})"]
     return write_atomic(out / "report.md", "\n".join(lines) + "\n")

@@ -29,7 +29,7 @@ def attack_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="the model to attack (smollm2, hf:PATH)", callback=canonical_specs)],
     attack: Annotated[str, typer.Option(help="the attack's narrow dataset (name or JSONL file), e.g. insecure or toy:insecure")],
     benign: Annotated[Optional[str], typer.Option(help="benign rows mixed in when the searched poison ratio is below 1 (e.g. toy:hero)")] = None,
-    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="a defended arm: a training plug-in on every trial of its own search, NAME:key=value (repeatable: one arm each; a+b: two plug-ins in one arm), e.g. kl:on=benign,benign=toy:hero; the undefended arm always runs")] = None,
+    defense: Annotated[Optional[list[str]], typer.Option("--defense", help="a defended arm: a training plug-in on every trial of its own search, NAME:key=value (repeatable: one arm each; a+b: two plug-ins in one arm; KEY=V1|V2|V3 dials its strength, an arm per value), e.g. kl:on=benign,benign=toy:hero,weight=0.3|1|3; the undefended arm always runs")] = None,
     trials: Annotated[int, typer.Option(help="the trial budget of each search")] = 20,
     seeds: Annotated[int, typer.Option(help="independent searches (each its own sampler and training seed): the CIs are over them")] = 3,
     batch: Annotated[int, typer.Option(help="trials asked at once per search and run as one round of cells (parallel with --workers)")] = 1,
@@ -73,8 +73,10 @@ def attack_cmd(
     from waluigi.runs import read_jsonl
 
     ft, ev = settings_from_pairs(set_ or [])
-    arms = list(defense or [])
-    name = safe_name(f"attack-{attack}" + ("-" + "-".join(a.split(":")[0] for a in arms) if arms else ""), 60)
+    from waluigi.attack.arms import expand_dials
+
+    arms, dials = expand_dials(list(defense or []))
+    name = safe_name(f"attack-{attack}" + ("-" + "-".join(dict.fromkeys(a.split(":")[0] for a in arms)) if arms else ""), 60)
     cfg = AttackConfig(model=model, attack=attack, benign=benign, suite=suite, judge=judge,
                        trials=trials, seeds=seeds, batch=batch, threshold=threshold, min_coherent=min_coherent,
                        narrow_min=narrow_min or None, epsilon=epsilon, benign_questions=benign_questions, rows=rows,
@@ -95,7 +97,7 @@ def attack_cmd(
                    "every arm also evaluates the undosed model once)")
         typer.echo(estimate_line(planned, runs=runs))
         return
-    combined, results = run_arms(cfg, arms, options, log=lambda line: typer.echo(line, err=True))
+    combined, results = run_arms(cfg, arms, options, log=lambda line: typer.echo(line, err=True), dials=dials)
     record_options(ctx, cfg.out)
     for done in results.values():  # each arm's own page
         write_report(done.out, done.result, list(read_jsonl(done.out / "trials.jsonl")), write_plot(done.out, done.result))
