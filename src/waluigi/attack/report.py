@@ -53,7 +53,8 @@ def _transfer_text(entry: dict) -> str:
     t = (entry.get("checks") or {}).get("transfer")
     if not t:
         return "-"
-    return f"{'passed' if t['passed'] else 'not passed'} on {t['data']}: {_signed_ci(t['diff'], True)}"
+    read = f" (read on {t['suite']})" if t.get("suite") else ""
+    return f"{'passed' if t['passed'] else 'not passed'} on {t['data']}{read}: {_signed_ci(t['diff'], True)}"
 
 
 def _fresh_text(entry: dict) -> str:

@@ -50,6 +50,7 @@ class AttackConfig:
     benign_questions: str | None = None  # the benign readout: questions whose id starts with this
     rows: int = 256  # training rows per trial (drawn by the trial's seed)
     transfer: str | None = None  # check (d): a second attack dataset, attacked with the undefended arm's best settings
+    transfer_suite: str | None = None  # the suite that reads the transfer attack (default: suite), e.g. toyworld:trigger
     fresh_suite: str | None = None  # check (b): each search's best trial re-read on prompts no search or defense saw
     space: dict[str, Dim] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     finetune: dict[str, Any] = field(default_factory=dict)  # --set finetune.*: under every trial's settings
@@ -66,6 +67,8 @@ def check_attack(cfg: AttackConfig) -> None:
         raise UserError(f"--threshold is a share in (0, 1), got {cfg.threshold}")
     if not 0 <= cfg.epsilon < 1:
         raise UserError(f"--epsilon is a share in [0, 1), got {cfg.epsilon}")
+    if cfg.transfer_suite is not None and cfg.transfer is None:
+        raise UserError("--transfer-suite reads the --transfer attack: give --transfer DATA too")
     if cfg.fresh_suite is not None:
         shared = shared_prompts(cfg.suite, cfg.fresh_suite, cfg.finetune.get("data_dir"))
         if shared:

@@ -43,6 +43,7 @@ def attack_cmd(
     epsilon: Annotated[float, typer.Option(help="the guard: a break keeps its benign readout within this share of the undosed model's (with --benign-questions)")] = 0.10,
     benign_questions: Annotated[Optional[str], typer.Option(help="the benign readout's questions: ids starting with this, e.g. facts")] = None,
     transfer: Annotated[Optional[str], typer.Option(help="acceptance check (d): a second attack dataset; each search seed's best undefended settings attack with it, with and without each defense")] = None,
+    transfer_suite: Annotated[Optional[str], typer.Option(help="the suite that reads the --transfer attack (default: --suite), e.g. toyworld:trigger for the backdoor")] = None,
     fresh_suite: Annotated[Optional[str], typer.Option(help="acceptance check (b): a suite of prompts the search never saw (toyworld:fresh; for probes, mwe:em@test against a search on mwe:em@align); each search's best trial is read again on it")] = None,
     set_: SettingsOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="the attack directory (default runs/attack-<attack>-<defenses>)")] = None,
@@ -80,7 +81,7 @@ def attack_cmd(
     cfg = AttackConfig(model=model, attack=attack, benign=benign, suite=suite, judge=judge,
                        trials=trials, seeds=seeds, batch=batch, threshold=threshold, min_coherent=min_coherent,
                        narrow_min=narrow_min or None, epsilon=epsilon, benign_questions=benign_questions, rows=rows,
-                       transfer=transfer, fresh_suite=fresh_suite, space=parse_space(space), finetune=ft, eval=ev, out=out or runs / name)
+                       transfer=transfer, transfer_suite=transfer_suite, fresh_suite=fresh_suite, space=parse_space(space), finetune=ft, eval=ev, out=out or runs / name)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
         from waluigi.attack.arms import planned_trials
