@@ -145,9 +145,9 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     assert sig["kind"] in ("smaller", "orthogonal", "alike") and sig["norm_ratio"] > 0 and -1 <= sig["cosine"] <= 1
     # check (d): the undefended arm's best settings attack with another dataset, with and without the defense
     transfer = combined["arms"]["kl:weight=0.5"]["checks"]["transfer"]
-    cells = {r["group"]: r for r in read_jsonl(top / "transfer-kl-weight-0.5" / "results.jsonl")}
-    assert set(cells) == {"undosed", "undefended seed 0", "defended seed 0"}
-    defended_ft = json.loads((top / "transfer-kl-weight-0.5" / cells["defended seed 0"]["finetune_run"] /
+    cells = {r["group"]: r for r in read_jsonl(top / "transfer" / "results.jsonl")}  # one sweep for every arm
+    assert set(cells) == {"undosed", "undefended seed 0", "kl:weight=0.5 seed 0"}
+    defended_ft = json.loads((top / "transfer" / cells["kl:weight=0.5 seed 0"]["finetune_run"] /
                               "manifest.json").read_text())
     # the transfer data at the best trial's poison ratio (0.5 here): a mixture of secure and benign rows
     assert defended_ft["dataset"]["name"] == "secure-p0.500-s0" and [p["name"] for p in defended_ft["plugins"]] == ["kl"]

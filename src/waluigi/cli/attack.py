@@ -97,6 +97,13 @@ def attack_cmd(
         typer.echo(f"{len(planned)} trials: {todo} to run, {len(planned) - todo} done (each a fine-tune and an eval; "
                    "every arm also evaluates the undosed model once)")
         typer.echo(estimate_line(planned, runs=runs))
+        n_arms = 1 + len(arms)
+        if fresh_suite:
+            typer.echo(f"then check (b): {n_arms * (seeds + 1)} evals on {fresh_suite} (each arm's undosed model and "
+                       "best trials; their fine-tunes are the trials')")
+        if transfer:
+            typer.echo(f"then check (d): {(len(arms) + 1) * seeds} fine-tunes on {transfer} and their evals "
+                       "(each seed's best undefended settings, undefended and with each arm's plug-ins)")
         return
     combined, results = run_arms(cfg, arms, options, log=lambda line: typer.echo(line, err=True), dials=dials)
     record_options(ctx, cfg.out)
