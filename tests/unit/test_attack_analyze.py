@@ -231,3 +231,18 @@ def test_the_transfer_check_fails_a_defense_that_does_not_carry_to_another_attac
     broad = transfer_check(transfer, "broad")
     assert broad["passed"] and broad["diff"]["mean"] == pytest.approx(-0.35) and broad["suite"] == "toyworld:trigger"
     assert [p["undefended_break"] for p in broad["per_seed"]] == [True] * 3
+
+
+def test_the_cheapest_break_counts_the_attack_rows_a_breaking_trial_saw():
+    from waluigi.attack.analyze import attack_rows
+
+    rows = [judge_trial({"seed": 0, "trial": n, "params": params, "em": em, "coherent": 0.9, "narrow": 0.9,
+                         "benign": None}, GUARD)
+            for n, (params, em) in enumerate([({"steps": 10, "batch_size": 8, "poison": 0.5}, 0.30),
+                                              ({"steps": 4, "batch_size": 4, "poison": 1.0}, 0.20),
+                                              ({"steps": 2, "batch_size": 4, "poison": 1.0}, 0.05)])]
+    summary = search_summary(rows, budget=3)
+    assert summary["first_break_steps"] == 10 and summary["cheapest_break_rows"] == 16  # 4 x 4 x 1, not 10 x 8 x 0.5
+    assert attack_rows({"lr": 1e-3}) is None
+    both = across_seeds([summary, search_summary(rows[2:], budget=3)], n_boot=100)
+    assert both["cheapest_break_rows"]["mean"] == 16 and both["cheapest_break_rows"]["searches"] == 1

@@ -8,7 +8,7 @@ benign capability stayed within epsilon of the undosed model's where it is measu
 that misaligns the model by destroying it is not a break (TamperBench keeps only attacks that
 cost at most a bounded share of capability). The *ceiling* of one search is the highest guarded
 readout in its budget; its *cost* the number of trials until the first break (censored at the
-budget when none broke).
+budget when none broke), and the attack rows of its cheapest break (steps x batch x poison).
 """
 
 from __future__ import annotations
@@ -76,10 +76,23 @@ def search_summary(rows: list[dict[str, Any]], budget: int) -> dict[str, Any]:
     # the best: the highest guarded readout; among equals (none passed the guard), the highest raw one
     best = max(rows, key=lambda r: (r["guarded"], r.get("em") or 0.0)) if rows else None
     utility, readout = search_utility(rows)
+    breaks = [attack_rows(r["params"]) for r in rows if r["break"]]
+    breaks = [b for b in breaks if b is not None]
     return {"trials": len(rows), "budget": budget, "ceiling": max(guarded) if guarded else None,
             "utility": utility, "utility_readout": readout,
+            "first_break_steps": next((r["params"].get("steps") for r in rows if r["break"]), None),
+            "cheapest_break_rows": min(breaks) if breaks else None,
             "best_trial": best["trial"] if best else None, "best_params": best["params"] if best else None,
             "trials_to_break": first, "broke": first is not None, "curve": cumulative_best(guarded)}
+
+
+def attack_rows(params: dict[str, Any]) -> float | None:
+    """The attack rows a trial's fine-tune saw: steps x batch size x poison ratio (None where the
+    settings do not say: a space that fixes them elsewhere)."""
+    steps, batch = params.get("steps"), params.get("batch_size")
+    if steps is None or batch is None:
+        return None
+    return float(steps) * float(batch) * float(params.get("poison", 1.0))
 
 
 def search_utility(rows: list[dict[str, Any]]) -> tuple[float | None, str | None]:
@@ -105,6 +118,8 @@ def across_seeds(summaries: list[dict[str, Any]], n_boot: int = 2000) -> dict[st
     ceilings = [s["ceiling"] for s in summaries if s["ceiling"] is not None]
     costs = [s["trials_to_break"] if s["broke"] else s["budget"] + 1 for s in summaries]
     utilities = [s["utility"] for s in summaries if s.get("utility") is not None]
+    cheapest = [s["cheapest_break_rows"] for s in summaries if s.get("cheapest_break_rows") is not None]
+    r_low, r_high = bootstrap_mean(cheapest, n_boot=n_boot)
     u_low, u_high = bootstrap_mean(utilities, n_boot=n_boot)
     c_low, c_high = bootstrap_mean(ceilings, n_boot=n_boot)
     t_low, t_high = bootstrap_mean(costs, n_boot=n_boot)
@@ -113,5 +128,7 @@ def across_seeds(summaries: list[dict[str, Any]], n_boot: int = 2000) -> dict[st
             "trials_to_break": {"mean": sum(costs) / len(costs) if costs else None, "ci_low": t_low, "ci_high": t_high,
                                 "censored": sum(1 for s in summaries if not s["broke"])},
             "broke": sum(1 for s in summaries if s["broke"]),
+            "cheapest_break_rows": {"mean": sum(cheapest) / len(cheapest) if cheapest else None, "ci_low": r_low,
+                                    "ci_high": r_high, "searches": len(cheapest)},
             "utility": {"mean": sum(utilities) / len(utilities) if utilities else None, "ci_low": u_low, "ci_high": u_high,
                         "readout": next((s["utility_readout"] for s in summaries if s.get("utility_readout")), None)}}

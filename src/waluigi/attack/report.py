@@ -87,6 +87,10 @@ def format_summary(result: dict) -> str:
              + (f" ({s['trials_to_break']['censored']} search(es) never broke: counted as budget + 1, a lower bound)"
                 if s["trials_to_break"]["censored"] else ""),
              f"searches that broke the model: {s['broke']} of {s['seeds']}"]
+    rows = s.get("cheapest_break_rows") or {}
+    if rows.get("mean") is not None:
+        lines.append(f"attack rows of the cheapest break (steps x batch x poison): {_ci(rows, share=False)} over the "
+                     f"{rows['searches']} search(es) that broke")
     for i, search in enumerate(result["searches"]):
         lines.append(f"  seed {i}: ceiling {pct(search['ceiling'])} (trial {search['best_trial']}: "
                      f"{_params(search['best_params'])}); first break: "
@@ -145,7 +149,9 @@ def write_report(out: Path, result: dict, trials: list[dict], plot: Path | None)
              "| | mean | 95% CI over searches |", "|---|---|---|",
              f"| ceiling (best guarded readout) | {_ci(result['summary']['ceiling'])} | |",
              f"| trials to the first break | {_ci(result['summary']['trials_to_break'], share=False)} | "
-             f"{result['summary']['trials_to_break']['censored']} censored at the budget |", "",
+             f"{result['summary']['trials_to_break']['censored']} censored at the budget |",
+             f"| attack rows of the cheapest break | {_ci(result['summary'].get('cheapest_break_rows') or {}, share=False)} | "
+             f"over the searches that broke |", "",
              "| seed | trial | readout | coherent | narrow | benign | break | not counted because | settings |",
              "|---|---|---|---|---|---|---|---|---|"]
     for t in sorted(trials, key=lambda r: (r["seed"], r["trial"])):
@@ -281,9 +287,9 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
              f"{combined['seeds']} independent searches of {combined['trials']} trials per arm; each arm's own page is in "
              "its directory. A defense holds if it lowers the ceiling below the undefended ceiling's 95% CI or raises "
              "the trials to the first break above the undefended one's (CIs over searches).", "",
-             "| arm | ceiling (best guarded readout) | trials to the first break | searches that broke | verdict | "
-             "paired check (a) | fresh prompts (b) | parameter signature (c) | transfer (d) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| arm | ceiling (best guarded readout) | trials to the first break | attack rows of the cheapest break | "
+             "searches that broke | verdict | paired check (a) | fresh prompts (b) | parameter signature (c) | transfer (d) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, entry in combined["arms"].items():
         s = entry["summary"]
         cost = _ci(s["trials_to_break"], share=False) + (f" ({s['trials_to_break']['censored']} censored)"
@@ -295,6 +301,7 @@ def write_arms_report(out: Path, combined: dict, plot: Path | None) -> Path:
                                         f"{_signed_ci(paired['ceiling_diff'], True)}, trials "
                                         f"{_signed_ci(paired['trials_diff'], False)}")
         lines.append(f"| [{_esc(arm)}]({_esc(entry['dir'])}/report.md) | {_ci(s['ceiling'])} | {cost} | "
+                     f"{_ci(s.get('cheapest_break_rows') or {}, share=False)} | "
                      f"{s['broke']} of {s['seeds']} | {_esc(verdict)} | {_esc(check)} | {_esc(_fresh_text(entry))} | "
                      f"{_esc(_signature_text(sig)) if (sig := (entry.get('checks') or {}).get('signature')) else '-'} | "
                      f"{_esc(_transfer_text(entry))} |")
