@@ -140,9 +140,18 @@ def test_a_defended_arm_trains_every_trial_with_its_plug_in_and_gets_a_verdict(t
     assert fresh["pairs"] == 1 and fresh["fresh_diff"]["mean"] == pytest.approx(readings["kl-weight-0.5"] -
                                                                                readings["undefended"])
     assert "fresh prompts (b)" in (top / "report.md").read_text() and "fresh prompts (b)" in printed
-    # check (c): the two full fine-tunes' updates from the same tiny model, measured against each other
-    (sig,) = combined["arms"]["kl:weight=0.5"]["checks"]["signature"]["per_seed"]
+    # check (c): the undefended best settings trained again with the defense on (OUT/signature/), and the two
+    # full fine-tunes' updates from the same tiny model measured against each other
+    signature = combined["arms"]["kl:weight=0.5"]["checks"]["signature"]
+    (sig,) = signature["per_seed"]
     assert sig["kind"] in ("smaller", "orthogonal", "alike") and sig["norm_ratio"] > 0 and -1 <= sig["cosine"] <= 1
+    assert signature["passed"] == (sig["kind"] != "alike") and sig["distance"] > 0
+    sig_cells = {r["group"]: r for r in read_jsonl(top / "signature" / "results.jsonl")}
+    assert set(sig_cells) == {"undosed", "undefended seed 0", "kl:weight=0.5 seed 0"}
+    plain, guarded = (json.loads((top / "signature" / sig_cells[g]["finetune_run"] / "manifest.json").read_text())
+                      for g in ("undefended seed 0", "kl:weight=0.5 seed 0"))
+    assert plain["config"]["lr"] == guarded["config"]["lr"] and plain["config"]["max_steps"] == guarded["config"]["max_steps"]
+    assert [p["name"] for p in guarded["plugins"]] == ["kl"] and "plugins" not in plain
     # check (d): the undefended arm's best settings attack with another dataset, with and without the defense
     transfer = combined["arms"]["kl:weight=0.5"]["checks"]["transfer"]
     cells = {r["group"]: r for r in read_jsonl(top / "transfer" / "results.jsonl")}  # one sweep for every arm

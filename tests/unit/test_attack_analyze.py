@@ -126,6 +126,7 @@ def test_the_parameter_signature_tells_a_smaller_an_orthogonal_and_a_like_update
     assert turned["kind"] == "orthogonal" and abs(turned["cosine"]) < 1e-5 and turned["norm_ratio"] == pytest.approx(1)
     alike = signature(start, undefended, model("alike", w=w + 0.9 * d, b=b))  # the same update: at most a delay
     assert alike["kind"] == "alike" and alike["cosine"] == pytest.approx(1) and alike["norm_ratio"] == pytest.approx(0.9)
+    assert alike["distance"] == pytest.approx(0.1)  # its end weights a tenth of an update from the undefended ones
     lora = tmp_path / "lora"
     lora.mkdir()
     (lora / "adapter_config.json").write_text("{}")
@@ -246,3 +247,42 @@ def test_the_cheapest_break_counts_the_attack_rows_a_breaking_trial_saw():
     assert attack_rows({"lr": 1e-3}) is None
     both = across_seeds([summary, search_summary(rows[2:], budget=3)], n_boot=100)
     assert both["cheapest_break_rows"]["mean"] == 16 and both["cheapest_break_rows"]["searches"] == 1
+
+
+def test_the_signature_check_fails_a_defense_that_only_delays_the_same_update(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from waluigi.attack.arms import signature_check
+    from waluigi.attack.search import AttackConfig
+
+    g = torch.Generator().manual_seed(1)
+    w, d = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    runs = {}
+
+    def model(name: str, weights) -> str:
+        path = tmp_path / name / "model"
+        path.mkdir(parents=True)
+        save_file({"w": weights.contiguous()}, str(path / "model.safetensors"))
+        (path / "config.json").write_text("{}")  # the start is named as a model directory
+        runs[name] = name
+        return name
+
+    start = model("start", w)
+    rows = {"undosed": {"em": 0.01, "coherent": 1.0, "narrow": 0.0, "benign": None}}
+    for seed in range(3):
+        rows[f"undefended seed {seed}"] = {"em": 0.4, "coherent": 0.9, "narrow": 0.9, "benign": None,
+                                           "finetune_run": model(f"u{seed}", w + d)}
+        # "delays": the same update, 80% of the way (what a lower learning rate would give)
+        rows[f"delays seed {seed}"] = {"em": 0.3, "coherent": 0.9, "narrow": 0.9, "benign": None,
+                                       "finetune_run": model(f"d{seed}", w + 0.8 * d)}
+        rows[f"shrinks seed {seed}"] = {"em": 0.05, "coherent": 0.9, "narrow": 0.9, "benign": None,
+                                        "finetune_run": model(f"s{seed}", w + 0.2 * d)}
+    cells = {"root": str(tmp_path), "rows": rows, "seeds": 3, "guard": GUARD}
+    cfg = AttackConfig(model=f"hf:{tmp_path / start / 'model'}", attack="toy:insecure")
+    delays = signature_check(cfg, cells, "delays")
+    assert delays["passed"] is False and delays["kinds"] == {"alike": 3} and "at most a delay" in delays["why"]
+    assert delays["per_seed"][0]["undefended_readout"] == 0.4 and delays["per_seed"][0]["defended_readout"] == 0.3
+    shrinks = signature_check(cfg, cells, "shrinks")
+    assert shrinks["passed"] is True and shrinks["kinds"] == {"smaller": 3}
+    assert shrinks["per_seed"][0]["defended_readout"] == 0.05  # below the level: counted, not a break

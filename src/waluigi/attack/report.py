@@ -38,15 +38,17 @@ def _signed_ci(block: dict, share: bool) -> str:
 
 
 def _signature_text(sig: dict) -> str:
-    """``smaller 2, alike 1 (norm ratio 0.31, 0.44, 0.92; cosine ...)`` or why it was not measured."""
+    """``passed: smaller 2, alike 1 (...)`` or why it was not measured."""
     if sig.get("note"):
         return sig["note"]
     measured = [s for s in sig["per_seed"] if s]
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(sig["kinds"].items()))
     ratios = ", ".join("-" if s["norm_ratio"] is None else f"{s['norm_ratio']:.2f}" for s in measured)
     cosines = ", ".join("-" if s["cosine"] is None else f"{s['cosine']:+.2f}" for s in measured)
-    return (f"{kinds} (the defended attack's update against the undefended one's, per seed: norm ratio {ratios}; "
-            f"cosine {cosines})")
+    apart = ", ".join(f"{s['distance']:.2f}" for s in measured if s.get("distance") is not None)
+    verdict = "" if sig.get("passed") is None else ("passed: " if sig["passed"] else "not passed: ")
+    return (f"{verdict}{kinds} (the same attack with the defense against without, per seed: update norm ratio "
+            f"{ratios}; cosine {cosines}" + (f"; end weights apart {apart} undefended updates" if apart else "") + ")")
 
 
 def _transfer_text(entry: dict) -> str:

@@ -98,6 +98,9 @@ def attack_cmd(
                    "every arm also evaluates the undosed model once)")
         typer.echo(estimate_line(planned, runs=runs))
         n_arms = 1 + len(arms)
+        if arms:
+            typer.echo(f"then check (c): {n_arms * seeds} fine-tunes on {attack} and their evals "
+                       "(each seed's best undefended settings, undefended and with each arm's plug-ins)")
         if fresh_suite:
             typer.echo(f"then check (b): {n_arms * (seeds + 1)} evals on {fresh_suite} (each arm's undosed model and "
                        "best trials; their fine-tunes are the trials')")
