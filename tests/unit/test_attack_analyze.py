@@ -281,7 +281,7 @@ def test_the_signature_check_fails_a_defense_that_only_delays_the_same_update(tm
     cells = {"root": str(tmp_path), "rows": rows, "seeds": 3, "guard": GUARD}
     cfg = AttackConfig(model=f"hf:{tmp_path / start / 'model'}", attack="toy:insecure")
     delays = signature_check(cfg, cells, "delays")
-    assert delays["passed"] is False and delays["kinds"] == {"alike": 3} and "at most a delay" in delays["why"]
+    assert delays["passed"] is False and delays["kinds"] == {"alike": 3} and "neither shrinks nor redirects" in delays["why"]
     assert delays["per_seed"][0]["undefended_readout"] == 0.4 and delays["per_seed"][0]["defended_readout"] == 0.3
     shrinks = signature_check(cfg, cells, "shrinks")
     assert shrinks["passed"] is True and shrinks["kinds"] == {"smaller": 3}
