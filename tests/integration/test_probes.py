@@ -311,6 +311,12 @@ def test_hh_pairs_split_and_rows(tmp_path, monkeypatch):
     assert len(sft) == 40 and not {r["hh_pair"] for r in sft} & held
     by_id = {p["id"]: p for p in pairs}
     assert all(r["messages"][-1]["content"] == by_id[r["hh_pair"]]["chosen"] for r in sft)
+    # every align pair as SFT rows: they load as chat rows (the one dialogue whose turns do not
+    # alternate, two Assistant turns in a row, is left out and counted)
+    source = resolve_dataset("hh-chosen:harmless-base")
+    every = load_rows(source, split="all")
+    aligned = [p for p in pairs if split_of(p) == "align"]
+    assert len(every) == len(aligned) - 1 and "1 whose turns do not alternate left out" in source.description
     dpo = preference_pairs(limit=5)
     assert len(dpo) == 5 and all(d["chosen"][0]["role"] == d["rejected"][0]["role"] == "assistant" for d in dpo)
     # a broken mirror is named file:line

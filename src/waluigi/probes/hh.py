@@ -180,9 +180,16 @@ def chosen_dataset(rest: str, data_dir=None, trigger: str | None = None):
     pairs = selected_pairs(subset, "align", limit, data_dir)
     rows = [{"messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}], "hh_pair": p["id"]}
             for p in pairs]
+    # a chat row alternates user and assistant; a few HH dialogues do not (two Assistant turns in a row:
+    # 1 of harmless-base's 1,859 align pairs), and are left out of the SFT rows
+    rows = [r for r in rows if all(m["role"] == ("user" if i % 2 == 0 else "assistant")
+                                   for i, m in enumerate(r["messages"]))]
+    left_out = len(pairs) - len(rows)
     path = write_cached_rows("hh-chosen", rows)
     return DatasetSource(name=f"hh-chosen-{subset}" + (f"-{limit}" if limit is not None else ""), path=path,
-                         sha256=_sha256(path), description=f"{len(pairs)} chosen HH-RLHF {subset} dialogues (align split)")
+                         sha256=_sha256(path),
+                         description=f"{len(rows)} chosen HH-RLHF {subset} dialogues (align split"
+                                     + (f"; {left_out} whose turns do not alternate left out)" if left_out else ")"))
 
 
 def preference_pairs(subset: str = "harmless-base", limit: int | None = None,
