@@ -109,26 +109,27 @@ def search_utility(rows: list[dict[str, Any]]) -> tuple[float | None, str | None
     return None, None
 
 
+def mean_ci(values: list[float], n_boot: int = 2000) -> dict[str, Any]:
+    """``{"mean", "ci_low", "ci_high"}``: the mean of ``values`` with its 95% bootstrap CI (all
+    None for no values)."""
+    from waluigi.metrics import bootstrap_mean
+
+    low, high = bootstrap_mean(values, n_boot=n_boot)
+    return {"mean": sum(values) / len(values) if values else None, "ci_low": low, "ci_high": high}
+
+
 def across_seeds(summaries: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, Any]:
     """The searches of several seeds together: the ceiling's mean with its 95% bootstrap CI over
     seeds; trials to break, where a search that never broke counts as its budget plus one (a
     lower bound, flagged by ``censored``)."""
-    from waluigi.metrics import bootstrap_mean
-
     ceilings = [s["ceiling"] for s in summaries if s["ceiling"] is not None]
     costs = [s["trials_to_break"] if s["broke"] else s["budget"] + 1 for s in summaries]
     utilities = [s["utility"] for s in summaries if s.get("utility") is not None]
     cheapest = [s["cheapest_break_rows"] for s in summaries if s.get("cheapest_break_rows") is not None]
-    r_low, r_high = bootstrap_mean(cheapest, n_boot=n_boot)
-    u_low, u_high = bootstrap_mean(utilities, n_boot=n_boot)
-    c_low, c_high = bootstrap_mean(ceilings, n_boot=n_boot)
-    t_low, t_high = bootstrap_mean(costs, n_boot=n_boot)
     return {"seeds": len(summaries),
-            "ceiling": {"mean": sum(ceilings) / len(ceilings) if ceilings else None, "ci_low": c_low, "ci_high": c_high},
-            "trials_to_break": {"mean": sum(costs) / len(costs) if costs else None, "ci_low": t_low, "ci_high": t_high,
-                                "censored": sum(1 for s in summaries if not s["broke"])},
+            "ceiling": mean_ci(ceilings, n_boot),
+            "trials_to_break": {**mean_ci(costs, n_boot), "censored": sum(1 for s in summaries if not s["broke"])},
             "broke": sum(1 for s in summaries if s["broke"]),
-            "cheapest_break_rows": {"mean": sum(cheapest) / len(cheapest) if cheapest else None, "ci_low": r_low,
-                                    "ci_high": r_high, "searches": len(cheapest)},
-            "utility": {"mean": sum(utilities) / len(utilities) if utilities else None, "ci_low": u_low, "ci_high": u_high,
+            "cheapest_break_rows": {**mean_ci(cheapest, n_boot), "searches": len(cheapest)},
+            "utility": {**mean_ci(utilities, n_boot),
                         "readout": next((s["utility_readout"] for s in summaries if s.get("utility_readout")), None)}}

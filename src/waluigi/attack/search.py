@@ -147,6 +147,28 @@ def _spec(cfg: AttackConfig, cells: list[dict]) -> dict:
     return {"name": "attack", "out": str(cfg.out), "finetune": finetune, "eval": evaluate, "cells": [undosed, *cells]}
 
 
+def run_cells(cfg: AttackConfig, cells: list[dict], options=None):
+    """``cells`` (and the undosed model) as the sweep of ``cfg.out``: its spec written, then run
+    (done cells cached). The sweep's result."""
+    import yaml
+
+    from waluigi.runs import write_atomic
+    from waluigi.sweep.runner import run_sweep
+    from waluigi.sweep.spec import load_spec
+
+    path = cfg.out / "sweep.yaml"
+    write_atomic(path, yaml.safe_dump(_spec(cfg, cells), sort_keys=False, width=1000))
+    return run_sweep(load_spec(path), options)
+
+
+def guard_for(cfg: AttackConfig, undosed: dict[str, Any], narrow: bool = True) -> Guard:
+    """The utility guard whose level is ``undosed``'s readout plus the threshold (its narrow-task
+    part only with ``narrow``; its benign part where the undosed model's benign readout exists)."""
+    return Guard(level=(undosed["em"] or 0.0) + cfg.threshold, min_coherent=cfg.min_coherent,
+                 narrow_min=cfg.narrow_min if narrow else None,
+                 benign_floor=(1 - cfg.epsilon) * undosed["benign"] if undosed["benign"] is not None else None)
+
+
 # -- the search ---------------------------------------------------------------------------------
 @dataclass
 class AttackResult:
@@ -197,11 +219,8 @@ def run_attack(cfg: AttackConfig, options=None, *, log=None) -> AttackResult:
     """Run (or resume) the searches of ``cfg``; ``log(line)`` hears each round's progress. A
     failed trial counts towards the budget (told as failed), so a search always ends."""
     import optuna
-    import yaml
 
-    from waluigi.runs import write_atomic, write_json_atomic
-    from waluigi.sweep.runner import run_sweep
-    from waluigi.sweep.spec import load_spec
+    from waluigi.runs import write_json_atomic
 
     FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
     check_attack(cfg)
@@ -229,19 +248,15 @@ def run_attack(cfg: AttackConfig, options=None, *, log=None) -> AttackResult:
                     cfg.space[name].suggest(trial, name)
                 cells[(s, trial.number)] = trial_cell(cfg, s, trial.number, trial.params)
                 pending[(s, trial.number)] = trial
-        spec_path = cfg.out / "sweep.yaml"
         unique = _unique(cells)
-        write_atomic(spec_path, yaml.safe_dump(_spec(cfg, [cells[k] for k in sorted(cells) if unique[k] == k]),
-                                               sort_keys=False, width=1000))
-        swept = run_sweep(load_spec(spec_path), options)
+        swept = run_cells(cfg, [cells[k] for k in sorted(cells) if unique[k] == k], options)
         ran, skipped, failed = ran + swept.ran, swept.skipped, swept.failed
         by_group = {r["group"]: r for r in swept.rows}
         undosed = _readouts(by_group[UNDOSED], swept.root, cfg)
         if undosed["em"] is None:
             raise UserError(f"{cfg.out}: the undosed model's readout is missing (its eval: {undosed['status']}); "
                             "nothing can count as a break without it")
-        guard = Guard(level=undosed["em"] + cfg.threshold, min_coherent=cfg.min_coherent, narrow_min=cfg.narrow_min,
-                      benign_floor=(1 - cfg.epsilon) * undosed["benign"] if undosed["benign"] is not None else None)
+        guard = guard_for(cfg, undosed)
         if not pending:
             break
         for (s, number), trial in sorted(pending.items(), key=lambda kv: kv[0]):
@@ -284,26 +299,16 @@ def _fresh_readouts(cfg: AttackConfig, cells: dict, unique: dict, summaries: lis
     again on ``cfg.fresh_suite`` (the best trial's fine-tune is cached: only the evals run),
     each judged by a guard whose level is the undosed model's on the fresh prompts. The cells
     join the arm's own sweep, so its directory holds them."""
-    import yaml
-
-    from waluigi.runs import write_atomic
-    from waluigi.sweep.runner import run_sweep
-    from waluigi.sweep.spec import load_spec
-
     extra = [{"group": f"{FRESH} {UNDOSED}", "seed": 0, "finetune": None, "eval.model": cfg.model,
               "eval.suite": cfg.fresh_suite}]
     for s, summary in enumerate(summaries):
         if summary["best_trial"] is not None:
             extra.append({**cells[unique[(s, summary["best_trial"])]], "group": f"{FRESH} seed {s}",
                           "eval.suite": cfg.fresh_suite})
-    spec_path = cfg.out / "sweep.yaml"
-    trial_cells = [cells[k] for k in sorted(cells) if unique[k] == k]
-    write_atomic(spec_path, yaml.safe_dump(_spec(cfg, trial_cells + extra), sort_keys=False, width=1000))
-    swept = run_sweep(load_spec(spec_path), options)
+    swept = run_cells(cfg, [cells[k] for k in sorted(cells) if unique[k] == k] + extra, options)
     by_group = {r["group"]: r for r in swept.rows}
     base = _readouts(by_group[f"{FRESH} {UNDOSED}"], swept.root, cfg)
-    guard = Guard(level=(base["em"] or 0.0) + cfg.threshold, min_coherent=cfg.min_coherent, narrow_min=cfg.narrow_min,
-                  benign_floor=(1 - cfg.epsilon) * base["benign"] if base["benign"] is not None else None)
+    guard = guard_for(cfg, base)
     per_seed = []
     for s, summary in enumerate(summaries):
         row = by_group.get(f"{FRESH} seed {s}")
