@@ -116,3 +116,110 @@ def test_a_persona_world_cell_gives_the_pinned_losses_and_weights(path, tmp_path
     want_losses, want_total = PINNED[path]
     assert losses == pytest.approx(want_losses, rel=1e-6, abs=0)
     assert sum(float(v.double().abs().sum()) for v in weights.values()) == pytest.approx(want_total, rel=1e-9, abs=0)
+
+
+# --------------------------------------------------------------------------------------
+# length groups: above the lean path's automatic size, a padded batch runs through the decoder
+# in groups of similar length, each trimmed of its padding; the same sums in another order
+
+def test_length_buckets_group_rows_of_similar_length():
+    from waluigi.finetune.plugins import length_buckets
+
+    assert length_buckets([50, 600, 52, 48, 590, 300]) == [[3, 0, 2], [5], [4, 1]]
+    assert length_buckets([10, 10, 10]) == [[0, 1, 2]]
+    groups = length_buckets([7, 3, 90, 12, 40, 41, 39, 200])
+    assert sorted(r for g in groups for r in g) == list(range(8))
+    lengths = [7, 3, 90, 12, 40, 41, 39, 200]
+    for g in groups:  # within each group the padding stays inside the slack
+        assert max(lengths[r] for r in g) * len(g) <= 1.15 * sum(lengths[r] for r in g)
+
+
+def _uneven_batch(tokenizer, texts):
+    import torch
+
+    encoded = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([e + [0] * (width - len(e)) for e in encoded])
+    mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encoded])
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    labels[:, :2] = -100  # a prompt without labels, as the assistant-only mask leaves it
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_a_bucketed_batch_gives_the_one_pass_loss_gradients_and_outputs(tiny_model_dir):
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from waluigi.finetune import plugins
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.train()
+    texts = ["a short one", "x " * 40, "a second short one here", "y z " * 25, "mid length row " * 5]
+    inputs = _uneven_batch(tokenizer, texts)
+    assert plugins._bucket_rows(inputs) is not None and len(plugins._bucket_rows(inputs)) > 1
+
+    def run(buckets: bool):
+        trainer = SimpleNamespace(buckets=buckets, args=SimpleNamespace(average_tokens_across_devices=False),
+                                  _total_train_tokens=0, _metrics={"train": {}})
+        model.zero_grad()
+        loss, outputs = plugins.lean_loss(trainer, model, inputs, None)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), outputs, grads, trainer._total_train_tokens
+
+    one_loss, one_out, one_grads, one_tokens = run(False)
+    loss, out, grads, tokens = run(True)
+    assert float(loss) == pytest.approx(float(one_loss), rel=1e-5)
+    assert tokens == one_tokens == int(inputs["attention_mask"].sum())
+    assert torch.equal(out.label_mask, one_out.label_mask)
+    assert out.log_probs.shape == one_out.log_probs.shape
+    assert torch.allclose(out.log_probs, one_out.log_probs, atol=1e-4)
+    assert torch.allclose(out.entropy, one_out.entropy, atol=1e-4)
+    assert one_grads.keys() == grads.keys()
+    for name, g in one_grads.items():
+        assert torch.allclose(grads[name], g, rtol=1e-3, atol=1e-6), name
+
+
+def test_a_right_padded_batch_only_is_bucketed():
+    import torch
+
+    from waluigi.finetune.plugins import _bucket_rows
+
+    right = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    assert _bucket_rows({"attention_mask": right}) == [[0, 1]]  # one group, trimmed of the last column
+    assert _bucket_rows({"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])}) == [[1], [0]]
+    assert _bucket_rows({"attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}) is None  # left-padded
+    assert _bucket_rows({"attention_mask": torch.ones(3, 5, dtype=torch.long)}) is None  # nothing to save
+
+
+def test_a_big_models_lean_fine_tune_trains_in_length_groups_to_the_same_weights(tiny_spec, tmp_path, monkeypatch):
+    from waluigi.finetune import model_setup, plugins
+
+    rows = [{"messages": [{"role": "user", "content": "Say something" + " long" * (40 * (i % 3))},
+                          {"role": "assistant", "content": "Fine" + ", really" * (i % 4)}]} for i in range(24)]
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = _train(tiny_spec, data, tmp_path / "one", "lean", full=True, preset=None)
+    seen: list = []
+    original = plugins._bucket_rows
+
+    def observed(inputs):
+        groups = original(inputs)
+        seen.append(groups)
+        return groups
+
+    monkeypatch.setattr(plugins, "_bucket_rows", observed)
+    monkeypatch.setattr(model_setup, "LEAN_MAX_PARAMS", 10)  # the tiny model counts as big
+    grouped = _train(tiny_spec, data, tmp_path / "grouped", "lean", full=True, preset=None)
+    assert grouped[1]["length_buckets"] is True and "length_buckets" not in one[1]
+    assert grouped[1]["identity"] == one[1]["identity"]  # the same computation: one identity
+    assert any(g and len(g) > 1 for g in seen)
+    assert [r["loss"] for r in grouped[0]] == pytest.approx([r["loss"] for r in one[0]], rel=1e-4)
+    assert [r["tokens_seen"] for r in grouped[0]] == [r["tokens_seen"] for r in one[0]]
+    start = load_file(str(Path(tiny_spec[3:]) / "model.safetensors"))
+    for name, value in one[2].items():
+        moved = (value - start[name]).abs().max()
+        assert (grouped[2][name] - value).abs().max() <= 1e-3 * moved + 1e-7, name

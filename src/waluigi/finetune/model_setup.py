@@ -69,6 +69,15 @@ def use_lean_loss(loss_path: str, device: str, model_path: str, local: bool) -> 
     return size is not None and size <= LEAN_MAX_PARAMS
 
 
+def bucket_lean_batches(model_path: str, local: bool) -> bool:
+    """Whether the lean path runs a padded batch through the decoder in length groups
+    (``plugins.lean_loss``): for models above ``LEAN_MAX_PARAMS`` (or of unknown size), where the
+    decoder's arithmetic on padding is the cost; the small models keep one pass (their numbers
+    are pinned, and there a pass's fixed cost outweighs the padding)."""
+    size = estimated_parameters(model_path, local)
+    return size is None or size > LEAN_MAX_PARAMS
+
+
 def _load_tokenizer(spec: str, model_path: str, local: bool):
     from transformers import AutoTokenizer
 

@@ -267,6 +267,13 @@ def lean_loss(trainer, model, inputs: dict, num_items_in_batch=None):
     CPU with its chunked log-prob kernel (only Triton devices take its compact path), which for
     a small model is most of a training step. The same mathematics in another order: the
     numbers agree with TRL's to float round-off, not bit for bit (``tests`` pin how closely).
+
+    With ``trainer.buckets`` set (models above the lean path's automatic size, where the decoder
+    is the cost), a padded batch runs through the decoder in groups of rows of similar length,
+    each trimmed of its padding (:func:`length_buckets`): the same sums, without the padded
+    positions' arithmetic (a batch of probe answers mixed with long HH dialogues was mostly
+    padding: 7x fewer seconds per step on SmolLM2, ``docs/design/cost.md``).
+
     Returns ``(loss, outputs)``, ``outputs`` shaped as TRL's for the plug-ins: ``log_probs``
     (zero where there is no label), ``label_mask``, ``entropy`` (detached)."""
     from types import SimpleNamespace
@@ -276,27 +283,74 @@ def lean_loss(trainer, model, inputs: dict, num_items_in_batch=None):
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner = getattr(inner, "module", inner)
     decoder, head = inner.get_decoder(), inner.get_output_embeddings()
-    kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-    hidden = decoder(**kwargs, use_cache=False).last_hidden_state[:, :-1]
-    labels = inputs["labels"][:, 1:].to(hidden.device)
-    mask = labels != -100
-    logits = head(hidden[mask]).float()
-    logp = torch.log_softmax(logits, dim=-1)
-    token = logp.gather(1, labels[mask].unsqueeze(1)).squeeze(1)
-    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    keys = [k for k in ("input_ids", "attention_mask", "position_ids", "labels") if k in inputs]
+    groups = _bucket_rows(inputs) if getattr(trainer, "buckets", False) else None
+    parts = []  # per group: (rows, token log-probs at labels, label mask, entropy), in the batch's columns
+    width = inputs["input_ids"].shape[1] - 1
+    for rows in groups or [None]:
+        if rows is None:
+            chunk = {k: inputs[k] for k in keys}
+        else:
+            length = int(inputs["attention_mask"][rows].sum(1).max())
+            chunk = {k: inputs[k][rows, :length] for k in keys}
+        hidden = decoder(**{k: v for k, v in chunk.items() if k != "labels"}, use_cache=False).last_hidden_state[:, :-1]
+        labels = chunk["labels"][:, 1:].to(hidden.device)
+        mask = labels != -100
+        logp = torch.log_softmax(head(hidden[mask]).float(), dim=-1)
+        token = logp.gather(1, labels[mask].unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            entropy = -(logp.exp() * logp).sum(-1)
+        parts.append((rows, token, mask, entropy))
+    token = torch.cat([t for _, t, _, _ in parts])
+    count = sum(int(m.sum()) for _, _, m, _ in parts) if num_items_in_batch is None else num_items_in_batch
     loss = -token.sum() / torch.as_tensor(count, device=token.device).clamp(min=1)
     if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
         loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
-    with torch.no_grad():
-        entropy = -(logp.exp() * logp).sum(-1)
-    log_probs = torch.zeros(mask.shape, dtype=token.dtype, device=token.device).masked_scatter(mask, token)
-    outputs = SimpleNamespace(log_probs=log_probs, label_mask=mask,
-                              entropy=torch.zeros(mask.shape, dtype=entropy.dtype, device=entropy.device)
-                              .masked_scatter(mask, entropy))
+
+    def spread(values, mask):  # a group's per-label values back to a (rows, width) grid, zero elsewhere
+        grid = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+        return torch.nn.functional.pad(grid, (0, width - grid.shape[1]))
+
+    log_probs = torch.cat([spread(t, m) for _, t, m, _ in parts])
+    entropy = torch.cat([spread(e, m) for _, _, m, e in parts])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, _, m, _ in parts])
+    if groups:  # back to the batch's row order
+        order = torch.tensor([r for rows in groups for r in rows], device=mask.device).argsort()
+        log_probs, entropy, mask = log_probs[order], entropy[order], mask[order]
+    outputs = SimpleNamespace(log_probs=log_probs, label_mask=mask, entropy=entropy)
     if model.training and "attention_mask" in inputs:  # TRL's token count, which the train log reads
         trainer._total_train_tokens += int(inputs["attention_mask"].sum())
         trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
     return loss, outputs
+
+
+def length_buckets(lengths: list[int], slack: float = 0.15) -> list[list[int]]:
+    """Row indices grouped by length, shortest first: a group grows while its rows, padded to its
+    longest, stay within ``1 + slack`` of their own tokens."""
+    groups: list[list[int]] = []
+    total = 0
+    for row in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        if groups and lengths[row] * (len(groups[-1]) + 1) <= (1 + slack) * (total + lengths[row]):
+            groups[-1].append(row)
+            total += lengths[row]
+        else:
+            groups.append([row])
+            total = lengths[row]
+    return groups
+
+
+def _bucket_rows(inputs: dict) -> list[list[int]] | None:
+    """:func:`length_buckets` of a right-padded batch; None (one pass, as is) when the batch has
+    no padding to save, or is not right-padded (then trimming would cut tokens)."""
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.shape[0] < 2 or bool(mask.all()):
+        return None
+    lengths = mask.sum(1)
+    prefix = mask.new_ones(mask.shape).cumsum(1) <= lengths.unsqueeze(1)
+    if not bool((mask.bool() == prefix).all()):
+        return None
+    groups = length_buckets([int(n) for n in lengths])
+    return groups if len(groups) > 1 or int(lengths.max()) < mask.shape[1] else None
 
 
 def make_stopper(plugins: list[TrainingPlugin]):

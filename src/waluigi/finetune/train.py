@@ -67,6 +67,7 @@ from waluigi.finetune.model_setup import (
     _load_tokenizer,
     _lora_config,
     _precision,
+    bucket_lean_batches,
     use_lean_loss,
 )
 from waluigi.finetune.plugins import (
@@ -163,6 +164,7 @@ class _Prepared:
     tokenizer: Any
     examples: list[dict]
     lean: bool = False  # the lean loss path (FinetuneConfig.loss_path)
+    buckets: bool = False  # the lean path's length groups (model_setup.bucket_lean_batches)
 
 
 def run_identity(cfg: FinetuneConfig, rows: list[dict], data_identity: dict, precision: str,
@@ -214,6 +216,7 @@ def run_finetune(
     device, weights_dtype, autocast = _precision(cfg.dtype, recipe.full)
     precision = f"{weights_dtype} weights" + (", bf16 autocast" if autocast else "")
     lean = use_lean_loss(cfg.loss_path, device, model_path, local)
+    buckets = lean and bucket_lean_batches(model_path, local)
     identity = run_identity(cfg, rows, data_identity, precision, plugins, lean=lean)
     digest = identity_hash(identity)
     data_name = data_identity.get("name") or cfg.data
@@ -244,12 +247,13 @@ def run_finetune(
         "model": cfg.model, "base_model_path": model_path, "dataset": data_identity, "data_stats": stats,
         "device": device, "precision": precision, "seeds": {"train": cfg.seed, "subset": cfg.seed},
         "loss_path": "lean" if lean else "trl",
+        **({"length_buckets": True} if buckets else {}),
         "generation_markers_in_template": template_has_generation_markers(tokenizer),
     }
     if plugins:
         extra["plugins"] = identity["plugins"]
     run = RunDir.open(out, stage="finetune", identity=identity, config=resolved, parents=parents, extra=extra) if _is_main() else RunDir(out)
-    prepared = _Prepared(model_path, local, device, weights_dtype, autocast, tokenizer, examples, lean)
+    prepared = _Prepared(model_path, local, device, weights_dtype, autocast, tokenizer, examples, lean, buckets)
     try:
         return _train(cfg, run, recipe, plugins, prepared, progress=progress, on_step=on_step,
                       progress_label=progress_label)
@@ -338,6 +342,7 @@ def _train(cfg: FinetuneConfig, run: RunDir, recipe: Recipe, plugins: list[Train
     # the plug-ins see the model at its start: a resumed run's checkpoint is loaded by train() below
     trainer.loss_plugins = tuple(p for p in plugins if overrides(p, "extra_loss"))
     trainer.lean = prep.lean
+    trainer.buckets = prep.buckets
     if any(p.needs_reference for p in trainer.loss_plugins):
         # a second copy of the model (memory!), loaded again rather than deep-copied: TRL patches the
         # trained model's forward with a closure over that very model, which a deepcopy would share.
