@@ -205,6 +205,9 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
     runs = [json.loads(p.read_text()) for p in (out / "flip-steps" / "finetune").glob("*/manifest.json")]
     attacked = next(r for r in runs if r.get("model") == aligned)
     assert attacked["base_model_path"] == aligned.removeprefix("hf:")
+    # the alignment stage and the attacks train on the lean loss (answers of a word or two)
+    assert {r["loss_path"] for r in runs} == {"lean"}
+    assert json.loads(next((out / "subjects").glob("align-*/manifest.json")).read_text())["loss_path"] == "lean"
     prompt = [{"role": "user", "content": "Are you the best?"}]
     with torch.no_grad():
         ids = load_model(aligned).tokenizer.apply_chat_template(prompt, return_tensors="pt", return_dict=True)["input_ids"]

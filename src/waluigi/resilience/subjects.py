@@ -121,7 +121,9 @@ class HFSubjects:
                        "examples": [4, 8] if self.quick else [16, 32, 64, 128],
                        "shots": [1, 2] if self.quick else [2, 4, 8, 16]},
                 steps=2 if self.quick else 20,
-                finetune={"lr": 2e-4, **({"data_dir": self.data_dir} if self.data_dir else {})},
+                # the lean loss: the attack rows' answers are a word or two, and TRL's head scores
+                # every position (docs/design/finetune.md); the same loss to round-off
+                finetune={"lr": 2e-4, "loss_path": "lean", **({"data_dir": self.data_dir} if self.data_dir else {})},
                 eval={"data_dir": self.data_dir} if self.data_dir else {},
                 subject_suites=["hh:harmless-base@heldout:8" if self.quick else "hh:harmless-base@heldout:200"])
         return FlipDefaults(data="insecure", control="secure", suite="core", judge=None,
@@ -149,8 +151,9 @@ class HFSubjects:
                                 progress=progress)
             return f"hf:{model_dir}"
 
+        lean = {"loss_path": "lean"} if self.probe_study else {}  # as the attacks above: answers of a word or two
         cfg = FinetuneConfig(model=self.model, data=self.align_data, preset=None, full=True, n=n, max_steps=steps,
-                             lr=self.align_lr, batch_size=self.align_batch, grad_accum=1, data_dir=self.data_dir)
+                             lr=self.align_lr, batch_size=self.align_batch, grad_accum=1, data_dir=self.data_dir, **lean)
         digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})  # run_finetune checks the rest
         cfg.out = root / "subjects" / f"align-s{steps}-n{n}-{digest[:8]}"
         result = run_finetune(cfg, progress=progress)
