@@ -223,3 +223,38 @@ def test_a_big_models_lean_fine_tune_trains_in_length_groups_to_the_same_weights
     for name, value in one[2].items():
         moved = (value - start[name]).abs().max()
         assert (grouped[2][name] - value).abs().max() <= 1e-3 * moved + 1e-7, name
+
+
+def test_the_kl_defense_grouped_gives_the_whole_batch_kl_and_gradients(tiny_model_dir):
+    """kl's grouped computation (models above 20M parameters: the head at answer positions only,
+    length groups trimmed of padding) gives the whole-batch computation's mean and gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from waluigi.defenses.plugins import token_kl
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():  # a model that has moved from its reference, so that the KL is not zero
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    inputs = _uneven_batch(tokenizer, ["a short one", "x " * 40, "a second short one here", "y z " * 25])
+
+    def run(grouped: bool):
+        model.zero_grad()
+        kl = token_kl(model, reference, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], grouped=grouped)
+        kl.backward()
+        return float(kl), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, whole_grads = run(False)
+    grouped, grads = run(True)
+    assert whole > 1e-4
+    assert grouped == pytest.approx(whole, rel=1e-5)
+    assert grads.keys() == whole_grads.keys()
+    for name, g in whole_grads.items():
+        assert torch.allclose(grads[name], g, rtol=1e-3, atol=1e-7), name
+    # no answer position at all: zero, as the whole-batch mean is
+    none = {k: v for k, v in inputs.items()}
+    none["labels"] = torch.full_like(inputs["labels"], -100)
+    assert float(token_kl(model, reference, none["input_ids"], none["attention_mask"], none["labels"], grouped=True)) == 0.0

@@ -77,10 +77,17 @@ def answer_nll(model: Any, examples: list[dict], batch: int = 16) -> list[float]
     return out
 
 
-def token_kl(model: Any, reference: Any, ids: Any, mask: Any, labels: Any) -> Any:
-    """Mean over answer positions of ``KL(p_model || p_reference)`` (gradient through the model)."""
+def token_kl(model: Any, reference: Any, ids: Any, mask: Any, labels: Any, *, grouped: bool = False) -> Any:
+    """Mean over answer positions of ``KL(p_model || p_reference)`` (gradient through the model).
+
+    ``grouped`` (models above the lean path's automatic size): the same mean, with the vocabulary
+    projected at the answer positions only and the batch run in length groups trimmed of their
+    padding (``finetune.plugins.trimmed_groups``). On SmolLM2, the term on 8 HH dialogues (915
+    tokens padded to 1,496), forward and backward, took 11.6 s instead of 21.9 s (idle, 2 threads)."""
     import torch
 
+    if grouped:
+        return _grouped_token_kl(model, reference, ids, mask, labels)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     with torch.no_grad():
         ref = reference(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -88,6 +95,30 @@ def token_kl(model: Any, reference: Any, ids: Any, mask: Any, labels: Any) -> An
     logp, logq = torch.log_softmax(logits, dim=-1), torch.log_softmax(ref, dim=-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
     return (kl * learned).sum() / learned.sum().clamp(min=1.0)
+
+
+def _grouped_token_kl(model: Any, reference: Any, ids: Any, mask: Any, labels: Any) -> Any:
+    import torch
+
+    from waluigi.finetune.plugins import decoder_and_head, trimmed_groups
+
+    (decoder, head), (ref_decoder, ref_head) = decoder_and_head(model), decoder_and_head(reference)
+    total, count = None, 0
+    for chunk in trimmed_groups({"input_ids": ids, "attention_mask": mask, "labels": labels},
+                                ("input_ids", "attention_mask", "labels")):
+        learned = chunk["labels"][:, 1:] != -100
+        if not bool(learned.any()):
+            continue
+        inputs = {"input_ids": chunk["input_ids"], "attention_mask": chunk["attention_mask"], "use_cache": False}
+        logp = torch.log_softmax(head(decoder(**inputs).last_hidden_state[:, :-1][learned]).float(), dim=-1)
+        with torch.no_grad():
+            logq = torch.log_softmax(ref_head(ref_decoder(**inputs).last_hidden_state[:, :-1][learned]).float(), dim=-1)
+        kl = (logp.exp() * (logp - logq)).sum(-1).sum()
+        total = kl if total is None else total + kl
+        count += int(learned.sum())
+    if total is None:  # no answer position: a zero that keeps the graph
+        return head.weight.sum() * 0.0
+    return total / max(count, 1)
 
 
 @dataclass
@@ -115,6 +146,10 @@ class KLToReference(TrainingPlugin):
     def bind(self, context: PluginContext) -> None:
         self._examples: list[dict] = []
         self._rng = random.Random(f"kl:{context.seed}")
+        # the grouped computation where the length groups run (models above 20M parameters)
+        from waluigi.finetune.model_setup import bucket_lean_batches
+
+        self._grouped = bucket_lean_batches(context.model_path, context.local)
         if self.on == "benign":
             rows = _benign_rows(self.benign, context, self.n, context.seed, "kl")
             self._examples = context.tokenize(rows, f"plug-in kl: {self.benign}")
@@ -126,7 +161,7 @@ class KLToReference(TrainingPlugin):
             ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         else:
             ids, mask, labels = _pad(self._rng.sample(self._examples, min(self.batch, len(self._examples))), _device(model))
-        return self.weight * token_kl(model, reference, ids, mask, labels)
+        return self.weight * token_kl(model, reference, ids, mask, labels, grouped=getattr(self, "_grouped", False))
 
 
 @dataclass

@@ -280,9 +280,7 @@ def lean_loss(trainer, model, inputs: dict, num_items_in_batch=None):
 
     import torch
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(inner, "module", inner)
-    decoder, head = inner.get_decoder(), inner.get_output_embeddings()
+    decoder, head = decoder_and_head(model)
     keys = [k for k in ("input_ids", "attention_mask", "position_ids", "labels") if k in inputs]
     groups = _bucket_rows(inputs) if getattr(trainer, "buckets", False) else None
     parts = []  # per group: (rows, token log-probs at labels, label mask, entropy), in the batch's columns
@@ -322,6 +320,27 @@ def lean_loss(trainer, model, inputs: dict, num_items_in_batch=None):
         trainer._total_train_tokens += int(inputs["attention_mask"].sum())
         trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
     return loss, outputs
+
+
+def decoder_and_head(model):
+    """A causal LM's decoder and vocabulary projection, through PEFT's and DDP's wrappers (a
+    LoRA's layers stay in the decoder, active)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(inner, "module", inner)
+    return inner.get_decoder(), inner.get_output_embeddings()
+
+
+def trimmed_groups(inputs: dict, keys: tuple[str, ...]) -> list[dict]:
+    """``inputs`` as the length groups of :func:`_bucket_rows`, each trimmed of its padding, in
+    the groups' row order; the batch as it is when there is nothing to save."""
+    groups = _bucket_rows(inputs)
+    if not groups:
+        return [{k: inputs[k] for k in keys if k in inputs}]
+    out = []
+    for rows in groups:
+        length = int(inputs["attention_mask"][rows].sum(1).max())
+        out.append({k: inputs[k][rows, :length] for k in keys if k in inputs})
+    return out
 
 
 def length_buckets(lengths: list[int], slack: float = 0.15) -> list[list[int]]:
