@@ -286,3 +286,42 @@ def test_the_signature_check_fails_a_defense_that_only_delays_the_same_update(tm
     shrinks = signature_check(cfg, cells, "shrinks")
     assert shrinks["passed"] is True and shrinks["kinds"] == {"smaller": 3}
     assert shrinks["per_seed"][0]["defended_readout"] == 0.05  # below the level: counted, not a break
+
+
+def test_the_signature_reads_a_lora_attack_as_the_update_peft_merges_into_the_weights(tmp_path, tiny_model_dir):
+    """A LoRA attack's update is read from its adapter (``scale * B @ A`` per adapted weight):
+    on the tiny model it equals what PEFT's own merge adds to the weights, so an adapter and the
+    merged model it makes give the same signature against a third attack."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from waluigi.attack.arms import signature, weight_delta
+
+    def adapter(name: str, seed: int, **extra):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], **extra))
+        for n, p in model.named_parameters():
+            if "lora_B" in n:  # PEFT starts B at zero: give the adapter an update to read
+                torch.nn.init.normal_(p, std=0.05)
+        model.save_pretrained(tmp_path / name)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp_path / f"{name}-merged", safe_serialization=True)
+        return tmp_path / name, tmp_path / f"{name}-merged"
+
+    first, first_merged = adapter("first", 0)
+    second, second_merged = adapter("second", 1, use_rslora=True)  # rsLoRA scales by alpha / sqrt(r)
+    for lora, merged in ((first, first_merged), (second, second_merged)):
+        from_adapter, from_merge = weight_delta(tiny_model_dir, lora), weight_delta(tiny_model_dir, merged)
+        moved = {k for k, v in from_merge.items() if v.abs().max() > 0}
+        assert moved == set(from_adapter) and len(moved) == 2 * 3  # 2 layers x 3 adapted weights
+        for name, update in from_adapter.items():
+            assert torch.allclose(update, from_merge[name], atol=1e-6)
+    on_adapters = signature(tiny_model_dir, first, second)
+    on_merged = signature(tiny_model_dir, first_merged, second_merged)
+    mixed = signature(tiny_model_dir, first, second_merged)  # a LoRA against a full model's update
+    for other in (on_merged, mixed):
+        assert other["norm_ratio"] == pytest.approx(on_adapters["norm_ratio"], rel=1e-4)
+        assert other["cosine"] == pytest.approx(on_adapters["cosine"], abs=1e-4)
+    assert signature(tiny_model_dir, first, first)["kind"] == "alike"
