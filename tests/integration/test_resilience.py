@@ -89,6 +89,32 @@ def test_a_rerun_builds_and_runs_nothing(study, mirror_dir, monkeypatch, capsys)
     assert after["verdicts"] == before["verdicts"] and after["slopes"] == before["slopes"]
 
 
+def test_a_dry_run_of_a_study_that_ran_counts_its_built_subjects_and_done_cells(study, mirror_dir, monkeypatch, capsys,
+                                                                                 tmp_path):
+    """The dry run reads which subjects an earlier run built (``subjects.json``) instead of
+    counting every subject and cell as to do; a subject whose model directory is gone counts as
+    to build again, with its cells."""
+    import shutil
+
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    capsys.readouterr()
+    assert main([*study["args"], "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "18 flip cells: 0 to run, 18 done; subjects to build first: 0 of 3" in out
+    # a copy of the study whose centre subject's model is gone: its 6 cells and its build are to do again
+    copy = tmp_path / "study"
+    shutil.copytree(study["out"], copy)
+    built = json.loads((copy / "subjects.json").read_text())
+    centre = next(s for s in built if s["key"] == "centre")
+    moved = tmp_path / "elsewhere"
+    centre["model"] = f"hf:{moved}"
+    (copy / "subjects.json").write_text(json.dumps(built))
+    args = list(study["args"])
+    args[args.index("--out") + 1] = str(copy)
+    assert main([*args, "--dry-run"]) == 0
+    assert "18 flip cells: 6 to run, 12 done; subjects to build first: 1 of 3" in capsys.readouterr().out
+
+
 def test_dials_a_source_lacks_are_refused_before_any_work(tmp_path, tiny_spec, capsys):
     code = main(["resilience", "--subject", tiny_spec, "--align-data", "secure", "--antipode", "0.1,0.2",
                  "--out", str(tmp_path / "s"), "--no-progress"])

@@ -82,6 +82,32 @@ def _stand_ins(plan: StudyPlan) -> list:
             for s in plan.subjects]
 
 
+def recorded_subjects(plan: StudyPlan) -> StudyPlan:
+    """``plan`` with the subjects an earlier run of the study built (``OUT/subjects.json``: the
+    same key and setting, on as many bases, their model directories still there) given their
+    models, so that a dry run of a resumed study counts their cells as they are; nothing is
+    built or loaded."""
+    import json
+
+    path = plan.out / "subjects.json"
+    try:
+        records = {r["key"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return plan  # unreadable: every subject counts as to build, as before any run
+
+    def present(spec: str) -> bool:
+        return not spec.startswith("hf:") or Path(spec.removeprefix("hf:")).is_dir()
+
+    for subject in plan.subjects:
+        record = records.get(subject.key)
+        if not record or {k: float(v) for k, v in record.get("setting", {}).items()} != subject.setting:
+            continue
+        models = record.get("models") or [record.get("model")]
+        if len(models) == plan.config.bases and all(isinstance(m, str) and m and present(m) for m in models):
+            subject.model, subject.models = models[0], list(models)
+    return plan
+
+
 def planned_cells(plan: StudyPlan) -> list[dict]:
     """Every flip cell of the study as the dry run lists it (subjects not built yet as stand-ins:
     their cells count as to run)."""
@@ -139,7 +165,7 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
     source = source_for(cfg.subject, runs=Path(cfg.runs), **(source_options or {}))
     plan = plan_study(cfg, source)
     if dry_run:
-        return plan
+        return recorded_subjects(plan)
     check_flips(plan)
     progress = options.progress if options is not None else True
     build_subjects(plan, progress)
