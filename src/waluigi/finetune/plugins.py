@@ -286,11 +286,7 @@ def lean_loss(trainer, model, inputs: dict, num_items_in_batch=None):
     parts = []  # per group: (rows, token log-probs at labels, label mask, entropy), in the batch's columns
     width = inputs["input_ids"].shape[1] - 1
     for rows in groups or [None]:
-        if rows is None:
-            chunk = {k: inputs[k] for k in keys}
-        else:
-            length = int(inputs["attention_mask"][rows].sum(1).max())
-            chunk = {k: inputs[k][rows, :length] for k in keys}
+        chunk = {k: inputs[k] for k in keys} if rows is None else _trimmed(inputs, rows, keys)
         hidden = decoder(**{k: v for k, v in chunk.items() if k != "labels"}, use_cache=False).last_hidden_state[:, :-1]
         labels = chunk["labels"][:, 1:].to(hidden.device)
         mask = labels != -100
@@ -333,14 +329,17 @@ def decoder_and_head(model):
 def trimmed_groups(inputs: dict, keys: tuple[str, ...]) -> list[dict]:
     """``inputs`` as the length groups of :func:`_bucket_rows`, each trimmed of its padding, in
     the groups' row order; the batch as it is when there is nothing to save."""
+    keys = tuple(k for k in keys if k in inputs)
     groups = _bucket_rows(inputs)
     if not groups:
-        return [{k: inputs[k] for k in keys if k in inputs}]
-    out = []
-    for rows in groups:
-        length = int(inputs["attention_mask"][rows].sum(1).max())
-        out.append({k: inputs[k][rows, :length] for k in keys if k in inputs})
-    return out
+        return [{k: inputs[k] for k in keys}]
+    return [_trimmed(inputs, rows, keys) for rows in groups]
+
+
+def _trimmed(inputs: dict, rows: list[int], keys) -> dict:
+    """``rows`` of a right-padded batch, cut to their longest row's length."""
+    length = int(inputs["attention_mask"][rows].sum(1).max())
+    return {k: inputs[k][rows, :length] for k in keys}
 
 
 def length_buckets(lengths: list[int], slack: float = 0.15) -> list[list[int]]:
