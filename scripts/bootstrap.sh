@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv on a fresh machine with only python3 and pip; a no-op when already done.
 #   scripts/bootstrap.sh        what `waluigi` needs (./run.sh)
-#   scripts/bootstrap.sh dev    that plus the test tools (./test.sh): pytest, ruff, ray,
+#   scripts/bootstrap.sh dev    that plus the test tools (./test.sh): pytest (+ xdist), ruff, ray,
 #                               playwright, inspect-ai
 # torch goes in FIRST and pinned, so pip takes the CPU build on a CPU machine instead of
 # pulling a multi-GB CUDA build as a dependency of something else. Measured times are in the

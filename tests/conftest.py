@@ -19,6 +19,12 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (./test.sh runs one worker per core) each worker and the commands it
+# starts get one math thread: two workers of two OpenMP threads each on two cores spin-wait
+# on each other's core and run several times slower than one worker alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_name] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 
