@@ -187,3 +187,33 @@ def test_over_bases_a_contrary_base_widens_the_interval_to_inconclusive():
     assert centre["flip"]["ci_over"] == "bases, then seeds"
     assert centre["flip"]["dose"] == pytest.approx(expected_dose(16.0))  # every base flips at 16 there
     assert centre["control_flip"]["reached"] is False and centre["undosed_em"] == 0.0
+
+
+def test_a_probe_readouts_control_subjects_read_undosed_are_shown_per_subject(tmp_path):
+    """A probe suite's control subjects (no stage trains on them), read on each undosed subject:
+    carried into study.json and shown as a column of the summary and the report; a readout
+    without control subjects shows no such column."""
+    from waluigi.resilience.report import format_summary, write_report
+
+    plan = plan_with(subjects([(k, {ALIGN_STEPS: st}, ["alignment n=10"]) for k, st in (("a", 0), ("b", 16))]))
+    rows = []
+    for s in plan.subjects:
+        rows += step_rows(s.model, "bad", 8.0, 3)
+    flip = flip_of(rows, plan, 3)
+    plain = analyze_study(plan, {"steps": flip}, n_boot=50)
+    assert all(s["axes"]["steps"]["undosed_controls"] is None for s in plain["subjects"])
+    assert "controls" not in format_summary(plain)
+    for curve, controls in zip(flip["curves"], (0.512, 0.512, 0.431, 0.431)):  # (bad, good) per subject
+        curve["points"][0]["control_index"] = controls
+    result = analyze_study(plan, {"steps": flip}, n_boot=50)
+    assert [s["axes"]["steps"]["undosed_controls"] for s in result["subjects"]] == [0.512, 0.431]
+    summary = format_summary(result)
+    header = next(line for line in summary.splitlines() if line.strip().startswith("subject "))
+    row_b = next(line for line in summary.splitlines() if line.strip().startswith("b "))
+    assert "controls" in header and "43.1%" in row_b and "51.2%" not in row_b
+    result |= {"axes": ["steps"], "subject_source": {"source": "synthetic"}, "data": "bad", "control": "good",
+               "suite": "s", "judge": None, "seeds": 3, "n_boot": 50}
+    report = write_report(tmp_path, result, []).with_name("report.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith(("| subject |", "| b |"))]
+    assert "control subjects, undosed" in table[0] and "43.1%" in table[1]
+    assert table[0].count("|") == table[1].count("|")  # the column is in every row

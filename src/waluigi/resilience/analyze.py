@@ -256,6 +256,9 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
             points = mine["points"] if mine else []
             raw_point[i] = points[0]["em_rate"] if points else None
             undosed_ci = [points[0].get("em_rate_ci_low"), points[0].get("em_rate_ci_high")] if points else None
+            # a probe readout's control subjects, read undosed: what the alignment stage did to
+            # subjects it never trained on (None for other readouts, and pooled over bases)
+            undosed_controls = points[0].get("control_index") if points and bases == 1 else None
             at_largest = points[-1]["em_rate"] if points else None
             flip_entry, narrow_entry = (mine["flip"], mine["narrow"]) if mine else (None, None)
             control_entry = theirs["flip"] if theirs else None
@@ -271,7 +274,7 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
             subjects[i]["axes"][axis] = {
                 "flip": flip_entry, "narrow": narrow_entry,
                 "control_flip": control_entry,
-                "undosed_em": raw_point[i], "undosed_ci": undosed_ci,
+                "undosed_em": raw_point[i], "undosed_ci": undosed_ci, "undosed_controls": undosed_controls,
                 "em_at_largest": at_largest,
                 "narrow_dose": None if math.isnan(narrow_point) or math.isinf(narrow_point) else narrow_point,
                 "flip_dose": None if math.isnan(point[i]) or math.isinf(point[i]) else point[i],

@@ -63,15 +63,19 @@ def format_summary(result: dict) -> str:
     for axis in result["axes"]:
         header += f"  {axis + ' flip dose':>26}"
     suites = sorted({suite for s in result["subjects"] for suite in s.get("readouts") or {}})
-    lines.append(header + f"  {'undosed EM':>10}" + "".join(f"  {_readout_head(q):>22}" for q in suites))
+    controls = _has_controls(result)
+    lines.append(header + f"  {'undosed EM':>10}" + (f"  {'controls':>8}" if controls else "")
+                 + "".join(f"  {_readout_head(q):>22}" for q in suites))
     for s in result["subjects"]:
         line = f"  {s['key'][:22]:<22} {s['align_budget']:>10g}"
-        undosed = None
         for axis in result["axes"]:
             line += f"  {dose_text(s['axes'].get(axis)):>26}"
-            undosed = undosed if undosed is not None else (s["axes"].get(axis) or {}).get("undosed_em")
-        lines.append(line + f"  {pct(undosed):>10}"
+        lines.append(line + f"  {pct(_undosed(s, 'undosed_em')):>10}"
+                     + (f"  {pct(_undosed(s, 'undosed_controls')):>8}" if controls else "")
                      + "".join(f"  {readout_text((s.get('readouts') or {}).get(q)):>22}" for q in suites))
+    if controls:
+        lines.append("  controls: the probe index on the suite's control subjects, read undosed: subjects no "
+                     "stage trains on, so a shift there is the stage reaching past what it trained")
     if suites:
         lines.append("  read before any attack: " + "; ".join(f"{_readout_head(q)} = {q}" for q in suites)
                      + " (HH: preference accuracy, 95% CI over pairs)")
@@ -81,6 +85,19 @@ def format_summary(result: dict) -> str:
     if is_quick(result):  # last, under the verdicts it qualifies
         lines += ["", QUICK_NOTE]
     return "\n".join(lines)
+
+
+def _undosed(subject: dict, key: str):
+    """The subject's undosed ``key`` (``undosed_em``, ``undosed_controls``) from its first axis
+    that has one: every axis reads the same undosed model."""
+    for entry in (subject.get("axes") or {}).values():
+        if (entry or {}).get(key) is not None:
+            return entry[key]
+    return None
+
+
+def _has_controls(result: dict) -> bool:
+    return any(_undosed(s, "undosed_controls") is not None for s in result["subjects"])
 
 
 def _readout_head(suite: str) -> str:
@@ -116,17 +133,19 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
     lines += ["", "## Subjects", ""]
     suites = sorted({suite for s in result["subjects"] for suite in s.get("readouts") or {}})
     head = "| subject | series | " + " | ".join(f"{a} flip dose | {a} narrow dose | {a} control flip" for a in result["axes"])
-    lines += [head + " | undosed EM |" + "".join(f" {_esc(_readout_head(q))} (`{_esc(q)}`) |" for q in suites),
-              "|" + "---|" * (3 + 3 * len(result["axes"]) + len(suites))]
+    controls = _has_controls(result)
+    lines += [head + " | undosed EM |" + (" control subjects, undosed |" if controls else "")
+              + "".join(f" {_esc(_readout_head(q))} (`{_esc(q)}`) |" for q in suites),
+              "|" + "---|" * (3 + 3 * len(result["axes"]) + controls + len(suites))]
     for s in result["subjects"]:
         cells = []
-        undosed = None
         for axis in result["axes"]:
             entry = s["axes"].get(axis) or {}
             cells += [dose_text(entry), dose_text(entry, "narrow"), dose_text(entry, "control_flip")]
-            undosed = undosed if undosed is not None else entry.get("undosed_em")
         lines.append(f"| {_esc(s['key'])} | {_esc(', '.join(s['series']))} | " + " | ".join(_esc(c) for c in cells)
-                     + f" | {pct(undosed)} |" + "".join(f" {readout_text((s.get('readouts') or {}).get(q))} |" for q in suites))
+                     + f" | {pct(_undosed(s, 'undosed_em'))} |"
+                     + (f" {pct(_undosed(s, 'undosed_controls'))} |" if controls else "")
+                     + "".join(f" {readout_text((s.get('readouts') or {}).get(q))} |" for q in suites))
     lines += ["", "## Slopes (log flip dose on log dial level)", "",
               "| axis | series | levels | slope | censored levels | replicates with a censored level |", "|---|---|---|---|---|---|"]
     for e in result["slopes"]:
