@@ -273,6 +273,39 @@ def test_an_interrupted_sweep_resumes_only_the_unfinished_cell(pool_run, tmp_pat
     assert len(answers(out / partial["eval_run"])) == 9
 
 
+def test_reuse_copies_another_sweeps_finished_cells_and_runs_the_rest(pool_run, tmp_path, capsys):
+    """--reuse: a cell another sweep finished (same identity) is copied, fine-tune and eval, and
+    not run; a new cell runs; an eval is not copied onto weights trained here (only onto the
+    same sweep's fine-tune). A study directory holding the sweep under this sweep's name works
+    too (a resilience study's flip-steps/)."""
+    spec = yaml.safe_load(pool_run["spec"].read_text())  # the same settings ...
+    spec["grid"] = {"finetune.data": ["insecure"], "seed": [0, 1, 2]}  # ... one data set, a third seed
+    out = tmp_path / "b" / "sweep"  # the same name as the first sweep's directory
+    spec["out"] = str(out)
+    path = write_spec(tmp_path / "b.yaml", spec)
+    first = {(r["finetune.data"], r["seed"]): r for r in rows(pool_run["out"])}
+    trained_here = first[("insecure", 1)]["finetune_run"]  # weights that are this sweep's own
+    shutil.copytree(pool_run["out"] / trained_here, out / trained_here)
+
+    code = main(["sweep", str(path), "--reuse", str(pool_run["out"].parent), "--executor", "inline", "--no-progress"])
+    assert code == 0 and "ran 2 cells, skipped 1" in capsys.readouterr().out
+    table = {r["seed"]: r for r in rows(out)}
+    reused = table[0]
+    assert not reused["ran"] and reused["em_rate"] == first[("insecure", 0)]["em_rate"]
+    for run in (reused["finetune_run"], reused["eval_run"]):
+        marker = json.loads((out / run / "reused.json").read_text())
+        assert marker["sweep"] == str(pool_run["out"].resolve()) and marker["from"].endswith(run)
+    assert table[1]["ran"] and attempts(out / table[1]["finetune_run"]) == 1  # its eval ran on its own weights
+    assert not (out / table[1]["eval_run"] / "reused.json").exists()
+    assert table[2]["ran"] and not (out / table[2]["finetune_run"] / "reused.json").exists()
+    log = (out / "sweep.log").read_text()
+    assert log.count("reused cell") == 1 and f"reused cell {reused['cell']} (fine-tune and eval)" in log
+
+    assert main(["sweep", str(path), "--reuse", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--reuse" in err and "nowhere: not a directory" in err
+
+
 # -- the spec ---------------------------------------------------------------------------------------------
 def _error(capsys, path: Path) -> tuple[int, str]:
     code = main(["sweep", str(path), "--dry-run"])

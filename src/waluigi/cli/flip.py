@@ -14,6 +14,7 @@ from waluigi.cli.options import (
     ConfigOpt,
     ExecutorName,
     ExecutorOpt,
+    ReuseOpt,
     SettingsOpt,
     TaskRetriesOpt,
     ThreadsOpt,
@@ -64,6 +65,7 @@ def flip_cmd(
     address: AddressOpt = None,
     threads: ThreadsOpt = None,
     retries: TaskRetriesOpt = 1,
+    reuse: ReuseOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and their state; run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print flip.json's curves instead of the table")] = False,
     progress: CellProgressOpt = True,
@@ -82,7 +84,7 @@ def flip_cmd(
                      suite=suite, judge=judge, narrow_suite=narrow_suite, probe_suite=probe_suite, hold=hold, steps=steps, epochs=epochs,
                      benign=benign, total=total, base_url=base_url, threshold=threshold, threshold_rel=threshold_rel,
                      finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
-    options = sweep_options(executor, workers, address, retries, threads, progress)
+    options = sweep_options(executor, workers, address, retries, threads, progress, reuse)
     if dry_run:
         print_cells(run_flip(cfg, options, dry_run=True), runs=runs)
         return

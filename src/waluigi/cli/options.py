@@ -323,13 +323,22 @@ SettingsOpt = Annotated[Optional[list[str]], typer.Option(
     "eval.<field>=V (repeatable); with --config, added to its settings")]
 
 
+ReuseOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--reuse", help="another sweep or study directory (repeatable): its finished fine-tunes and evals of the same "
+    "cells (same identity) are copied here instead of run, each logged in sweep.log")]
+
+
 def sweep_options(executor: ExecutorName, workers: int, address: str | None, retries: int, threads: int | None,
-                  progress: bool):
+                  progress: bool, reuse: list[Path] | None = None):
     """The ``SweepOptions`` of those options."""
+    from waluigi.errors import UserError
     from waluigi.sweep.runner import SweepOptions
 
+    for path in reuse or []:
+        if not path.is_dir():
+            raise UserError(f"--reuse {path}: not a directory (give a sweep's or a study's directory)")
     return SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
-                        threads=threads, progress=progress)
+                        threads=threads, progress=progress, reuse=tuple(reuse or ()))
 
 
 def numbers(option: str, text: str | None, example: str = "0,50,100,200") -> list[float] | None:

@@ -12,6 +12,7 @@ from waluigi.cli.options import (
     ConfigOpt,
     ExecutorName,
     ExecutorOpt,
+    ReuseOpt,
     SettingsOpt,
     TaskRetriesOpt,
     WorkersOpt,
@@ -61,6 +62,7 @@ def resilience_cmd(
     address: AddressOpt = None,
     threads: Annotated[Optional[int], typer.Option(help="torch threads (building subjects, and per flip cell)")] = None,
     retries: TaskRetriesOpt = 1,
+    reuse: ReuseOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the subjects; build and run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print study.json's verdicts, slopes and correlations")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress on stderr")] = True,
@@ -90,7 +92,7 @@ def resilience_cmd(
                       doses=doses, seeds=seeds, bases=bases, data=data, control=control, suite=suite, judge=judge, steps=steps,
                       threshold=threshold, finetune=ft, eval=ev, out=out, runs=runs,
                       narrow_suite=narrow_suite, subject_suites=None if not subject_suite else [q for q in subject_suite if q.lower() != "none"])
-    options = sweep_options(executor, workers, address, retries, threads, progress)
+    options = sweep_options(executor, workers, address, retries, threads, progress, reuse)
     if threads:
         import torch
 

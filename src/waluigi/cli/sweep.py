@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from waluigi.cli.options import ConfigOpt, ExecutorName, record_options
+from waluigi.cli.options import ConfigOpt, ExecutorName, ReuseOpt, record_options, sweep_options
 from waluigi.sweep.spec import MAX_CELLS
 
 
@@ -29,6 +29,7 @@ def sweep_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells (identity, settings, done or not); run nothing")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress over cells (with an ETA) on stderr")] = True,
+    reuse: ReuseOpt = None,
     max_cells: Annotated[int, typer.Option("--max-cells", help="refuse a spec of more cells than this (counted from the grid before any is built)")] = MAX_CELLS,
     config: ConfigOpt = None,
 ) -> None:
@@ -39,7 +40,7 @@ def sweep_cmd(
     from waluigi.errors import IncompleteRun, UserError
     from waluigi.sweep.check import check_cells
     from waluigi.sweep.results import cost_line, estimate_line, format_summary
-    from waluigi.sweep.runner import SweepOptions, plan, run_sweep
+    from waluigi.sweep.runner import plan, run_sweep
     from waluigi.sweep.spec import load_spec, show_value
 
     if max_cells < 1:
@@ -61,8 +62,7 @@ def sweep_cmd(
                    "to-eval = fine-tune finished, to-run)")
         typer.echo(estimate_line(cells, runs=loaded.out.parent))
         return
-    options = SweepOptions(executor=executor.value, workers=workers, address=address, retries=retries,
-                           threads=threads, progress=progress)
+    options = sweep_options(executor, workers, address, retries, threads, progress, reuse)
     result = run_sweep(loaded, options)  # Ctrl-C: exit 130 with run_cli's "interrupted" line
     record_options(ctx, result.root)
     if json_out:

@@ -43,6 +43,7 @@ class SweepOptions:
     retries: int = 1  # retries of a failed task, after its first attempt
     threads: int | None = None  # torch threads per task (default: this machine's cores / workers)
     progress: bool = True
+    reuse: tuple[Path, ...] = ()  # other sweep (or study) directories whose finished cells are copied, not run
 
 
 @dataclass
@@ -223,6 +224,8 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
     with _locked(root):
         _write_json(root / "sweep.json", {"name": spec.name, "spec": str(spec.path), "raw": spec.raw,
                                           "cells": [_cell_record(c, root) for c in spec.cells]})
+        if options.reuse:
+            reuse_cells(spec.cells, root, options.reuse)
         outcomes: dict[str, Outcome] = {}
         todo = [c for c in spec.cells if not eval_done(c, root)]
         waiting = {c.id for c in todo}
@@ -255,6 +258,71 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
     ran = sum(1 for o in outcomes.values() if o.ran)
     return SweepResult(root=root, rows=rows, summary=summary, ran=ran, skipped=len(spec.cells) - len(todo),
                        failed=failed)
+
+
+REUSED = "reused.json"  # in a run directory copied from another sweep: where from
+
+
+def _reuse_root(source: Path, root: Path) -> Path | None:
+    """The sweep directory ``source`` names: itself, or its sub-directory of this sweep's name
+    (a study directory holding ``flip-steps/``, given for this study's ``flip-steps``)."""
+    for candidate in (source, source / root.name):
+        if (candidate / "finetune").is_dir() or (candidate / "eval").is_dir():
+            return candidate.resolve()
+    return None
+
+
+def _copy_run(src: Path, dst: Path, source: Path) -> None:
+    """A finished run directory copied whole (not linked: a later resume may append to its files),
+    then marked with where it came from; written under a temporary name and renamed, so an
+    interrupted copy leaves no half run that would look started."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, tmp, symlinks=True, ignore=shutil.ignore_patterns(".*.lock", ".lock"))
+    write_json_atomic(tmp / REUSED, {"from": str(src), "sweep": str(source)})
+    tmp.rename(dst)
+
+
+def _reused_from(path: Path | None) -> str | None:
+    try:
+        return json.loads((path / REUSED).read_text()).get("sweep") if path is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def reuse_cells(cells: list[Cell], root: Path, sources) -> int:
+    """Copy into ``root`` what other sweep directories finished for the same cells (the same cell
+    identity, so the same model, data, recipe, seed, suite and step): a fine-tune not started
+    here, and a cell's eval when it has no fine-tune or its fine-tune came from the same place
+    (an eval is of those weights, not of a re-trained copy). Nothing started here is replaced.
+    Returns the cells that got something; each is a line of ``sweep.log``."""
+    roots = [r for r in (_reuse_root(Path(s), root) for s in sources) if r is not None and r != root]
+    got = 0
+    for cell in cells:
+        if eval_done(cell, root):
+            continue
+        for source in roots:
+            copied = []
+            ft_here, ft_there = cell.finetune_dir(root), cell.finetune_dir(source)
+            if (ft_here is not None and not (ft_here / MANIFEST).exists() and ft_there.is_dir()
+                    and finetune_done(cell, source)):
+                _copy_run(ft_there, ft_here, source)
+                copied.append("fine-tune")
+            weights_match = ft_here is None or _reused_from(ft_here) == str(source)
+            ev_here, ev_there = cell.eval_dir(root), cell.eval_dir(source)
+            if (weights_match and not (ev_here / MANIFEST).exists() and ev_there.is_dir()
+                    and eval_done(cell, source)):
+                _copy_run(ev_there, ev_here, source)
+                copied.append("eval")
+            if copied:
+                got += 1
+                _log(root, f"reused cell {cell.short} ({' and '.join(copied)}) from {source}")
+            if eval_done(cell, root):
+                break
+    return got
 
 
 class _Tally:
