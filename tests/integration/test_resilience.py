@@ -113,6 +113,14 @@ def test_a_dry_run_of_a_study_that_ran_counts_its_built_subjects_and_done_cells(
     args[args.index("--out") + 1] = str(copy)
     assert main([*args, "--dry-run"]) == 0
     assert "18 flip cells: 6 to run, 12 done; subjects to build first: 1 of 3" in capsys.readouterr().out
+    # a stopped sweep has written no results yet: the time estimate reads its finished runs' manifests
+    for path in copy.glob("flip-*/results.*"):
+        path.unlink()
+    assert main([*args, "--dry-run"]) == 0
+    estimate = capsys.readouterr().out.splitlines()[-1]
+    seconds = [json.loads(p.read_text())["train_seconds"] for p in copy.glob("flip-*/finetune/*/manifest.json")]
+    assert "at the per-cell cost measured in this study's finished cells" in estimate, estimate
+    assert f"fine-tune {sum(seconds) / len(seconds):.1f} s" in estimate
 
 
 def test_dials_a_source_lacks_are_refused_before_any_work(tmp_path, tiny_spec, capsys):

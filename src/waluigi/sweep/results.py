@@ -114,15 +114,27 @@ def _measured(root: Path, models: set[str] | None = None) -> tuple[list[float], 
         return defaults[base]
 
     tunes: dict[str, float] = {}
-    evals: list[float] = []
+    evals: dict[str, float] = {}
     for base, row in _result_rows(root):
         if models is not None and (row.get("model") or sweep_model(base)) not in models:
             continue
         if row.get("finetune_run") and isinstance(row.get("finetune_seconds"), (int, float)):
-            tunes[str(base / row["finetune_run"])] = row["finetune_seconds"]
+            tunes[str((base / row["finetune_run"]).resolve())] = row["finetune_seconds"]
         if isinstance(row.get("eval_seconds"), (int, float)):
-            evals.append(row["eval_seconds"])
-    return list(tunes.values()), evals
+            evals[str((base / row.get("eval_run", f"row-{len(evals)}")).resolve())] = row["eval_seconds"]
+    if models is None:  # the study's own runs finished since its results were last written (a stopped sweep)
+        for pattern in ("finetune/*/manifest.json", "*/finetune/*/manifest.json"):
+            for path in sorted(Path(root).glob(pattern)):
+                manifest = _read_json(path)
+                if manifest.get("status") == "finished" and isinstance(manifest.get("train_seconds"), (int, float)):
+                    tunes.setdefault(str(path.parent.resolve()), manifest["train_seconds"])
+        for pattern in ("eval/*/manifest.json", "*/eval/*/manifest.json"):
+            for path in sorted(Path(root).glob(pattern)):
+                manifest = _read_json(path)
+                seconds = (manifest.get("timings") or {}).get("total_s")
+                if manifest.get("status") == "finished" and isinstance(seconds, (int, float)):
+                    evals.setdefault(str(path.parent.resolve()), seconds)
+    return list(tunes.values()), list(evals.values())
 
 
 def _duration(seconds: float) -> str:
