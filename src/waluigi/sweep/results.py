@@ -157,17 +157,24 @@ def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
     sources = [(roots, None, "this study's finished cells")] + (
         [([runs], models, f"earlier sweeps of the same models under {runs} (other settings: a rough guide)")]
         if runs is not None else [])
+    # each kind of task priced by the first source that measured it (a stopped study may have
+    # finished fine-tunes and no eval yet: its own fine-tunes, then the other sweeps' evals)
+    found: dict[int, tuple[float, str]] = {}
     for where, only, said in sources:
         measured = [_measured(r, only) for r in where if r.exists()]
-        ft = [s for m in measured for s in m[0]]
-        ev = [s for m in measured for s in m[1]]
-        if (ft or not tunes) and (ev or not evals):
-            mean_ft = sum(ft) / len(ft) if ft else 0.0
-            mean_ev = sum(ev) / len(ev) if ev else 0.0
-            total = len(tunes) * mean_ft + evals * mean_ev
-            return (f"{todo}; about {_duration(total)} one at a time, at the per-cell cost measured in {said} "
-                    f"(fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then)")
-    return f"{todo}; no estimate: no fine-tune and eval of this kind has been measured here yet"
+        for kind in (0, 1):
+            seconds = [s for m in measured for s in m[kind]]
+            if seconds and kind not in found:
+                found[kind] = (sum(seconds) / len(seconds), said)
+    if (tunes and 0 not in found) or (evals and 1 not in found):
+        return f"{todo}; no estimate: no fine-tune and eval of this kind has been measured here yet"
+    mean_ft, ft_said = found.get(0, (0.0, None))
+    mean_ev, ev_said = found.get(1, (0.0, None))
+    total = len(tunes) * mean_ft + evals * mean_ev
+    saids = list(dict.fromkeys(x for x in (ft_said if tunes else None, ev_said if evals else None) if x))
+    where = saids[0] if len(saids) == 1 else f"{ft_said} (fine-tunes) and {ev_said} (evals)"
+    return (f"{todo}; about {_duration(total)} one at a time, at the per-cell cost measured in {where} "
+            f"(fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then)")
 
 
 def cell_value(cell, key: str) -> Any:
