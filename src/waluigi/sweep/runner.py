@@ -307,13 +307,13 @@ def reuse_cells(cells: list[Cell], root: Path, sources) -> int:
         for source in roots:
             copied = []
             ft_here, ft_there = cell.finetune_dir(root), cell.finetune_dir(source)
-            if (ft_here is not None and not (ft_here / MANIFEST).exists() and ft_there.is_dir()
+            if (ft_here is not None and not ft_here.exists() and ft_there.is_dir()
                     and finetune_done(cell, source)):
                 _copy_run(ft_there, ft_here, source)
                 copied.append("fine-tune")
             weights_match = ft_here is None or _reused_from(ft_here) == str(source)
             ev_here, ev_there = cell.eval_dir(root), cell.eval_dir(source)
-            if (weights_match and not (ev_here / MANIFEST).exists() and ev_there.is_dir()
+            if (weights_match and not ev_here.exists() and ev_there.is_dir()
                     and eval_done(cell, source)):
                 _copy_run(ev_there, ev_here, source)
                 copied.append("eval")
