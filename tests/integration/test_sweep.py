@@ -144,6 +144,11 @@ def test_progress_counts_fine_tunes_and_evals_and_names_each_fine_tune(tmp_path,
     assert any(line.startswith("sweep counted 1/4 fine-tunes 1/2 evals 0/2") for line in sweep), sweep
     assert sweep[-1].startswith("sweep counted 4/4 fine-tunes 2/2 evals 2/2 done in "), sweep
     assert "finetune 1/2 (data=insecure) step 0/1" in lines and "finetune 2/2 (data=secure) step 0/1" in lines, lines
+    # a finished fine-tune's evals run before the next fine-tune starts (a stopped sweep has readings)
+    assert any(line.startswith("sweep counted 2/4 fine-tunes 1/2 evals 1/2") for line in sweep), sweep
+    order = [line.split()[1] for line in (tmp_path / "sweep" / "sweep.log").read_text().splitlines()
+             if " finished in " in line]
+    assert order == ["finetune", "eval", "finetune", "eval"], order
 
 
 def test_a_cell_that_fails_at_run_time_fails_once_is_reported_and_the_others_finish(tmp_path, tiny_spec, capsys):

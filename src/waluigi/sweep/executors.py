@@ -234,6 +234,7 @@ class InlineExecutor:
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = 1
+        self.capacity = 1  # tasks handed over at once (the runner keeps the rest, evals first)
 
     def submit(self, task: dict) -> dict:
         return {"task": {**task, "inline": True}, "result": None}
@@ -260,6 +261,7 @@ class PoolExecutor:
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = max(1, int(workers))
+        self.capacity = self.workers
         self._pool = None
 
     def _executor(self):
@@ -330,6 +332,7 @@ class RayExecutor:
 
         self.ray = ray
         self.workers = max(1, int(workers))
+        self.capacity = None if address else self.workers  # a cluster's size is the cluster's to know
         self._started = False
         self._pending: dict[str, Any] = {}
         if not ray.is_initialized():

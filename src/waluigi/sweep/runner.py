@@ -366,19 +366,33 @@ def _finetune_names(groups: dict[str, list[Cell]]) -> dict[str, str]:
 
 def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, tally,
               progress: bool = False) -> None:
-    """Submit fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
-    fine-tune is finished; a failed task is resubmitted up to ``retries`` times."""
+    """Run fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
+    fine-tune is finished; a failed task is resubmitted up to ``retries`` times.
+
+    At most the executor's ``capacity`` tasks are handed over at once (its workers; None: all,
+    as on a Ray cluster of unknown size), and the waiting ones are ordered evals (and retries)
+    first, then fine-tunes: a finished fine-tune's evals run before the next fine-tune starts, so
+    a study stopped half-way has readings of every fine-tune it finished."""
+    from collections import deque
+
     redirect = executor.redirect
+    capacity = getattr(executor, "capacity", None)
     inflight: dict[int, tuple] = {}  # id(handle) -> (handle, kind, key, task, attempt, started)
+    waiting: deque = deque()  # (kind, key, task, attempt), handed over from the left
     groups: dict[str, list[Cell]] = {}
     attempts: dict[str, int] = {}
 
-    def submit(kind: str, key: str, task: dict, attempt: int) -> None:
-        handle = executor.submit(task)
-        inflight[id(handle)] = (handle, kind, key, task, attempt, time.monotonic())
+    def submit(kind: str, key: str, task: dict, attempt: int, first: bool = False) -> None:
+        (waiting.appendleft if first else waiting.append)((kind, key, task, attempt))
 
-    def submit_eval(cell: Cell) -> None:
-        submit("eval", cell.id, eval_task(cell, root, threads, redirect, progress), 1)
+    def hand_over() -> None:
+        while waiting and (capacity is None or len(inflight) < capacity):
+            kind, key, task, attempt = waiting.popleft()
+            handle = executor.submit(task)
+            inflight[id(handle)] = (handle, kind, key, task, attempt, time.monotonic())
+
+    def submit_eval(cell: Cell, first: bool = False) -> None:
+        submit("eval", cell.id, eval_task(cell, root, threads, redirect, progress), 1, first)
 
     evals_first: list[Cell] = []
     for cell in todo:
@@ -386,13 +400,14 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
             groups.setdefault(cell.finetune_id, []).append(cell)
         else:
             evals_first.append(cell)
+    for cell in evals_first:
+        submit_eval(cell)
     names = _finetune_names(groups)
     for number, (ft_id, cells) in enumerate(groups.items(), 1):
         label = f"finetune {number}/{len(groups)}" + (f" ({names[ft_id]})" if names[ft_id] else "")
         submit("finetune", ft_id, finetune_task(cells[0], root, threads, redirect, progress, label), 1)
-    for cell in evals_first:
-        submit_eval(cell)
     by_id = {c.id: c for c in todo}
+    hand_over()
     while inflight:
         done, _ = executor.wait([entry[0] for entry in inflight.values()])
         for handle in done:
@@ -407,8 +422,8 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 _log(root, f"{what} finished in {seconds:.1f} s (attempt {attempt})" + _metrics_text(cells[0], root, kind))
                 if kind == "finetune":
                     tally.finetune()
-                    for cell in cells:
-                        submit_eval(cell)
+                    for cell in reversed(cells):  # ahead of the fine-tunes still waiting, in order
+                        submit_eval(cell, first=True)
                 else:
                     outcomes[key] = Outcome("finished", ran=True, attempts=attempt, seconds=seconds)
                     tally.eval()
@@ -417,7 +432,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 _log(root, f"{what} {status} (attempt {attempt}, not retried: the same settings would fail the same way): {error}")
             elif attempt <= retries:
                 _log(root, f"{what} {status} (attempt {attempt}), retrying: {error}")
-                submit(kind, key, task, attempt + 1)
+                submit(kind, key, task, attempt + 1, first=True)
                 continue
             else:
                 _log(root, f"{what} {status} after {attempt} attempts: {error}")
@@ -429,6 +444,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 tally.finetune(failed_evals=len(cells))
             else:
                 tally.eval()
+        hand_over()
 
 
 def _ft_label(cell: Cell) -> str:
