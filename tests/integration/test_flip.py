@@ -270,7 +270,8 @@ def test_steps_axis_with_a_probe_readout_beside_em_and_as_the_readout(tmp_path, 
                 "--set", "finetune.n=16", "--probe-suite", probe, *low) == 0
     cells = list(read_jsonl(out / "results.jsonl"))
     probes = [c for c in cells if c["eval.suite"] == probe]
-    assert len(probes) == 2 * 3 and all(c["status"] == "finished" and c["probe_index"] is not None for c in probes)
+    # 2 seeds x 2 doses, and one undosed probe eval for both seeds (no fine-tune, no sampling: the same reading)
+    assert len(probes) == 2 * 2 + 1 and all(c["status"] == "finished" and c["probe_index"] is not None for c in probes)
     result = load(out)
     rows = result["rows"]
     assert all(r["probe_index"] is not None and r["em_rate"] is not None for r in rows)
@@ -281,6 +282,9 @@ def test_steps_axis_with_a_probe_readout_beside_em_and_as_the_readout(tmp_path, 
         em = json.loads((out / row["eval_run"] / "manifest.json").read_text())["config"]["adapter"]
         pr = json.loads((out / row["probe_eval_run"] / "manifest.json").read_text())["config"]["adapter"]
         assert em == pr
+    undosed = [r for r in rows if r["dose"] == 0]
+    assert len(undosed) == 2 and undosed[0]["probe_eval_run"] == undosed[1]["probe_eval_run"]
+    assert undosed[0]["eval_run"] != undosed[1]["eval_run"]  # the sampled EM eval keeps one per seed
     agreement = result["probe_vs_em"]
     assert agreement["n_points"] == 6 and agreement["n_clusters"] == 2
     assert result["curves"][0]["probe_flip"] is not None and result["readout"] == "em"

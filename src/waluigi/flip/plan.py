@@ -314,6 +314,13 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
     def add(cell: dict) -> int:
         import json
 
+        from waluigi.probes.run import is_probe_suite
+
+        if (cell.get("finetune", True) is None and not cell.get("eval.shots")
+                and is_probe_suite(cell.get("eval.suite", cfg.suite))):
+            # no fine-tune, no shots drawn, a readout without sampling: every seed would read the
+            # same number, so one eval (seed 0) serves every seed's point
+            cell = {**cell, "seed": 0}
         key = json.dumps({k: v for k, v in cell.items() if k != "group"}, sort_keys=True, default=str)
         if key not in index:
             index[key] = len(cells)
