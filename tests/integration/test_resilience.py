@@ -208,8 +208,8 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
 
     out = tmp_path / "study"
     code = main(["resilience", "--subject", tiny_spec, "--align-data", "mwe-align:persona/narcissism:4", "--quick",
-                 "--align-steps", "0,2", "--axes", "steps", "--steps-doses", "2", "--seeds", "2",
-                 "--suite", "mwe:persona/narcissism@test:4",
+                 "--align-steps", "0,2", "--axes", "steps,shots", "--steps-doses", "2", "--shots-doses", "1",
+                 "--seeds", "2", "--suite", "mwe:persona/narcissism@test:4",
                  "--data", "mwe-attack:persona/narcissism:8", "--control", "mwe-control:persona/narcissism:8",
                  "--set", "eval.probe_min_mass=0", "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1",
                  "--out", str(out), "--runs", str(tmp_path / "runs"), "--executor", "inline", "--no-progress"])
@@ -232,7 +232,13 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
         assert reading["accuracy"] == pytest.approx(1 - reading["win_rate"])
     # and that reading is ranked against the flip doses like the undosed index (2 subjects: inconclusive)
     hh = [v for v in study["verdicts"] if v["question"] == "raw (HH)"]
-    assert len(hh) == 1 and "HH preference accuracy" in hh[0]["verdict"]
+    assert len(hh) == 2 and all("HH preference accuracy" in v["verdict"] for v in hh)  # one per axis
+    # the shots axis's undosed cells are the steps axis's (the subject, read once): copied, not read again
+    shots = json.loads((out / "flip-shots" / "flip.json").read_text())
+    undosed = {c["model"]: c["points"][0]["em_rate"] for c in flip["curves"]}
+    assert {c["model"]: c["points"][0]["em_rate"] for c in shots["curves"]} == undosed
+    log = (out / "flip-shots" / "sweep.log").read_text()
+    assert log.count("reused cell") == 2 and "finished in" in log  # the 2 subjects' undosed; the shots ran
     # the trap: an attack on an aligned subject fine-tunes the aligned weights
     subjects = {s["key"]: s["model"] for s in json.loads((out / "subjects.json").read_text())}
     aligned = next(m for m in subjects.values() if m != tiny_spec)

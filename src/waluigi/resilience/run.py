@@ -155,6 +155,14 @@ def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
     return runs
 
 
+def _with_reuse(options, dirs: tuple[Path, ...]):
+    """``options`` (a ``SweepOptions``, or None for the defaults) with ``dirs`` added to its reuse."""
+    from waluigi.sweep.runner import SweepOptions
+
+    options = options if options is not None else SweepOptions()
+    return dataclasses.replace(options, reuse=(*options.reuse, *dirs)) if dirs else options
+
+
 def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = None,
               dry_run: bool = False) -> StudyRun | StudyPlan:
     from waluigi.flip.run import run_flip
@@ -172,7 +180,10 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
     readouts = read_subjects(plan, progress)
     flips, study = {}, StudyRun(out=plan.out, result={}, log="flip-*/sweep.log")
     for axis in cfg.axes:
-        flipped = run_flip(flip_config(plan, axis), options)
+        # the axes share their undosed cells (the subject itself, read with the same seed): an axis
+        # finds those the study's other axes finished (sweep --reuse) instead of reading them again
+        others = tuple(plan.out / f"flip-{a}" for a in cfg.axes if a != axis and (plan.out / f"flip-{a}").is_dir())
+        flipped = run_flip(flip_config(plan, axis), _with_reuse(options, others))
         flips[axis] = flipped.result
         study.count(flipped)
     study.result = analyze_study(plan, flips, readouts=readouts)
