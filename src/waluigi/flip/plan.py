@@ -280,6 +280,8 @@ def _dose_text(dose: float) -> str:
 
 def plan_flip(cfg: FlipConfig) -> FlipPlan:
     """The curves, the points and the sweep spec (nothing is run or written)."""
+    from waluigi.probes.run import is_probe_suite
+
     cfg.checked()
     out = flip_dir(cfg)
     curves = []
@@ -313,8 +315,6 @@ def plan_flip(cfg: FlipConfig) -> FlipPlan:
 
     def add(cell: dict) -> int:
         import json
-
-        from waluigi.probes.run import is_probe_suite
 
         if (cell.get("finetune", True) is None and not cell.get("eval.shots")
                 and is_probe_suite(cell.get("eval.suite", cfg.suite))):

@@ -52,8 +52,8 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
         row.update({k: v for k, v in overall.items() if v is None or isinstance(v, (int, float, str, bool))})
         ft_manifest = _read_json(ft_dir / "manifest.json") if ft_dir is not None else {}
         row["train_loss"] = ft_manifest.get("train_loss")
-        row["finetune_seconds"] = ft_manifest.get("train_seconds")
-        row["eval_seconds"] = (manifest.get("timings") or {}).get("total_s") if on_disk in ("finished", "incomplete") else None
+        row["finetune_seconds"] = _seconds(ft_manifest, "finetune")
+        row["eval_seconds"] = _seconds(manifest, "eval") if on_disk in ("finished", "incomplete") else None
         row["finetune_run"] = relative(ft_dir, root)
         row["eval_run"] = relative(eval_dir, root)
         row["id"] = cell.id
@@ -123,18 +123,19 @@ def _measured(root: Path, models: set[str] | None = None) -> tuple[list[float], 
         if isinstance(row.get("eval_seconds"), (int, float)):
             evals[str((base / row.get("eval_run", f"row-{len(evals)}")).resolve())] = row["eval_seconds"]
     if models is None:  # the study's own runs finished since its results were last written (a stopped sweep)
-        for pattern in ("finetune/*/manifest.json", "*/finetune/*/manifest.json"):
-            for path in sorted(Path(root).glob(pattern)):
-                manifest = _read_json(path)
-                if manifest.get("status") == "finished" and isinstance(manifest.get("train_seconds"), (int, float)):
-                    tunes.setdefault(str(path.parent.resolve()), manifest["train_seconds"])
-        for pattern in ("eval/*/manifest.json", "*/eval/*/manifest.json"):
-            for path in sorted(Path(root).glob(pattern)):
-                manifest = _read_json(path)
-                seconds = (manifest.get("timings") or {}).get("total_s")
-                if manifest.get("status") == "finished" and isinstance(seconds, (int, float)):
-                    evals.setdefault(str(path.parent.resolve()), seconds)
+        for kind, found in (("finetune", tunes), ("eval", evals)):
+            for pattern in (f"{kind}/*/manifest.json", f"*/{kind}/*/manifest.json"):
+                for path in sorted(Path(root).glob(pattern)):
+                    manifest = _read_json(path)
+                    seconds = _seconds(manifest, kind)
+                    if manifest.get("status") == "finished" and isinstance(seconds, (int, float)):
+                        found.setdefault(str(path.parent.resolve()), seconds)
     return list(tunes.values()), list(evals.values())
+
+
+def _seconds(manifest: dict, kind: str):
+    """What a run took, from its manifest: a fine-tune's training seconds, an eval's total."""
+    return manifest.get("train_seconds") if kind == "finetune" else (manifest.get("timings") or {}).get("total_s")
 
 
 def _duration(seconds: float) -> str:
