@@ -33,11 +33,16 @@ def test_own_fine_tunes_and_earlier_evals_price_a_stopped_study(tmp_path):
     # 2 fine-tunes to run at 400 s (own), 4 evals at 30 s (the earlier sweep's, model m only)
     assert line.startswith("to run: 2 fine-tunes and 4 evals; about 15 min one at a time")
     assert "this study's finished cells (fine-tunes) and earlier sweeps of the same models" in line
-    assert "fine-tune 400.0 s, eval 30.0 s" in line
+    assert "median fine-tune 400.0 s, eval 30.0 s" in line
     # once the study has an eval of its own, it prices its evals too
     _manifest(own / "eval" / "e1", timings={"total_s": 50.0})
     line = estimate_line(cells, runs=runs)
-    assert "measured in this study's finished cells (fine-tune 400.0 s, eval 50.0 s" in line
+    assert "measured in this study's finished cells (median fine-tune 400.0 s, eval 50.0 s" in line
+    # a fine-tune that finished after the study sat paused for an hour does not price the rest:
+    # the median of 300, 500 and 4000 s is 500 s (a mean would say 1600)
+    _manifest(own / "finetune" / "em-e", train_seconds=4000.0)
+    line = estimate_line(cells, runs=runs)
+    assert "(median fine-tune 500.0 s, eval 50.0 s" in line and line.startswith("to run: 2 fine-tunes and 4 evals; about 20 min")
     # nothing measured anywhere: no estimate, said so
     elsewhere = [{**c, "root": str(tmp_path / "new-study")} for c in cells]
     assert "no estimate" in estimate_line(elsewhere, runs=tmp_path / "empty")

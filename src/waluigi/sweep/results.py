@@ -147,7 +147,10 @@ def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
     """What a dry run's cells leave to do (fine-tunes and evals not finished) and how long that
     takes one cell at a time at the per-cell cost measured on this machine: in the study's own
     finished cells if there are any, else in the sweeps under ``runs`` of the same models (other
-    settings: a rough guide), else none."""
+    settings: a rough guide), else none. A task's cost is the median of those measured: a cell
+    that ran while the process was paused, or beside another job, would pull a mean far up."""
+    from statistics import median
+
     tunes = {(c.get("root"), c["finetune_run"]) for c in cells if c.get("finetune_run") and not c.get("finetune_done")}
     evals = sum(1 for c in cells if c["state"] != "done")
     todo = f"to run: {len(tunes)} fine-tunes and {evals} evals"
@@ -166,7 +169,7 @@ def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
         for kind in (0, 1):
             seconds = [s for m in measured for s in m[kind]]
             if seconds and kind not in found:
-                found[kind] = (sum(seconds) / len(seconds), said)
+                found[kind] = (median(seconds), said)
     if (tunes and 0 not in found) or (evals and 1 not in found):
         return f"{todo}; no estimate: no fine-tune and eval of this kind has been measured here yet"
     mean_ft, ft_said = found.get(0, (0.0, None))
@@ -175,7 +178,7 @@ def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
     saids = list(dict.fromkeys(x for x in (ft_said if tunes else None, ev_said if evals else None) if x))
     where = saids[0] if len(saids) == 1 else f"{ft_said} (fine-tunes) and {ev_said} (evals)"
     return (f"{todo}; about {_duration(total)} one at a time, at the per-cell cost measured in {where} "
-            f"(fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then)")
+            f"(median fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then)")
 
 
 def cell_value(cell, key: str) -> Any:
