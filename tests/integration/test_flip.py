@@ -300,3 +300,12 @@ def test_steps_axis_with_a_probe_readout_beside_em_and_as_the_readout(tmp_path, 
         index = json.loads((only / row["eval_run"] / "metrics.json").read_text())["overall"]["probe_index"]
         assert row["em_rate"] == pytest.approx(index)
     assert all(r["coherent_rate"] is None for r in solo["rows"])
+    # the sweep's own table and summary carry the probe readout (a stopped study's partial
+    # reading comes from them), and so does the report's cell table
+    summary = json.loads((only / "summary.json").read_text())
+    assert all(entry["probe_index_n"] == entry["finished"] >= 1 for entry in summary)
+    cells = list(read_jsonl(only / "results.jsonl"))
+    assert main(["report", str(only), "--out", str(tmp_path / "page.html")]) == 0
+    page = (tmp_path / "page.html").read_text()
+    assert f"{len(cells)} cells of probe-only ({len(cells)} finished)" in page and "<th>probe index</th>" in page
+    assert all(f"<td>{100 * c['probe_index']:.1f}%</td>" in page for c in cells)

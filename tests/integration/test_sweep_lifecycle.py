@@ -104,6 +104,36 @@ def test_a_killed_pool_sweep_leaves_no_worker_and_resumes_each_cell_once(tmp_pat
         assert len(manifest["attempts"]) == 1
 
 
+def test_a_killed_sweep_leaves_a_table_of_the_cells_it_finished(tmp_path, tiny_spec):
+    """SIGKILL (a stopped session) gives a sweep no chance to write its table at the end: the
+    table is rewritten as cells end, so the first cell's reading is in results.jsonl, and in the
+    summary, when the second cell's fine-tune is killed half-way."""
+    out = tmp_path / "sweep"
+    spec = _long_spec(tiny_spec, out, steps=2)
+    spec["finetune"]["data"] = "insecure"
+    spec["grid"] = {"finetune.max_steps": [2, 400]}
+    path = _write(tmp_path / "two.yaml", spec)
+    command = [sys.executable, "-m", "waluigi.cli", "sweep", str(path), "--executor", "inline", "--no-progress"]
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    try:
+        second = lambda: any(json.loads(p.read_text())["config"]["max_steps"] == 400  # noqa: E731
+                             for p in out.glob("finetune/*/manifest.json"))
+        assert _wait_for(lambda: second() or sweep.poll() is not None, 240) and sweep.poll() is None, \
+            sweep.stderr.read().decode() if sweep.poll() is not None else "no second fine-tune"
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    table = list(read_jsonl(out / "results.jsonl"))
+    assert [row["finetune.max_steps"] for row in table] == [2, 400]
+    first, last = table
+    assert first["status"] == "finished" and isinstance(first["eval_seconds"], float), first
+    assert last["status"] != "finished" and last["eval_seconds"] is None, last
+    summary = json.loads((out / "summary.json").read_text())
+    assert [entry["finished"] for entry in summary] == [1, 0]
+
+
 def test_a_cell_is_run_by_one_process_at_a_time(tmp_path):
     """The cell lock: while another process holds a run directory's lock, a task for it waits;
     when that process dies (SIGKILL: no clean-up of its own), the waiting task goes on."""

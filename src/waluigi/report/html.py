@@ -204,15 +204,22 @@ def _cells_table(root: Path) -> str:
     rows = list(read_jsonl(root / "results.jsonl"))
     if not rows:
         return ""
+    probes = any(isinstance(row.get("probe_index"), (int, float)) for row in rows)
     body = []
     for row in rows:
         seed = next((row[k] for k in SEED_KEYS if row.get(k) is not None), None)
-        body.append([condition(row), seed, row.get("status"), pct(row.get("em_rate"), NA),
-                     pct_ci(row.get("ci_low"), row.get("ci_high"), NA), pct(row.get("coherent_rate"), NA),
-                     pct(row.get("vulnerable_rate"), NA), row.get("n_counted"), row.get("eval_run")])
-    return (f"<details><summary>{len(rows)} cells of {_esc(root.name)}</summary>" +
-            _table(["condition", "seed", "status", "EM rate", "95% CI", "coherent", "vulnerable", "counted", "eval run"],
-                   body, "cells") + "</details>")
+        if probes:  # a probe suite's readout: P(antipode) on the suite's subjects and on its control subjects
+            values = [pct(row.get("probe_index"), NA), pct_ci(row.get("probe_ci_low"), row.get("probe_ci_high"), NA),
+                      pct(row.get("control_index"), NA), row.get("n_scored")]
+        else:
+            values = [pct(row.get("em_rate"), NA), pct_ci(row.get("ci_low"), row.get("ci_high"), NA),
+                      pct(row.get("coherent_rate"), NA), pct(row.get("vulnerable_rate"), NA), row.get("n_counted")]
+        body.append([condition(row), seed, row.get("status"), *values, row.get("eval_run")])
+    columns = (["probe index", "95% CI", "control subjects", "items scored"] if probes
+               else ["EM rate", "95% CI", "coherent", "vulnerable", "counted"])
+    finished = sum(1 for row in rows if row.get("status") == "finished")
+    return (f"<details><summary>{len(rows)} cells of {_esc(root.name)} ({finished} finished)</summary>" +
+            _table(["condition", "seed", "status", *columns, "eval run"], body, "cells") + "</details>")
 
 
 def _study_section(path: Path, sweeps: list[Path]) -> Section:

@@ -21,8 +21,9 @@ from waluigi.formats import pct
 from waluigi.runs import write_atomic
 from waluigi.sweep.spec import SEED_KEYS, Spec, plain, show_value
 
-SUMMARY_METRICS = ("em_rate", "vulnerable_rate", "coherent_rate")
-LABELS = {"em_rate": "EM rate", "vulnerable_rate": "vulnerable code", "coherent_rate": "coherent"}
+SUMMARY_METRICS = ("em_rate", "vulnerable_rate", "coherent_rate", "probe_index", "control_index")
+LABELS = {"em_rate": "EM rate", "vulnerable_rate": "vulnerable code", "coherent_rate": "coherent",
+          "probe_index": "probe index", "control_index": "control subjects"}
 
 
 def _read_json(path: Path) -> dict:
@@ -289,6 +290,7 @@ def format_summary(spec: Spec, summary: list[dict], width: int = 160) -> str:
     buffer = io.StringIO()
     Console(file=buffer, force_terminal=False, color_system=None, width=width, highlight=False).print(table)
     lines = [line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines()]
-    lines.append("rates: mean over the finished seeds; 95% CI: percentile bootstrap over seeds (- with fewer than 2)")
+    what = "rates and probe indexes" if any(m in metrics for m in ("probe_index", "control_index")) else "rates"
+    lines.append(f"{what}: mean over the finished seeds; 95% CI: percentile bootstrap over seeds (- with fewer than 2)")
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ The sweep directory::
     sweep.log         one plain line per finished, retried or failed task, appended
     results.jsonl     one row per cell: settings, status, run dirs, metrics (results.csv: the same, flat)
     summary.json      cells that differ only by seed grouped: mean and 95% CI over seeds
+                      (all three rewritten as cells end: a killed sweep leaves what it finished)
     finetune/<data>-<id>/   run_finetune run directories, named by the fine-tune's identity
     eval/<suite>-<id>/      run_eval run directories, named by the cell's identity
     logs/             each task's stdout and stderr (pool and Ray workers)
@@ -245,7 +246,8 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
                     advance(0, **tally.fields())
                     # the tasks' own bars only where they share this terminal (inline)
                     task_progress = options.progress and not executor.redirect
-                    _schedule(todo, root, executor, options.retries, threads, outcomes, tally, task_progress)
+                    _schedule(todo, root, executor, options.retries, threads, outcomes, tally, task_progress,
+                              _Table(spec, root, outcomes).refresh)
             except BaseException:
                 executor.close(cancel=True)
                 for cell in todo:
@@ -364,8 +366,31 @@ def _finetune_names(groups: dict[str, list[Cell]]) -> dict[str, str]:
     return {ft: ", ".join(f"{k}={show_value(a[k])}" for k in keys if k in a) for ft, a in axes.items()}
 
 
+class _Table:
+    """The results table rewritten as cells end, so that a sweep killed outright (a stopped
+    session, SIGKILL) leaves a table of what it finished. Rewriting reads every cell's run
+    directory; it is skipped while the last rewrite's cost is over a twentieth of the time since
+    (a large sweep of quick cells rewrites every few cells, a slow one after every cell)."""
+
+    SHARE = 20
+
+    def __init__(self, spec: Spec, root: Path, outcomes: dict) -> None:
+        self.spec, self.root, self.outcomes = spec, root, outcomes
+        self.last, self.cost = 0.0, 0.0
+
+    def refresh(self) -> None:
+        from waluigi.sweep.results import write_results
+
+        if time.monotonic() - self.last < self.SHARE * self.cost:
+            return
+        started = time.monotonic()
+        write_results(self.spec, self.root, self.outcomes)
+        self.last = time.monotonic()
+        self.cost = self.last - started
+
+
 def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, tally,
-              progress: bool = False) -> None:
+              progress: bool = False, refresh=None) -> None:
     """Run fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
     fine-tune is finished; a failed task is resubmitted up to ``retries`` times.
 
@@ -427,6 +452,8 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 else:
                     outcomes[key] = Outcome("finished", ran=True, attempts=attempt, seconds=seconds)
                     tally.eval()
+                    if refresh is not None:
+                        refresh()
                 continue
             if result.get("permanent"):
                 _log(root, f"{what} {status} (attempt {attempt}, not retried: the same settings would fail the same way): {error}")
@@ -444,6 +471,8 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 tally.finetune(failed_evals=len(cells))
             else:
                 tally.eval()
+            if refresh is not None:
+                refresh()
         hand_over()
 
 
