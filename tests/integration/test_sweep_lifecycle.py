@@ -104,10 +104,13 @@ def test_a_killed_pool_sweep_leaves_no_worker_and_resumes_each_cell_once(tmp_pat
         assert len(manifest["attempts"]) == 1
 
 
-def test_a_killed_sweep_leaves_a_table_of_the_cells_it_finished(tmp_path, tiny_spec):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_sweep_leaves_a_table_of_the_cells_it_finished(tmp_path, tiny_spec, how):
     """SIGKILL (a stopped session) gives a sweep no chance to write its table at the end: the
     table is rewritten as cells end, so the first cell's reading is in results.jsonl, and in the
-    summary, when the second cell's fine-tune is killed half-way."""
+    summary, when the second cell's fine-tune is killed half-way. SIGTERM (``kill PID``: the
+    only polite stop for a sweep started with ``nohup ... &``, which ignores SIGINT) stops it as
+    Ctrl-C does: the fine-tune records itself interrupted, the table says so, exit 143."""
     out = tmp_path / "sweep"
     spec = _long_spec(tiny_spec, out, steps=2)
     spec["finetune"]["data"] = "insecure"
@@ -120,12 +123,21 @@ def test_a_killed_sweep_leaves_a_table_of_the_cells_it_finished(tmp_path, tiny_s
                              for p in out.glob("finetune/*/manifest.json"))
         assert _wait_for(lambda: second() or sweep.poll() is not None, 240) and sweep.poll() is None, \
             sweep.stderr.read().decode() if sweep.poll() is not None else "no second fine-tune"
-        os.kill(sweep.pid, signal.SIGKILL)
-        sweep.wait()
+        os.kill(sweep.pid, getattr(signal, how))
+        code = sweep.wait(120)
+        err = sweep.stderr.read().decode()
     finally:
         if sweep.poll() is None:
             sweep.kill()
     table = list(read_jsonl(out / "results.jsonl"))
+    tuned = {json.loads(p.read_text())["config"]["max_steps"]: json.loads(p.read_text())
+             for p in out.glob("finetune/*/manifest.json")}
+    if how == "SIGTERM":
+        assert code == 143 and "interrupted: finished work is on disk" in err and "Traceback" not in err, err
+        assert tuned[400]["status"] == "failed" and tuned[400]["error"] == "interrupted"
+        assert table[1]["status"] == "interrupted", table[1]
+    else:
+        assert code == -signal.SIGKILL and tuned[400]["status"] == "started"
     assert [row["finetune.max_steps"] for row in table] == [2, 400]
     first, last = table
     assert first["status"] == "finished" and isinstance(first["eval_seconds"], float), first

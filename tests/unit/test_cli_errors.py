@@ -3,8 +3,11 @@ hint, exit code 2, never a traceback; registered secrets are masked in what is p
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,9 @@ def test_run_cli_codes_and_masking(capsys):
             raise IncompleteRun("3 of 10 judge requests failed")
         if kind == "interrupt":
             raise KeyboardInterrupt
+        if kind == "term":  # `kill PID`: the same clean stop as Ctrl-C
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # not reached: the handler raises at once
 
     register_secret("sk-test-SECRET-123456")
     assert run_cli(app, ["user"]) == 2
@@ -84,6 +90,10 @@ def test_run_cli_codes_and_masking(capsys):
     capsys.readouterr()
     assert run_cli(app, ["interrupt"]) == 130
     assert "interrupted" in capsys.readouterr().err  # Ctrl-C says what is kept and how to resume
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_cli(app, ["term"]) == 143
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while the command runs
     assert run_cli(app, ["ok"]) == 0
     assert redact("key=sk-test-SECRET-123456;") == "key=***;"
     register_secret("x")  # too short to mask meaningfully: left alone

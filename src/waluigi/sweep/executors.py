@@ -159,9 +159,11 @@ def run_task(task: dict) -> dict:
             out["error"] = exc.message
         except BaseException as exc:  # a bug, or Ctrl-C in a worker: recorded, the runner decides
             out["error"] = f"{type(exc).__name__}: {exc}"
-            print(traceback.format_exc(), file=sys.stderr, flush=True)
-            if isinstance(exc, KeyboardInterrupt) and task.get("inline"):
-                raise
+            if isinstance(exc, KeyboardInterrupt):  # a stop, not a bug: no traceback
+                if task.get("inline"):
+                    raise
+            else:
+                print(traceback.format_exc(), file=sys.stderr, flush=True)
         finally:
             _RUNNING = False
             sys.argv = argv

@@ -43,6 +43,8 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
         manifest = _read_json(eval_dir / "manifest.json")
         on_disk = manifest.get("status") or "pending"
         status = outcome.status if outcome is not None and outcome.ran else on_disk
+        if outcome is not None and outcome.status == "interrupted" and on_disk != "finished":
+            status = "interrupted"  # the sweep was stopped before this cell finished
         if status == "started":
             status = "interrupted"
         row: dict[str, Any] = {"cell": cell.short}
