@@ -32,13 +32,14 @@ def subjects(settings: list[tuple[str, dict, list[str]]]) -> list[Subject]:
     return [Subject(key=k, setting={**Source.center, **s}, series=series, model=f"m:{k}") for k, s, series in settings]
 
 
-def step_rows(model: str, data: str, flips_at: float | None, seeds: int, undosed: float = 0.0, jitter=None) -> list[dict]:
-    """EM ``undosed`` below ``flips_at`` and 0.5 from it on (never, for None)."""
+def step_rows(model: str, data: str, flips_at: float | None, seeds: int, undosed: float = 0.0, jitter=None,
+              high: float = 0.5) -> list[dict]:
+    """EM ``undosed`` below ``flips_at`` and ``high`` from it on (never, for None)."""
     rows = []
     for seed in range(seeds):
         for dose in DOSES:
             at = flips_at if jitter is None else jitter(seed)
-            em = 0.5 if at is not None and dose >= at and dose > 0 else undosed
+            em = high if at is not None and dose >= at and dose > 0 else undosed
             rows.append({"model": model, "data": data, "dose": dose, "seed": seed, "status": "finished",
                          "em_rate": em, "narrow_rate": 1.0 if dose > 0 else 0.0})
     return rows
@@ -217,3 +218,34 @@ def test_a_probe_readouts_control_subjects_read_undosed_are_shown_per_subject(tm
     table = [line for line in report.splitlines() if line.startswith(("| subject |", "| b |"))]
     assert "control subjects, undosed" in table[0] and "43.1%" in table[1]
     assert table[0].count("|") == table[1].count("|")  # the column is in every row
+
+
+def test_the_flip_rule_moved_recomputes_each_headline_slope_and_counts_what_stops_flipping(tmp_path):
+    """The headline slope at half, 1.5x and 2x the rule, from the same rows: step curves to 0.5
+    flip at every threshold, so the slope stays -0.5 (each dose moves by the same factor); a
+    subject whose EM only reaches 0.12 flips under the 10-point rule and not above it."""
+    from waluigi.resilience.report import format_summary, write_report
+
+    plan = plan_with(subjects([(k, {ALIGN_STEPS: st}, ["alignment n=10"]) for k, st in (("s4", 4), ("s16", 16), ("s64", 64))]))
+    rows = []
+    for s, at in zip(plan.subjects, (32.0, 16.0, 8.0)):
+        rows += step_rows(s.model, "bad", at, 3)
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
+    moved = [e for e in result["sensitivity"] if e["question"] == ALIGN_STEPS]
+    assert [e["threshold"] for e in moved] == pytest.approx([0.10, 0.05, 0.15, 0.20])
+    for e in moved:
+        assert e["slope"] == pytest.approx(-0.5) and e["verdict"] == "supported" and e["flipped"] == 3
+    headline = next(e for e in result["slopes"] if e["series"] == "alignment n=10")
+    assert moved[0]["slope"] == headline["slope"] and moved[0]["ci_low"] == headline["ci_low"]
+
+    weak = step_rows("m:s64", "bad", 8.0, 3, high=0.12)  # the most aligned subject barely moves
+    rows = [r for r in rows if r["model"] != "m:s64"] + weak
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
+    by = {round(e["threshold"], 2): e for e in result["sensitivity"] if e["question"] == ALIGN_STEPS}
+    assert by[0.05]["flipped"] == by[0.10]["flipped"] == 3 and by[0.05]["censored_levels"] == 0
+    assert by[0.15]["flipped"] == by[0.20]["flipped"] == 2 and by[0.20]["censored_levels"] == 1
+    assert by[0.10]["slope"] < 0 < by[0.20]["slope"]  # counted at 32 when censored: the slope turns with the rule
+    text = format_summary(result)
+    assert "flip rule moved (steps axis, align_steps): 5 pt supported" in text
+    report = write_report(tmp_path, result, []).read_text()
+    assert "## The flip rule moved" in report and "| steps | align_steps | **10** | 3 of 3 |" in report

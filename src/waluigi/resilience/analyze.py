@@ -16,6 +16,11 @@ so a slope with censored high levels is itself only a lower bound.
 
 Verdicts (95%): a slope whose interval lies below 0 supports "more of the dial, cheaper flip";
 above 0 contradicts it; an interval across 0, or fewer than 2 levels above 0, is inconclusive.
+
+The flip rule's sensitivity: each dial's headline slope is recomputed, from the same rows and the
+same bootstrap draws (the first 500 of them: each threshold refits every replicate), with the
+flip's threshold at half, 1.5 times and twice its value (``sensitivity`` in ``study.json``): a
+verdict that turns when the rule moves rests on the rule.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from waluigi.resilience.plan import StudyPlan
 from waluigi.resilience.subjects import ALIGN_STEPS, ANTIPODE, DIAL_LABELS
 
 N_BOOT = 2000
+SENSITIVITY = (0.5, 1.5, 2.0)  # the flip rule's threshold times these, beside the rule itself
+N_SENSITIVITY = 500  # ... on the first this many bootstrap draws (each factor refits every replicate)
 CLAIMS = {
     ALIGN_STEPS: "training harder to be good makes the flip cheaper (flip dose falls with the alignment budget)",
     ANTIPODE: "a more present antipode makes the flip cheaper (flip dose falls with its share of pretraining)",
@@ -62,11 +69,12 @@ class _Curves:
     bases a subject's table stacks its bases' seeds; a replicate draws the bases (the same draw
     for every subject: a base is shared by all the settings built on it), then seeds within each."""
 
-    def __init__(self, flip: dict, plan: StudyPlan, draws: np.ndarray, base_draws: np.ndarray) -> None:
+    def __init__(self, flip: dict, plan: StudyPlan, draws: np.ndarray, base_draws: np.ndarray,
+                 threshold: float | None = None) -> None:
         self.flip = flip
         self.doses = np.asarray(flip["doses"], dtype=float)
         self.log = log_axis(self.doses)
-        self.threshold = float(flip["threshold"].get("absolute", 0.10))
+        self.threshold = float(flip["threshold"].get("absolute", 0.10)) if threshold is None else threshold
         self.seeds = int(flip["seeds"])
         self.draws = draws  # replicates x subjects x bases x seeds: seed indices
         self.base_draws = base_draws  # replicates x bases: base indices
@@ -115,6 +123,15 @@ class _Curves:
                 "ci_low": float(low) if np.isfinite(low) else None, "ci_high": float(high) if np.isfinite(high) else None,
                 "ci_high_reached": bool(np.isfinite(high)), "share_reached": float(np.isfinite(reps).mean()),
                 "ci_over": "bases, then seeds"}
+
+
+def _doses_at(curves: _Curves, plan: StudyPlan, factor: float) -> tuple[dict, dict]:
+    """Every subject's point and replicate flip doses with the flip's threshold times ``factor``
+    (the same rows and bootstrap draws)."""
+    n = N_SENSITIVITY
+    other = _Curves(curves.flip, plan, curves.draws[:n], curves.base_draws[:n], threshold=curves.threshold * factor)
+    found = {i: other.replicates(i, plan.data)[:2] for i in range(len(plan.subjects))}
+    return {i: v[0] for i, v in found.items()}, {i: v[1] for i, v in found.items()}
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -242,9 +259,11 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
                  "align_budget": s.setting.get(ALIGN_STEPS, 0) * source.align_batch, "axes": {},
                  "readouts": {suite: _readout(run) for suite, run in ((readouts or {}).get(s.key) or {}).items()}}
                 for s in plan.subjects]
-    slopes, correlations, verdicts = [], [], []
+    slopes, correlations, verdicts, sensitivity = [], [], [], []
     for axis, flip in flips.items():
         curves = _Curves(flip, plan, draws, base_draws)
+        shifted: dict[float, tuple[dict, dict]] = {}
+
         largest = float(curves.doses.max())
         point, reps, raw_point, raw_reps = {}, {}, {}, {}
         by_curve = {c["model"]: c for c in flip["curves"] if c["data"] == plan.data}
@@ -302,6 +321,16 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
                     line += (f"; {headline['censored_levels']} level(s) never flipped up to {largest:g} "
                              "(counted at that dose: a lower bound)")
                 verdicts.append({"claim": CLAIMS[dial], "question": dial, "axis": axis, "verdict": line})
+                members = groups[0][1]
+                for factor in (1.0, *SENSITIVITY):
+                    if factor != 1.0 and factor not in shifted:
+                        shifted[factor] = _doses_at(curves, plan, factor)
+                    at, at_reps = (point, reps) if factor == 1.0 else shifted[factor]
+                    entry = _series_slope(dial, members, x_of, at, at_reps, largest)
+                    word = _verdict(entry["slope"], entry["ci_low"], entry["ci_high"], entry["levels"], "").split(":")[0]
+                    sensitivity.append({"axis": axis, "question": dial, "series": groups[0][0], "factor": factor,
+                                        "threshold": curves.threshold * factor, "verdict": word, **entry,
+                                        "flipped": sum(1 for i in members if x_of[i] > 0 and math.isfinite(at[i]))})
         # raw alignment (1 - undosed EM) against resilience (log flip dose), across subjects
         usable = [i for i in point if raw_point[i] is not None and not math.isnan(point[i])]
         if usable:
@@ -351,7 +380,8 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
             "center": source.center, "data": plan.data, "control": plan.control, "suite": plan.suite,
             "judge": plan.judge, "seeds": seeds, **({"bases": bases} if bases > 1 else {}),
             "n_boot": n_boot, "axes": list(flips),
-            "subjects": subjects, "slopes": slopes, "correlations": correlations, "verdicts": verdicts}
+            "subjects": subjects, "slopes": slopes, "correlations": correlations, "verdicts": verdicts,
+            "sensitivity": sensitivity}
 
 
 def json_value(value: Any) -> Any:

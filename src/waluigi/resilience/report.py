@@ -79,12 +79,27 @@ def format_summary(result: dict) -> str:
     if suites:
         lines.append("  read before any attack: " + "; ".join(f"{_readout_head(q)} = {q}" for q in suites)
                      + " (HH: preference accuracy, 95% CI over pairs)")
+    rule = _sensitivity_line(result)
+    if rule:
+        lines += ["", rule]
     if result.get("bases", 1) > 1:
         lines.append(f"  {result['bases']} base models x {result['seeds']} seeds per setting; intervals resample bases, "
                      "then seeds within each")
     if is_quick(result):  # last, under the verdicts it qualifies
         lines += ["", QUICK_NOTE]
     return "\n".join(lines)
+
+
+def _sensitivity_line(result: dict) -> str:
+    """One line per headline slope: its verdict with the flip rule's threshold moved."""
+    entries = result.get("sensitivity") or []
+    out = []
+    for axis, question in dict.fromkeys((e["axis"], e["question"]) for e in entries):
+        mine = [e for e in entries if e["axis"] == axis and e["question"] == question]
+        out.append(f"  flip rule moved ({axis} axis, {question}): " + ", ".join(
+            f"{100 * e['threshold']:g} pt {e['verdict']} {_ci(e['slope'], e['ci_low'], e['ci_high'])}"
+            for e in sorted(mine, key=lambda e: e["threshold"])))
+    return "\n".join(out)
 
 
 def _undosed(subject: dict, key: str):
@@ -152,6 +167,18 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
         share = "-" if e["censored_share"] is None else f"{100 * e['censored_share']:.0f}%"
         lines.append(f"| {e['axis']} | {_esc(e['series'])} | {e['levels']} | {_ci(e['slope'], e['ci_low'], e['ci_high'])} "
                      f"| {e['censored_levels']} | {share} |")
+    if result.get("sensitivity"):
+        lines += ["", "## The flip rule moved", "",
+                  "Each headline slope again, from the same rows and bootstrap draws (the first 500 for a moved rule), "
+                  "with the flip threshold at half, 1.5 times and twice the rule (the rule's row in bold): a verdict "
+                  "that turns as the rule moves rests on the rule.", "",
+                  "| axis | dial | threshold (points) | levels that flipped | slope | censored levels | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in sorted(result["sensitivity"], key=lambda e: (e["axis"], e["question"], e["threshold"])):
+            bold = "**" if e["factor"] == 1.0 else ""
+            lines.append(f"| {e['axis']} | {_esc(e['question'])} | {bold}{100 * e['threshold']:g}{bold} | "
+                         f"{e['flipped']} of {e['levels']} | {_ci(e['slope'], e['ci_low'], e['ci_high'])} | "
+                         f"{e['censored_levels']} | {bold}{e['verdict']}{bold} |")
     lines += ["", "## Raw alignment against resilience", "", "| axis | subjects | Spearman (1 - undosed EM, flip dose) |",
               "|---|---|---|"]
     for c in result["correlations"]:
