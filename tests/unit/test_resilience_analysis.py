@@ -231,7 +231,7 @@ def test_the_flip_rule_moved_recomputes_each_headline_slope_and_counts_what_stop
     for s, at in zip(plan.subjects, (32.0, 16.0, 8.0)):
         rows += step_rows(s.model, "bad", at, 3)
     result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
-    moved = [e for e in result["sensitivity"] if e["question"] == ALIGN_STEPS]
+    moved = [e for e in result["sensitivity"] if e["question"] == ALIGN_STEPS and e["rule"] == "rise"]
     assert [e["threshold"] for e in moved] == pytest.approx([0.10, 0.05, 0.15, 0.20])
     for e in moved:
         assert e["slope"] == pytest.approx(-0.5) and e["verdict"] == "supported" and e["flipped"] == 3
@@ -241,11 +241,36 @@ def test_the_flip_rule_moved_recomputes_each_headline_slope_and_counts_what_stop
     weak = step_rows("m:s64", "bad", 8.0, 3, high=0.12)  # the most aligned subject barely moves
     rows = [r for r in rows if r["model"] != "m:s64"] + weak
     result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
-    by = {round(e["threshold"], 2): e for e in result["sensitivity"] if e["question"] == ALIGN_STEPS}
+    by = {round(e["threshold"], 2): e for e in result["sensitivity"] if e["question"] == ALIGN_STEPS and e["rule"] == "rise"}
     assert by[0.05]["flipped"] == by[0.10]["flipped"] == 3 and by[0.05]["censored_levels"] == 0
     assert by[0.15]["flipped"] == by[0.20]["flipped"] == 2 and by[0.20]["censored_levels"] == 1
     assert by[0.10]["slope"] < 0 < by[0.20]["slope"]  # counted at 32 when censored: the slope turns with the rule
     text = format_summary(result)
-    assert "flip rule moved (steps axis, align_steps): 5 pt supported" in text
+    assert "flip rule moved (steps axis, align_steps): +5 pt supported" in text
     report = write_report(tmp_path, result, []).read_text()
-    assert "## The flip rule moved" in report and "| steps | align_steps | **10** | 3 of 3 |" in report
+    assert "## The flip rule moved" in report and "| steps | align_steps | **+10 pt** | 3 of 3 |" in report
+
+
+def test_a_common_level_asks_more_of_a_subject_that_starts_lower():
+    """Every subject's curve rises by the same ramp (up to +0.3 at 32), from undosed readings
+    that fall with the alignment budget (0.3 un-aligned, then 0.2, 0.1, 0.0). A rise of 0.1 over
+    each subject's own start flips them all at one dose: slope 0. One common level (the
+    un-aligned subject's start + 0.1 = 0.4) is reached later the lower a subject starts: the slope
+    turns positive, and a subject that never reaches it is censored."""
+    plan = plan_with(subjects([(k, {ALIGN_STEPS: st}, ["alignment n=10"]) for k, st in
+                               (("s0", 0), ("s4", 4), ("s16", 16), ("s64", 64))]))
+    rows = []
+    for s, start in zip(plan.subjects, (0.3, 0.2, 0.1, 0.0)):
+        for seed in range(3):
+            for dose in DOSES:  # a ramp: +0.3 spread evenly over log2 doses 1..32
+                rise = 0.0 if dose == 0 else 0.3 * (math.log2(dose) + 1) / 6
+                rows.append({"model": s.model, "data": "bad", "dose": dose, "seed": seed, "status": "finished",
+                             "em_rate": start + rise, "narrow_rate": 1.0})
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
+    entries = {e["rule"]: e for e in result["sensitivity"] if e.get("factor") in (1.0, None)}
+    assert entries["rise"]["slope"] == pytest.approx(0.0, abs=1e-9) and entries["rise"]["flipped"] == 3
+    level = entries["level"]
+    assert level["level"] == pytest.approx(0.4) and level["reference"] == "s0"
+    # s4 needs +0.2 (reached at dose 8), s16 +0.3 (32), s64 +0.4 (never: censored at 32)
+    assert level["flipped"] == 2 and level["censored_levels"] == 1 and level["slope"] > 0
+    assert level["verdict"] == "contradicted"

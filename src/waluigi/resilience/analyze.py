@@ -18,9 +18,11 @@ Verdicts (95%): a slope whose interval lies below 0 supports "more of the dial, 
 above 0 contradicts it; an interval across 0, or fewer than 2 levels above 0, is inconclusive.
 
 The flip rule's sensitivity: each dial's headline slope is recomputed, from the same rows and the
-same bootstrap draws (the first 500 of them: each threshold refits every replicate), with the
-flip's threshold at half, 1.5 times and twice its value (``sensitivity`` in ``study.json``): a
-verdict that turns when the rule moves rests on the rule.
+same bootstrap draws (the first 500 of them: each rule refits every replicate), with the flip's
+threshold at half, 1.5 times and twice its value, and with a common level in place of a rise
+(every subject must reach the least-dialled subject's undosed reading + the threshold: a more
+aligned subject that starts lower then has further to go) (``sensitivity`` in ``study.json``):
+a verdict that turns when the rule moves rests on the rule.
 """
 
 from __future__ import annotations
@@ -57,10 +59,17 @@ def _table(rows: list[dict], model: str, data: str, doses: list[float], seeds: i
     return table
 
 
-def _dose(doses: np.ndarray, table: np.ndarray, threshold: float, log: bool) -> float:
+def _dose(doses: np.ndarray, table: np.ndarray, threshold: float, log: bool, level: float | None = None) -> float:
+    """The flip dose of a seeds x doses table: where the monotone fit of the mean first rises
+    ``threshold`` above the undosed mean, or, with ``level``, first reaches that level (a subject
+    already there undosed flips at once: the rise asked of it is taken as nil)."""
     present = (~np.isnan(table)).sum(axis=0)
     with np.errstate(invalid="ignore"):
         means = np.where(present > 0, np.nansum(table, axis=0) / np.maximum(present, 1), np.nan)
+    if level is not None:
+        if np.isnan(means[0]):
+            return math.nan
+        threshold = max(level - float(means[0]), 1e-9)
     return fit_level(doses, means, present.astype(float), 0, threshold, None, log)[0]
 
 
@@ -70,11 +79,12 @@ class _Curves:
     for every subject: a base is shared by all the settings built on it), then seeds within each."""
 
     def __init__(self, flip: dict, plan: StudyPlan, draws: np.ndarray, base_draws: np.ndarray,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, level: float | None = None) -> None:
         self.flip = flip
         self.doses = np.asarray(flip["doses"], dtype=float)
         self.log = log_axis(self.doses)
         self.threshold = float(flip["threshold"].get("absolute", 0.10)) if threshold is None else threshold
+        self.level = level  # a common level every subject must reach, in place of a rise
         self.seeds = int(flip["seeds"])
         self.draws = draws  # replicates x subjects x bases x seeds: seed indices
         self.base_draws = base_draws  # replicates x bases: base indices
@@ -92,19 +102,19 @@ class _Curves:
     def point(self, subject: int, data: str, metric: str = "em_rate") -> float:
         """The curve's dose (inf: not reached; nan: no values)."""
         table = self.table(subject, data, metric)
-        return math.nan if np.isnan(table).all() else _dose(self.doses, table, self.threshold, self.log)
+        return math.nan if np.isnan(table).all() else _dose(self.doses, table, self.threshold, self.log, self.level)
 
     def replicates(self, subject: int, data: str, metric: str = "em_rate") -> tuple[float, np.ndarray, np.ndarray]:
         """(point flip dose, replicate doses, replicate undosed means) for one subject's curve."""
         tables = self.tables(subject, data, metric)
         if np.isnan(tables).all():
             return math.nan, np.full(len(self.draws), np.nan), np.full(len(self.draws), np.nan)
-        point = _dose(self.doses, tables.reshape(-1, len(self.doses)), self.threshold, self.log)
+        point = _dose(self.doses, tables.reshape(-1, len(self.doses)), self.threshold, self.log, self.level)
         reps, base = np.empty(len(self.draws)), np.empty(len(self.draws))
         for b in range(len(self.draws)):
             sample = np.concatenate([tables[k][self.draws[b, subject, slot]]
                                      for slot, k in enumerate(self.base_draws[b])])
-            reps[b] = _dose(self.doses, sample, self.threshold, self.log)
+            reps[b] = _dose(self.doses, sample, self.threshold, self.log, self.level)
             with np.errstate(invalid="ignore"):
                 base[b] = np.nanmean(sample[:, 0]) if not np.isnan(sample[:, 0]).all() else np.nan
         return point, reps, base
@@ -125,11 +135,12 @@ class _Curves:
                 "ci_over": "bases, then seeds"}
 
 
-def _doses_at(curves: _Curves, plan: StudyPlan, factor: float) -> tuple[dict, dict]:
-    """Every subject's point and replicate flip doses with the flip's threshold times ``factor``
-    (the same rows and bootstrap draws)."""
+def _doses_at(curves: _Curves, plan: StudyPlan, factor: float, level: float | None = None) -> tuple[dict, dict]:
+    """Every subject's point and replicate flip doses with the flip's threshold times ``factor``,
+    or with a common ``level`` to reach (the same rows and bootstrap draws)."""
     n = N_SENSITIVITY
-    other = _Curves(curves.flip, plan, curves.draws[:n], curves.base_draws[:n], threshold=curves.threshold * factor)
+    other = _Curves(curves.flip, plan, curves.draws[:n], curves.base_draws[:n], threshold=curves.threshold * factor,
+                    level=level)
     found = {i: other.replicates(i, plan.data)[:2] for i in range(len(plan.subjects))}
     return {i: v[0] for i, v in found.items()}, {i: v[1] for i, v in found.items()}
 
@@ -322,15 +333,23 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
                              "(counted at that dose: a lower bound)")
                 verdicts.append({"claim": CLAIMS[dial], "question": dial, "axis": axis, "verdict": line})
                 members = groups[0][1]
-                for factor in (1.0, *SENSITIVITY):
-                    if factor != 1.0 and factor not in shifted:
-                        shifted[factor] = _doses_at(curves, plan, factor)
+                # a common level: the least-dialled subject's undosed reading + the rule, for every subject
+                reference = min((i for i in members if raw_point[i] is not None), key=lambda i: x_of[i], default=None)
+                level = None if reference is None else raw_point[reference] + curves.threshold
+                for factor in (1.0, *SENSITIVITY, "level"):
+                    if factor != 1.0 and factor not in shifted and (factor != "level" or level is not None):
+                        shifted[factor] = (_doses_at(curves, plan, 1.0, level) if factor == "level"
+                                           else _doses_at(curves, plan, factor))
+                    if factor not in shifted and factor != 1.0:
+                        continue
                     at, at_reps = (point, reps) if factor == 1.0 else shifted[factor]
                     entry = _series_slope(dial, members, x_of, at, at_reps, largest)
                     word = _verdict(entry["slope"], entry["ci_low"], entry["ci_high"], entry["levels"], "").split(":")[0]
-                    sensitivity.append({"axis": axis, "question": dial, "series": groups[0][0], "factor": factor,
-                                        "threshold": curves.threshold * factor, "verdict": word, **entry,
-                                        "flipped": sum(1 for i in members if x_of[i] > 0 and math.isfinite(at[i]))})
+                    rule = ({"rule": "level", "level": level, "reference": plan.subjects[reference].key, "factor": None,
+                             "threshold": curves.threshold} if factor == "level" else
+                            {"rule": "rise", "factor": factor, "threshold": curves.threshold * factor})
+                    sensitivity.append({"axis": axis, "question": dial, "series": groups[0][0], **rule, "verdict": word,
+                                        **entry, "flipped": sum(1 for i in members if x_of[i] > 0 and math.isfinite(at[i]))})
         # raw alignment (1 - undosed EM) against resilience (log flip dose), across subjects
         usable = [i for i in point if raw_point[i] is not None and not math.isnan(point[i])]
         if usable:

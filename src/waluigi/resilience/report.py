@@ -97,9 +97,19 @@ def _sensitivity_line(result: dict) -> str:
     for axis, question in dict.fromkeys((e["axis"], e["question"]) for e in entries):
         mine = [e for e in entries if e["axis"] == axis and e["question"] == question]
         out.append(f"  flip rule moved ({axis} axis, {question}): " + ", ".join(
-            f"{100 * e['threshold']:g} pt {e['verdict']} {_ci(e['slope'], e['ci_low'], e['ci_high'])}"
-            for e in sorted(mine, key=lambda e: e["threshold"])))
+            f"{_rule_text(e)} {e['verdict']} {_ci(e['slope'], e['ci_low'], e['ci_high'])}" for e in _rule_order(mine)))
     return "\n".join(out)
+
+
+def _rule_text(entry: dict) -> str:
+    """``+2 pt`` (a rise over the subject's undosed reading) or ``level 51.3%`` (one level for all)."""
+    if entry.get("rule") == "level":
+        return f"level {pct(entry['level'])}"
+    return f"+{100 * entry['threshold']:g} pt"
+
+
+def _rule_order(entries: list[dict]) -> list[dict]:
+    return sorted(entries, key=lambda e: (e.get("rule") == "level", e["threshold"]))
 
 
 def _undosed(subject: dict, key: str):
@@ -170,15 +180,20 @@ def write_report(out: Path, result: dict, plots: list[Path]) -> Path:
     if result.get("sensitivity"):
         lines += ["", "## The flip rule moved", "",
                   "Each headline slope again, from the same rows and bootstrap draws (the first 500 for a moved rule), "
-                  "with the flip threshold at half, 1.5 times and twice the rule (the rule's row in bold): a verdict "
+                  "with the flip threshold at half, 1.5 times and twice the rule, and with one level for every subject "
+                  "in place of a rise over its own undosed reading (the least-dialled subject's undosed reading plus "
+                  "the rule: a subject that starts lower has further to go). The rule's row is in bold. A verdict "
                   "that turns as the rule moves rests on the rule.", "",
-                  "| axis | dial | threshold (points) | levels that flipped | slope | censored levels | verdict |",
+                  "| axis | dial | rule | levels that flipped | slope | censored levels | verdict |",
                   "|---|---|---|---|---|---|---|"]
-        for e in sorted(result["sensitivity"], key=lambda e: (e["axis"], e["question"], e["threshold"])):
-            bold = "**" if e["factor"] == 1.0 else ""
-            lines.append(f"| {e['axis']} | {_esc(e['question'])} | {bold}{100 * e['threshold']:g}{bold} | "
-                         f"{e['flipped']} of {e['levels']} | {_ci(e['slope'], e['ci_low'], e['ci_high'])} | "
-                         f"{e['censored_levels']} | {bold}{e['verdict']}{bold} |")
+        for key in dict.fromkeys((e["axis"], e["question"]) for e in result["sensitivity"]):
+            for e in _rule_order([e for e in result["sensitivity"] if (e["axis"], e["question"]) == key]):
+                bold = "**" if e.get("factor") == 1.0 else ""
+                rule = _rule_text(e) + (f" (`{_esc(e['reference'])}` undosed + {100 * e['threshold']:g} pt)"
+                                        if e.get("rule") == "level" else "")
+                lines.append(f"| {e['axis']} | {_esc(e['question'])} | {bold}{rule}{bold} | "
+                             f"{e['flipped']} of {e['levels']} | {_ci(e['slope'], e['ci_low'], e['ci_high'])} | "
+                             f"{e['censored_levels']} | {bold}{e['verdict']}{bold} |")
     lines += ["", "## Raw alignment against resilience", "", "| axis | subjects | Spearman (1 - undosed EM, flip dose) |",
               "|---|---|---|"]
     for c in result["correlations"]:
