@@ -64,7 +64,7 @@ def resilience_cmd(
     retries: TaskRetriesOpt = 1,
     reuse: ReuseOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the subjects; build and run nothing")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="print study.json's verdicts, slopes and correlations")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print study.json's verdicts, slopes, correlations and the flip rule's sensitivity")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="progress on stderr")] = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -115,5 +115,5 @@ def resilience_cmd(
         return
     study = run_study(cfg, options, source_options=source_options)
     record_options(ctx, study.out)
-    study_end(study, format_summary(study.result), {k: study.result[k] for k in ("verdicts", "slopes", "correlations")},
+    study_end(study, format_summary(study.result), {k: study.result[k] for k in ("verdicts", "slopes", "correlations", "sensitivity")},
               json_out, cost_line_of(study.out))
