@@ -269,6 +269,8 @@ def test_a_common_level_asks_more_of_a_subject_that_starts_lower():
     result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=100)
     entries = {e["rule"]: e for e in result["sensitivity"] if e.get("factor") in (1.0, None)}
     assert entries["rise"]["slope"] == pytest.approx(0.0, abs=1e-9) and entries["rise"]["flipped"] == 3
+    # equal doses give a slope of float noise either side of 0: never a sign, at any threshold
+    assert {e["verdict"] for e in result["sensitivity"] if e["rule"] == "rise"} == {"inconclusive"}
     level = entries["level"]
     assert level["level"] == pytest.approx(0.4) and level["reference"] == "s0"
     # s4 needs +0.2 (reached at dose 8), s16 +0.3 (32), s64 +0.4 (never: censored at 32)
