@@ -267,6 +267,33 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
     assert torch.allclose(off, subject_logits, atol=1e-5)  # under the attack's adapter sit the aligned weights
     assert not torch.allclose(on, off)  # and the adapter, trained on them, is on
 
+    # another attack on the same subjects (the indirect route, say), --reuse the first study: its
+    # subjects are used where they are (no alignment stage trained again), their HH readings are
+    # copied, and the undosed cells (the same subjects, the same suite) are reused
+    other = tmp_path / "other"
+    code = main(["resilience", "--subject", tiny_spec, "--align-data", "mwe-align:persona/narcissism:4", "--quick",
+                 "--align-steps", "0,2", "--axes", "steps", "--steps-doses", "2", "--seeds", "2",
+                 "--suite", "mwe:persona/narcissism@test:4", "--data", "mwe-attack:persona/narcissism:6",
+                 "--control", "mwe-control:persona/narcissism:8", "--set", "eval.probe_min_mass=0",
+                 "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1", "--reuse", str(out),
+                 "--out", str(other), "--runs", str(tmp_path / "runs"), "--executor", "inline", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert {s["key"]: s["model"] for s in json.loads((other / "subjects.json").read_text())} == subjects
+    assert not list((other / "subjects").glob("align-*"))  # nothing trained here
+    readings = sorted(p.name for p in (other / "subjects" / "readouts").iterdir())
+    assert len(readings) == 2
+    for name in readings:  # copies: made when the first study made them (a new reading would be made now)
+        first, copy = (json.loads((d / "subjects" / "readouts" / name / "manifest.json").read_text()) for d in (out, other))
+        assert copy["created_at"] == first["created_at"] and copy["identity"] == first["identity"]
+    again = json.loads((other / "study.json").read_text())
+    assert [s["readouts"]["hh:harmless-base@heldout:8"]["accuracy"] for s in again["subjects"]] == \
+        [s["readouts"]["hh:harmless-base@heldout:8"]["accuracy"] for s in study["subjects"]]
+    # the undosed readings, and the control curve (the same control data on the same subjects), fine-tunes and
+    # evals, though this study names their eval directories differently (its attack set is not the control's size)
+    log = (other / "flip-steps" / "sweep.log").read_text()
+    assert log.count("reused cell") == 6 and log.count("(fine-tune and eval)") == 4, log
+    assert "ran 4 cells, skipped 6" in capsys.readouterr().out  # the attack's 4
+
 
 def test_bases_are_the_persona_worlds_and_name_their_own_study(tmp_path, tiny_spec, capsys):
     """--bases N builds every setting on N bases: the persona world has them (world seeds); an

@@ -26,7 +26,7 @@ from waluigi.resilience.subjects import source_for
 from waluigi.runs import write_json_atomic
 
 
-def build_subjects(plan: StudyPlan, progress: bool) -> None:
+def build_subjects(plan: StudyPlan, progress: bool, reuse: tuple[Path, ...] = ()) -> None:
     from waluigi.progress import stderr_console
 
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ def build_subjects(plan: StudyPlan, progress: bool) -> None:
                 on = f" on base {base}" if bases > 1 else ""
                 stderr_console.print(f"subject {number}/{len(plan.subjects)}: {subject.key}{on} "
                                      f"({', '.join(f'{k}={v:g}' for k, v in subject.setting.items())})")
-            subject.models.append(plan.source.build(subject.setting, plan.out, progress, base=base))
+            subject.models.append(plan.source.build(subject.setting, plan.out, progress, base=base, reuse=reuse))
         subject.model = subject.models[0]
         write_json_atomic(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
                                                    "model": s.model, **({"models": s.models} if bases > 1 else {})}
@@ -131,9 +131,10 @@ def _subject_eval_config(plan: StudyPlan, model: str, suite: str, out: Path):
     return EvalConfig(model=model, suite=suite, out=str(out), progress=False, **settings)
 
 
-def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
+def read_subjects(plan: StudyPlan, progress: bool, reuse: tuple[Path, ...] = ()) -> dict[str, dict[str, str]]:
     """Each subject read on each subject suite (probe evals, resumable), before any attack:
-    subject key -> suite -> the eval's run directory."""
+    subject key -> suite -> the eval's run directory. A reading another study (``reuse``)
+    finished of the same model on the same suite is copied instead of made again."""
     from waluigi.evaluate import run_eval
     from waluigi.progress import stderr_console
     from waluigi.runs import identity_hash
@@ -145,6 +146,7 @@ def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
             for base, model in enumerate(subject.models or [subject.model]):
                 on = f"-b{base}" if base else ""  # base 0 keeps the one-base study's directory
                 out = plan.out / "subjects" / "readouts" / f"{subject.key}{on}-{identity_hash({'suite': suite})[:8]}"
+                _copy_reading(out, model, reuse)
                 if progress:
                     stderr_console.print(f"subject {subject.key}{' base ' + str(base) if len(subject.models) > 1 else ''}: "
                                          f"reading {suite}")
@@ -153,6 +155,27 @@ def read_subjects(plan: StudyPlan, progress: bool) -> dict[str, dict[str, str]]:
                 done.append(str(result.run_dir))
             runs.setdefault(subject.key, {})[suite] = done[0] if len(done) == 1 else done
     return runs
+
+
+def _copy_reading(out: Path, model: str, reuse: tuple[Path, ...]) -> None:
+    """Copy into ``out`` (when it does not exist) a finished reading of ``model`` from a reuse
+    study's directory of the same name (the same subject key and suite); run_eval then finds it
+    finished (the same identity) and reads nothing."""
+    import json
+    import shutil
+
+    if out.exists():
+        return
+    for other in reuse:
+        found = Path(other) / "subjects" / "readouts" / out.name
+        try:
+            manifest = json.loads((found / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("status") == "finished" and (manifest.get("config") or {}).get("model") == model:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(found, out)
+            return
 
 
 def _with_reuse(options, dirs: tuple[Path, ...]):
@@ -176,8 +199,9 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
         return recorded_subjects(plan)
     check_flips(plan)
     progress = options.progress if options is not None else True
-    build_subjects(plan, progress)
-    readouts = read_subjects(plan, progress)
+    reuse = tuple(options.reuse) if options is not None else ()
+    build_subjects(plan, progress, reuse)  # a subject another study (--reuse) finished is used where it is
+    readouts = read_subjects(plan, progress, reuse)
     flips, study = {}, StudyRun(out=plan.out, result={}, log="flip-*/sweep.log")
     for axis in cfg.axes:
         # the axes share their undosed cells (the subject itself, read with the same seed): an axis

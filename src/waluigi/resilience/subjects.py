@@ -54,9 +54,11 @@ class SubjectSource(Protocol):
 
     def identity(self) -> dict: ...  # what the source is (names the study directory)
 
-    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0) -> str:
-        """The model spec for ``setting`` on base ``base`` (built under ``root`` unless cached);
-        sources without ``has_bases`` have base 0 only (the plan refuses more)."""
+    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0,
+              reuse: tuple[Path, ...] = ()) -> str:
+        """The model spec for ``setting`` on base ``base`` (built under ``root`` unless cached, or
+        found finished in a ``reuse`` study directory); sources without ``has_bases`` have base 0
+        only (the plan refuses more)."""
         ...
 
 
@@ -131,7 +133,8 @@ class HFSubjects:
                             steps=20, finetune={"data_dir": self.data_dir} if self.data_dir else {},
                             eval={"data_dir": self.data_dir} if self.data_dir else {})
 
-    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0) -> str:
+    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0,
+              reuse: tuple[Path, ...] = ()) -> str:
         steps, n = int(setting.get(ALIGN_STEPS, 0)), int(setting.get(ALIGN_N, 0))
         if steps == 0:
             return self.model
@@ -146,6 +149,9 @@ class HFSubjects:
             pairs = preference_pairs(subset, limit=n, data_dir=None)
             digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})
             out = root / "subjects" / f"align-dpo-s{steps}-n{n}-{digest[:8]}"
+            found = _finished_elsewhere(out, reuse)
+            if found:
+                return found
             model_dir = run_dpo(self.model, pairs, f"{self.align_data}@align:{n}",
                                 DPORecipe(steps=steps, lr=self.align_lr, batch_size=self.align_batch), out,
                                 progress=progress)
@@ -156,5 +162,32 @@ class HFSubjects:
                              lr=self.align_lr, batch_size=self.align_batch, grad_accum=1, data_dir=self.data_dir, **lean)
         digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})  # run_finetune checks the rest
         cfg.out = root / "subjects" / f"align-s{steps}-n{n}-{digest[:8]}"
+        found = _finished_elsewhere(cfg.out, reuse)
+        if found:
+            return found
         result = run_finetune(cfg, progress=progress)
         return f"hf:{result.model_dir}"
+
+
+def _finished_elsewhere(out: Path, reuse: tuple[Path, ...]) -> str | None:
+    """The model spec of a subject another study (``--reuse DIR``) finished with the same
+    identity (its directory name carries the identity's hash), used where it is, so that every
+    cell on it keeps the same identity in both studies; None when there is none (or this study
+    has started its own)."""
+    import json
+    import os
+
+    if (out / "manifest.json").is_file():
+        return None
+    for other in reuse:
+        found = Path(other) / "subjects" / out.name
+        try:
+            manifest = json.loads((found / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if manifest.get("status") == "finished" and (found / "model" / "config.json").is_file():
+            path = found / "model"
+            if path.is_absolute() and path.is_relative_to(Path.cwd()):  # as a study given a relative --out names it
+                path = Path(os.path.relpath(path))
+            return f"hf:{path}"
+    return None

@@ -295,6 +295,14 @@ def _reused_from(path: Path | None) -> str | None:
         return None
 
 
+def _eval_there(cell: Cell, source: Path) -> Path:
+    """The cell's eval directory in another sweep: found by the cell's id, which ends the name
+    (the readable part before it names the cell's group, which another study may word
+    differently: two datasets that share a short name there are told apart by a suffix)."""
+    found = sorted((source / "eval").glob(f"*-{cell.short}"))
+    return found[0] if len(found) == 1 else cell.eval_dir(source)
+
+
 def reuse_cells(cells: list[Cell], root: Path, sources) -> int:
     """Copy into ``root`` what other sweep directories finished for the same cells (the same cell
     identity, so the same model, data, recipe, seed, suite and step): a fine-tune not started
@@ -314,9 +322,9 @@ def reuse_cells(cells: list[Cell], root: Path, sources) -> int:
                 _copy_run(ft_there, ft_here, source)
                 copied.append("fine-tune")
             weights_match = ft_here is None or _reused_from(ft_here) == str(source)
-            ev_here, ev_there = cell.eval_dir(root), cell.eval_dir(source)
+            ev_here, ev_there = cell.eval_dir(root), _eval_there(cell, source)
             if (weights_match and not ev_here.exists() and ev_there.is_dir()
-                    and eval_done(cell, source)):
+                    and _manifest(ev_there).get("status") == "finished"):
                 _copy_run(ev_there, ev_here, source)
                 copied.append("eval")
             if copied:

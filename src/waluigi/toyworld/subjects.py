@@ -66,8 +66,10 @@ class ToySubjects:
             steps=2 if q else 32, finetune=dict(NARROW),
             eval={"max_tokens": 48 if q else 96, "batch_size": 256, **({"samples": 1} if q else {})})
 
-    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0) -> str:
-        """The model of ``setting`` on base ``base`` (world seed: corpus, alignment set, initialisation)."""
+    def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0,
+              reuse: tuple[Path, ...] = ()) -> str:
+        """The model of ``setting`` on base ``base`` (world seed: corpus, alignment set, initialisation;
+        cached in the runs directory by identity, so ``reuse`` has nothing to add)."""
         from waluigi.toyworld.demo import align_stage, pretrain_stage
 
         share = float(setting.get(ANTIPODE, self.center[ANTIPODE]))
