@@ -276,3 +276,26 @@ def test_a_common_level_asks_more_of_a_subject_that_starts_lower():
     # s4 needs +0.2 (reached at dose 8), s16 +0.3 (32), s64 +0.4 (never: censored at 32)
     assert level["flipped"] == 2 and level["censored_levels"] == 1 and level["slope"] > 0
     assert level["verdict"] == "contradicted"
+
+
+def test_each_dial_reaches_its_own_common_level():
+    """Two dials in one study: each dial's common level is its own least-dialled subject's undosed
+    reading + the rule (not the other dial's, though both share the axis's flip)."""
+    plan = plan_with(subjects([("a0", {ALIGN_STEPS: 0}, ["alignment n=10"]), ("a4", {ALIGN_STEPS: 4}, ["alignment n=10"]),
+                               ("a16", {ALIGN_STEPS: 16}, ["alignment n=10"]), ("v01", {ANTIPODE: 0.1}, ["antipode"]),
+                               ("v02", {ANTIPODE: 0.2}, ["antipode"]), ("v04", {ANTIPODE: 0.4}, ["antipode"])]))
+    rows = []
+    for s, start, at in zip(plan.subjects, (0.04, 0.02, 0.0, 0.12, 0.08, 0.06), (8.0, 8.0, 16.0, 4.0, 8.0, 16.0)):
+        rows += step_rows(s.model, "bad", at, 3, undosed=start)
+    result = analyze_study(plan, {"steps": flip_of(rows, plan, 3)}, n_boot=50)
+    levels = {e["question"]: (e["reference"], e["level"]) for e in result["sensitivity"] if e["rule"] == "level"}
+    assert levels[ALIGN_STEPS][0] == "a0" and levels[ALIGN_STEPS][1] == pytest.approx(0.14)
+    assert levels[ANTIPODE][0] == "v01" and levels[ANTIPODE][1] == pytest.approx(0.22)
+    # and each dial's slope is of the doses to its own level (a jump from u to 0.5 between at/2 and
+    # at reaches L at at/2 * 2**((L - u) / (0.5 - u)) on the log-dose scale)
+    import numpy as np
+
+    doses = [at / 2 * 2 ** ((0.22 - u) / (0.5 - u)) for u, at in ((0.12, 4.0), (0.08, 8.0), (0.06, 16.0))]
+    expected = np.polyfit(np.log([0.1, 0.2, 0.4]), np.log(doses), 1)[0]
+    (antipode,) = [e for e in result["sensitivity"] if e["rule"] == "level" and e["question"] == ANTIPODE]
+    assert antipode["slope"] == pytest.approx(expected)

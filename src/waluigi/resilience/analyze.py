@@ -146,6 +146,32 @@ def _doses_at(curves: _Curves, plan: StudyPlan, factor: float, level: float | No
     return {i: v[0] for i, v in found.items()}, {i: v[1] for i, v in found.items()}
 
 
+def _rule_moved(curves: _Curves, plan: StudyPlan, dial: str, axis: str, group: tuple[str, list[int]],
+                x_of: dict[int, float], undosed: dict[int, float | None], shifted: dict, largest: float) -> list[dict]:
+    """The headline slope of ``group`` under each moved rule: the threshold times each factor of
+    SENSITIVITY (the rule itself, factor 1, first), then one common level for every subject (the
+    least-dialled subject's undosed reading + the threshold). ``shifted`` caches each rule's doses
+    across the dials of one axis (it holds the rule's own under 1.0; a level under its value)."""
+    name, members = group
+    reference = min((i for i in members if undosed[i] is not None), key=lambda i: x_of[i], default=None)
+    level = None if reference is None else undosed[reference] + curves.threshold
+    rules: list[tuple[object, dict]] = [(f, {"rule": "rise", "factor": f, "threshold": curves.threshold * f})
+                                        for f in (1.0, *SENSITIVITY)]
+    if level is not None:  # keyed by the level: each dial's series has its own reference subject
+        rules.append((("level", level), {"rule": "level", "level": level, "reference": plan.subjects[reference].key,
+                                         "factor": None, "threshold": curves.threshold}))
+    out = []
+    for key, rule in rules:
+        if key not in shifted:
+            shifted[key] = _doses_at(curves, plan, 1.0, level) if rule["rule"] == "level" else _doses_at(curves, plan, key)
+        at, at_reps = shifted[key]
+        entry = _series_slope(dial, members, x_of, at, at_reps, largest)
+        word = _verdict(entry["slope"], entry["ci_low"], entry["ci_high"], entry["levels"], "").split(":")[0]
+        out.append({"axis": axis, "question": dial, "series": name, **rule, "verdict": word, **entry,
+                    "flipped": sum(1 for i in members if x_of[i] > 0 and math.isfinite(at[i]))})
+    return out
+
+
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 2 or np.ptp(x) == 0:
         return math.nan
@@ -274,8 +300,7 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
     slopes, correlations, verdicts, sensitivity = [], [], [], []
     for axis, flip in flips.items():
         curves = _Curves(flip, plan, draws, base_draws)
-        shifted: dict[float, tuple[dict, dict]] = {}
-
+        shifted: dict = {}  # rule -> every subject's (point, replicate) doses under it
         largest = float(curves.doses.max())
         point, reps, raw_point, raw_reps = {}, {}, {}, {}
         by_curve = {c["model"]: c for c in flip["curves"] if c["data"] == plan.data}
@@ -333,24 +358,8 @@ def analyze_study(plan: StudyPlan, flips: dict[str, dict], seed: int = 0, n_boot
                     line += (f"; {headline['censored_levels']} level(s) never flipped up to {largest:g} "
                              "(counted at that dose: a lower bound)")
                 verdicts.append({"claim": CLAIMS[dial], "question": dial, "axis": axis, "verdict": line})
-                members = groups[0][1]
-                # a common level: the least-dialled subject's undosed reading + the rule, for every subject
-                reference = min((i for i in members if raw_point[i] is not None), key=lambda i: x_of[i], default=None)
-                level = None if reference is None else raw_point[reference] + curves.threshold
-                for factor in (1.0, *SENSITIVITY, "level"):
-                    if factor != 1.0 and factor not in shifted and (factor != "level" or level is not None):
-                        shifted[factor] = (_doses_at(curves, plan, 1.0, level) if factor == "level"
-                                           else _doses_at(curves, plan, factor))
-                    if factor not in shifted and factor != 1.0:
-                        continue
-                    at, at_reps = (point, reps) if factor == 1.0 else shifted[factor]
-                    entry = _series_slope(dial, members, x_of, at, at_reps, largest)
-                    word = _verdict(entry["slope"], entry["ci_low"], entry["ci_high"], entry["levels"], "").split(":")[0]
-                    rule = ({"rule": "level", "level": level, "reference": plan.subjects[reference].key, "factor": None,
-                             "threshold": curves.threshold} if factor == "level" else
-                            {"rule": "rise", "factor": factor, "threshold": curves.threshold * factor})
-                    sensitivity.append({"axis": axis, "question": dial, "series": groups[0][0], **rule, "verdict": word,
-                                        **entry, "flipped": sum(1 for i in members if x_of[i] > 0 and math.isfinite(at[i]))})
+                shifted[1.0] = (point, reps)
+                sensitivity += _rule_moved(curves, plan, dial, axis, groups[0], x_of, raw_point, shifted, largest)
         # raw alignment (1 - undosed EM) against resilience (log flip dose), across subjects
         usable = [i for i in point if raw_point[i] is not None and not math.isnan(point[i])]
         if usable:
