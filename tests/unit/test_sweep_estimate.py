@@ -43,6 +43,9 @@ def test_own_fine_tunes_and_earlier_evals_price_a_stopped_study(tmp_path):
     _manifest(own / "finetune" / "em-e", train_seconds=4000.0)
     line = estimate_line(cells, runs=runs)
     assert "(median fine-tune 500.0 s, eval 50.0 s" in line and line.startswith("to run: 2 fine-tunes and 4 evals; about 20 min")
+    assert "workers" not in line
+    # on 2 workers: the time divided among them, said to be a floor
+    assert estimate_line(cells, runs=runs, workers=2).endswith("; on 2 workers at least 10 min, more where they share cores")
     # nothing measured anywhere: no estimate, said so
     elsewhere = [{**c, "root": str(tmp_path / "new-study")} for c in cells]
     assert "no estimate" in estimate_line(elsewhere, runs=tmp_path / "empty")

@@ -78,7 +78,8 @@ def defend_cmd(
                        finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
     options = sweep_options(executor, workers, address, retries, threads, progress)
     if dry_run:
-        print_cells(run_defend(cfg, options, dry_run=True), " (realign's cells come after the attack)", runs=runs)
+        print_cells(run_defend(cfg, options, dry_run=True), " (realign's cells come after the attack)", runs=runs,
+                    workers=workers)
         return
     defended = run_defend(cfg, options)
     record_options(ctx, defended.out)

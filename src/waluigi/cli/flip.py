@@ -86,7 +86,7 @@ def flip_cmd(
                      finetune=ft, eval=ev, out=out, runs=runs, bases=bases)
     options = sweep_options(executor, workers, address, retries, threads, progress, reuse)
     if dry_run:
-        print_cells(run_flip(cfg, options, dry_run=True), runs=runs)
+        print_cells(run_flip(cfg, options, dry_run=True), runs=runs, workers=workers)
         return
     flipped = run_flip(cfg, options)
     record_options(ctx, flipped.out)

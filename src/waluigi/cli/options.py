@@ -374,7 +374,7 @@ def settings_from_pairs(pairs: list[str]) -> tuple[dict, dict]:
     return sections["finetune"], sections["eval"]
 
 
-def print_cells(cells: list[dict], note: str = "", runs: Path | None = None) -> None:
+def print_cells(cells: list[dict], note: str = "", runs: Path | None = None, workers: int = 1) -> None:
     """A study's dry run: each planned cell with its state, the counts, what is left to run and
     how long it should take (:func:`waluigi.sweep.results.estimate_line`)."""
     from waluigi.sweep.results import estimate_line
@@ -383,7 +383,7 @@ def print_cells(cells: list[dict], note: str = "", runs: Path | None = None) -> 
         typer.echo(f"  {cell['cell']}  {cell['state']:<8}  {cell['group']}, seed {cell['settings'].get('seed')}")
     todo = sum(1 for c in cells if c["state"] != "done")
     typer.echo(f"{len(cells)} cells: {todo} to run, {len(cells) - todo} done{note}")
-    typer.echo(estimate_line(cells, runs=runs))
+    typer.echo(estimate_line(cells, runs=runs, workers=workers))
 
 
 def study_end(run: Any, summary: str, json_obj: Any, json_out: bool, cost: str | None) -> None:

@@ -111,7 +111,7 @@ def resilience_cmd(
         built = sum(1 for s in plan.subjects if s.model)
         typer.echo(f"{len(cells)} flip cells: {todo} to run, {len(cells) - todo} done; subjects to build first: "
                    f"{len(plan.subjects) - built} of {len(plan.subjects)}")
-        typer.echo(estimate_line(cells, runs=runs))
+        typer.echo(estimate_line(cells, runs=runs, workers=workers))
         return
     study = run_study(cfg, options, source_options=source_options)
     record_options(ctx, study.out)

@@ -60,7 +60,7 @@ def sweep_cmd(
         todo = sum(1 for c in cells if c["state"] != "done")
         typer.echo(f"{todo} to run, {len(cells) - todo} done (states: done, partial = started before, "
                    "to-eval = fine-tune finished, to-run)")
-        typer.echo(estimate_line(cells, runs=loaded.out.parent))
+        typer.echo(estimate_line(cells, runs=loaded.out.parent, workers=workers))
         return
     options = sweep_options(executor, workers, address, retries, threads, progress, reuse)
     result = run_sweep(loaded, options)  # Ctrl-C: exit 130 with run_cli's "interrupted" line

@@ -146,12 +146,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{minutes} min" if minutes < 90 else f"{seconds / 3600:.1f} h"
 
 
-def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
+def estimate_line(cells: list[dict], *, runs: Path | None = None, workers: int = 1) -> str:
     """What a dry run's cells leave to do (fine-tunes and evals not finished) and how long that
     takes one cell at a time at the per-cell cost measured on this machine: in the study's own
     finished cells if there are any, else in the sweeps under ``runs`` of the same models (other
     settings: a rough guide), else none. A task's cost is the median of those measured: a cell
-    that ran while the process was paused, or beside another job, would pull a mean far up."""
+    that ran while the process was paused, or beside another job, would pull a mean far up.
+    With several ``workers`` it also gives the time divided among them: a floor, since cells that
+    share the cores each run slower than one alone (1.24x, not 2x, for two SmolLM2 evals on two
+    cores: ``benchmarks/bench_split.py``)."""
     from statistics import median
 
     tunes = {(c.get("root"), c["finetune_run"]) for c in cells if c.get("finetune_run") and not c.get("finetune_done")}
@@ -180,8 +183,10 @@ def estimate_line(cells: list[dict], *, runs: Path | None = None) -> str:
     total = len(tunes) * mean_ft + evals * mean_ev
     saids = list(dict.fromkeys(x for x in (ft_said if tunes else None, ev_said if evals else None) if x))
     where = saids[0] if len(saids) == 1 else f"{ft_said} (fine-tunes) and {ev_said} (evals)"
+    shared = (f"; on {workers} workers at least {_duration(total / workers)}, more where they share cores"
+              if workers > 1 else "")
     return (f"{todo}; about {_duration(total)} one at a time, at the per-cell cost measured in {where} "
-            f"(median fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then)")
+            f"(median fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then){shared}")
 
 
 def cell_value(cell, key: str) -> Any:
