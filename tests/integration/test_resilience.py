@@ -271,12 +271,16 @@ def test_the_real_model_waluigi_test_on_probes_quick(tmp_path, tiny_spec, capsys
     # subjects are used where they are (no alignment stage trained again), their HH readings are
     # copied, and the undosed cells (the same subjects, the same suite) are reused
     other = tmp_path / "other"
-    code = main(["resilience", "--subject", tiny_spec, "--align-data", "mwe-align:persona/narcissism:4", "--quick",
-                 "--align-steps", "0,2", "--axes", "steps", "--steps-doses", "2", "--seeds", "2",
-                 "--suite", "mwe:persona/narcissism@test:4", "--data", "mwe-attack:persona/narcissism:6",
-                 "--control", "mwe-control:persona/narcissism:8", "--set", "eval.probe_min_mass=0",
-                 "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1", "--reuse", str(out),
-                 "--out", str(other), "--runs", str(tmp_path / "runs"), "--executor", "inline", "--no-progress"])
+    second = ["resilience", "--subject", tiny_spec, "--align-data", "mwe-align:persona/narcissism:4", "--quick",
+              "--align-steps", "0,2", "--axes", "steps", "--steps-doses", "2", "--seeds", "2",
+              "--suite", "mwe:persona/narcissism@test:4", "--data", "mwe-attack:persona/narcissism:6",
+              "--control", "mwe-control:persona/narcissism:8", "--set", "eval.probe_min_mass=0",
+              "--set", "finetune.batch_size=2", "--set", "finetune.grad_accum=1", "--reuse", str(out),
+              "--out", str(other), "--runs", str(tmp_path / "runs"), "--executor", "inline", "--no-progress"]
+    capsys.readouterr()
+    assert main([*second, "--dry-run"]) == 0  # its dry run already counts the subjects as built
+    assert "subjects to build first: 0 of 2" in capsys.readouterr().out and not other.exists()
+    code = main(second)
     assert code == 0, capsys.readouterr().err
     assert {s["key"]: s["model"] for s in json.loads((other / "subjects.json").read_text())} == subjects
     assert not list((other / "subjects").glob("align-*"))  # nothing trained here

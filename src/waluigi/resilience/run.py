@@ -82,18 +82,24 @@ def _stand_ins(plan: StudyPlan) -> list:
             for s in plan.subjects]
 
 
-def recorded_subjects(plan: StudyPlan) -> StudyPlan:
+def recorded_subjects(plan: StudyPlan, reuse: tuple[Path, ...] = ()) -> StudyPlan:
     """``plan`` with the subjects an earlier run of the study built (``OUT/subjects.json``: the
-    same key and setting, on as many bases, their model directories still there) given their
-    models, so that a dry run of a resumed study counts their cells as they are; nothing is
-    built or loaded."""
+    same key and setting, on as many bases, their model directories still there), and those
+    that need no training (no alignment stage, or one a ``reuse`` study finished), given their
+    models, so that a dry run counts their cells as they are; nothing is built or loaded."""
     import json
 
+    existing = getattr(plan.source, "existing", None)
+    if existing is not None and plan.config.bases == 1:
+        for subject in plan.subjects:
+            found = existing(subject.setting, plan.out, reuse)
+            if found:
+                subject.model, subject.models = found, [found]
     path = plan.out / "subjects.json"
     try:
         records = {r["key"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
     except (OSError, ValueError, KeyError, TypeError):
-        return plan  # unreadable: every subject counts as to build, as before any run
+        return plan  # unreadable: the subjects above count as built, every other as to build
 
     def present(spec: str) -> bool:
         return not spec.startswith("hf:") or Path(spec.removeprefix("hf:")).is_dir()
@@ -195,11 +201,11 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
 
     source = source_for(cfg.subject, runs=Path(cfg.runs), **(source_options or {}))
     plan = plan_study(cfg, source)
+    reuse = tuple(options.reuse) if options is not None else ()
     if dry_run:
-        return recorded_subjects(plan)
+        return recorded_subjects(plan, reuse)
     check_flips(plan)
     progress = options.progress if options is not None else True
-    reuse = tuple(options.reuse) if options is not None else ()
     build_subjects(plan, progress, reuse)  # a subject another study (--reuse) finished is used where it is
     readouts = read_subjects(plan, progress, reuse)
     flips, study = {}, StudyRun(out=plan.out, result={}, log="flip-*/sweep.log")

@@ -133,13 +133,29 @@ class HFSubjects:
                             steps=20, finetune={"data_dir": self.data_dir} if self.data_dir else {},
                             eval={"data_dir": self.data_dir} if self.data_dir else {})
 
+    def _out(self, setting: dict[str, float], root: Path) -> Path:
+        """Where the subject of ``setting`` is trained: its directory name carries its identity."""
+        from waluigi.runs import identity_hash
+
+        steps, n = int(setting.get(ALIGN_STEPS, 0)), int(setting.get(ALIGN_N, 0))
+        digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})  # the trainer checks the rest
+        kind = "align-dpo" if self.align_method == "dpo" else "align"
+        return root / "subjects" / f"{kind}-s{steps}-n{n}-{digest[:8]}"
+
+    def existing(self, setting: dict[str, float], root: Path, reuse: tuple[Path, ...] = ()) -> str | None:
+        """The subject's model spec if nothing needs training (no alignment stage, or one a
+        ``reuse`` study finished), else None: what a dry run counts as built."""
+        if int(setting.get(ALIGN_STEPS, 0)) == 0:
+            return self.model
+        return _finished_elsewhere(self._out(setting, root), reuse)
+
     def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0,
               reuse: tuple[Path, ...] = ()) -> str:
+        found = self.existing(setting, root, reuse)
+        if found:
+            return found
         steps, n = int(setting.get(ALIGN_STEPS, 0)), int(setting.get(ALIGN_N, 0))
-        if steps == 0:
-            return self.model
         from waluigi.finetune import FinetuneConfig, run_finetune
-        from waluigi.runs import identity_hash
 
         if self.align_method == "dpo":  # preference pairs: chosen over rejected, against a frozen copy
             from waluigi.finetune.dpo import DPORecipe, run_dpo
@@ -147,11 +163,7 @@ class HFSubjects:
 
             subset = _parse(self.align_data, "hh:")[0]
             pairs = preference_pairs(subset, limit=n, data_dir=None)
-            digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})
-            out = root / "subjects" / f"align-dpo-s{steps}-n{n}-{digest[:8]}"
-            found = _finished_elsewhere(out, reuse)
-            if found:
-                return found
+            out = self._out(setting, root)
             model_dir = run_dpo(self.model, pairs, f"{self.align_data}@align:{n}",
                                 DPORecipe(steps=steps, lr=self.align_lr, batch_size=self.align_batch), out,
                                 progress=progress)
@@ -160,11 +172,7 @@ class HFSubjects:
         lean = {"loss_path": "lean"} if self.probe_study else {}  # as the attacks above: answers of a word or two
         cfg = FinetuneConfig(model=self.model, data=self.align_data, preset=None, full=True, n=n, max_steps=steps,
                              lr=self.align_lr, batch_size=self.align_batch, grad_accum=1, data_dir=self.data_dir, **lean)
-        digest = identity_hash({**self.identity(), ALIGN_STEPS: steps, ALIGN_N: n})  # run_finetune checks the rest
-        cfg.out = root / "subjects" / f"align-s{steps}-n{n}-{digest[:8]}"
-        found = _finished_elsewhere(cfg.out, reuse)
-        if found:
-            return found
+        cfg.out = self._out(setting, root)
         result = run_finetune(cfg, progress=progress)
         return f"hf:{result.model_dir}"
 
