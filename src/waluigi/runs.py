@@ -72,6 +72,17 @@ def write_json_atomic(target: str | os.PathLike, obj: Any, default: Any = str) -
     return write_atomic(target, json.dumps(obj, indent=2, ensure_ascii=False, default=default) + "\n")
 
 
+def read_manifest(path: str | os.PathLike | None) -> dict:
+    """A run directory's manifest, or {} when there is none or it cannot be read (for checks
+    like "is it finished?"; :meth:`RunDir.manifest` is the strict reader)."""
+    if path is None:
+        return {}
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the input of every identity hash."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

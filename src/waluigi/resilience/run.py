@@ -89,10 +89,9 @@ def recorded_subjects(plan: StudyPlan, reuse: tuple[Path, ...] = ()) -> StudyPla
     models, so that a dry run counts their cells as they are; nothing is built or loaded."""
     import json
 
-    existing = getattr(plan.source, "existing", None)
-    if existing is not None and plan.config.bases == 1:
+    if plan.config.bases == 1:
         for subject in plan.subjects:
-            found = existing(subject.setting, plan.out, reuse)
+            found = plan.source.existing(subject.setting, plan.out, reuse)
             if found:
                 subject.model, subject.models = found, [found]
     path = plan.out / "subjects.json"
@@ -167,17 +166,15 @@ def _copy_reading(out: Path, model: str, reuse: tuple[Path, ...]) -> None:
     """Copy into ``out`` (when it does not exist) a finished reading of ``model`` from a reuse
     study's directory of the same name (the same subject key and suite); run_eval then finds it
     finished (the same identity) and reads nothing."""
-    import json
     import shutil
+
+    from waluigi.runs import read_manifest
 
     if out.exists():
         return
     for other in reuse:
         found = Path(other) / "subjects" / "readouts" / out.name
-        try:
-            manifest = json.loads((found / "manifest.json").read_text())
-        except (OSError, ValueError):
-            continue
+        manifest = read_manifest(found)
         if manifest.get("status") == "finished" and (manifest.get("config") or {}).get("model") == model:
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(found, out)

@@ -61,6 +61,11 @@ class SubjectSource(Protocol):
         only (the plan refuses more)."""
         ...
 
+    def existing(self, setting: dict[str, float], root: Path, reuse: tuple[Path, ...] = ()) -> str | None:
+        """The model spec for ``setting`` when building it trains nothing, known without loading
+        or training anything (a dry run counts that subject as built); None otherwise."""
+        ...
+
 
 def source_for(spec: str, **options: Any) -> SubjectSource:
     """The source named by ``--subject`` (``toyworld``, ``hf:MODEL``, ``smollm2``)."""
@@ -182,18 +187,15 @@ def _finished_elsewhere(out: Path, reuse: tuple[Path, ...]) -> str | None:
     identity (its directory name carries the identity's hash), used where it is, so that every
     cell on it keeps the same identity in both studies; None when there is none (or this study
     has started its own)."""
-    import json
     import os
 
-    if (out / "manifest.json").is_file():
+    from waluigi.runs import read_manifest
+
+    if read_manifest(out):
         return None
     for other in reuse:
         found = Path(other) / "subjects" / out.name
-        try:
-            manifest = json.loads((found / "manifest.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if manifest.get("status") == "finished" and (found / "model" / "config.json").is_file():
+        if read_manifest(found).get("status") == "finished" and (found / "model" / "config.json").is_file():
             path = found / "model"
             if path.is_absolute() and path.is_relative_to(Path.cwd()):  # as a study given a relative --out names it
                 path = Path(os.path.relpath(path))

@@ -178,15 +178,15 @@ def estimate_line(cells: list[dict], *, runs: Path | None = None, workers: int =
                 found[kind] = (median(seconds), said)
     if (tunes and 0 not in found) or (evals and 1 not in found):
         return f"{todo}; no estimate: no fine-tune and eval of this kind has been measured here yet"
-    mean_ft, ft_said = found.get(0, (0.0, None))
-    mean_ev, ev_said = found.get(1, (0.0, None))
-    total = len(tunes) * mean_ft + evals * mean_ev
+    ft_cost, ft_said = found.get(0, (0.0, None))
+    ev_cost, ev_said = found.get(1, (0.0, None))
+    total = len(tunes) * ft_cost + evals * ev_cost
     saids = list(dict.fromkeys(x for x in (ft_said if tunes else None, ev_said if evals else None) if x))
     where = saids[0] if len(saids) == 1 else f"{ft_said} (fine-tunes) and {ev_said} (evals)"
     shared = (f"; on {workers} workers at least {_duration(total / workers)}, more where they share cores"
               if workers > 1 else "")
     return (f"{todo}; about {_duration(total)} one at a time, at the per-cell cost measured in {where} "
-            f"(median fine-tune {mean_ft:.1f} s, eval {mean_ev:.1f} s; under whatever load ran then){shared}")
+            f"(median fine-tune {ft_cost:.1f} s, eval {ev_cost:.1f} s; under whatever load ran then){shared}")
 
 
 def cell_value(cell, key: str) -> Any:

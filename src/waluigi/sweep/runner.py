@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from waluigi.errors import UserError
-from waluigi.runs import MANIFEST, write_json_atomic
+from waluigi.runs import MANIFEST, read_manifest, write_json_atomic
 from waluigi.sweep.executors import cores, make_executor, task_env
 from waluigi.sweep.spec import Cell, Spec, plain, relative, show_value
 
@@ -69,18 +69,9 @@ class SweepResult:
 
 
 # -- state on disk ---------------------------------------------------------------------------------
-def _manifest(path: Path | None) -> dict:
-    if path is None:
-        return {}
-    try:
-        return json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def finetune_done(cell: Cell, root: Path) -> bool:
     path = cell.finetune_dir(root)
-    if path is None or _manifest(path).get("status") != "finished":
+    if path is None or read_manifest(path).get("status") != "finished":
         return False
     if cell.openai:
         return _fine_tuned_model(path) is not None
@@ -98,7 +89,7 @@ def _fine_tuned_model(path: Path) -> str | None:
 
 
 def eval_done(cell: Cell, root: Path) -> bool:
-    return _manifest(cell.eval_dir(root)).get("status") == "finished"
+    return read_manifest(cell.eval_dir(root)).get("status") == "finished"
 
 
 def cell_state(cell: Cell, root: Path) -> str:
@@ -160,7 +151,7 @@ def checkpoint_dir(cell: Cell, root: Path) -> Path | None:
     from waluigi.finetune.checkpoints import STEP_ADAPTERS
 
     path = cell.finetune_dir(root) / STEP_ADAPTERS / f"step-{cell.step:06d}"
-    stopped = _manifest(cell.finetune_dir(root)).get("stopped_early") or {}
+    stopped = read_manifest(cell.finetune_dir(root)).get("stopped_early") or {}
     if not path.exists() and isinstance(stopped.get("step"), int) and cell.step >= stopped["step"]:
         return None  # a plug-in stopped training before this step: the weights it ended with are this step's
     return path if path.exists() or not _is_last_step(cell) else None
@@ -246,8 +237,8 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
                     advance(0, **tally.fields())
                     # the tasks' own bars only where they share this terminal (inline)
                     task_progress = options.progress and not executor.redirect
-                    _schedule(todo, root, executor, options.retries, threads, outcomes, tally, task_progress,
-                              _Table(spec, root, outcomes).refresh)
+                    _schedule(todo, root, executor, options.retries, threads, outcomes, tally,
+                              _Table(spec, root, outcomes).refresh, task_progress)
             except BaseException:
                 executor.close(cancel=True)
                 for cell in todo:
@@ -324,7 +315,7 @@ def reuse_cells(cells: list[Cell], root: Path, sources) -> int:
             weights_match = ft_here is None or _reused_from(ft_here) == str(source)
             ev_here, ev_there = cell.eval_dir(root), _eval_there(cell, source)
             if (weights_match and not ev_here.exists() and ev_there.is_dir()
-                    and _manifest(ev_there).get("status") == "finished"):
+                    and read_manifest(ev_there).get("status") == "finished"):
                 _copy_run(ev_there, ev_here, source)
                 copied.append("eval")
             if copied:
@@ -398,7 +389,7 @@ class _Table:
 
 
 def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, outcomes: dict, tally,
-              progress: bool = False, refresh=None) -> None:
+              refresh, progress: bool = False) -> None:
     """Run fine-tunes (one per fine-tune identity) and evals; an eval goes in when its
     fine-tune is finished; a failed task is resubmitted up to ``retries`` times.
 
@@ -443,6 +434,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
     hand_over()
     while inflight:
         done, _ = executor.wait([entry[0] for entry in inflight.values()])
+        settled = False  # a cell's outcome is known: the table changes
         for handle in done:
             _, kind, key, task, attempt, started = inflight.pop(id(handle))
             result = executor.result(handle)
@@ -460,8 +452,7 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 else:
                     outcomes[key] = Outcome("finished", ran=True, attempts=attempt, seconds=seconds)
                     tally.eval()
-                    if refresh is not None:
-                        refresh()
+                    settled = True
                 continue
             if result.get("permanent"):
                 _log(root, f"{what} {status} (attempt {attempt}, not retried: the same settings would fail the same way): {error}")
@@ -479,8 +470,9 @@ def _schedule(todo: list[Cell], root: Path, executor, retries: int, threads, out
                 tally.finetune(failed_evals=len(cells))
             else:
                 tally.eval()
-            if refresh is not None:
-                refresh()
+            settled = True
+        if settled:  # the table, before the next tasks start (a killed sweep's table holds what it finished)
+            refresh()
         hand_over()
 
 

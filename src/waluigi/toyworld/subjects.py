@@ -66,6 +66,11 @@ class ToySubjects:
             steps=2 if q else 32, finetune=dict(NARROW),
             eval={"max_tokens": 48 if q else 96, "batch_size": 256, **({"samples": 1} if q else {})})
 
+    def existing(self, setting: dict[str, float], root: Path, reuse: tuple[Path, ...] = ()) -> str | None:
+        """None: a dry run counts every persona-world subject as to build (its cache lives in the
+        runs directory, keyed by stages this dry run does not resolve)."""
+        return None
+
     def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0,
               reuse: tuple[Path, ...] = ()) -> str:
         """The model of ``setting`` on base ``base`` (world seed: corpus, alignment set, initialisation;
