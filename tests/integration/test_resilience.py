@@ -163,6 +163,10 @@ def test_the_persona_world_plans_the_waluigi_tests_two_series(tmp_path, capsys):
 
     assert demo_config("fast", villain_share=0.0).world().mixture["villain"] == 0.0
     assert demo_config("fast", villain_share=0.2).world().mixture == demo_config("fast").world().mixture
+    # over bases, every subject is built on each (the count was once the subjects', not the models')
+    assert main(["resilience", "--dry-run", "--bases", "2", "--axes", "steps", "--runs", str(tmp_path),
+                 "--no-progress"]) == 0
+    assert "subjects to build first: 26 of 26 (13 on each of 2 bases)" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())
 
 

@@ -108,9 +108,10 @@ def resilience_cmd(
                    f"{', '.join(controls) or 'none'}); study directory {plan.out}")
         cells = planned_cells(plan)
         todo = sum(1 for c in cells if c["state"] != "done")
-        built = sum(1 for s in plan.subjects if s.model)
+        built = sum(len(s.models) if s.models else int(bool(s.model)) for s in plan.subjects)
+        total = len(plan.subjects) * cfg.bases
         typer.echo(f"{len(cells)} flip cells: {todo} to run, {len(cells) - todo} done; subjects to build first: "
-                   f"{len(plan.subjects) - built} of {len(plan.subjects)}")
+                   f"{total - built} of {total}{f' ({len(plan.subjects)} on each of {cfg.bases} bases)' if cfg.bases > 1 else ''}")
         typer.echo(estimate_line(cells, runs=runs, workers=workers))
         return
     study = run_study(cfg, options, source_options=source_options)
