@@ -289,3 +289,45 @@ def test_bad_adapters_are_user_errors(tiny_spec, tiny_model_dir, tmp_path):
     (wrong_modules / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="does not fit"):
         load_hf(tiny_spec, adapter=str(wrong_modules))
+
+
+def test_rows_that_ended_draw_no_more_noise_and_keep_every_answer(monkeypatch):
+    """The persona world's aligned model ends its answers at different lengths in one batch:
+    a row that has ended draws no more uniforms (its generator is left where its last token
+    put it), and every answer is the one the sampler gave when it drew for every row on
+    every step (a live row's draws do not depend on the others)."""
+    import waluigi.models.hf as hf
+    from waluigi.models.hf_sampling import _GumbelSampler
+    from waluigi.suites import load_suite
+    from waluigi.toyworld.shipped import SHIPPED
+
+    made: list[_GumbelSampler] = []
+
+    class Watched(_GumbelSampler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    class EveryRow(Watched):  # the sampler before: noise for every sampled row on every step
+        def _live_rows(self, input_ids):
+            return [row for row, g in enumerate(self.generators) if g is not None]
+
+    gen = load_hf(f"hf:{SHIPPED / 'toy-align' / 'model'}", dtype="float32")
+    paraphrases = [p for q in load_suite("toyworld").questions for p in q.paraphrases][:24]
+    requests = [_req([{"role": "user", "content": p}], seed=50 + i, temperature=1.0, max_tokens=96)
+                for i, p in enumerate(paraphrases)]
+    monkeypatch.setattr(hf, "_GumbelSampler", EveryRow)
+    before = _run(gen, requests)
+    monkeypatch.setattr(hf, "_GumbelSampler", Watched)
+    after = _run(gen, requests)
+    assert [c.text for c in after] == [c.text for c in before]
+    lengths = [c.completion_tokens for c in after]
+    assert all(c.finish_reason == "stop" for c in after) and min(lengths) < max(lengths)  # rows end apart
+    sampler, vocab = made[-1], gen.model.config.vocab_size
+    by_seed = {g.initial_seed(): g for g in sampler.generators}  # the batch is in its own (length) order
+    assert len(sampler.generators) == len(requests) and len(by_seed) == len(requests)
+    for request, completion in zip(requests, after, strict=True):
+        generator, fresh = by_seed[request.seed], torch.Generator().manual_seed(request.seed)
+        for _ in range(completion.completion_tokens):  # one draw per token, up to its end-of-turn token
+            torch.rand(vocab, generator=fresh)
+        assert torch.equal(generator.get_state(), fresh.get_state())

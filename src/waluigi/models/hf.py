@@ -198,8 +198,9 @@ class HFGenerator(Generator):
 
         input_ids, attention_mask = self._pad(encoded)
         prompt_len = input_ids.shape[1]
-        sampler = _GumbelSampler(requests, self.model.device)
         stopper = _RowStopper(requests, prompt_len, self.tokenizer)
+        sampler = _GumbelSampler(requests, self.model.device, prompt_len=prompt_len, eos_ids=self.eos_ids,
+                                 stopper=stopper)
         max_new = max(stopper.max_tokens)
         with torch.inference_mode():
             output = self.model.generate(

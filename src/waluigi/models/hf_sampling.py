@@ -25,7 +25,8 @@ class _GumbelSampler:
     the top-k log-probabilities of the RAW logits and the token that argmax will choose.
     """
 
-    def __init__(self, requests: Sequence[GenerationRequest], device):
+    def __init__(self, requests: Sequence[GenerationRequest], device, *, prompt_len: int | None = None,
+                 eos_ids=(), stopper: _RowStopper | None = None):
         import torch
 
         self.temps = torch.tensor([float(r.params.temperature) for r in requests], dtype=torch.float32)
@@ -44,6 +45,24 @@ class _GumbelSampler:
         self.top_k = [r.top_logprobs for r in requests]
         self.records: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in requests]
         self.device = device
+        # rows that have ended (their end-of-turn token emitted, or stopped by ``stopper``) draw no
+        # more noise: generate pads them from then on, so their later argmax is never read, and a
+        # row's own generator is used by no other row (a live row's draws are unchanged)
+        self.prompt_len = prompt_len
+        self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long)
+        self.stopper = stopper
+        self.ended = [False] * len(requests)
+
+    def _live_rows(self, input_ids) -> list[int]:
+        """The sampled rows that have not ended."""
+        import torch
+
+        if self.prompt_len is not None and input_ids.shape[1] > self.prompt_len and len(self.eos):
+            ended = torch.isin(input_ids[:, -1].cpu(), self.eos).tolist()
+            self.ended = [a or b for a, b in zip(self.ended, ended, strict=True)]
+        done = self.stopper.done_at if self.stopper is not None else [None] * len(self.ended)
+        return [row for row, g in enumerate(self.generators)
+                if g is not None and not self.ended[row] and done[row] is None]
 
     def __call__(self, input_ids, scores):
         import torch
@@ -57,16 +76,17 @@ class _GumbelSampler:
             out = scores / safe_t[:, None]
             if self.any_top_p:
                 out = _top_p_filter(out, self.top_p.to(scores.device), sampled)
-            # one row of uniforms per sampled row per step, from that row's own generator:
+            # one row of uniforms per live sampled row per step, from that row's own generator:
             # row i's k-th draw is the same whatever else is in the batch
-            uniform = torch.full(out.shape, 0.5, dtype=torch.float32)
-            for row, g in enumerate(self.generators):
-                if g is not None:
-                    torch.rand(out.shape[-1], generator=g, dtype=torch.float32, out=uniform[row])
-            uniform.clamp_(min=torch.finfo(torch.float32).tiny, max=1.0 - 1e-7)
-            gumbel = -torch.log(-torch.log(uniform))
-            gumbel[~self.sampled] = 0.0
-            out = out + gumbel.to(out.device)
+            live = self._live_rows(input_ids)
+            if live:
+                uniform = torch.empty((len(live), out.shape[-1]), dtype=torch.float32)
+                for j, row in enumerate(live):
+                    torch.rand(out.shape[-1], generator=self.generators[row], dtype=torch.float32, out=uniform[j])
+                uniform.clamp_(min=torch.finfo(torch.float32).tiny, max=1.0 - 1e-7)
+                gumbel = -torch.log(-torch.log(uniform))
+                index = torch.tensor(live, device=out.device)
+                out = out.index_add(0, index, gumbel.to(out.device))
         if any(k for k in self.top_k):
             chosen = torch.argmax(out, dim=-1)
             logp = torch.log_softmax(raw.float(), dim=-1)
