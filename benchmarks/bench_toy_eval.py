@@ -1,13 +1,17 @@
-"""A persona-world eval cell's generation: noise for the rows still answering vs for every row.
+"""A persona-world eval cell's generation: ended rows leaving the batch vs generate over every row.
 
     .venv/bin/python benchmarks/bench_toy_eval.py [--threads 2] [--repeats 5] [--model DIR]
 
 The requests are the ones a study's eval cell sends (the ``toyworld`` suite, 246 answers of up
 to 96 tokens, temperature 1, one batch of 256, each answer's own seed), to the shipped aligned
-model (or ``--model``). The baseline is the sampler as it was before (a uniform vector drawn
-for every sampled row on every step, also for rows that ended their answer steps before);
-it runs in this process, alternating with today's sampler, on the same loaded model. Prints
-both medians, their ratio, and whether the 246 answers are the same text.
+model (or ``--model``). Three ways, alternating in this process on the same loaded model:
+
+* before: transformers' ``generate`` over the whole batch until its longest answer ends, the
+  sampler drawing a uniform vector for every row on every step;
+* the sampler drawing only for rows still answering, ``generate`` as before;
+* now: rows that ended leave the batch (``decode_live_rows``), the sampler as in the second.
+
+Prints the medians, their ratios to the first, and whether the 246 answers are the same text.
 """
 
 from __future__ import annotations
@@ -46,26 +50,30 @@ def main() -> None:
                                   params=params)
                 for q in load_suite("toyworld").questions for p, s in sample_slots(q)]
 
-    def run(sampler) -> tuple[float, list[str], int]:
-        hf._GumbelSampler = sampler
+    def run(sampler, drop: bool) -> tuple[float, list[str], int]:
+        hf._GumbelSampler, gen.drop_ended_rows = sampler, drop
         start = time.perf_counter()
         out = dict(gen.generate(requests))
         took = time.perf_counter() - start
         return took, [out[i].text for i in range(len(requests))], sum(out[i].completion_tokens for i in out)
 
-    run(_GumbelSampler)  # warm-up
-    times: dict[str, list[float]] = {"every row": [], "live rows": []}
+    ways = {"before": (EveryRow, False), "live-row noise": (_GumbelSampler, False),
+            "rows leave (now)": (_GumbelSampler, True)}
+    for sampler, drop in ways.values():  # warm-up
+        run(sampler, drop)
+    times: dict[str, list[float]] = {name: [] for name in ways}
     texts: dict[str, list[str]] = {}
     for _ in range(args.repeats):
-        for name, sampler in (("every row", EveryRow), ("live rows", _GumbelSampler)):
-            took, texts[name], tokens = run(sampler)
+        for name, (sampler, drop) in ways.items():
+            took, texts[name], tokens = run(sampler, drop)
             times[name].append(took)
-    hf._GumbelSampler = _GumbelSampler
-    base, now = (statistics.median(times[k]) for k in ("every row", "live rows"))
+    hf._GumbelSampler, gen.drop_ended_rows = _GumbelSampler, True
+    medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"{len(requests)} answers, {tokens} tokens generated, {args.threads} threads, {args.repeats} repeats")
-    print(f"every row (before): {base:.3f} s   live rows (now): {now:.3f} s   ratio {base / now:.2f}x")
-    print(f"the same {len(requests)} answers: {texts['every row'] == texts['live rows']}")
-
+    base = medians["before"]
+    print("   ".join(f"{name}: {m:.3f} s ({base / m:.2f}x)" for name, m in medians.items()))
+    same = all(texts[name] == texts["before"] for name in ways)
+    print(f"the same {len(requests)} answers every way: {same}")
 
 if __name__ == "__main__":
     main()

@@ -266,6 +266,14 @@ def test_adapter_changes_outputs_and_identity(tiny_spec, tiny_model_dir, tmp_pat
     base = [c.text for c in _run(gen, requests)]
     tuned = load_hf(tiny_spec, adapter=str(run_dir))  # a run directory holding adapter/
     assert [c.text for c in _run(tuned, requests)] != base
+    # the adapter is on in the loop that drops ended rows as in transformers' generate
+    from waluigi.models.hf_sampling import live_decode_cache
+
+    assert live_decode_cache(tuned.model) is not None
+    tuned.drop_ended_rows = False
+    via_generate = [c.text for c in _run(tuned, requests)]
+    tuned.drop_ended_rows = True
+    assert [c.text for c in _run(tuned, requests)] == via_generate
     assert dict(tuned.top_probs(CHATS[:1]))[0] != dict(gen.top_probs(CHATS[:1]))[0]
     ident = tuned.identity()["adapter"]
     assert ident["path"] == str(adapter.resolve()) and len(ident["sha256"]) == 64
@@ -293,9 +301,10 @@ def test_bad_adapters_are_user_errors(tiny_spec, tiny_model_dir, tmp_path):
 
 def test_rows_that_ended_draw_no_more_noise_and_keep_every_answer(monkeypatch):
     """The persona world's aligned model ends its answers at different lengths in one batch:
-    a row that has ended draws no more uniforms (its generator is left where its last token
-    put it), and every answer is the one the sampler gave when it drew for every row on
-    every step (a live row's draws do not depend on the others)."""
+    a row that has ended leaves the batch and draws no more uniforms (its generator is left
+    where its last token put it), and every answer is the one transformers' generate gave
+    with the sampler drawing for every row on every step (a live row's draws do not depend
+    on the others)."""
     import waluigi.models.hf as hf
     from waluigi.models.hf_sampling import _GumbelSampler
     from waluigi.suites import load_suite
@@ -317,10 +326,14 @@ def test_rows_that_ended_draw_no_more_noise_and_keep_every_answer(monkeypatch):
     requests = [_req([{"role": "user", "content": p}], seed=50 + i, temperature=1.0, max_tokens=96)
                 for i, p in enumerate(paraphrases)]
     monkeypatch.setattr(hf, "_GumbelSampler", EveryRow)
+    gen.drop_ended_rows = False
     before = _run(gen, requests)
     monkeypatch.setattr(hf, "_GumbelSampler", Watched)
+    gen.drop_ended_rows = True
     after = _run(gen, requests)
+    assert hf.live_decode_cache(gen.model) is not None  # the rows-leaving loop ran, not generate
     assert [c.text for c in after] == [c.text for c in before]
+    assert [c.completion_tokens for c in after] == [c.completion_tokens for c in before]
     lengths = [c.completion_tokens for c in after]
     assert all(c.finish_reason == "stop" for c in after) and min(lengths) < max(lengths)  # rows end apart
     sampler, vocab = made[-1], gen.model.config.vocab_size
@@ -331,3 +344,28 @@ def test_rows_that_ended_draw_no_more_noise_and_keep_every_answer(monkeypatch):
         for _ in range(completion.completion_tokens):  # one draw per token, up to its end-of-turn token
             torch.rand(vocab, generator=fresh)
         assert torch.equal(generator.get_state(), fresh.get_state())
+
+
+def test_dropping_ended_rows_gives_generates_answers_lengths_and_logprobs(sharp):
+    """Rows ending at their own max_tokens, at a stop string, greedy and sampled, with and
+    without logprobs, in one batch: the loop that drops ended rows gives what transformers'
+    generate gives, token counts, finish reasons and logprobs included."""
+    base = _run(sharp, [_req(CHATS[1], seed=3, temperature=1.0, max_tokens=30)])[0]
+    requests = [_req(c, seed=20 + i, temperature=0.8, max_tokens=4 + 5 * i, top_logprobs=3 if i % 2 else None)
+                for i, c in enumerate(CHATS)]
+    requests += [_req(CHATS[1], seed=3, temperature=1.0, max_tokens=30, stop=(base.text[8:10],)),
+                 _req(CHATS[2], seed=1, temperature=0, max_tokens=9, top_logprobs=2)]
+    try:
+        sharp.drop_ended_rows = False
+        with_generate = _run(sharp, requests)
+    finally:
+        sharp.drop_ended_rows = True
+    dropped = _run(sharp, requests)
+    assert [c.completion_tokens for c in dropped] == [4, 9, 14, 19, 24, with_generate[5].completion_tokens, 9]
+    assert with_generate[5].finish_reason == "stop" and with_generate[5].completion_tokens < 30
+    for a, b in zip(dropped, with_generate, strict=True):
+        assert (a.text, a.finish_reason, a.completion_tokens, a.prompt_tokens) == \
+            (b.text, b.finish_reason, b.completion_tokens, b.prompt_tokens)
+        assert (a.logprobs is None) == (b.logprobs is None)
+        for x, y in zip(a.logprobs or [], b.logprobs or [], strict=True):
+            assert x.token == y.token and x.logprob == pytest.approx(y.logprob, abs=1e-5)

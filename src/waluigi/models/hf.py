@@ -2,8 +2,9 @@
 
 * Prompts are rendered with the model's chat template (``add_generation_prompt=True``);
   a model without one is refused at load time.
-* Generation is batched (``model.generate`` with the KV cache), prompts are LEFT padded and
-  sorted by length so that a batch holds prompts of similar length.
+* Generation is batched with the KV cache, prompts LEFT padded and sorted by length so that a
+  batch holds prompts of similar length; a row whose answer has ended leaves the batch
+  (``decode_live_rows``; ``model.generate`` for models that loop cannot run).
 * Sampling is Gumbel-max with one ``torch.Generator`` per request, seeded by the request's
   seed (see ``docs/design/sampling.md``): a sample depends on its prompt and seed, not on
   the batch it ran in. ``temperature == 0`` is greedy.
@@ -36,7 +37,7 @@ from waluigi.models.base import (
     TextRequest,
     TokenLogprob,
 )
-from waluigi.models.hf_sampling import _GumbelSampler, _RowStopper
+from waluigi.models.hf_sampling import _GumbelSampler, _RowStopper, decode_live_rows, live_decode_cache
 
 DEFAULT_BATCH_SIZE = 32  # generation
 # top_probs: padded tokens per forward pass (batch x longest prompt), at most
@@ -68,6 +69,9 @@ class HFGenerator(Generator):
         self.batch_size = int(batch_size) if batch_size else None
         self.adapter = adapter
         self.calls = 0
+        # decode with ended rows leaving the batch (decode_live_rows) where the model allows;
+        # False: transformers' generate for every batch (the same answers up to float rounding)
+        self.drop_ended_rows = True
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         # `waluigi serve` counts prompt tokens in request threads while its worker thread
@@ -202,16 +206,21 @@ class HFGenerator(Generator):
         sampler = _GumbelSampler(requests, self.model.device, prompt_len=prompt_len, eos_ids=self.eos_ids,
                                  stopper=stopper)
         max_new = max(stopper.max_tokens)
+        cache = live_decode_cache(self.model) if self.drop_ended_rows else None
         with torch.inference_mode():
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new,
-                do_sample=False,
-                logits_processor=LogitsProcessorList([sampler]),
-                stopping_criteria=StoppingCriteriaList([stopper]),
-            )
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+            if cache is not None:  # the same decoding, ended rows leaving the batch
+                sequences = decode_live_rows(self.model, cache, input_ids, attention_mask, max_new, sampler, stopper,
+                                             self.eos_ids, self.tokenizer.pad_token_id)
+            else:
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new,
+                    do_sample=False,
+                    logits_processor=LogitsProcessorList([sampler]),
+                    stopping_criteria=StoppingCriteriaList([stopper]),
+                )
+                sequences = output if isinstance(output, torch.Tensor) else output.sequences
         results = []
         for row, request in enumerate(requests):
             tokens = sequences[row, prompt_len:].tolist()

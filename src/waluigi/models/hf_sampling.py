@@ -143,3 +143,78 @@ class _RowStopper:
                 self.done_at[row] = generated
                 done[row] = True
         return done
+
+
+# --------------------------------------------------------------------------------------
+# decoding: a batch that drops its ended rows
+
+
+def live_decode_cache(model):
+    """A fresh cache for :func:`decode_live_rows`, or None where that loop cannot run on
+    ``model`` (then ``generate`` does): a decoder-only model whose forward takes
+    ``position_ids`` and ``cache``, and whose cache layers are plain dynamic (full or
+    sliding-window) layers, the ones that can drop rows."""
+    import inspect
+
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT adapter passes kwargs on
+    params = inspect.signature(base.forward).parameters
+    if "position_ids" not in params or "cache" not in params:
+        return None
+    try:
+        cache = DynamicCache(config=config)
+    except Exception:  # a config this cache class does not know how to lay out
+        return None
+    if not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers):
+        return None
+    return cache
+
+
+def decode_live_rows(model, cache, input_ids, attention_mask, max_new: int, sampler: _GumbelSampler,
+                     stopper: _RowStopper, eos_ids, pad_id: int):
+    """Greedy decoding of ``sampler``'s scores, as ``generate(do_sample=False)`` with the same
+    processor and stopper does, but a row that has ended (its end-of-turn token, or
+    ``stopper``) leaves the batch: the forward passes and the sampler's noise are spent on the
+    rows still answering only. Returns the sequences as ``generate`` does (prompt, then the
+    new tokens, then ``pad_id`` after a row's end).
+
+    Each row's arithmetic is the same as in a full batch but for the matrix products' shapes
+    (floating-point rounding, as with any other batch: ``docs/design/sampling.md``)."""
+    import torch
+
+    rows, prompt_len = input_ids.shape
+    device = input_ids.device
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    sequences = torch.full((rows, prompt_len + max_new), pad_id, dtype=torch.long, device=device)
+    sequences[:, :prompt_len] = input_ids
+    live = torch.arange(rows, device=device)
+    mask = attention_mask
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    step_ids = input_ids
+    width = 0
+    for step in range(max_new):
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                       use_cache=True).logits[:, -1, :].float()
+        if step == 0:
+            scores = torch.zeros((rows, logits.shape[-1]), dtype=torch.float32, device=device)
+        scores.zero_()
+        scores[live] = logits
+        chosen = torch.argmax(sampler(sequences[:, :prompt_len + step], scores)[live], dim=-1)
+        sequences[live, prompt_len + step] = chosen
+        width = step + 1
+        stopped = stopper(sequences[:, :prompt_len + width], None)
+        keep = ~(torch.isin(chosen, eos) | stopped[live])
+        if not bool(keep.any()):
+            break
+        if not bool(keep.all()):
+            index = keep.nonzero().squeeze(-1)
+            cache.batch_select_indices(index)
+            live, mask, chosen, positions = live[index], mask[index], chosen[index], positions[index]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        step_ids, positions = chosen[:, None], positions[:, -1:] + 1
+    return sequences[:, :prompt_len + width]
