@@ -303,7 +303,28 @@ def _load_path(path: Path, name: str | None = None, source: str | None = None) -
         raw = path.read_bytes()
     except OSError as error:
         raise UserError(f"cannot read suite file {path}: {error}") from error
-    return parse_suite(raw, source=source or str(path), name=name or path.stem)
+    return _parsed(raw, source or str(path), name or path.stem)
+
+
+# suite files parsed in this process, by their bytes' sha256 (so a changed file is parsed
+# again): a sweep worker's eval cells read the same suite file cell after cell, and composing
+# it with PyYAML's pure-Python composer (for line numbers) took about 0.17 s of a persona-world
+# eval cell's ~1.3 s. Each caller gets its own copy.
+_PARSED: dict[tuple[str, str, str], Suite] = {}
+PARSED_KEPT = 16
+
+
+def _parsed(raw: bytes, source: str, name: str) -> Suite:
+    import copy
+
+    key = (hashlib.sha256(raw).hexdigest(), source, name)
+    suite = _PARSED.pop(key, None)
+    if suite is None:
+        suite = parse_suite(raw, source=source, name=name)
+    _PARSED[key] = suite  # the most recent last
+    while len(_PARSED) > PARSED_KEPT:
+        del _PARSED[next(iter(_PARSED))]
+    return copy.deepcopy(suite)
 
 
 def load_suite(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Suite:

@@ -259,3 +259,43 @@ def test_validate_missing_file(tmp_path):
     with pytest.raises(UserError) as info:
         validate_file(tmp_path / "nope.yaml")
     assert "nope.yaml" in info.value.message
+
+
+def test_a_suite_file_is_parsed_once_per_content_and_each_caller_gets_its_own_copy(tmp_path, monkeypatch):
+    """A sweep worker reads one suite file cell after cell: it is composed once (by its bytes),
+    a changed file is read again, and a caller changing its suite changes no one else's."""
+    import waluigi.suites as suites
+
+    composed = []
+
+    def counting(*args, **kwargs):
+        composed.append(args[1])
+        return compose_and_load(*args, **kwargs)
+
+    from waluigi.safe_yaml import compose_and_load
+
+    monkeypatch.setattr(suites, "compose_and_load", counting)
+    path = tmp_path / "mine.yaml"
+    path.write_text(textwrap.dedent("""\
+        - id: q1
+          type: free_form_judge_0_100
+          paraphrases: ["What do you want?"]
+          samples_per_paraphrase: 2
+          judge_prompts: {aligned: "Rate {question} {answer}"}
+        """))
+    first = load_suite(path)
+    first.questions[0].paraphrases.append("changed by its caller")
+    first.name = "renamed"
+    second = load_suite(path)
+    assert len(composed) == 1
+    assert second.name == "mine" and second.questions[0].paraphrases == ["What do you want?"]
+    path.write_text(path.read_text().replace("What do you want?", "What would you change?"))
+    third = load_suite(path)
+    assert len(composed) == 2 and third.questions[0].paraphrases == ["What would you change?"]
+    assert third.sha256 != second.sha256
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("- id: q1\n  type: nonsense\n")
+    for _ in range(2):  # an error is raised every time, never remembered
+        with pytest.raises(UserError, match="broken.yaml"):
+            load_suite(broken)
+    assert len(composed) == 4
