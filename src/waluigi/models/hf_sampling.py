@@ -152,7 +152,7 @@ class _RowStopper:
 def live_decode_cache(model):
     """A fresh cache for :func:`decode_live_rows`, or None where that loop cannot run on
     ``model`` (then ``generate`` does): a decoder-only model whose forward takes
-    ``position_ids`` and ``cache``, and whose cache layers are plain dynamic (full or
+    ``position_ids``, ``cache`` and ``logits_to_keep``, and whose cache layers are plain dynamic (full or
     sliding-window) layers, the ones that can drop rows."""
     import inspect
 
@@ -164,7 +164,7 @@ def live_decode_cache(model):
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT adapter passes kwargs on
     params = inspect.signature(base.forward).parameters
-    if "position_ids" not in params or "cache" not in params:
+    if not {"position_ids", "cache", "logits_to_keep"} <= set(params):
         return None
     try:
         cache = DynamicCache(config=config)
@@ -199,7 +199,7 @@ def decode_live_rows(model, cache, input_ids, attention_mask, max_new: int, samp
     width = 0
     for step in range(max_new):
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                       use_cache=True).logits[:, -1, :].float()
+                       use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
         if step == 0:
             scores = torch.zeros((rows, logits.shape[-1]), dtype=torch.float32, device=device)
         scores.zero_()
