@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from waluigi.errors import UserError
 from waluigi.models.base import OptionRequest, OptionScores, Progress
 
-TOKEN_BUDGET_CPU = 4096  # padded tokens per forward pass on CPU (benchmarks/bench_probes.py)
+# padded tokens per forward pass on CPU (benchmarks/bench_probes.py); at one thread (a pool
+# worker's) 1024 and 2048 measured no faster and 8192 1.4x slower (mwe:em@test:10, 2026-12-07)
+TOKEN_BUDGET_CPU = 4096
 TOKEN_BUDGET = 32 * 512
 # a batch's rows x its longest row (the KV cache and activations it holds) at most this many
 # times the token budget: a long shared prefix (in-context shots) runs once for many rows
