@@ -104,6 +104,37 @@ def test_interleave_plus_plus_keeps_the_rows_with_the_largest_perplexity_gap(tin
         parse_plugin(f"interleave++:data={files['benign']}")
 
 
+def test_answer_nll_is_the_whole_tensors_log_softmax_to_the_bit():
+    """The gap selection's log-likelihoods take the log-softmax only where a learned token is
+    predicted: on the persona world's model and its benign rows (prompts, answers and padding
+    of many lengths, several batches) every value equals the whole tensor's computation, bit
+    for bit, so the rows interleave++ chooses are the ones it chose before."""
+    from waluigi.defenses.plugins import _pad, answer_nll
+    from waluigi.finetune.masking import tokenize_rows
+    from waluigi.models.hf_load import load_hf
+    from waluigi.toyworld.shipped import SHIPPED
+    from waluigi.data import resolve_dataset
+
+    model = load_hf(f"hf:{SHIPPED / 'toy-align' / 'model'}", dtype="float32")
+    rows = [json.loads(line) for line in resolve_dataset("toy:hero").path.read_text().splitlines()[:40]]
+    examples, _ = tokenize_rows(model.tokenizer, rows, 512, "toy:hero")
+    assert len({len(e["input_ids"]) for e in examples}) > 5
+
+    def whole_tensor(batch: int = 16) -> list[float]:  # the computation as it was
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(examples), batch):
+                ids, mask, labels = _pad(examples[start:start + batch], torch.device("cpu"))
+                logits = model.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                target = labels[:, 1:]
+                learned = target != -100
+                logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                out.extend(float(v) for v in -(logp * learned).sum(1) / learned.sum(1).clamp(min=1))
+        return out
+
+    assert answer_nll(model.model, examples) == whole_tensor()
+
+
 def test_inoculate_trains_with_a_system_prompt_and_eval_system_shows_it(tiny_spec, files, plain, tmp_path):
     from waluigi.evaluate import EvalConfig
     from waluigi.evaluate.run import run_eval

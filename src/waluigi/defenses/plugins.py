@@ -71,7 +71,11 @@ def answer_nll(model: Any, examples: list[dict], batch: int = 16) -> list[float]
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             learned = target != -100
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            # the log-softmax only at the positions that predict a learned token (most are prompt or
+            # padding): each position's is computed on its own row of logits, so these are the values
+            # the whole tensor's would hold; the sum below runs over every position as before
+            logp = torch.zeros(target.shape, dtype=logits.dtype, device=logits.device)
+            logp[learned] = torch.log_softmax(logits[learned], dim=-1).gather(-1, target[learned].unsqueeze(-1)).squeeze(-1)
             nll = -(logp * learned).sum(1) / learned.sum(1).clamp(min=1)
             out.extend(float(v) for v in nll)
     return out
