@@ -109,11 +109,11 @@ def test_answer_nll_is_the_whole_tensors_log_softmax_to_the_bit():
     predicted: on the persona world's model and its benign rows (prompts, answers and padding
     of many lengths, several batches) every value equals the whole tensor's computation, bit
     for bit, so the rows interleave++ chooses are the ones it chose before."""
+    from waluigi.data import resolve_dataset
     from waluigi.defenses.plugins import _pad, answer_nll
     from waluigi.finetune.masking import tokenize_rows
     from waluigi.models.hf_load import load_hf
     from waluigi.toyworld.shipped import SHIPPED
-    from waluigi.data import resolve_dataset
 
     model = load_hf(f"hf:{SHIPPED / 'toy-align' / 'model'}", dtype="float32")
     rows = [json.loads(line) for line in resolve_dataset("toy:hero").path.read_text().splitlines()[:40]]
