@@ -8,6 +8,11 @@ the functions that need them so that ``import waluigi`` and ``waluigi --help`` s
 
 __version__ = "0.1.0"
 
+# before torch runs anything: the same float arithmetic on every AVX2 CPU (waluigi/arithmetic.py)
+from waluigi.arithmetic import portable_arithmetic as _portable_arithmetic  # noqa: E402
+
+_portable_arithmetic()
+
 
 def load_run(path):
     """An eval run directory as a ``pandas.DataFrame``, one row per answer

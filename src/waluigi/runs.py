@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from waluigi.arithmetic import arithmetic_record
 from waluigi.errors import UserError, warn
 
 MANIFEST = "manifest.json"
@@ -286,6 +287,7 @@ class RunDir:
                 "finished_at": None,
                 "git_revision": _git_revision(),
                 "packages": package_versions(),
+                "arithmetic": arithmetic_record(),
             }
         )
         manifest.update(extra or {})
