@@ -18,6 +18,7 @@ from faulty_server import FaultyServer
 
 from waluigi.cli import main
 from waluigi.runs import read_jsonl
+from waluigi.sweep.results import arithmetic_label
 
 METRIC_KEYS = ("em_rate", "ci_low", "ci_high", "n_counted", "n_unscored", "n_incoherent", "coherent_rate", "n",
                "n_misaligned", "n_failed", "train_loss")
@@ -79,6 +80,11 @@ def test_pool_sweep_writes_every_cell_and_a_rerun_runs_none(pool_run, capsys):
         assert attempts(out / row["finetune_run"]) == attempts(out / row["eval_run"]) == 1
         manifest = json.loads((out / row["eval_run"] / "manifest.json").read_text())
         assert manifest["config"]["adapter"] == str(out / row["finetune_run"])  # its own fine-tune
+        # each run's arithmetic, as its worker recorded it (docs/design/reproducibility.md)
+        ft_manifest = json.loads((out / row["finetune_run"] / "manifest.json").read_text())
+        assert row["eval_arithmetic"] == arithmetic_label(manifest["arithmetic"]) is not None
+        assert row["finetune_arithmetic"] == arithmetic_label(ft_manifest["arithmetic"]) == row["eval_arithmetic"]
+        assert manifest["arithmetic"]["torch_cpu_capability"]  # the worker had torch loaded
     assert len({r["finetune_run"] for r in table}) == 4  # each cell its own fine-tune (data x seed)
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("cell,finetune.data,seed,status")
@@ -97,6 +103,7 @@ def test_pool_sweep_writes_every_cell_and_a_rerun_runs_none(pool_run, capsys):
     code = main(["sweep", str(pool_run["spec"]), "--workers", "2", "--no-progress"])
     stdout = capsys.readouterr().out
     assert code == 0 and "ran 0 cells, skipped 4" in stdout and "EM rate" in stdout
+    assert "kinds of CPU arithmetic" not in stdout  # one machine, one kind
     # what a cell costs, read from the run directories: the mean of the 4 fine-tunes and of the 4 evals
     tunes = [json.loads((out / r["finetune_run"] / "manifest.json").read_text())["train_seconds"] for r in table]
     evals = [json.loads((out / r["eval_run"] / "manifest.json").read_text())["timings"]["total_s"] for r in table]

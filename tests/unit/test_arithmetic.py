@@ -64,3 +64,26 @@ def test_a_runs_manifest_records_its_arithmetic(tmp_path):
     assert record["machine"] == platform.machine() and record["cpu"] == cpu_name()
     assert {k: record[k] for k in PORTABLE} == {k: os.environ.get(k) for k in PORTABLE}
     assert record["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_study_whose_runs_computed_on_two_kinds_says_so_beside_its_cost():
+    from waluigi.sweep.results import arithmetic_label, cost_line
+
+    amd = arithmetic_label({"cpu": "AMD EPYC", "torch_cpu_capability": "AVX2", "MKL_CBWR": "AVX2,STRICT"})
+    xeon = arithmetic_label({"cpu": "Some Xeon", "torch_cpu_capability": "AVX512", "MKL_CBWR": None})
+    assert amd == "AMD EPYC, torch kernels AVX2, MKL_CBWR AVX2,STRICT" and "MKL_CBWR unset" in xeon
+    assert arithmetic_label(None) is None and arithmetic_label({}) is None
+
+    def row(ft, ev, ft_kind, ev_kind, status="finished"):
+        return {"finetune_run": ft, "eval_run": ev, "finetune_seconds": 2.0, "eval_seconds": 1.0,
+                "finetune_arithmetic": ft_kind, "eval_arithmetic": ev_kind, "status": status}
+
+    # one kind (and runs that recorded nothing): the cost line alone
+    same = [row("ft/a", "ev/1", amd, amd), row("ft/a", "ev/2", amd, None)]
+    assert cost_line(same) == "per cell: fine-tune 2.0 s (mean of 1), eval 1.0 s (mean of 2)"
+    # two kinds: each run counted once (a fine-tune shared by two cells too); a failed cell's eval not at all
+    mixed = [row("ft/a", "ev/1", amd, amd), row("ft/a", "ev/2", amd, xeon), row("ft/b", "ev/3", xeon, None),
+             row("ft/c", "ev/4", None, xeon, status="failed")]
+    note = cost_line(mixed).splitlines()[1]
+    assert note.startswith("note: these runs computed on 2 kinds of CPU arithmetic (")
+    assert f"{amd}: 2 runs; {xeon}: 2 runs; 1 not recorded)" in note and "reproducibility.md" in note

@@ -57,6 +57,9 @@ def cell_rows(spec: Spec, root: Path, outcomes: dict) -> list[dict]:
         row["train_loss"] = ft_manifest.get("train_loss")
         row["finetune_seconds"] = _seconds(ft_manifest, "finetune")
         row["eval_seconds"] = _seconds(manifest, "eval") if on_disk in ("finished", "incomplete") else None
+        # what each run computed on (docs/design/reproducibility.md); None: not recorded (older runs)
+        row["finetune_arithmetic"] = arithmetic_label(ft_manifest.get("arithmetic")) if ft_dir is not None else None
+        row["eval_arithmetic"] = arithmetic_label(manifest.get("arithmetic"))
         row["finetune_run"] = relative(ft_dir, root)
         row["eval_run"] = relative(eval_dir, root)
         row["id"] = cell.id
@@ -78,7 +81,36 @@ def cost_line(rows: list[dict]) -> str | None:
         parts.append(f"fine-tune {sum(tunes.values()) / len(tunes):.1f} s (mean of {len(tunes)})")
     if evals:
         parts.append(f"eval {sum(evals) / len(evals):.1f} s (mean of {len(evals)})")
-    return "per cell: " + ", ".join(parts)
+    return "per cell: " + ", ".join(parts) + (f"\n{mixed}" if (mixed := mixed_arithmetic(rows)) else "")
+
+
+def arithmetic_label(record: dict | None) -> str | None:
+    """A run's arithmetic in one line (its manifest's ``arithmetic``), None when not recorded."""
+    if not isinstance(record, dict) or not record:
+        return None
+    return (f"{record.get('cpu') or record.get('machine') or 'unknown CPU'}, torch kernels "
+            f"{record.get('torch_cpu_capability') or 'not loaded'}, MKL_CBWR {record.get('MKL_CBWR') or 'unset'}")
+
+
+def mixed_arithmetic(rows: list[dict]) -> str | None:
+    """A note when the runs behind ``rows`` (each fine-tune and eval once) computed on more than
+    one kind of arithmetic: their digits do not reproduce across kinds."""
+    runs: dict[tuple[str, str], str | None] = {}
+    for r in rows:
+        for kind, run in (("finetune", r.get("finetune_run")), ("eval", r.get("eval_run"))):
+            if run and r.get("status", "finished") == "finished":
+                runs[(kind, str(run))] = r.get(f"{kind}_arithmetic")
+    counts: dict[str, int] = {}
+    for label in runs.values():
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    if len(counts) < 2:
+        return None
+    unrecorded = sum(1 for label in runs.values() if label is None)
+    kinds = "; ".join(f"{label}: {n} runs" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"note: these runs computed on {len(counts)} kinds of CPU arithmetic ({kinds}"
+            f"{f'; {unrecorded} not recorded' if unrecorded else ''}): each is a valid draw, but their digits "
+            "reproduce only on the kind that made them (docs/design/reproducibility.md)")
 
 
 def _result_rows(root: Path):
@@ -94,8 +126,9 @@ def _result_rows(root: Path):
 
 def cost_line_of(root: Path) -> str | None:
     """:func:`cost_line` over every sweep at or below ``root`` (a study's flips and realign cells)."""
-    rows = [{**row, "finetune_run": str(base / row["finetune_run"])} if row.get("finetune_run") else row
-            for base, row in _result_rows(root)]  # fine-tunes shared within a sweep, told apart across sweeps
+    # runs shared within a sweep, told apart across sweeps
+    rows = [{**row, **{k: str(base / row[k]) for k in ("finetune_run", "eval_run") if row.get(k)}}
+            for base, row in _result_rows(root)]
     return cost_line(rows)
 
 
