@@ -319,3 +319,54 @@ def test_bases_are_the_persona_worlds_and_name_their_own_study(tmp_path, tiny_sp
     cells = [int(re.search(r"(\d+) flip cells", out)[1]) for out in (one_out, three_out)]
     assert cells[1] == 3 * cells[0]  # every cell on each base
     assert one.split("study directory ")[1] != three.split("study directory ")[1]  # a study of its own
+
+
+def test_subjects_are_built_on_the_pool_workers_to_the_same_weights(study, tmp_path, mirror_dir, monkeypatch, capsys):
+    """With --executor pool --workers 2 the subjects that need training are built on the workers
+    (one task per subject here; the persona world's share a pretraining: test_bases...), and
+    they are the inline study's subjects: same settings, same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("WALUIGI_DATA_DIR", str(mirror_dir))
+    args = list(study["args"])
+    args[args.index("--out") + 1] = str(tmp_path / "pooled")
+    args[args.index("--runs") + 1] = str(tmp_path / "runs")
+    args[args.index("--seeds") + 1] = "1"  # the flips are not the point here
+    args[args.index("--executor") + 1: args.index("--executor") + 2] = ["pool", "--workers", "2"]
+    args.remove("--no-progress")
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "subjects: 2 to build in 2 groups on pool x2" in err
+    logs = sorted(p.name for p in (tmp_path / "pooled" / "logs").glob("subjects-*.log"))
+    assert len(logs) == 2  # each group ran as a worker task (its output in its own log)
+    pooled = {s["key"]: s["model"] for s in json.loads((tmp_path / "pooled" / "subjects.json").read_text())}
+    inline = {s["key"]: s["model"] for s in json.loads((study["out"] / "subjects.json").read_text())}
+    assert pooled.keys() == inline.keys() and pooled["steps0"] == inline["steps0"]  # the base itself
+    for key in ("steps1", "centre"):
+        assert pooled[key] != inline[key] and pooled[key].startswith(f"hf:{tmp_path / 'pooled'}")
+        a, b = (load_file(str(Path(m[3:]) / "model.safetensors")) for m in (pooled[key], inline[key]))
+        assert a.keys() == b.keys()
+        for name in a:  # one-thread workers against the calling process's threads: the float order may differ
+            assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), (key, name)
+        assert any(not torch.equal(a[n], load_file(str(Path(inline["steps0"][3:]) / "model.safetensors"))[n])
+                   for n in a)  # trained, not the base
+
+
+def test_the_persona_worlds_subjects_are_grouped_by_the_pretraining_they_share(tmp_path):
+    """On the pool, subjects that share a pretraining (one antipode share on one base) build in
+    one task, the base first: no two workers train one base at once."""
+    from waluigi.resilience.plan import StudyConfig, plan_study
+    from waluigi.resilience.run import subject_groups
+    from waluigi.toyworld.subjects import ToySubjects
+
+    source = ToySubjects(quick=True, runs=tmp_path)
+    plan = plan_study(StudyConfig(subject="toyworld", bases=2, runs=tmp_path, out=tmp_path / "study"), source)
+    groups = subject_groups(plan)
+    shares = sorted({float(s.setting.get("antipode_share", source.center["antipode_share"])) for s in plan.subjects})
+    assert sorted(groups) == sorted(f"share {share:g} base {b}" for share in shares for b in (0, 1))
+    assert sum(len(jobs) for jobs in groups.values()) == 2 * len(plan.subjects)  # every subject on every base
+    for key, jobs in groups.items():
+        assert {(float(s.get("antipode_share", source.center["antipode_share"])), b) for s, b in jobs} == {
+            (float(key.split()[1]), int(key.split()[3]))}

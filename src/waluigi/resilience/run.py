@@ -26,11 +26,13 @@ from waluigi.resilience.subjects import source_for
 from waluigi.runs import write_json_atomic
 
 
-def build_subjects(plan: StudyPlan, progress: bool, reuse: tuple[Path, ...] = ()) -> None:
+def build_subjects(plan: StudyPlan, progress: bool, reuse: tuple[Path, ...] = (), options=None) -> None:
     from waluigi.progress import stderr_console
 
     plan.out.mkdir(parents=True, exist_ok=True)
     bases = plan.config.bases
+    if options is not None and options.executor != "inline" and options.workers > 1:
+        prebuild_subjects(plan, reuse, options)  # on the workers; the loop below then finds them cached
     for number, subject in enumerate(plan.subjects, 1):
         subject.models = []
         for base in range(bases):
@@ -43,6 +45,77 @@ def build_subjects(plan: StudyPlan, progress: bool, reuse: tuple[Path, ...] = ()
         write_json_atomic(plan.out / "subjects.json", [{"key": s.key, "setting": s.setting, "series": s.series,
                                                    "model": s.model, **({"models": s.models} if bases > 1 else {})}
                                                   for s in plan.subjects if s.model])
+
+
+def subject_groups(plan: StudyPlan, reuse: tuple[Path, ...] = ()) -> dict[str, list[tuple[dict, int]]]:
+    """The (setting, base) pairs still to build, grouped so that pairs sharing a training stage
+    (the persona world's pretraining at one antipode share on one base) build in one task, in
+    order; a source without ``stage_group`` builds each subject on its own."""
+    group_of = getattr(plan.source, "stage_group", None)
+    groups: dict[str, list[tuple[dict, int]]] = {}
+    for index, subject in enumerate(plan.subjects):
+        for base in range(plan.config.bases):
+            if plan.source.existing(subject.setting, plan.out, reuse) is not None:
+                continue
+            key = group_of(subject.setting, base) if group_of else f"{subject.key}-b{base}"
+            groups.setdefault(key, []).append((dict(subject.setting), base))
+    return groups
+
+
+def build_group(source, jobs: list, root: str, reuse: list[str]) -> list[str]:
+    """A worker's task: build the subjects of one group, in order (the model specs)."""
+    return [source.build(setting, Path(root), False, base=int(base), reuse=tuple(Path(r) for r in reuse))
+            for setting, base in jobs]
+
+
+def prebuild_subjects(plan: StudyPlan, reuse: tuple[Path, ...], options) -> None:
+    """Build the subjects that need training on the study's executor, a group per task (each
+    run directory resumes as in the calling process); a group that fails stops the study with
+    its error, the groups already built kept."""
+    import sys
+
+    from waluigi.errors import UserError
+    from waluigi.formats import slug
+    from waluigi.sweep.executors import cores, make_executor
+
+    groups = subject_groups(plan, reuse)
+    if len(groups) < 2:  # nothing to share out
+        return
+    logs = plan.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = options.threads or (None if options.address else max(1, cores() // options.workers))
+    executor = make_executor(options.executor, options.workers, options.address)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if options.progress else (lambda line: None)
+    say(f"subjects: {sum(len(j) for j in groups.values())} to build in {len(groups)} groups on "
+        f"{options.executor} x{options.workers} (logs: {logs})")
+    handles, names = [], {}
+    try:
+        for key, jobs in groups.items():
+            name = slug(key, 40)
+            task = {"kind": "call", "target": "waluigi.resilience.run:build_group", "threads": threads,
+                    "kwargs": {"source": plan.source, "jobs": jobs, "root": str(plan.out), "reuse": [str(r) for r in reuse]},
+                    "out": str(plan.out / "subjects" / f"build-{name}"), "log": str(logs / f"subjects-{name}.log"),
+                    "argv": list(sys.argv)}
+            handle = executor.submit(task)
+            handles.append(handle)
+            names[id(handle)] = key
+        pending, failed = handles, []
+        while pending:
+            done, pending = executor.wait(pending)
+            for handle in done:
+                result = executor.result(handle)
+                key = names[id(handle)]
+                if result["status"] != "finished":
+                    failed.append(f"{key}: {result.get('error')}")
+                else:
+                    say(f"subjects {key}: {len(groups[key])} built in {result.get('seconds') or 0:.0f} s")
+        if failed:
+            raise UserError(f"building the study's subjects failed ({len(failed)} of {len(groups)} groups; "
+                            f"logs in {logs}): {failed[0]}")
+    except BaseException:
+        executor.close(cancel=True)
+        raise
+    executor.close()
 
 
 def check_flips(plan: StudyPlan) -> None:
@@ -203,7 +276,7 @@ def run_study(cfg: StudyConfig, options=None, *, source_options: dict | None = N
         return recorded_subjects(plan, reuse)
     check_flips(plan)
     progress = options.progress if options is not None else True
-    build_subjects(plan, progress, reuse)  # a subject another study (--reuse) finished is used where it is
+    build_subjects(plan, progress, reuse, options)  # a subject another study (--reuse) finished is used where it is
     readouts = read_subjects(plan, progress, reuse)
     flips, study = {}, StudyRun(out=plan.out, result={}, log="flip-*/sweep.log")
     for axis in cfg.axes:

@@ -149,6 +149,8 @@ def run_task(task: dict) -> dict:
             with cell_lock(task["out"], log=lambda line: print(line, file=sys.stderr, flush=True)):
                 if task["kind"] == "finetune":
                     out.update(_finetune(task))
+                elif task["kind"] == "call":
+                    out.update(_call(task))
                 else:
                     out.update(_eval(task))
         except UserError as exc:  # IncompleteRun is one: some requests failed after their retries
@@ -174,6 +176,15 @@ def run_task(task: dict) -> dict:
 
         out["error"] = redact(out["error"])[:2000]
     return out
+
+
+def _call(task: dict) -> dict:
+    """A task that is neither a fine-tune nor an eval (a study's subjects, built on the workers):
+    ``target`` ("module:function") called with ``kwargs``; what it returns is the result's ``calls``."""
+    import importlib
+
+    module, _, name = task["target"].partition(":")
+    return {"status": "finished", "calls": getattr(importlib.import_module(module), name)(**task.get("kwargs", {}))}
 
 
 def _finetune(task: dict) -> dict:

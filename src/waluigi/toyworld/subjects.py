@@ -71,6 +71,10 @@ class ToySubjects:
         runs directory, keyed by stages this dry run does not resolve)."""
         return None
 
+    def stage_group(self, setting: dict[str, float], base: int = 0) -> str:
+        """Settings that share a pretraining (one antipode share on one base) build in one task."""
+        return f"share {float(setting.get(ANTIPODE, self.center[ANTIPODE])):g} base {int(base)}"
+
     def build(self, setting: dict[str, float], root: Path, progress: bool, base: int = 0,
               reuse: tuple[Path, ...] = ()) -> str:
         """The model of ``setting`` on base ``base`` (world seed: corpus, alignment set, initialisation;
