@@ -53,7 +53,7 @@ def subject_groups(plan: StudyPlan, reuse: tuple[Path, ...] = ()) -> dict[str, l
     order; a source without ``stage_group`` builds each subject on its own."""
     group_of = getattr(plan.source, "stage_group", None)
     groups: dict[str, list[tuple[dict, int]]] = {}
-    for index, subject in enumerate(plan.subjects):
+    for subject in plan.subjects:
         for base in range(plan.config.bases):
             if plan.source.existing(subject.setting, plan.out, reuse) is not None:
                 continue
