@@ -338,7 +338,7 @@ def test_subjects_are_built_on_the_pool_workers_to_the_same_weights(study, tmp_p
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "subjects: 2 to build in 2 groups on pool x2" in err
+    assert "subjects: 2 to build (or find cached) in 2 groups on pool x2" in err
     logs = sorted(p.name for p in (tmp_path / "pooled" / "logs").glob("subjects-*.log"))
     assert len(logs) == 2  # each group ran as a worker task (its output in its own log)
     pooled = {s["key"]: s["model"] for s in json.loads((tmp_path / "pooled" / "subjects.json").read_text())}

@@ -86,7 +86,7 @@ def prebuild_subjects(plan: StudyPlan, reuse: tuple[Path, ...], options) -> None
     threads = options.threads or (None if options.address else max(1, cores() // options.workers))
     executor = make_executor(options.executor, options.workers, options.address)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if options.progress else (lambda line: None)
-    say(f"subjects: {sum(len(j) for j in groups.values())} to build in {len(groups)} groups on "
+    say(f"subjects: {sum(len(j) for j in groups.values())} to build (or find cached) in {len(groups)} groups on "
         f"{options.executor} x{options.workers} (logs: {logs})")
     handles, names = [], {}
     try:
@@ -108,7 +108,7 @@ def prebuild_subjects(plan: StudyPlan, reuse: tuple[Path, ...], options) -> None
                 if result["status"] != "finished":
                     failed.append(f"{key}: {result.get('error')}")
                 else:
-                    say(f"subjects {key}: {len(groups[key])} built in {result.get('seconds') or 0:.0f} s")
+                    say(f"subjects {key}: {len(groups[key])} ready in {result.get('seconds') or 0:.0f} s")
         if failed:
             raise UserError(f"building the study's subjects failed ({len(failed)} of {len(groups)} groups; "
                             f"logs in {logs}): {failed[0]}")
