@@ -16,6 +16,7 @@ Each run's manifest records what the process ran with (:func:`arithmetic_record`
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from collections.abc import MutableMapping
@@ -26,31 +27,30 @@ PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT"}
 SWITCH = "WALUIGI_ARITHMETIC"  # "native": leave the libraries' own choice
 
 
+@functools.cache
+def _cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def _first_field(key: str, cpuinfo: str | None) -> str | None:
+    """The value of ``key`` in cpuinfo's first processor block (Linux's ``/proc/cpuinfo`` by default)."""
+    for line in (cpuinfo if cpuinfo is not None else _cpuinfo() or "").splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return None
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags (Linux's ``/proc/cpuinfo``; empty where it cannot be read)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
+    """The CPU's feature flags (empty where they cannot be read)."""
+    return set((_first_field("flags", cpuinfo) or "").split())
 
 
 def cpu_name(cpuinfo: str | None = None) -> str | None:
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return platform.processor() or None
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return platform.processor() or None
+    return _first_field("model name", cpuinfo) or platform.processor() or None
 
 
 def portable_settings(environ: MutableMapping[str, str], flags: set[str], machine: str) -> dict[str, str]:

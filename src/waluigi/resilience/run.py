@@ -76,14 +76,15 @@ def prebuild_subjects(plan: StudyPlan, reuse: tuple[Path, ...], options) -> None
 
     from waluigi.errors import UserError
     from waluigi.formats import slug
-    from waluigi.sweep.executors import cores, make_executor
+    from waluigi.sweep.executors import make_executor
+    from waluigi.sweep.runner import task_threads
 
     groups = subject_groups(plan, reuse)
     if len(groups) < 2:  # nothing to share out
         return
     logs = plan.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    threads = options.threads or (None if options.address else max(1, cores() // options.workers))
+    threads = task_threads(options)
     executor = make_executor(options.executor, options.workers, options.address)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if options.progress else (lambda line: None)
     say(f"subjects: {sum(len(j) for j in groups.values())} to build (or find cached) in {len(groups)} groups on "

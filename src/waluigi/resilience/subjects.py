@@ -66,6 +66,10 @@ class SubjectSource(Protocol):
         or training anything (a dry run counts that subject as built); None otherwise."""
         ...
 
+    # optional: ``stage_group(setting, base) -> str``, a key shared by the settings whose builds
+    # share a training stage (built in one task, in order, on a study's workers); absent: each
+    # subject is a task of its own (resilience/run.py, subject_groups)
+
 
 def source_for(spec: str, **options: Any) -> SubjectSource:
     """The source named by ``--subject`` (``toyworld``, ``hf:MODEL``, ``smollm2``)."""

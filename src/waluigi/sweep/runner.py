@@ -187,6 +187,13 @@ def eval_task(cell: Cell, root: Path, threads: int | None, redirect: bool, progr
 
 
 # -- the run ---------------------------------------------------------------------------------------------
+def task_threads(options: SweepOptions) -> int | None:
+    """Torch threads per task: as asked, else this machine's cores shared by the workers (None:
+    the task's own choice, inline or on a cluster)."""
+    return options.threads or (None if options.address or options.executor == "inline"
+                               else max(1, cores() // options.workers))
+
+
 def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
     """Run every cell of ``spec`` not already done; write the results; return them.
 
@@ -227,8 +234,7 @@ def run_sweep(spec: Spec, options: SweepOptions | None = None) -> SweepResult:
         _log(root, f"sweep {spec.name}: {len(spec.cells)} cells, {len(todo)} to run, "
                    f"{len(spec.cells) - len(todo)} done; executor {options.executor} x{options.workers}")
         if todo:
-            threads = options.threads or (None if options.address or options.executor == "inline"
-                                          else max(1, cores() // options.workers))
+            threads = task_threads(options)
             executor = make_executor(options.executor, options.workers, options.address)
             try:
                 tally = _Tally(todo, root)
