@@ -19,7 +19,7 @@ from waluigi.sweep.spec import MAX_CELLS
 
 def sweep_cmd(
     ctx: typer.Context,
-    spec: Annotated[str, typer.Argument(metavar="SPEC", help="the sweep spec (YAML): base finetune/eval settings and a grid or list of cells")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="the sweep spec (YAML): base finetune/eval settings and a grid or list of cells; a cell sets finetune.<x>, eval.<x>, seed, model, step, or base (with model: toyworld@N, base N of a family: trained once and cached before the first cell)")],
     workers: Annotated[int, typer.Option("--workers", "-w", help="cells at once (pool: worker processes; ray: CPUs of the local Ray instance); torch threads are split between them")] = 1,
     executor: Annotated[ExecutorName, typer.Option(help="pool (local processes), inline (this process, one at a time), ray")] = ExecutorName.pool,
     address: Annotated[Optional[str], typer.Option(help="ray: the cluster's address (default: a local Ray instance for this run)")] = None,
