@@ -72,7 +72,7 @@ def check_eval(cfg: EvalConfig, *, adapter: bool = True) -> CheckedEval:
     """Every check ``waluigi eval`` makes before any work (the model spec, the suite and its
     questions, the sample count, the judge and its key, the shots, the adapter unless
     ``adapter=False``); a :class:`UserError` on the first problem. A sweep runs it on every
-    cell before it starts; a probe suite's checks are :func:`waluigi.probes.run.check_probe_eval`."""
+    cell before it starts; a probe suite's checks are :func:`waluigi.evaluate.probe_run.check_probe_eval`."""
     import dataclasses
 
     from waluigi.models import parse_spec
@@ -108,8 +108,9 @@ def check_eval(cfg: EvalConfig, *, adapter: bool = True) -> CheckedEval:
 
 def run_eval(cfg: EvalConfig) -> EvalResult:
     """``waluigi eval``: sample, judge and summarize, resuming whatever is already on disk."""
+    from waluigi.evaluate.probe_run import run_probe_eval
     from waluigi.models import load_model
-    from waluigi.probes.run import is_probe_suite, run_probe_eval
+    from waluigi.probes.run import is_probe_suite
 
     if is_probe_suite(cfg.suite):  # scored from the model's own probabilities: no sampling, no judge
         return run_probe_eval(cfg)

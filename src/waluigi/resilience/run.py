@@ -136,7 +136,8 @@ def _check_flips(plan: StudyPlan) -> None:
     for axis in plan.config.axes:
         check_flip(flip_config(dataclasses.replace(plan, subjects=stand_ins), axis))
     from waluigi.errors import UserError
-    from waluigi.probes.run import check_probe_eval, is_probe_suite
+    from waluigi.evaluate.probe_run import check_probe_eval
+    from waluigi.probes.run import is_probe_suite
 
     for suite in subject_suites(plan):
         if not is_probe_suite(suite):

@@ -49,10 +49,11 @@ def check_cells(spec: Spec, label: str | None = None) -> None:
 
 def _check(spec: Spec, label: str | None) -> None:
     from waluigi.evaluate import EvalConfig
+    from waluigi.evaluate.probe_run import check_probe_eval
     from waluigi.evaluate.run import check_eval
     from waluigi.finetune import FinetuneConfig
     from waluigi.finetune.train import check_finetune
-    from waluigi.probes.run import check_probe_eval, is_probe_suite
+    from waluigi.probes.run import is_probe_suite
 
     seen_ft: set[str] = set()
     seen_ev: set[str] = set()
