@@ -27,8 +27,6 @@ CHUNK = 512  # variants scored (and appended) per call to the model: sorted and 
 def _rows_of(suite, fmt: str, system: str | None, shots: list[dict] | None = None) -> list[tuple[object, object]]:
     """(item, variant) pairs; ``shots``: in-context turns placed before every probe question
     (after the system prompt), as ``waluigi eval --shots`` places them before a question."""
-    import dataclasses
-
     from waluigi.evaluate.shots import with_shots
     from waluigi.probes.items import variants
 
